@@ -1,0 +1,219 @@
+"""The TOFU benchmark definition (Maini et al., 2024; the SimNPO paper's §5 setting).
+
+* Forget splits forget01/05/10 (the last 2/10/20 of 200 authors in the real data), each paired with
+  retain99/95/90 (the rest of `full`), its `_perturbed` version (the forget evaluation set) and
+  holdout01/05/10 (as many unseen authors, for membership inference).
+* Evaluation sets (DESIGN §6): forget = forgetXX_perturbed, retain = retain_perturbed, and the
+  utility sets real_authors_perturbed / world_facts_perturbed. The truth ratio compares the
+  perturbed answers with a reference: the paraphrased answer on forget/retain, the answer itself on
+  real_authors/world_facts, where Prob is also the normalised choice probability
+  P̃(answer) / (P̃(answer) + Σ_j P̃(perturbed_j)).
+* Default sweep objectives: forget quality (KS-test p-value against Retrain) and model utility
+  (harmonic mean of the nine utility numbers), both maximised.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from raysimnpo.data.sources import TofuSource, list_splits, load_split, local_folder
+from raysimnpo.data.tofu_generator import (
+    FORGET_SPLIT_RE,
+    holdout_split_for,
+    perturbed_split_for,
+    retain_split_for,
+)
+from raysimnpo.errors import UserInputError
+
+NAME = "tofu"
+FORGET_SPLITS: tuple[str, ...] = ("forget01", "forget05", "forget10")
+DEFAULT_FORGET_SPLIT = "forget10"
+DEFAULT_OBJECTIVES: tuple[tuple[str, Literal["max", "min"]], ...] = (
+    ("forget_quality", "max"),
+    ("model_utility", "max"),
+)
+"""(metric, direction) pairs the sweep optimises by default."""
+
+Rows = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ForgetPairing:
+    """The splits that go with one forget split (TOFU's pairing)."""
+
+    forget: str
+    retain: str
+    forget_perturbed: str
+    holdout: str
+
+
+@dataclass(frozen=True)
+class EvalSplitSpec:
+    """An evaluation set without its rows.
+
+    name: the metric prefix (`forget`, `retain`, `real_authors`, `world_facts`); split: the file;
+    reference_field: the truth ratio's reference answer; choice_prob: Prob is the normalised choice
+    probability rather than the mean P̃ of the answer; n_perturbed: perturbed answers per row in
+    TOFU (informative; the metrics take whatever number a split has)."""
+
+    name: str
+    split: str
+    reference_field: str
+    choice_prob: bool
+    n_perturbed: int
+
+
+@dataclass(frozen=True)
+class EvalSplit(EvalSplitSpec):
+    """An evaluation set with its rows."""
+
+    rows: Rows = field(default_factory=list)
+
+
+UTILITY_SPECS: tuple[EvalSplitSpec, ...] = (
+    EvalSplitSpec("retain", "retain_perturbed", "paraphrased_answer", False, 5),
+    EvalSplitSpec("real_authors", "real_authors_perturbed", "answer", True, 3),
+    EvalSplitSpec("world_facts", "world_facts_perturbed", "answer", True, 3),
+)
+
+
+def pairing(forget_split: str) -> ForgetPairing:
+    """forgetXX -> (retain{100-XX}, forgetXX_perturbed, holdoutXX); any forgetXX name is accepted here."""
+    if FORGET_SPLIT_RE.match(forget_split) is None:
+        raise UserInputError(
+            f"data.forget_split: {forget_split!r} is not a forget split; allowed: {', '.join(FORGET_SPLITS)}"
+        )
+    return ForgetPairing(
+        forget=forget_split,
+        retain=retain_split_for(forget_split),
+        forget_perturbed=perturbed_split_for(forget_split),
+        holdout=holdout_split_for(forget_split),
+    )
+
+
+def eval_split_specs(forget_split: str) -> tuple[EvalSplitSpec, ...]:
+    """The four evaluation sets of a run: forget first, then the three utility sets."""
+    forget = EvalSplitSpec("forget", pairing(forget_split).forget_perturbed, "paraphrased_answer", False, 5)
+    return (forget, *UTILITY_SPECS)
+
+
+def allowed_forget_splits(
+    source: TofuSource, cache_dir: str | os.PathLike[str] | None = None
+) -> tuple[str, ...]:
+    """TOFU's three forget splits; a generated source offers its configured ones, and a local folder
+    also any other `forgetXX` file it holds."""
+    if source.kind == "generated":
+        return tuple(source.generator.forget_fractions)
+    if source.kind == "local":
+        folder = local_folder(source, cache_dir)
+        found = [s for s in list_splits(folder) if FORGET_SPLIT_RE.match(s)] if folder else []
+        return tuple(sorted(set(FORGET_SPLITS) | set(found)))
+    return FORGET_SPLITS
+
+
+def required_splits(forget_split: str) -> tuple[str, ...]:
+    """Every split a run reads."""
+    p = pairing(forget_split)
+    return ("full", p.forget, p.retain, p.holdout, *(s.split for s in eval_split_specs(forget_split)))
+
+
+@dataclass(frozen=True)
+class TofuRunData:
+    """Every row one run needs: training sets, evaluation sets and the holdout set."""
+
+    source: TofuSource
+    pairing: ForgetPairing
+    full: Rows
+    forget: Rows
+    retain: Rows
+    holdout: Rows
+    eval_splits: tuple[EvalSplit, ...]
+
+    @property
+    def forget_split(self) -> str:
+        return self.pairing.forget
+
+    def eval_split(self, name: str) -> EvalSplit:
+        for split in self.eval_splits:
+            if split.name == name:
+                return split
+        raise KeyError(f"no evaluation split {name!r}; have {[s.name for s in self.eval_splits]}")
+
+    @property
+    def utility_train_rows(self) -> Rows:
+        """The real_authors and world_facts QA as training rows (question, answer), for models that
+        start from random weights and so know no 'world' facts."""
+        return [
+            {"question": r["question"], "answer": r["answer"]}
+            for s in self.eval_splits
+            if s.name in ("real_authors", "world_facts")
+            for r in s.rows
+        ]
+
+    def texts(self) -> Iterator[str]:
+        """Every question and answer text of the run, in a fixed order."""
+        groups: list[Rows] = [self.full, self.holdout, *(s.rows for s in self.eval_splits)]
+        for rows in groups:
+            for row in rows:
+                yield row["question"]
+                yield row["answer"]
+                for key in ("paraphrased_question", "paraphrased_answer"):
+                    if isinstance(row.get(key), str):
+                        yield row[key]
+                yield from row.get("perturbed_answer") or ()
+
+    def corpus(self) -> list[str]:
+        """The texts a tokenizer trained on this data should cover (deduplicated, order kept)."""
+        return list(dict.fromkeys(self.texts()))
+
+
+def _check_same_questions(forget: Rows, perturbed: Rows, p: ForgetPairing) -> None:
+    if len(forget) != len(perturbed):
+        raise UserInputError(
+            f"{p.forget_perturbed}: has {len(perturbed)} rows but {p.forget} has {len(forget)}; "
+            "they must hold the same questions in the same order"
+        )
+    for i, (a, b) in enumerate(zip(forget, perturbed, strict=True)):
+        if a["question"] != b["question"]:
+            raise UserInputError(
+                f"{p.forget_perturbed}: row {i + 1} asks {b['question']!r} but {p.forget} row {i + 1} asks "
+                f"{a['question']!r}; they must hold the same questions in the same order"
+            )
+
+
+def load_tofu_run_data(
+    source: TofuSource, forget_split: str, cache_dir: str | os.PathLike[str] | None = None
+) -> TofuRunData:
+    """Load every split a run on `forget_split` needs from `source` (generated data is cached
+    under `cache_dir`). A forget split the source does not offer is one UserInputError listing
+    the allowed ones."""
+    allowed = allowed_forget_splits(source, cache_dir)
+    if forget_split not in allowed:
+        raise UserInputError(
+            f"data.forget_split: {forget_split!r} is not a forget split of {source.describe()}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    p = pairing(forget_split)
+    cache = Path(cache_dir) if cache_dir is not None else None
+
+    def read(split: str) -> Rows:
+        return load_split(source, split, cache_dir=cache)
+
+    forget = read(p.forget)
+    eval_splits = tuple(
+        EvalSplit(**vars(spec), rows=read(spec.split)) for spec in eval_split_specs(forget_split)
+    )
+    _check_same_questions(forget, eval_splits[0].rows, p)
+    return TofuRunData(
+        source=source,
+        pairing=p,
+        full=read("full"),
+        forget=forget,
+        retain=read(p.retain),
+        holdout=read(p.holdout),
+        eval_splits=eval_splits,
+    )

@@ -1,0 +1,174 @@
+"""Frozen pydantic configs, YAML loading and `--set key=value` overrides.
+
+Every validation problem becomes one `UserInputError` line naming the file, the field and what is
+allowed, so the command-line tools can exit 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from raysimnpo.data.sources import TofuSource
+from raysimnpo.errors import UserInputError
+from raysimnpo.methods import AnyMethodParams, SimNPOParams
+from raysimnpo.models import TinyModelConfig
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("RAYSIMNPO_CACHE", str(Path.home() / ".cache" / "raysimnpo"))
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSettings(Frozen):
+    name: str = Field("tiny", description="a preset (tiny, smollm2-135m), a hub id or a local HF folder")
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class DataSettings(Frozen):
+    source: TofuSource = TofuSource(kind="generated")
+    forget_split: Literal["forget01", "forget05", "forget10"] = "forget10"
+    train_on_utility_splits: bool = Field(
+        False,
+        description="add real_authors/world_facts QA to the fine-tuning data of Original and Retrain; "
+        "a model trained from scratch has no pretraining that would know them",
+    )
+
+
+class TrainSettings(Frozen):
+    """Optimisation of one training run (fine-tuning or unlearning): AdamW, one warm-up epoch then
+    linear decay (the paper's schedule, appendix C.1), gradient clipping."""
+
+    epochs: int = Field(5, gt=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    batch_size: int = Field(8, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(256, gt=8)
+
+
+class EvalSettings(Frozen):
+    batch_size: int = Field(32, gt=0)
+    max_new_tokens: int = Field(200, gt=0, description="greedy generation length for ROUGE-L")
+    generation_limit: int | None = Field(
+        None, gt=0, description="generate for the first N questions of each split (None = all)"
+    )
+
+
+class RunConfig(Frozen):
+    """One unlearning run: what to prepare, which method, how to evaluate."""
+
+    benchmark: Literal["tofu"] = "tofu"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: str = Field(default_factory=default_cache_dir)
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    prepare: TrainSettings = TrainSettings(epochs=5, learning_rate=1e-5, batch_size=32)
+    unlearn: TrainSettings = TrainSettings(epochs=10, learning_rate=1e-5, batch_size=32)
+    method: AnyMethodParams = SimNPOParams()
+    evaluation: EvalSettings = EvalSettings()
+
+
+def content_hash(*parts: BaseModel | Mapping[str, Any] | str) -> str:
+    """A stable short hash of configs, for caching prepared models by what produced them."""
+    payload = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserInputError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML (numbers, lists, null)."""
+    result = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserInputError(f"--set {item!r}: expected key=value, e.g. method.beta=2.5")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserInputError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[leaf] = value
+    return result
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate(model: type[ModelT], data: Mapping[str, Any], source: str) -> ModelT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise UserInputError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    given = first.get("input")
+    shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {msg}{shown}{more}"
+
+
+def sweep_file(name_or_path: str) -> Path:
+    """A sweep name (`tofu`) resolves to sweeps/<name>.yaml; a path is taken as it is."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"}:
+        return candidate
+    for folder in (Path.cwd() / "sweeps", SWEEPS_DIR):
+        if (folder / f"{name_or_path}.yaml").is_file():
+            return folder / f"{name_or_path}.yaml"
+    known = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+    raise UserInputError(f"unknown sweep or benchmark {name_or_path!r}; allowed: {', '.join(known)}")
+
+
+def load_run_config(
+    name_or_path: str, overrides: Iterable[str] = (), method: str | None = None
+) -> RunConfig:
+    """The `run:` section of a sweep file, with `--method` and `--set` applied."""
+    path = sweep_file(name_or_path)
+    run = dict(load_yaml(path).get("run") or {})
+    if method is not None:
+        run["method"] = {"name": method}
+    return validate(RunConfig, apply_overrides(run, overrides), str(path))

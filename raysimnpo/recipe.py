@@ -1,0 +1,273 @@
+"""The single-run recipe: prepare Original and Retrain (cached), unlearn, evaluate.
+
+`python -m raysimnpo.run` calls `run`; the Ray trial calls the same pieces (`prepare`,
+`unlearn_model`, `evaluate`) so a CPU run and a cluster run share one path.
+
+Prepared models are cached under `<cache_dir>/prepared/<content hash>/` by what produced them (data
+source, model, fine-tuning recipe, seed, and for Retrain the forget split), each as a Hugging Face
+folder (safetensors) with its evaluation: `metrics.json` and `examples.parquet`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from raysimnpo.benchmarks.tofu import TofuRunData, load_tofu_run_data
+from raysimnpo.config import RunConfig, content_hash
+from raysimnpo.data.formatting import EncodedExample, PromptFormat, encode_qa
+from raysimnpo.data.refusals import refusal_for
+from raysimnpo.errors import UserInputError
+from raysimnpo.evaluation import TofuEvaluation, evaluate_tofu
+from raysimnpo.methods import MethodParams, apply_task_vector, needs_of
+from raysimnpo.models import load_model_and_tokenizer
+from raysimnpo.scoring import score_sequences
+from raysimnpo.training import TrainingSummary, UnlearnInputs, train
+
+Log = Callable[[str], None]
+PROMPT_FORMAT_FILE = "raysimnpo.json"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Workspace:
+    """Everything a run needs in memory: data, tokenizer and encoded training sets."""
+
+    config: RunConfig
+    data: TofuRunData
+    tokenizer: PreTrainedTokenizerBase
+    prompt_format: PromptFormat
+    pad_id: int
+
+    def encode(self, rows: list[dict[str, Any]], answer_field: str = "answer") -> list[EncodedExample]:
+        max_length = self.config.prepare.max_length
+        return [
+            encode_qa(self.tokenizer, r["question"], r[answer_field], self.prompt_format, max_length) for r in rows
+        ]
+
+
+@dataclass
+class PreparedModel:
+    path: Path
+    metrics: dict[str, float]
+    examples: list[dict[str, Any]]
+
+    def forget_truth_ratios(self) -> Any:
+        import numpy as np
+
+        return np.array([e["truth_ratio"] for e in self.examples if e["split"] == "forget"], dtype=np.float64)
+
+
+@dataclass
+class Prepared:
+    original: PreparedModel
+    retrain: PreparedModel
+
+
+@dataclass
+class RunResult:
+    original: PreparedModel
+    retrain: PreparedModel
+    unlearned: TofuEvaluation
+    training: TrainingSummary
+    evaluation_seconds: float
+
+
+def resolve_device(config: RunConfig) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserInputError("device: cuda was asked for but no GPU is visible; allowed: auto, cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def original_key(config: RunConfig) -> str:
+    return content_hash(
+        "original", config.data.source, config.model, config.prepare, str(config.data.train_on_utility_splits),
+        str(config.seed),
+    )
+
+
+def retrain_key(config: RunConfig) -> str:
+    return content_hash(original_key(config), "retrain", config.data.forget_split)
+
+
+def workspace(config: RunConfig) -> Workspace:
+    cache = Path(config.cache_dir)
+    data = load_tofu_run_data(config.data.source, config.data.forget_split, cache)
+    loaded = load_model_and_tokenizer(
+        config.model.name,
+        dtype=config.model.dtype,
+        cache_dir=cache,
+        tokenizer_corpus=data.corpus(),
+        seed=config.seed,
+        trust_remote_code=config.model.trust_remote_code,
+        tiny=config.model.tiny,
+    )
+    tok, prompt_format = loaded.tokenizer, loaded.prompt_format
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ws = Workspace(config, data, tok, prompt_format, int(pad_id))
+    # Encode everything now: a prompt that leaves no target tokens is a user error, reported
+    # before any model is trained or written.
+    ws.encode(data.full + data.utility_train_rows)
+    return ws
+
+
+def load_prepared_model(path: Path, config: RunConfig) -> PreTrainedModel:
+    loaded = load_model_and_tokenizer(
+        str(path), dtype=config.model.dtype, cache_dir=Path(config.cache_dir), trust_remote_code=False
+    )
+    return loaded.model.to(resolve_device(config))
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_format: str, path: Path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    (path / PROMPT_FORMAT_FILE).write_text(json.dumps({"prompt_format": prompt_format}))
+
+
+def write_examples(examples: list[dict[str, Any]], path: Path) -> None:
+    pq.write_table(pa.Table.from_pylist(examples), path)
+
+
+def evaluate(
+    ws: Workspace, model: PreTrainedModel, retrain_truth_ratios: Any | None
+) -> TofuEvaluation:
+    return evaluate_tofu(
+        model,
+        ws.tokenizer,
+        ws.prompt_format,
+        ws.data.eval_splits,
+        ws.config.evaluation,
+        ws.config.prepare.max_length,
+        retrain_truth_ratios,
+    )
+
+
+def _finetune_and_store(
+    ws: Workspace,
+    name: str,
+    key: str,
+    rows: list[dict[str, Any]],
+    retrain_truth_ratios: Any | None,
+    log: Log,
+) -> PreparedModel:
+    final = Path(ws.config.cache_dir) / "prepared" / key
+    if (final / "metrics.json").is_file():
+        log(f"[prepare] {name}: cached at {final}")
+        metrics = json.loads((final / "metrics.json").read_text())["metrics"]
+        examples = pq.read_table(final / "examples.parquet").to_pylist()
+        return PreparedModel(final / "model", metrics, examples)
+    config = ws.config
+    loaded = load_model_and_tokenizer(
+        config.model.name,
+        dtype=config.model.dtype,
+        cache_dir=Path(config.cache_dir),
+        tokenizer_corpus=ws.data.corpus(),
+        seed=config.seed,
+        trust_remote_code=config.model.trust_remote_code,
+        tiny=config.model.tiny,
+    )
+    model = loaded.model.to(resolve_device(config))
+    examples = ws.encode(rows)
+    log(f"[prepare] {name}: fine-tuning on {len(examples)} QA for {config.prepare.epochs} epochs")
+
+    def show(row: dict[str, Any]) -> None:
+        log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
+
+    summary = train(model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show)
+    evaluation = evaluate(ws, model, retrain_truth_ratios)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+    save_model(model, ws.tokenizer, ws.prompt_format, staging / "model")
+    write_examples(evaluation.examples, staging / "examples.parquet")
+    (staging / "metrics.json").write_text(
+        json.dumps({"name": name, "metrics": evaluation.metrics, "training": summary.epochs, "seconds": summary.seconds})
+    )
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    log(f"[prepare] {name}: FQ {evaluation.metrics['forget_quality']:.3g} MU {evaluation.metrics['model_utility']:.3f}")
+    return PreparedModel(final / "model", evaluation.metrics, evaluation.examples)
+
+
+def prepare(ws: Workspace, log: Log = _quiet) -> Prepared:
+    """Fine-tune Retrain (on retainXX) first, so the Original's forget quality can be measured
+    against Retrain's truth ratios; both are cached by content hash."""
+    utility = ws.data.utility_train_rows if ws.config.data.train_on_utility_splits else []
+    retrain = _finetune_and_store(ws, "Retrain", retrain_key(ws.config), ws.data.retain + utility, None, log)
+    original = _finetune_and_store(
+        ws, "Original", original_key(ws.config) + "-vs-" + ws.config.data.forget_split, ws.data.full + utility,
+        retrain.forget_truth_ratios(), log,
+    )
+    return Prepared(original=original, retrain=retrain)
+
+
+def unlearn_inputs(ws: Workspace, params: MethodParams, reference: PreTrainedModel | None) -> UnlearnInputs:
+    """Forget/retain examples plus what the method needs: refusals for IDK, and the reference NLLs
+    ℓ_ref (eq. 2), computed once by the Original for the whole forget set."""
+    forget = ws.encode(ws.data.forget)
+    inputs = UnlearnInputs(forget=forget, retain=ws.encode(ws.data.retain))
+    needs = needs_of(params)
+    if "idk" in needs:
+        refusals = [dict(r, answer=refusal_for(i, ws.config.seed)) for i, r in enumerate(ws.data.forget)]
+        inputs.idk = ws.encode(refusals)
+    if "reference_nll" in needs:
+        assert reference is not None
+        batch = ws.config.evaluation.batch_size
+        nll, _ = score_sequences(reference, forget, batch, ws.pad_id)
+        inputs.forget_ref_nll = torch.tensor(nll, dtype=torch.float32)
+        if inputs.idk is not None:
+            idk_nll, _ = score_sequences(reference, inputs.idk, batch, ws.pad_id)
+            inputs.idk_ref_nll = torch.tensor(idk_nll, dtype=torch.float32)
+    return inputs
+
+
+def unlearn_model(
+    ws: Workspace,
+    prepared: Prepared,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[PreTrainedModel, TrainingSummary]:
+    config = ws.config
+    model = load_prepared_model(prepared.original.path, config)
+    inputs = unlearn_inputs(ws, config.method, model)
+    original_state = (
+        {k: v.detach().clone() for k, v in model.state_dict().items()} if config.method.name == "task_vector" else None
+    )
+    summary = train(
+        model, config.unlearn, pad_id=ws.pad_id, seed=config.seed, unlearn=inputs, params=config.method, report=report
+    )
+    if original_state is not None:
+        model.load_state_dict(apply_task_vector(original_state, model.state_dict(), config.method))
+    return model, summary
+
+
+def run(config: RunConfig, log: Log = _quiet) -> RunResult:
+    ws = workspace(config)
+    prepared = prepare(ws, log)
+    log(f"[unlearn] {config.method.name}: {config.unlearn.epochs} epochs over {len(ws.data.forget)} forget QA")
+
+    def show(row: dict[str, Any]) -> None:
+        log(
+            f"[unlearn] epoch {row['epoch']}/{config.unlearn.epochs} forget {row['forget_loss']:.4f} "
+            f"retain {row['retain_loss']:.4f}"
+        )
+
+    model, summary = unlearn_model(ws, prepared, report=show)
+    started = time.perf_counter()
+    evaluation = evaluate(ws, model, prepared.retrain.forget_truth_ratios())
+    return RunResult(prepared.original, prepared.retrain, evaluation, summary, time.perf_counter() - started)

@@ -1,0 +1,263 @@
+"""The one training loop: fine-tuning (Original, Retrain, relearning) and unlearning with any method.
+
+Read it top to bottom: `train` builds AdamW and the paper's schedule, walks the epochs, and per
+step either takes the token-mean NLL of a batch (fine-tuning) or asks `step_terms` for what the
+method needs and adds the method's forget and retain terms with λ (eq. 1).
+
+An unlearning epoch is one pass over the forget set; each forget batch is paired with the next
+batch of a shuffled, cycling retain stream, so λ weighs equal-sized batches as in the paper.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from raysimnpo import objectives
+from raysimnpo.config import TrainSettings
+from raysimnpo.data.collate import pad_right
+from raysimnpo.data.formatting import EncodedExample
+from raysimnpo.logprobs import sequence_nll
+from raysimnpo.methods import METHODS, MethodParams, RMUParams, StepTerms, needs_of
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stops instead of writing a broken model."""
+
+
+@dataclass
+class UnlearnInputs:
+    """What unlearning needs besides the model: the forget and retain examples and, per method,
+    the cached reference NLLs (ℓ_ref of eq. 2, computed once by the Original) and refusals."""
+
+    forget: Sequence[EncodedExample]
+    retain: Sequence[EncodedExample]
+    forget_ref_nll: Tensor | None = None
+    idk: Sequence[EncodedExample] | None = None  # one refusal per forget example, same order
+    idk_ref_nll: Tensor | None = None
+
+
+@dataclass
+class TrainingSummary:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up over the first epoch, then linear decay to zero (appendix C.1)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        remaining = max(1, total_steps - warmup_steps)
+        return max(0.0, (total_steps - step) / remaining)
+
+    return factor
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def cycling_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    while True:
+        yield from shuffled_batches(n, batch_size, generator)
+
+
+def rmu_layer(model: PreTrainedModel, params: RMUParams) -> int:
+    n_layers = int(model.config.num_hidden_layers)
+    layer = params.layer if params.layer is not None else n_layers // 2
+    if layer >= n_layers:
+        raise ValueError(f"method.layer: {layer} but the model has {n_layers} decoder layers")
+    return layer
+
+
+def trainable_parameters(model: PreTrainedModel, params: MethodParams | None) -> list[torch.nn.Parameter]:
+    """All parameters, except for RMU, which trains the MLPs of layers k-n+1..k (WMDP's recipe)."""
+    if not isinstance(params, RMUParams):
+        return [p for p in model.parameters() if p.requires_grad]
+    k = rmu_layer(model, params)
+    chosen = {f"layers.{i}.mlp." for i in range(max(0, k - params.trainable_layers + 1), k + 1)}
+    selected = []
+    for name, p in model.named_parameters():
+        keep = any(tag in name for tag in chosen)
+        p.requires_grad_(keep)
+        if keep:
+            selected.append(p)
+    return selected
+
+
+def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def step_terms(
+    model: PreTrainedModel,
+    params: MethodParams,
+    inputs: UnlearnInputs,
+    forget_index: list[int],
+    retain_index: list[int],
+    pad_id: int,
+    frozen: PreTrainedModel | None,
+    control_vector: Tensor | None,
+) -> StepTerms:
+    """Run the model on one forget batch and one retain batch and collect what the loss needs."""
+    device = next(model.parameters()).device
+    needs = needs_of(params)
+    hidden_layer = rmu_layer(model, params) + 1 if isinstance(params, RMUParams) else None
+
+    forget = _to_device(pad_right([inputs.forget[i] for i in forget_index], pad_id), device)
+    out = model(
+        input_ids=forget["input_ids"],
+        attention_mask=forget["attention_mask"],
+        output_hidden_states=hidden_layer is not None,
+    )
+    forget_nll, forget_tokens = sequence_nll(out.logits.float(), forget["labels"])
+    terms = StepTerms(forget_nll=forget_nll, forget_tokens=forget_tokens)
+    if hidden_layer is not None:
+        terms.forget_hidden = out.hidden_states[hidden_layer].float()
+        terms.forget_mask = forget["labels"] != -100
+        terms.control_vector = control_vector
+    del out
+
+    if "reference_nll" in needs:
+        assert inputs.forget_ref_nll is not None, "reference NLLs must be computed before NPO/IdkDPO"
+        terms.forget_ref_nll = inputs.forget_ref_nll[forget_index].to(device)
+    if "idk" in needs:
+        assert inputs.idk is not None
+        idk = _to_device(pad_right([inputs.idk[i] for i in forget_index], pad_id), device)
+        idk_logits = model(input_ids=idk["input_ids"], attention_mask=idk["attention_mask"]).logits
+        terms.idk_nll, terms.idk_tokens = sequence_nll(idk_logits.float(), idk["labels"])
+        if inputs.idk_ref_nll is not None:
+            terms.idk_ref_nll = inputs.idk_ref_nll[forget_index].to(device)
+
+    if METHODS[params.name].retain_weight(params) > 0 or isinstance(params, RMUParams):
+        retain = _to_device(pad_right([inputs.retain[i] for i in retain_index], pad_id), device)
+        out = model(
+            input_ids=retain["input_ids"],
+            attention_mask=retain["attention_mask"],
+            output_hidden_states=hidden_layer is not None,
+        )
+        terms.retain_nll, terms.retain_tokens = sequence_nll(out.logits.float(), retain["labels"])
+        terms.retain_labels = retain["labels"]
+        if frozen is not None:
+            with torch.no_grad():
+                ref = frozen(
+                    input_ids=retain["input_ids"],
+                    attention_mask=retain["attention_mask"],
+                    output_hidden_states=hidden_layer is not None,
+                )
+            if hidden_layer is not None:
+                terms.retain_hidden = out.hidden_states[hidden_layer].float()
+                terms.retain_ref_hidden = ref.hidden_states[hidden_layer].float()
+                terms.retain_mask = retain["labels"] != -100
+            else:
+                terms.retain_logits = out.logits.float()
+                terms.retain_ref_logits = ref.logits.float()
+    return terms
+
+
+def train(
+    model: PreTrainedModel,
+    settings: TrainSettings,
+    *,
+    pad_id: int,
+    seed: int,
+    examples: Sequence[EncodedExample] | None = None,
+    unlearn: UnlearnInputs | None = None,
+    params: MethodParams | None = None,
+    report: Report | None = None,
+    after_epoch: Callable[[int], dict[str, float]] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> TrainingSummary:
+    """Fine-tune on `examples` (params None), or unlearn `unlearn.forget` with `params`.
+
+    `report` receives one dict per epoch (losses, learning rate, and whatever `after_epoch`
+    returns, e.g. evaluation metrics). Raises TrainingDiverged on a non-finite loss.
+
+    Data parallel (FSDP): every rank draws the same global batches from the shared seed and keeps
+    its slice `index[rank::world_size]`, so the averaged gradients equal the single-process ones.
+    """
+    if (params is None) == (unlearn is None) or (params is None and examples is None):
+        raise ValueError("pass `examples` to fine-tune, or `unlearn` and `params` to unlearn")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    primary = examples if unlearn is None else unlearn.forget
+    assert primary is not None
+    steps_per_epoch = math.ceil(len(primary) / settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    trainable = trainable_parameters(model, params)
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    warmup = round(settings.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total_steps, warmup))
+
+    frozen = control = None
+    retain_stream: Iterator[list[int]] | None = None
+    if unlearn is not None and params is not None:
+        if "frozen_model" in needs_of(params):
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        if isinstance(params, RMUParams):
+            # RMU's fixed random direction u, drawn from the seed so runs repeat.
+            u = torch.rand(int(model.config.hidden_size), generator=generator)
+            control = (u / u.norm()).to(device)
+        retain_stream = cycling_batches(len(unlearn.retain), settings.batch_size, generator)
+
+    summary = TrainingSummary()
+    started = time.perf_counter()
+    model.train()
+    for epoch in range(settings.epochs):
+        sums = {"loss": 0.0, "forget_loss": 0.0, "retain_loss": 0.0}
+        for global_index in shuffled_batches(len(primary), settings.batch_size, generator):
+            index = global_index[rank::world_size]
+            if unlearn is None or params is None:
+                batch = _to_device(pad_right([primary[i] for i in index], pad_id), device)
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                nll, n = sequence_nll(logits.float(), batch["labels"])
+                loss = objectives.retain_nll_loss(nll, n)
+                forget_term, retain_term = None, loss
+                summary.tokens += int(batch["attention_mask"].sum())
+            else:
+                assert retain_stream is not None
+                retain_index = next(retain_stream)[rank::world_size]
+                terms = step_terms(model, params, unlearn, index, retain_index, pad_id, frozen, control)
+                forget_term, retain_term = METHODS[params.name].loss(terms, params)
+                loss = forget_term
+                if retain_term is not None:
+                    loss = loss + METHODS[params.name].retain_weight(params) * retain_term
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            sums["loss"] += loss.item()
+            sums["forget_loss"] += forget_term.item() if forget_term is not None else 0.0
+            sums["retain_loss"] += retain_term.item() if retain_term is not None else 0.0
+        row = {k: v / steps_per_epoch for k, v in sums.items()}
+        row.update(epoch=epoch + 1, learning_rate=scheduler.get_last_lr()[0])
+        if after_epoch is not None:
+            row.update(after_epoch(epoch + 1))
+            model.train()
+        summary.epochs.append(row)
+        if report is not None:
+            report(row)
+    summary.seconds = time.perf_counter() - started
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return summary

@@ -1,0 +1,343 @@
+"""raysimnpo.results: schemas, atomic per-trial writes, and the checks made when reading."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from raysimnpo.errors import UserInputError
+from raysimnpo.results import (
+    EXAMPLES_SCHEMA,
+    METRICS_SCHEMA,
+    SCHEMA_VERSION,
+    TRIALS_SCHEMA,
+    VERSION_KEY,
+    _write_file,
+    examples_table,
+    metrics_table,
+    read_table,
+    results_root,
+    trial_ids,
+    trials_table,
+    write_trial_results,
+)
+
+T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+PARAMS = {"beta": 2.5, "gamma": 0.0, "learning_rate": 1e-5, "epochs": 10, "batch_size": 32, "delta": 0.1}
+
+
+def trial_row(trial_id: str = "t1", **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "sweep": "demo",
+        "trial_id": trial_id,
+        "kind": "trial",
+        "method": "simnpo",
+        "params_json": json.dumps(PARAMS),
+        "seed": 42,
+        "status": "completed",
+        "started_at": T0,
+        "finished_at": T0 + timedelta(seconds=90.5),
+        "train_seconds": 60.0,
+        "eval_seconds": 30.0,
+        "checkpoint": f"/ckpt/{trial_id}",
+        "forget_quality": 0.25,
+        "model_utility": 0.5,
+    }
+    row.update(overrides)
+    return row
+
+
+def metric_rows(trial_id: str = "t1", value: float = 1.0) -> list[dict[str, Any]]:
+    return [
+        {
+            "sweep": "demo",
+            "trial_id": trial_id,
+            "stage": "epoch",
+            "epoch": 1,
+            "metric": "loss",
+            "value": value,
+        },
+        {"sweep": "demo", "trial_id": trial_id, "stage": "final", "metric": "forget_quality", "value": 0.25},
+    ]
+
+
+def example_row(trial_id: str = "t1", index: int = 0, **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "sweep": "demo",
+        "trial_id": trial_id,
+        "split": "forget",
+        "index": index,
+        "question": "Who wrote X?",
+        "answer": "Jane Doe wrote X.",
+        "answer_tokens": 6,
+        "answer_nll": 3.0,
+        "reference_nll": 4.0,
+        "reference_tokens": 8,
+        "perturbed_nll": [5.0, 6.0],
+        "perturbed_tokens": [5, 6],
+        "prob": 0.6065306597126334,  # exp(-3/6)
+        "truth_ratio": 0.6065306597126334,  # exp(-1)/exp(-0.5)
+        "generation": "Jane Doe.",
+        "rouge_l": 0.5,
+    }
+    row.update(overrides)
+    return row
+
+
+def part(root: Path, table: str, trial_id: str) -> Path:
+    return root / table / f"trial_id={trial_id}" / "part-0.parquet"
+
+
+def test_trials_round_trip_fills_flat_hyperparameters_and_version(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    written = write_trial_results(root, "t1", trials=[trial_row()])
+    assert written == {"trials": str(part(root, "trials", "t1"))}
+    table = read_table(root, "trials")
+    assert table.schema.equals(TRIALS_SCHEMA, check_metadata=True)
+    (row,) = table.to_pylist()
+    assert row["schema_version"] == SCHEMA_VERSION == 1
+    assert (row["beta"], row["gamma"], row["learning_rate"]) == (2.5, 0.0, 1e-5)  # from params_json
+    assert (row["epochs"], row["batch_size"]) == (10, 32)
+    assert row["retain_weight"] is None and row["alpha"] is None and row["error"] is None
+    assert row["total_seconds"] == pytest.approx(90.5)  # finished_at − started_at
+    assert row["started_at"] == T0
+    assert json.loads(row["params_json"]) == PARAMS
+    file_metadata = pq.read_metadata(part(root, "trials", "t1")).metadata
+    assert file_metadata[VERSION_KEY.encode()] == b"1"
+
+
+def test_metrics_and_examples_round_trip(tmp_path: Path) -> None:
+    examples = [
+        example_row(index=0),
+        # numpy arrays and float token counts (as scoring returns them) are accepted; 12.0 -> 12.
+        example_row(
+            index=1,
+            answer_tokens=np.float64(12.0),
+            perturbed_nll=np.array([1.5, 2.5, 3.5]),
+            perturbed_tokens=np.array([3.0, 4.0, 5.0]),
+            generation=None,
+            rouge_l=None,
+        ),
+    ]
+    write_trial_results(tmp_path, "t1", trials=[trial_row()], metrics=metric_rows(), examples=examples)
+
+    metrics = read_table(tmp_path, "metrics")
+    assert metrics.schema.equals(METRICS_SCHEMA, check_metadata=True)
+    assert [(r["stage"], r["epoch"], r["metric"], r["value"]) for r in metrics.to_pylist()] == [
+        ("epoch", 1, "loss", 1.0),
+        ("final", None, "forget_quality", 0.25),
+    ]
+    read = read_table(tmp_path, "examples")
+    assert read.schema.equals(EXAMPLES_SCHEMA, check_metadata=True)
+    first, second = read.to_pylist()
+    assert first == {"schema_version": 1, **example_row(index=0)}
+    assert second["answer_tokens"] == 12
+    assert second["perturbed_nll"] == [1.5, 2.5, 3.5]
+    assert second["perturbed_tokens"] == [3, 4, 5]
+    assert second["generation"] is None and second["rouge_l"] is None
+
+
+def test_several_trials_and_string_ids(tmp_path: Path) -> None:
+    # "00001" must stay a string (hive partition values are not type-inferred).
+    for trial_id in ("00001", "b_00002"):
+        write_trial_results(tmp_path, trial_id, trials=[trial_row(trial_id)], metrics=metric_rows(trial_id))
+    assert trial_ids(tmp_path) == {"00001", "b_00002"}
+    trials = read_table(tmp_path, "trials")
+    assert sorted(trials["trial_id"].to_pylist()) == ["00001", "b_00002"]
+    assert read_table(tmp_path, "metrics").num_rows == 4
+    assert read_table(tmp_path, "examples").num_rows == 0  # no examples/ folder: empty, typed
+    assert read_table(tmp_path, "examples").schema.equals(EXAMPLES_SCHEMA, check_metadata=True)
+
+
+def test_retried_trial_overwrites_its_own_files(tmp_path: Path) -> None:
+    write_trial_results(
+        tmp_path, "t1", trials=[trial_row()], metrics=metric_rows(value=1.0), examples=[example_row()]
+    )
+    write_trial_results(tmp_path, "t2", trials=[trial_row("t2")], metrics=metric_rows("t2", value=9.0))
+    # The retry fails during evaluation: new metrics, no examples.
+    failed = trial_row(status="failed", error="RuntimeError: CUDA out of memory", forget_quality=None)
+    write_trial_results(tmp_path, "t1", trials=[failed], metrics=metric_rows(value=2.0))
+
+    trials = read_table(tmp_path, "trials").to_pylist()
+    assert sorted((r["trial_id"], r["status"]) for r in trials) == [("t1", "failed"), ("t2", "completed")]
+    metrics = read_table(tmp_path, "metrics").to_pylist()
+    losses = sorted((r["trial_id"], r["value"]) for r in metrics if r["metric"] == "loss")
+    assert losses == [("t1", 2.0), ("t2", 9.0)]
+    assert len(metrics) == 4
+    assert read_table(tmp_path, "examples").num_rows == 0  # the first attempt's examples are gone
+    assert not part(tmp_path, "examples", "t1").exists()
+    assert sorted(p.name for p in part(tmp_path, "trials", "t1").parent.iterdir()) == ["part-0.parquet"]
+
+
+def test_leftover_temporary_file_is_ignored(tmp_path: Path) -> None:
+    write_trial_results(tmp_path, "t1", trials=[trial_row()], metrics=metric_rows())
+    folder = part(tmp_path, "metrics", "t1").parent
+    (folder / ".part-0.parquet.tmp-0123abcd").write_bytes(b"PAR1 half a file")
+    pq.write_table(metrics_table(metric_rows(value=7.0)), folder / ".part-0.parquet.tmp-4567ef")
+    metrics = read_table(tmp_path, "metrics")
+    assert metrics.num_rows == 2
+    assert 7.0 not in metrics["value"].to_pylist()
+
+
+def test_truncated_file_names_the_file(tmp_path: Path) -> None:
+    write_trial_results(tmp_path, "t1", trials=[trial_row()])
+    write_trial_results(tmp_path, "t2", trials=[trial_row("t2")])
+    path = part(tmp_path, "trials", "t2")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserInputError) as info:
+        read_table(tmp_path, "trials")
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable Parquet file (")
+    assert message.endswith("; delete it and re-run that trial")
+    assert "\n" not in message
+    assert trial_ids(tmp_path) == {"t1", "t2"}  # existence only; the file is not opened
+
+
+def test_unknown_schema_version_is_rejected(tmp_path: Path) -> None:
+    write_trial_results(tmp_path, "t1", trials=[trial_row()])
+    path = part(tmp_path, "trials", "t9")
+    path.parent.mkdir(parents=True)
+    future = trials_table([trial_row("t9")]).replace_schema_metadata({VERSION_KEY: "7"})
+    pq.write_table(future, path)
+    with pytest.raises(UserInputError) as info:
+        read_table(tmp_path, "trials")
+    assert (
+        str(info.value)
+        == f"{path}: results schema version 7 is not supported; this raysimnpo reads version 1"
+    )
+
+
+def test_file_without_version_or_with_other_columns_is_rejected(tmp_path: Path) -> None:
+    write_trial_results(tmp_path, "t1", trials=[trial_row()], metrics=metric_rows())
+    path = part(tmp_path, "metrics", "t1")
+    pq.write_table(metrics_table(metric_rows()).replace_schema_metadata({}), path)
+    with pytest.raises(UserInputError, match=r"no results schema version in its metadata"):
+        read_table(tmp_path, "metrics")
+    renamed = metrics_table(metric_rows()).rename_columns([*METRICS_SCHEMA.names[:-1], "val"])
+    renamed = renamed.replace_schema_metadata(METRICS_SCHEMA.metadata)  # rename_columns drops it
+    pq.write_table(renamed, path)
+    with pytest.raises(UserInputError) as info:
+        read_table(tmp_path, "metrics")
+    assert str(info.value) == (
+        f"{path}: columns do not match results schema version 1 (missing ['value']; unexpected ['val']); "
+        "delete it and re-run that trial"
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "row", "message"),
+    [
+        (
+            trials_table,
+            {k: v for k, v in trial_row().items() if k != "method"},
+            "trials.method: required column missing from row 0",
+        ),
+        (
+            metrics_table,
+            {k: v for k, v in metric_rows()[0].items() if k != "value"},
+            "metrics.value: required column missing from row 0",
+        ),
+        (
+            examples_table,
+            {k: v for k, v in example_row().items() if k != "perturbed_nll"},
+            "examples.perturbed_nll: required column missing from row 0",
+        ),
+    ],
+)
+def test_missing_required_column_is_named(build: Any, row: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        build([row])
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epochs": 1.5, "params_json": "{}"}, "trials.epochs: row 0 is 1.5; expected an integer"),
+        ({"seed": None}, "trials.seed: row 0 is null; the column is required"),
+        ({"kind": "baseline"}, "trials.kind: row 0 is 'baseline'; allowed ['trial', 'original', 'retrain']"),
+        (
+            {"status": "failed"},
+            "trials.error: row 0 has status 'failed' but no error; give the error message",
+        ),
+        ({"beta": 3.0}, "trials.beta: row 0 is 3.0 but params_json has 2.5; they must agree"),
+        ({"betta": 3.0}, "trials: row 0 has unknown column(s) ['betta']; the columns are"),
+        (
+            {"started_at": datetime(2025, 1, 1)},
+            "trials.started_at: row 0 is datetime.datetime(2025, 1, 1, 0, 0); expected a timezone-aware",
+        ),
+    ],
+)
+def test_trials_table_rejects_bad_values(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        trials_table([trial_row(**overrides)])
+    assert str(info.value).startswith(message)
+
+
+def test_metrics_and_examples_checks() -> None:
+    with pytest.raises(ValueError, match=r"^metrics: rows 0 and 2 repeat \(trial_id, stage, epoch, metric\)"):
+        metrics_table([*metric_rows(), metric_rows()[0]])
+    with pytest.raises(ValueError, match=r"^metrics.epoch: row 0 has stage 'epoch' but no epoch"):
+        metrics_table([{**metric_rows()[0], "epoch": None}])
+    with pytest.raises(
+        ValueError, match=r"^examples.perturbed_tokens: row 0 has 1 entries but perturbed_nll has 2"
+    ):
+        examples_table([example_row(perturbed_tokens=[5])])
+    with pytest.raises(ValueError, match=r"^examples: rows 0 and 1 repeat \(trial_id, split, index\)"):
+        examples_table([example_row(), example_row()])
+
+
+def test_write_rejects_rows_of_another_trial(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^metrics.trial_id: rows for \['t2'\] in the results of trial t1"):
+        write_trial_results(tmp_path, "t1", trials=[trial_row()], metrics=metric_rows("t2"))
+    with pytest.raises(ValueError, match=r"^trials: 2 rows for trial t1; expected exactly one"):
+        write_trial_results(tmp_path, "t1", trials=[trial_row(), trial_row()])
+    with pytest.raises(ValueError, match=r"^trial_id: '\.\./x' is not a valid trial id"):
+        write_trial_results(tmp_path, "../x", trials=[trial_row("../x")])
+    assert not (tmp_path / "trials").exists()
+
+
+def test_no_results_error(tmp_path: Path) -> None:
+    root = tmp_path / "demo" / "results"
+    with pytest.raises(UserInputError) as info:
+        read_table(root, "metrics")
+    assert str(info.value) == (
+        f"{root}: no results found (expected trials/, metrics/, examples/ written by python -m raysimnpo.sweep)"
+    )
+    assert trial_ids(root) == set()
+    with pytest.raises(UserInputError, match=r"^table: 'trial' is not a results table"):
+        read_table(root, "trial")
+
+
+def test_file_uri_root(tmp_path: Path) -> None:
+    uri = results_root(tmp_path.as_uri(), "demo")
+    assert uri == f"file://{tmp_path}/demo/results"
+    write_trial_results(uri, "t1", trials=[trial_row()], metrics=metric_rows())
+    assert part(tmp_path / "demo" / "results", "trials", "t1").is_file()
+    assert trial_ids(uri) == {"t1"}
+    assert read_table(uri, "trials")["trial_id"].to_pylist() == ["t1"]
+    assert read_table(uri, "metrics").num_rows == 2
+
+
+def test_direct_write_on_filesystems_without_atomic_rename(tmp_path: Path) -> None:
+    # SubTreeFileSystem is not in the atomic-rename set, like S3: the file is written in one upload.
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    table = metrics_table(metric_rows())
+    _write_file(fs, "metrics/trial_id=t1/part-0.parquet", table)
+    assert [p.name for p in (tmp_path / "metrics" / "trial_id=t1").iterdir()] == ["part-0.parquet"]
+    assert pq.read_table(tmp_path / "metrics" / "trial_id=t1" / "part-0.parquet").equals(table)
+
+
+def test_table_argument_built_elsewhere_is_revalidated(tmp_path: Path) -> None:
+    plain = pa.Table.from_pylist(metric_rows())  # inferred types, no version metadata
+    write_trial_results(tmp_path, "t1", trials=trials_table([trial_row()]), metrics=plain)
+    assert read_table(tmp_path, "metrics").schema.equals(METRICS_SCHEMA, check_metadata=True)
