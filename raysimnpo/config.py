@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raysimnpo.data.sources import TofuSource
 from raysimnpo.errors import UserInputError
-from raysimnpo.methods import AnyMethodParams, SimNPOParams
+from raysimnpo.methods import METHODS, AnyMethodParams, SimNPOParams
 from raysimnpo.models import TinyModelConfig
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
@@ -142,13 +142,13 @@ def validate(model: type[ModelT], data: Mapping[str, Any], source: str) -> Model
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown setting"
     given = first.get("input")
     shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{loc}: {msg}{shown}{more}"
+    return f"{loc}: {msg}{shown}{more}" if loc else f"{msg}{more}"
 
 
 def sweep_file(name_or_path: str) -> Path:
@@ -172,3 +172,117 @@ def load_run_config(
     if method is not None:
         run["method"] = {"name": method}
     return validate(RunConfig, apply_overrides(run, overrides), str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps
+# --------------------------------------------------------------------------------------------
+
+SAMPLERS_MULTI_OBJECTIVE = ("tpe", "nsga2", "gp", "random")
+SAMPLERS = (*SAMPLERS_MULTI_OBJECTIVE, "cmaes")
+
+
+class ParamRange(Frozen):
+    """One searched hyperparameter: a float/int range (`low`, `high`, optional `log`) or `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[float | int | str | bool] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or give choices)")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        return self
+
+
+class Objective(Frozen):
+    metric: str
+    mode: Literal["max", "min"]
+
+
+class SearchSettings(Frozen):
+    methods: list[str] = Field(default_factory=lambda: ["simnpo"], min_length=1)
+    space: dict[str, dict[str, ParamRange]] = Field(
+        default_factory=dict, description="per method: dotted run setting -> range, e.g. method.beta"
+    )
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="forget_quality", mode="max"), Objective(metric="model_utility", mode="max")],
+        min_length=1,
+    )
+    sampler: Literal["auto", "tpe", "nsga2", "gp", "random", "cmaes"] = Field(
+        "auto", description="auto: multi-objective TPE below 100 trials, NSGA-II from 100 (it needs generations)"
+    )
+    num_trials: int = Field(8, gt=0)
+    max_concurrent_trials: int | None = Field(None, gt=0, description="None: as many as the resources allow")
+    seed: int = 0
+
+    def resolved_sampler(self) -> str:
+        if self.sampler != "auto":
+            return self.sampler
+        return "nsga2" if len(self.objectives) > 1 and self.num_trials >= 100 else "tpe"
+
+
+class TrialResources(Frozen):
+    workers: int = Field(1, gt=0, description="FSDP workers per trial (TorchTrainer when > 1 or GPUs)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+
+
+class SweepConfig(Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    storage: str = Field("runs", description="a local folder or a pyarrow filesystem URI (s3://, gs://)")
+    run: RunConfig = RunConfig()
+    search: SearchSettings = SearchSettings()
+    resources: TrialResources = TrialResources()
+
+    @model_validator(mode="after")
+    def _check_search(self) -> SweepConfig:
+        unknown = [m for m in self.search.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"search.methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
+        extra = [m for m in self.search.space if m not in self.search.methods]
+        if extra:
+            raise ValueError(f"search.space: {extra} not in search.methods {self.search.methods}")
+        sampler = self.search.resolved_sampler()
+        if len(self.search.objectives) > 1 and sampler not in SAMPLERS_MULTI_OBJECTIVE:
+            raise ValueError(
+                f"search.sampler: {sampler} does not support {len(self.search.objectives)} objectives; "
+                f"allowed: {', '.join(SAMPLERS_MULTI_OBJECTIVE)}"
+            )
+        base = self.run.model_dump(mode="json")
+        for method, space in self.search.space.items():
+            for key, rng in space.items():
+                if not (key.startswith("method.") or key.split(".")[0] in base):
+                    raise ValueError(f"search.space.{method}.{key}: not a run setting")
+                value = rng.choices[0] if rng.choices is not None else rng.low
+                trial = apply_overrides(dict(base, method={"name": method}), [f"{key}={value}"])
+                try:
+                    RunConfig.model_validate(trial)
+                except ValidationError as exc:
+                    raise ValueError(f"search.space.{method}.{key}: {describe_validation_error(exc)}") from None
+        return self
+
+    def trial_run_config(self, params: Mapping[str, Any]) -> RunConfig:
+        """The run of one trial: the base run with the sampled `method` and dotted settings."""
+        data = self.run.model_dump(mode="json")
+        data["method"] = {"name": params["method"]}
+        overrides = [f"{k}={json.dumps(v)}" for k, v in params.items() if k != "method"]
+        return RunConfig.model_validate(apply_overrides(data, overrides))
+
+
+def load_sweep_config(name_or_path: str, overrides: Iterable[str] = ()) -> SweepConfig:
+    path = sweep_file(name_or_path)
+    return validate(SweepConfig, apply_overrides(load_yaml(path), overrides), str(path))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from raysimnpo.benchmarks.tofu import EvalSplit
+from raysimnpo.benchmarks.tofu import EvalSplit, EvalSplitSpec
 from raysimnpo.config import EvalSettings
 from raysimnpo.data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
 from raysimnpo.metrics import text, tofu
@@ -42,6 +42,103 @@ class _Sequences:
         self.owner.append((split, row, kind, j))
 
 
+def example_statistics(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_format: PromptFormat,
+    split: EvalSplitSpec,
+    rows: Sequence[dict[str, Any]],
+    settings: EvalSettings,
+    max_length: int,
+    first_index: int = 0,
+) -> list[dict[str, Any]]:
+    """Per-example statistics of one evaluation split (or a slice of it starting at `first_index`):
+    summed NLLs and token counts of the answer, the truth-ratio reference and each perturbed
+    answer, and the greedy answer. Everything TOFU's metrics need, nothing aggregated."""
+    seqs = _Sequences()
+    for r, row in enumerate(rows):
+        q = row["question"]
+        seqs.add(encode_qa(tokenizer, q, row["answer"], prompt_format, max_length), split.name, r, "answer")
+        if split.reference_field != "answer":
+            ref = encode_qa(tokenizer, q, row[split.reference_field], prompt_format, max_length)
+            seqs.add(ref, split.name, r, "reference")
+        for j, wrong in enumerate(row["perturbed_answer"]):
+            seqs.add(encode_qa(tokenizer, q, wrong, prompt_format, max_length), split.name, r, "perturbed", j)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    nll, n_tokens = score_sequences(model, seqs.encoded, settings.batch_size, pad_id)
+    scored = {owner: (float(nll[i]), int(n_tokens[i])) for i, owner in enumerate(seqs.owner)}
+
+    limit = settings.generation_limit
+    generate_rows = [r for r in range(len(rows)) if limit is None or first_index + r < limit]
+    prompts = [encode_prompt(tokenizer, rows[r]["question"], prompt_format) for r in generate_rows]
+    texts = generate_greedy(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
+    generations = dict(zip(generate_rows, texts, strict=True))
+
+    ref_kind = "answer" if split.reference_field == "answer" else "reference"
+    out = []
+    for r, row in enumerate(rows):
+        perturbed = [scored[(split.name, r, "perturbed", j)] for j in range(len(row["perturbed_answer"]))]
+        generation = generations.get(r)
+        out.append(
+            {
+                "split": split.name,
+                "index": first_index + r,
+                "question": row["question"],
+                "answer": row["answer"],
+                "answer_nll": scored[(split.name, r, "answer", 0)][0],
+                "answer_tokens": scored[(split.name, r, "answer", 0)][1],
+                "reference_nll": scored[(split.name, r, ref_kind, 0)][0],
+                "reference_tokens": scored[(split.name, r, ref_kind, 0)][1],
+                "perturbed_nll": [p[0] for p in perturbed],
+                "perturbed_tokens": [p[1] for p in perturbed],
+                "generation": generation,
+                "rouge_l": None if generation is None else text.rouge_l_recall(generation, row["answer"]),
+            }
+        )
+    return out
+
+
+def tofu_metrics(
+    examples: list[dict[str, Any]], splits: Sequence[EvalSplitSpec], retrain_forget_truth_ratios: np.ndarray | None
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """TOFU's metrics (DESIGN §6) from per-example statistics; adds `prob` and `truth_ratio` to each
+    example. Forget quality is measured against the Retrain model's forget truth ratios (None:
+    this model *is* Retrain, FQ = 1 by construction)."""
+    metrics: dict[str, float] = {}
+    done: list[dict[str, Any]] = []
+    for split in splits:
+        rows = sorted((e for e in examples if e["split"] == split.name), key=lambda e: e["index"])
+        answer_nll = np.array([e["answer_nll"] for e in rows])
+        answer_n = np.array([e["answer_tokens"] for e in rows], dtype=np.float64)
+        perturbed_nll = np.array([e["perturbed_nll"] for e in rows])
+        perturbed_n = np.array([e["perturbed_tokens"] for e in rows], dtype=np.float64)
+        if split.choice_prob:
+            prob = tofu.choice_prob(answer_nll, answer_n, perturbed_nll, perturbed_n)
+        else:
+            prob = tofu.answer_prob(answer_nll, answer_n)
+        ratio = tofu.truth_ratio(
+            perturbed_nll,
+            perturbed_n,
+            np.array([e["reference_nll"] for e in rows]),
+            np.array([e["reference_tokens"] for e in rows], dtype=np.float64),
+        )
+        rouge = [e["rouge_l"] for e in rows if e["rouge_l"] is not None]
+        metrics[f"{split.name}_prob"] = float(np.mean(prob))
+        metrics[f"{split.name}_rouge"] = float(np.mean(rouge)) if rouge else float("nan")
+        score = tofu.forget_truth_score if split.name == "forget" else tofu.utility_truth_score
+        metrics[f"{split.name}_truth_ratio"] = float(score(ratio))
+        done.extend(dict(e, prob=float(p), truth_ratio=float(t)) for e, p, t in zip(rows, prob, ratio, strict=True))
+
+    forget_ratios = np.array([e["truth_ratio"] for e in done if e["split"] == "forget"])
+    against = forget_ratios if retrain_forget_truth_ratios is None else retrain_forget_truth_ratios
+    fq = tofu.forget_quality(forget_ratios, against)
+    metrics["forget_quality"] = fq.pvalue
+    metrics["forget_quality_ks_statistic"] = fq.statistic
+    metrics["forget_quality_at_floor"] = float(fq.at_floor)
+    metrics["model_utility"] = tofu.model_utility({k: metrics[k] for k in tofu.MODEL_UTILITY_KEYS})
+    return metrics, done
+
+
 def evaluate_tofu(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -51,76 +148,9 @@ def evaluate_tofu(
     max_length: int,
     retrain_forget_truth_ratios: np.ndarray | None,
 ) -> TofuEvaluation:
-    """Prob, ROUGE-L recall and truth ratio per split, forget quality against the Retrain model's
-    forget truth ratios (None: this model *is* Retrain, so FQ = 1 by construction), model utility."""
-    seqs = _Sequences()
-    for split in splits:
-        for r, row in enumerate(split.rows):
-            q = row["question"]
-            seqs.add(encode_qa(tokenizer, q, row["answer"], prompt_format, max_length), split.name, r, "answer")
-            if split.reference_field != "answer":
-                ref = encode_qa(tokenizer, q, row[split.reference_field], prompt_format, max_length)
-                seqs.add(ref, split.name, r, "reference")
-            for j, wrong in enumerate(row["perturbed_answer"]):
-                seqs.add(encode_qa(tokenizer, q, wrong, prompt_format, max_length), split.name, r, "perturbed", j)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    nll, n_tokens = score_sequences(model, seqs.encoded, settings.batch_size, pad_id)
-
-    scored: dict[tuple[str, int, str, int], tuple[float, float]] = {
-        owner: (float(nll[i]), float(n_tokens[i])) for i, owner in enumerate(seqs.owner)
-    }
-    metrics: dict[str, float] = {}
+    """In-process evaluation: per-example statistics of every split, then the metrics."""
     examples: list[dict[str, Any]] = []
     for split in splits:
-        rows = split.rows
-        limit = len(rows) if settings.generation_limit is None else min(len(rows), settings.generation_limit)
-        prompts = [encode_prompt(tokenizer, row["question"], prompt_format) for row in rows[:limit]]
-        generations = generate_greedy(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
-        m = len(rows[0]["perturbed_answer"])
-        answer = np.array([scored[(split.name, r, "answer", 0)] for r in range(len(rows))])
-        ref_kind = "answer" if split.reference_field == "answer" else "reference"
-        reference = np.array([scored[(split.name, r, ref_kind, 0)] for r in range(len(rows))])
-        perturbed = np.array(
-            [[scored[(split.name, r, "perturbed", j)] for j in range(m)] for r in range(len(rows))]
-        )
-        if split.choice_prob:
-            prob = tofu.choice_prob(answer[:, 0], answer[:, 1], perturbed[..., 0], perturbed[..., 1])
-        else:
-            prob = tofu.answer_prob(answer[:, 0], answer[:, 1])
-        ratio = tofu.truth_ratio(perturbed[..., 0], perturbed[..., 1], reference[:, 0], reference[:, 1])
-        rouge = np.array([text.rouge_l_recall(g, row["answer"]) for g, row in zip(generations, rows, strict=False)])
-
-        metrics[f"{split.name}_prob"] = float(np.mean(prob))
-        metrics[f"{split.name}_rouge"] = float(np.mean(rouge)) if len(rouge) else float("nan")
-        score = tofu.forget_truth_score if split.name == "forget" else tofu.utility_truth_score
-        metrics[f"{split.name}_truth_ratio"] = float(score(ratio))
-        for r, row in enumerate(rows):
-            examples.append(
-                {
-                    "split": split.name,
-                    "index": r,
-                    "question": row["question"],
-                    "answer": row["answer"],
-                    "answer_tokens": int(answer[r, 1]),
-                    "answer_nll": answer[r, 0],
-                    "reference_nll": reference[r, 0],
-                    "reference_tokens": int(reference[r, 1]),
-                    "perturbed_nll": perturbed[r, :, 0].tolist(),
-                    "perturbed_tokens": perturbed[r, :, 1].astype(int).tolist(),
-                    "prob": float(prob[r]),
-                    "truth_ratio": float(ratio[r]),
-                    "generation": generations[r] if r < limit else None,
-                    "rouge_l": float(rouge[r]) if r < limit else None,
-                }
-            )
-
-    forget_ratios = np.array([e["truth_ratio"] for e in examples if e["split"] == "forget"])
-    against = forget_ratios if retrain_forget_truth_ratios is None else retrain_forget_truth_ratios
-    fq = tofu.forget_quality(forget_ratios, against)
-    metrics["forget_quality"] = fq.pvalue
-    metrics["forget_quality_ks_statistic"] = fq.statistic
-    metrics["forget_quality_at_floor"] = float(fq.at_floor)
-    metrics["model_utility"] = tofu.model_utility(
-        {k: metrics[k] for k in tofu.MODEL_UTILITY_KEYS}
-    )
+        examples += example_statistics(model, tokenizer, prompt_format, split, split.rows, settings, max_length)
+    metrics, examples = tofu_metrics(examples, splits, retrain_forget_truth_ratios)
     return TofuEvaluation(metrics=metrics, examples=examples)

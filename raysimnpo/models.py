@@ -54,6 +54,8 @@ from raysimnpo.errors import UserInputError
 
 # Same literal as `raysimnpo.data.formatting.PromptFormat`.
 PromptFormat = Literal["plain", "llama2-chat", "chat-template"]
+PROMPT_FORMATS: tuple[PromptFormat, ...] = ("plain", "llama2-chat", "chat-template")
+PROMPT_FORMAT_FILE = "raysimnpo_prompt_format.json"
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 PRESETS: dict[str, str] = {
@@ -81,18 +83,20 @@ class TinyModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    hidden_size: int = Field(128, gt=0)
-    num_hidden_layers: int = Field(4, gt=0)
-    num_attention_heads: int = Field(4, gt=0)
-    num_key_value_heads: int = Field(4, gt=0)
-    intermediate_size: int = Field(384, gt=0)
-    max_position_embeddings: int = Field(512, ge=16)
-    rope_theta: float = Field(10000.0, gt=0)
-    rms_norm_eps: float = Field(1e-5, gt=0)
-    initializer_range: float = Field(0.02, gt=0)
+    hidden_size: int = Field(default=128, gt=0)
+    num_hidden_layers: int = Field(default=4, gt=0)
+    num_attention_heads: int = Field(default=4, gt=0)
+    num_key_value_heads: int = Field(default=4, gt=0)
+    intermediate_size: int = Field(default=384, gt=0)
+    max_position_embeddings: int = Field(default=512, ge=16)
+    rope_theta: float = Field(default=10000.0, gt=0)
+    rms_norm_eps: float = Field(default=1e-5, gt=0)
+    initializer_range: float = Field(default=0.02, gt=0)
     tie_word_embeddings: bool = False
-    vocab_size: int = Field(2000, ge=300, description="target size of the byte-level BPE vocabulary")
-    tokenizer_min_frequency: int = Field(2, ge=1, description="BPE merges need a pair seen this often")
+    vocab_size: int = Field(default=2000, ge=300, description="target size of the byte-level BPE vocabulary")
+    tokenizer_min_frequency: int = Field(
+        default=2, ge=1, description="BPE merges need a pair seen this often"
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelConfig:
@@ -162,9 +166,9 @@ def load_model_and_tokenizer(
                 "model.name: preset 'tiny' trains its tokenizer on the data, but no tokenizer_corpus was given"
             )
         config = tiny or TinyModelConfig()
-        tokenizer = build_tiny_tokenizer(tokenizer_corpus, config, cache_dir)
-        net = build_tiny_model(tokenizer, config, seed=seed, dtype=torch_dtype)
-        return LoadedModel(net, tokenizer, "plain", "tiny")
+        tiny_tokenizer = build_tiny_tokenizer(tokenizer_corpus, config, cache_dir)
+        tiny_model = build_tiny_model(tiny_tokenizer, config, seed=seed, dtype=torch_dtype)
+        return LoadedModel(tiny_model, tiny_tokenizer, "plain", "tiny")
     if model == "smollm2-135m":
         local = cache_dir / "models" / SMOLLM2_FOLDER
         source = str(local) if (local / "config.json").is_file() else SMOLLM2_HUB_ID
@@ -179,14 +183,36 @@ def load_model_and_tokenizer(
                 f"allowed: {_allowed()}"
             )
         net, tokenizer = _load_pretrained(str(path), torch_dtype, trust_remote_code)
-        saved_from = _read_json(path / "config.json").get("_name_or_path")
-        return LoadedModel(net, tokenizer, detect_prompt_format(model, tokenizer, saved_from), model)
+        return LoadedModel(net, tokenizer, _folder_prompt_format(path, tokenizer), model)
     if path.exists() or not looks_like_hub_id(model):
         raise UserInputError(
             f"model.name: {model!r} is not a preset, an existing model folder or a hub id; allowed: {_allowed()}"
         )
     net, tokenizer = _load_pretrained(model, torch_dtype, trust_remote_code)
     return LoadedModel(net, tokenizer, detect_prompt_format(model, tokenizer), model)
+
+
+def write_prompt_format(folder: Path, prompt_format: PromptFormat) -> None:
+    """Record the prompt format next to a saved checkpoint (e.g. an Original fine-tuned from a Llama-2
+    chat model), so loading the folder gives back the format of the model it came from."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format {prompt_format!r}; allowed: {', '.join(PROMPT_FORMATS)}")
+    (Path(folder) / PROMPT_FORMAT_FILE).write_text(json.dumps({"prompt_format": prompt_format}) + "\n")
+
+
+def _folder_prompt_format(path: Path, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
+    marker = path / PROMPT_FORMAT_FILE
+    if marker.is_file():
+        recorded = _read_json(marker).get("prompt_format")
+        if recorded not in PROMPT_FORMATS:
+            raise UserInputError(
+                f"{marker}: prompt_format {recorded!r}; allowed: {', '.join(PROMPT_FORMATS)}"
+            )
+        return recorded  # type: ignore[no-any-return]
+    saved_from = _read_json(path / "config.json").get("_name_or_path")
+    return detect_prompt_format(
+        path.resolve().name, tokenizer, saved_from if isinstance(saved_from, str) else None
+    )
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -245,7 +271,8 @@ def _load_pretrained(
             else ""
         )
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(f"model.name: could not load {source!r} ({first}){hint}") from exc
+        where = "folder" if folder.is_dir() else "hub id"
+        raise UserInputError(f"model.name: could not load {where} {source!r} ({first}){hint}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     _sync_special_ids(net, tokenizer)
@@ -348,8 +375,9 @@ def _load_tiny_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
 def build_tiny_model(
     tokenizer: PreTrainedTokenizerBase, config: TinyModelConfig, *, seed: int, dtype: torch.dtype
 ) -> LlamaForCausalLM:
-    """A randomly initialised Llama (normal(0, initializer_range) weights) drawn from `seed` alone;
-    the global torch RNG is left as it was."""
+    """A randomly initialised Llama (normal(0, initializer_range) weights) drawn from `seed` alone, in
+    float32 and then rounded to `dtype` (so CPU and GPU runs start from the same weights); the global
+    torch RNG is left as it was."""
     llama = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
@@ -359,7 +387,7 @@ def build_tiny_model(
         num_key_value_heads=config.num_key_value_heads,
         max_position_embeddings=config.max_position_embeddings,
         rms_norm_eps=config.rms_norm_eps,
-        rope_theta=config.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
         initializer_range=config.initializer_range,
         tie_word_embeddings=config.tie_word_embeddings,
         pad_token_id=tokenizer.pad_token_id,
@@ -369,7 +397,10 @@ def build_tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = LlamaForCausalLM(llama)
-    net = net.to(dtype)
+    # Cast parameters only: RoPE's inv_freq buffer stays float32, as from_pretrained(dtype=...) leaves it.
+    for param in net.parameters():
+        param.data = param.data.to(dtype)
+    net.config.dtype = dtype
     _sync_special_ids(net, tokenizer)
     net.generation_config.bos_token_id = tokenizer.bos_token_id
     net.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -418,7 +449,7 @@ def import_smollm2(cache_dir: Path, *, force: bool = False, log: Callable[[str],
         )
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
-            net = AutoModelForCausalLM.from_pretrained(
+            net: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
                 str(gguf_dir), gguf_file=gguf_name, dtype=torch.float32
             )
         except Exception as exc:  # report exactly what transformers could not read

@@ -51,10 +51,9 @@ SEQUENCE_FIELDS: tuple[str, ...] = (
 )
 """`StepTerms` fields that hold one value per sequence of the batch, [B]."""
 
-_TOKEN_FIELDS: tuple[str, ...] = (
+_TOKEN_FIELDS: tuple[str, ...] = (  # retain_labels is always set and stays local (only KL reads it)
     "retain_logits",
     "retain_ref_logits",
-    "retain_labels",
     "forget_hidden",
     "forget_mask",
     "retain_hidden",

@@ -191,7 +191,7 @@ def train(
     Data parallel (FSDP): every rank draws the same global batches from the shared seed and keeps
     its slice `index[rank::world_size]`, so the averaged gradients equal the single-process ones.
     """
-    if (params is None) == (unlearn is None) or (params is None and examples is None):
+    if (params is None) != (unlearn is None) or (unlearn is None and examples is None):
         raise ValueError("pass `examples` to fine-tune, or `unlearn` and `params` to unlearn")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

@@ -10,6 +10,7 @@ import torch
 
 from raysimnpo.errors import UserInputError
 from raysimnpo.models import (
+    PROMPT_FORMAT_FILE,
     SMOLLM2_FOLDER,
     LoadedModel,
     TinyModelConfig,
@@ -19,6 +20,7 @@ from raysimnpo.models import (
     looks_like_hub_id,
     resolve_dtype,
     tokenizer_cache_key,
+    write_prompt_format,
 )
 
 CORPUS = [
@@ -60,6 +62,17 @@ def test_tiny_same_seed_same_weights_other_seed_differs(tmp_path: Path) -> None:
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     assert not torch.equal(state_a["model.embed_tokens.weight"], state_c["model.embed_tokens.weight"])
+
+
+def test_tiny_bfloat16_is_the_float32_init_rounded(tmp_path: Path) -> None:
+    full = load_tiny(tmp_path, seed=5).model
+    half = load_model_and_tokenizer(
+        "tiny", cache_dir=tmp_path, tokenizer_corpus=CORPUS, seed=5, dtype="bfloat16", tiny=SMALL
+    ).model
+    assert half.dtype == torch.bfloat16
+    weight = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(half.state_dict()[weight], full.state_dict()[weight].to(torch.bfloat16))
+    assert half.model.rotary_emb.inv_freq.dtype == torch.float32
 
 
 def test_tiny_does_not_disturb_global_rng(tmp_path: Path) -> None:
@@ -155,6 +168,18 @@ def test_local_folder_prompt_format_and_pad(tmp_path: Path) -> None:
     state, reloaded = tiny.model.state_dict(), loaded.model.state_dict()
     assert all(torch.equal(state[k], reloaded[k]) for k in state)
 
+    recorded = tmp_path / "original"  # a fine-tune saved under a neutral name keeps its base's format
+    tiny.model.save_pretrained(recorded)
+    tiny.tokenizer.save_pretrained(recorded)
+    assert load_model_and_tokenizer(str(recorded), cache_dir=tmp_path).prompt_format == "plain"
+    write_prompt_format(recorded, "llama2-chat")
+    assert load_model_and_tokenizer(str(recorded), cache_dir=tmp_path).prompt_format == "llama2-chat"
+    (recorded / PROMPT_FORMAT_FILE).write_text('{"prompt_format": "alpaca"}')
+    with pytest.raises(
+        UserInputError, match=r"raysimnpo_prompt_format\.json: prompt_format 'alpaca'; allowed"
+    ):
+        load_model_and_tokenizer(str(recorded), cache_dir=tmp_path)
+
     plain = tmp_path / "plain-model"
     tiny.model.save_pretrained(plain)
     tiny.tokenizer.save_pretrained(plain)
@@ -217,7 +242,7 @@ def test_smollm2_from_imported_folder() -> None:
     tokenizer = loaded.tokenizer
     assert tokenizer.pad_token_id is not None and tokenizer.eos_token == "<|im_end|>"
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
     ids = tokenizer(prompt + "The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         next_id = int(loaded.model(input_ids=ids).logits[0, -1].argmax())

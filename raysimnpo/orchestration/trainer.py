@@ -1,0 +1,247 @@
+"""Unlearning on several workers: Ray Train's TorchTrainer around the one training loop (DESIGN §7).
+
+`unlearn_with_torch_trainer` starts `num_workers` Ray Train workers (torch.distributed on gloo for
+CPUs, NCCL for GPUs). Each worker rebuilds the run's `Workspace` from the config, loads the Original,
+shards it with FSDP2 (`raysimnpo.sharding`) and calls `raysimnpo.training.train` with its rank, so
+every rank walks the same global batches and trains on its slice of each. Per epoch every rank
+reports the loop's row to Ray Train (rank 0's is kept); at the end the model is gathered on rank 0,
+written as a Hugging Face folder at `output_path` and reported as the run's checkpoint.
+
+`num_workers=0` is Ray Train's local mode: the same worker function runs in the calling process,
+unsharded, without Ray workers (the single-process CPU path of DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointUploadMode, FailureConfig, ScalingConfig, TrainingFailedError
+from ray.train.torch import TorchTrainer
+
+from raysimnpo import recipe, sharding
+from raysimnpo.config import RunConfig
+from raysimnpo.errors import UserInputError
+from raysimnpo.methods import METHODS, MethodParams, apply_task_vector, needs_of
+from raysimnpo.training import TrainingDiverged, UnlearnInputs, train
+
+CHECKPOINT_DIR_NAME = "model"
+
+
+def unlearn_with_torch_trainer(
+    config: RunConfig,
+    original_path: str,
+    output_path: str,
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    reference_nll: list[float] | None,
+    storage_path: str,
+    name: str,
+    max_failures: int = 0,
+) -> dict[str, Any]:
+    """Unlearn the Original at `original_path` with `config.method` on `num_workers` Ray Train
+    workers (FSDP2 when more than one) and write the result as a Hugging Face folder at `output_path`.
+
+    `reference_nll`: the Original's ℓ_ref per forget example (eq. 2), in forget-set order, for
+    methods that need it (NPO, IdkDPO); None makes each worker score the forget set with the
+    Original before sharding. Ignored by methods that do not use it. `storage_path`/`name`: Ray
+    Train's run folder (`<storage_path>/<name>`). When `output_path` lies inside it the reported
+    checkpoint is that folder; otherwise Ray Train copies the folder into the run folder (so a
+    cloud `storage_path` receives it). `max_failures`: worker-group restarts (the run restarts from
+    the Original; training is deterministic from the seed).
+
+    Returns {"metrics": the last reported row (last epoch's losses, learning rate, epoch,
+    training_seconds), "epochs": every epoch's row, "checkpoint_path", "output_path", "seconds"}.
+    Raises UserInputError for a setting the workers cannot run, TrainingDiverged when the loss
+    became non-finite, and Ray's TrainingFailedError for anything else that failed on a worker.
+    """
+    check_trainer_settings(config, original_path, num_workers=num_workers, use_gpu=use_gpu)
+    config = with_absolute_paths(config)
+    output = Path(output_path).expanduser().resolve()
+    storage = storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
+    in_run_folder = "://" not in storage and output.is_relative_to(Path(storage) / name)
+    worker_env = {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}} if ray.is_initialized() else None
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "original_path": str(Path(original_path).expanduser().resolve()),
+            "output_path": str(output),
+            "reference_nll": None if reference_nll is None else [float(x) for x in reference_nll],
+            "upload_checkpoint": not in_run_folder,
+        },
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
+            worker_runtime_env=worker_env,
+        ),
+    )
+    started = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        raise worker_cause(exc) from exc
+    assert result.checkpoint is not None, "the train loop reports its checkpoint last"
+    return {
+        "metrics": dict(result.metrics or {}),
+        "epochs": list(result.return_value or []),
+        "checkpoint_path": result.checkpoint.path,
+        "output_path": str(output),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def check_trainer_settings(config: RunConfig, original_path: str, *, num_workers: int, use_gpu: bool) -> None:
+    """What can be checked before any worker starts; one UserInputError line each."""
+    if num_workers < 0:
+        raise UserInputError(f"num_workers: {num_workers}; allowed: 0 (in this process) or more workers")
+    if not (Path(original_path).expanduser() / "config.json").is_file():
+        raise UserInputError(f"{original_path}: not a Hugging Face model folder (no config.json); pass the Original's folder")
+    if use_gpu and config.device == "cpu":
+        raise UserInputError("device: cpu but use_gpu is set; allowed with GPU workers: auto, cuda")
+    if not use_gpu and num_workers > 0 and config.device == "cuda":
+        raise UserInputError("device: cuda but use_gpu is off, so the workers see no GPU; allowed: auto, cpu")
+    world_size = max(1, num_workers)
+    if world_size == 1:
+        return
+    if config.unlearn.batch_size < world_size:
+        raise UserInputError(
+            f"unlearn.batch_size: {config.unlearn.batch_size} cannot be split over {world_size} workers; "
+            f"allowed: >= {world_size}"
+        )
+    if "frozen_model" in needs_of(config.method):
+        allowed = sorted(
+            n for n, m in METHODS.items() if "frozen_model" not in m.needs and "hidden_states" not in m.needs
+        )
+        raise UserInputError(
+            f"method.name: {config.method.name} needs a frozen copy of the model, which FSDP workers do not "
+            f"keep; allowed with num_workers > 1: {', '.join(allowed)} (grad_diff with retain_loss=nll)"
+        )
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """Ray Train workers run in the run folder, so relative paths in the config are resolved here."""
+    update: dict[str, Any] = {"cache_dir": str(Path(config.cache_dir).expanduser().resolve())}
+    source = config.data.source
+    if source.kind == "local" and source.path:
+        local = source.model_copy(update={"path": str(Path(source.path).expanduser().resolve())})
+        update["data"] = config.data.model_copy(update={"source": local})
+    if Path(config.model.name).expanduser().is_dir():
+        folder = str(Path(config.model.name).expanduser().resolve())
+        update["model"] = config.model.model_copy(update={"name": folder})
+    return config.model_copy(update=update)
+
+
+def worker_cause(error: TrainingFailedError) -> Exception:
+    """The user-facing error behind a failed run: a worker's UserInputError or TrainingDiverged
+    (Ray Train keeps each rank's exception in `worker_failures`), else Ray's error unchanged."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        if isinstance(failures[rank], UserInputError | TrainingDiverged):
+            return failures[rank]
+    return error
+
+
+# ------------------------------------------------------------------------------------ on a worker
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One Ray Train worker: Original -> FSDP2 -> `training.train` -> HF folder on rank 0.
+
+    Returns the per-epoch rows (Ray Train keeps rank 0's as the run's return value).
+    """
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    config = RunConfig.model_validate(loop_config["config"])
+    params = config.method
+    ws = _workspace(config, first=context.get_local_rank() == 0)
+    model = recipe.load_prepared_model(Path(loop_config["original_path"]), config)
+    loaded_dtype = model.dtype
+    inputs = _unlearn_inputs(ws, params, model, loop_config["reference_nll"])
+    check_batches(inputs, params, config.unlearn.batch_size, world_size)
+    sharded = world_size > 1 and dist.is_initialized()
+    if sharded:
+        sharding.shard_model(model)
+    original_state = (
+        {k: v.detach().clone() for k, v in model.state_dict().items()} if params.name == "task_vector" else None
+    )
+
+    def report(row: dict[str, Any]) -> None:
+        ray.train.report(row)
+
+    summary = train(
+        model,
+        config.unlearn,
+        pad_id=ws.pad_id,
+        seed=config.seed,
+        unlearn=inputs,
+        params=params,
+        report=report,
+        rank=rank,
+        world_size=world_size,
+    )
+    if original_state is not None:  # θ_o − α(θ_ft − θ_o), shard by shard under FSDP
+        model.load_state_dict(apply_task_vector(original_state, model.state_dict(), params))
+    output = Path(loop_config["output_path"])
+    sharding.save_hf_checkpoint(
+        model, ws.tokenizer, ws.prompt_format, output, dtype=loaded_dtype if sharded else None
+    )
+    final = {**summary.epochs[-1], "training_seconds": summary.seconds}
+    mode = CheckpointUploadMode.SYNC if loop_config["upload_checkpoint"] else CheckpointUploadMode.NO_UPLOAD
+    checkpoint = Checkpoint.from_directory(str(output)) if rank == 0 else None
+    ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name=CHECKPOINT_DIR_NAME, checkpoint_upload_mode=mode)
+    return summary.epochs
+
+
+def _workspace(config: RunConfig, *, first: bool) -> recipe.Workspace:
+    """The local rank 0 builds (and caches) data and tokenizer before the other ranks read them."""
+    ws = recipe.workspace(config) if first else None
+    if dist.is_initialized():
+        dist.barrier()
+    return ws if ws is not None else recipe.workspace(config)
+
+
+def _unlearn_inputs(
+    ws: recipe.Workspace, params: MethodParams, original: torch.nn.Module, reference_nll: list[float] | None
+) -> UnlearnInputs:
+    """`recipe.unlearn_inputs`, with the forget set's ℓ_ref taken from `reference_nll` when given
+    (no scoring pass on the workers); otherwise scored here with the unsharded Original."""
+    needs = needs_of(params)
+    if "reference_nll" not in needs:
+        return recipe.unlearn_inputs(ws, params, None)
+    if reference_nll is None or "idk" in needs:  # IdkDPO also needs ℓ_ref of the refusals
+        inputs = recipe.unlearn_inputs(ws, params, original)
+    else:
+        inputs = UnlearnInputs(forget=ws.encode(ws.data.forget), retain=ws.encode(ws.data.retain))
+    if reference_nll is not None:
+        if len(reference_nll) != len(inputs.forget):
+            raise UserInputError(
+                f"reference_nll: {len(reference_nll)} values but {ws.config.data.forget_split} has "
+                f"{len(inputs.forget)} examples; allowed: one ℓ_ref per forget example, in order"
+            )
+        inputs.forget_ref_nll = torch.tensor(reference_nll, dtype=torch.float32)
+    return inputs
+
+
+def check_batches(inputs: UnlearnInputs, params: MethodParams, batch_size: int, world_size: int) -> None:
+    """Every rank must take a non-empty slice of every global batch (FSDP steps are collectives):
+    the last, partial batch of the forget set and of the retain stream must hold 0 or at least
+    `world_size` examples."""
+    sets = {"forget": len(inputs.forget)}
+    if METHODS[params.name].retain_weight(params) > 0:
+        sets["retain"] = len(inputs.retain)
+    for which, n in sets.items():
+        rest = n % batch_size
+        if world_size > 1 and 0 < rest < world_size:
+            raise UserInputError(
+                f"unlearn.batch_size: the {which} set's {n} examples leave a last batch of {rest} for "
+                f"{world_size} workers; allowed: a batch size that leaves 0 or at least {world_size} examples"
+            )

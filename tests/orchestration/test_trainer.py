@@ -1,0 +1,135 @@
+"""raysimnpo.orchestration.trainer: a 2-worker TorchTrainer (FSDP2 on gloo) unlearns a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from ray.train import WorkerGroupError
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from raysimnpo import recipe
+from raysimnpo.config import DataSettings, ModelSettings, RunConfig, TrainSettings
+from raysimnpo.data.sources import TofuSource
+from raysimnpo.data.tofu_generator import TofuGeneratorConfig
+from raysimnpo.errors import UserInputError
+from raysimnpo.methods import RMUParams, SimNPOParams
+from raysimnpo.models import TinyModelConfig, load_model_and_tokenizer
+from raysimnpo.orchestration.trainer import (
+    check_trainer_settings,
+    unlearn_with_torch_trainer,
+    with_absolute_paths,
+    worker_cause,
+)
+from raysimnpo.scoring import score_sequences
+from raysimnpo.training import TrainingDiverged
+
+SMALL = TinyModelConfig(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+    max_position_embeddings=128, vocab_size=300,
+)
+
+
+def run_config(cache: Path) -> RunConfig:
+    # forget10 of the small generated set: 6 forget and 54 retain QA; batch 4 leaves last batches of 2.
+    return RunConfig(
+        seed=3,
+        device="cpu",
+        cache_dir=str(cache),
+        data=DataSettings(source=TofuSource(kind="generated", generator=TofuGeneratorConfig.preset("small"))),
+        model=ModelSettings(name="tiny", dtype="float32", tiny=SMALL),
+        unlearn=TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, warmup_epochs=0.0),
+        # A small β: on a random-init model ℓ/|y| ≈ log V, and at β = 2.5 SimNPO's weight 2σ(−βℓ/|y|)/|y|
+        # (eq. 5) is ~1e-6, so the forget term would not move the weights.
+        method=SimNPOParams(beta=0.1, retain_weight=0.1),
+    )
+
+
+def forget_nll_per_token(model: torch.nn.Module, ws: recipe.Workspace) -> float:
+    nll, n = score_sequences(model, ws.encode(ws.data.forget), 8, ws.pad_id)
+    return float(nll.sum() / n.sum())
+
+
+@pytest.mark.ray
+def test_two_workers_unlearn_and_write_a_loadable_checkpoint(ray_cluster: None, tmp_path: Path) -> None:
+    config = run_config(tmp_path / "cache")
+    ws = recipe.workspace(config)  # writes the data and tokenizer caches the workers read
+    original = load_model_and_tokenizer(
+        "tiny", dtype="float32", cache_dir=tmp_path / "cache", tokenizer_corpus=ws.data.corpus(), seed=3, tiny=SMALL
+    ).model
+    recipe.save_model(original, ws.tokenizer, ws.prompt_format, tmp_path / "original")
+
+    out = unlearn_with_torch_trainer(
+        config,
+        str(tmp_path / "original"),
+        str(tmp_path / "unlearned"),
+        num_workers=2,
+        use_gpu=False,
+        reference_nll=None,
+        storage_path=str(tmp_path / "ray"),
+        name="simnpo-2w",
+    )
+
+    # Outside the run folder, so Ray Train copied the HF folder in as the run's checkpoint.
+    checkpoint = Path(out["checkpoint_path"])
+    assert checkpoint == tmp_path / "ray" / "simnpo-2w" / "model"
+    assert out["output_path"] == str(tmp_path / "unlearned")
+    assert [row["epoch"] for row in out["epochs"]] == [1]
+    assert out["metrics"]["epoch"] == 1 and out["metrics"]["training_seconds"] > 0
+    assert math.isfinite(out["metrics"]["forget_loss"]) and out["metrics"]["retain_loss"] > 0
+
+    unlearned = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    copy = AutoModelForCausalLM.from_pretrained(tmp_path / "unlearned", dtype=torch.float32)
+    assert json.loads((checkpoint / "raysimnpo.json").read_text()) == {"prompt_format": "plain"}
+    assert AutoTokenizer.from_pretrained(checkpoint).get_vocab() == ws.tokenizer.get_vocab()
+    before, after = original.state_dict(), unlearned.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in copy.state_dict().items())
+    assert all(not torch.equal(after[k], before[k]) for k in before)
+    # SimNPO raised the forget answers' NLL per token (one process: +0.063 over these 2 steps).
+    assert forget_nll_per_token(unlearned, ws) > forget_nll_per_token(original, ws) + 0.02
+
+
+def test_settings_the_workers_cannot_run_are_refused_before_starting(tmp_path: Path) -> None:
+    config = run_config(tmp_path / "cache")
+    folder = tmp_path / "original"
+    folder.mkdir()
+    with pytest.raises(UserInputError, match="not a Hugging Face model folder"):
+        check_trainer_settings(config, str(folder), num_workers=2, use_gpu=False)
+    (folder / "config.json").write_text("{}")
+    check_trainer_settings(config, str(folder), num_workers=2, use_gpu=False)
+    with pytest.raises(UserInputError, match=r"^unlearn.batch_size: 4 cannot be split over 5 workers; allowed: >= 5$"):
+        check_trainer_settings(config, str(folder), num_workers=5, use_gpu=False)
+    rmu = config.model_copy(update={"method": RMUParams()})
+    with pytest.raises(UserInputError, match="method.name: rmu needs a frozen copy .* allowed with num_workers > 1: "):
+        check_trainer_settings(rmu, str(folder), num_workers=2, use_gpu=False)
+    check_trainer_settings(rmu, str(folder), num_workers=1, use_gpu=False)  # one unsharded worker keeps a copy
+    with pytest.raises(UserInputError, match="device: cpu but use_gpu"):
+        check_trainer_settings(config, str(folder), num_workers=2, use_gpu=True)
+
+
+def test_relative_paths_are_resolved_for_workers_that_run_in_the_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    config = run_config(Path("cache")).model_copy(
+        update={"data": DataSettings(source=TofuSource(kind="local", path="data"))}
+    )
+    resolved = with_absolute_paths(config)
+    assert resolved.cache_dir == str(tmp_path / "cache")
+    assert resolved.data.source.path == str(tmp_path / "data")
+    assert resolved.model.name == "tiny" and resolved.method == config.method
+
+
+def test_worker_errors_are_unwrapped_to_the_users_exception() -> None:
+    # Ray Train 2.60 keeps each rank's own exception object in WorkerGroupError.worker_failures.
+    user = UserInputError("reference_nll: 2 values but forget10 has 6 examples; allowed: one per example")
+    assert worker_cause(WorkerGroupError("ranks 0, 1 failed", {1: user, 0: RuntimeError("x")})) is user
+    diverged = TrainingDiverged("loss became nan at epoch 2")
+    assert worker_cause(WorkerGroupError("rank 0 failed", {0: diverged})) is diverged
+    other = WorkerGroupError("rank 0 failed", {0: RuntimeError("gloo timeout")})
+    assert worker_cause(other) is other
