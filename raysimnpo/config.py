@@ -68,6 +68,9 @@ class EvalSettings(Frozen):
     generation_limit: int | None = Field(
         None, gt=0, description="generate for the first N questions of each split (None = all)"
     )
+    engine: Literal["ray_data", "in_process"] = Field(
+        "ray_data", description="sweeps: stream evaluation through Ray Data actors, or run it in the trial"
+    )
 
 
 class RunConfig(Frozen):
@@ -276,10 +279,13 @@ class SweepConfig(Frozen):
         return self
 
     def trial_run_config(self, params: Mapping[str, Any]) -> RunConfig:
-        """The run of one trial: the base run with the sampled `method` and dotted settings."""
+        """The run of one trial: the base run with the sampled `method` and its dotted settings
+        (`{"method": "simnpo", "simnpo": {"method.beta": 2.5, ...}}`, as the search space names them)."""
+        method = params["method"]
         data = self.run.model_dump(mode="json")
-        data["method"] = {"name": params["method"]}
-        overrides = [f"{k}={json.dumps(v)}" for k, v in params.items() if k != "method"]
+        if data["method"]["name"] != method:
+            data["method"] = {"name": method}
+        overrides = [f"{k}={json.dumps(v)}" for k, v in (params.get(method) or {}).items()]
         return RunConfig.model_validate(apply_overrides(data, overrides))
 
 

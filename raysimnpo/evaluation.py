@@ -50,9 +50,10 @@ def example_statistics(
     rows: Sequence[dict[str, Any]],
     settings: EvalSettings,
     max_length: int,
-    first_index: int = 0,
+    indices: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-example statistics of one evaluation split (or a slice of it starting at `first_index`):
+    """Per-example statistics of one evaluation split, or of some of its rows (`indices`: their
+    positions in the split; the generation limit counts positions):
     summed NLLs and token counts of the answer, the truth-ratio reference and each perturbed
     answer, and the greedy answer. Everything TOFU's metrics need, nothing aggregated."""
     seqs = _Sequences()
@@ -68,8 +69,9 @@ def example_statistics(
     nll, n_tokens = score_sequences(model, seqs.encoded, settings.batch_size, pad_id)
     scored = {owner: (float(nll[i]), int(n_tokens[i])) for i, owner in enumerate(seqs.owner)}
 
+    positions = list(range(len(rows))) if indices is None else list(indices)
     limit = settings.generation_limit
-    generate_rows = [r for r in range(len(rows)) if limit is None or first_index + r < limit]
+    generate_rows = [r for r in range(len(rows)) if limit is None or positions[r] < limit]
     prompts = [encode_prompt(tokenizer, rows[r]["question"], prompt_format) for r in generate_rows]
     texts = generate_greedy(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
     generations = dict(zip(generate_rows, texts, strict=True))
@@ -82,7 +84,7 @@ def example_statistics(
         out.append(
             {
                 "split": split.name,
-                "index": first_index + r,
+                "index": positions[r],
                 "question": row["question"],
                 "answer": row["answer"],
                 "answer_nll": scored[(split.name, r, "answer", 0)][0],

@@ -31,12 +31,11 @@ from raysimnpo.data.refusals import refusal_for
 from raysimnpo.errors import UserInputError
 from raysimnpo.evaluation import TofuEvaluation, evaluate_tofu
 from raysimnpo.methods import MethodParams, apply_task_vector, needs_of
-from raysimnpo.models import load_model_and_tokenizer
+from raysimnpo.models import load_model_and_tokenizer, write_prompt_format
 from raysimnpo.scoring import score_sequences
 from raysimnpo.training import TrainingSummary, UnlearnInputs, train
 
 Log = Callable[[str], None]
-PROMPT_FORMAT_FILE = "raysimnpo.json"
 
 
 def _quiet(_: str) -> None:
@@ -134,10 +133,12 @@ def load_prepared_model(path: Path, config: RunConfig) -> PreTrainedModel:
     return loaded.model.to(resolve_device(config))
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_format: str, path: Path) -> None:
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat, path: Path
+) -> None:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-    (path / PROMPT_FORMAT_FILE).write_text(json.dumps({"prompt_format": prompt_format}))
+    write_prompt_format(path, prompt_format)
 
 
 def write_examples(examples: list[dict[str, Any]], path: Path) -> None:
@@ -161,12 +162,11 @@ def evaluate(
 def _finetune_and_store(
     ws: Workspace,
     name: str,
-    key: str,
+    final: Path,
     rows: list[dict[str, Any]],
     retrain_truth_ratios: Any | None,
     log: Log,
 ) -> PreparedModel:
-    final = Path(ws.config.cache_dir) / "prepared" / key
     if (final / "metrics.json").is_file():
         log(f"[prepare] {name}: cached at {final}")
         metrics = json.loads((final / "metrics.json").read_text())["metrics"]
@@ -192,7 +192,7 @@ def _finetune_and_store(
     summary = train(model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show)
     evaluation = evaluate(ws, model, retrain_truth_ratios)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     save_model(model, ws.tokenizer, ws.prompt_format, staging / "model")
     write_examples(evaluation.examples, staging / "examples.parquet")
     (staging / "metrics.json").write_text(
@@ -205,46 +205,68 @@ def _finetune_and_store(
     return PreparedModel(final / "model", evaluation.metrics, evaluation.examples)
 
 
-def prepare(ws: Workspace, log: Log = _quiet) -> Prepared:
+def prepared_dirs(config: RunConfig, root: Path | None = None) -> tuple[Path, Path]:
+    """Where Original and Retrain live: `<root>/<content hash>` (root: `<cache_dir>/prepared`)."""
+    root = Path(config.cache_dir) / "prepared" if root is None else root
+    return root / f"original-{original_key(config)}-{config.data.forget_split}", root / f"retrain-{retrain_key(config)}"
+
+
+def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepared:
     """Fine-tune Retrain (on retainXX) first, so the Original's forget quality can be measured
     against Retrain's truth ratios; both are cached by content hash."""
     utility = ws.data.utility_train_rows if ws.config.data.train_on_utility_splits else []
-    retrain = _finetune_and_store(ws, "Retrain", retrain_key(ws.config), ws.data.retain + utility, None, log)
+    original_dir, retrain_dir = prepared_dirs(ws.config, root)
+    retrain = _finetune_and_store(ws, "Retrain", retrain_dir, ws.data.retain + utility, None, log)
     original = _finetune_and_store(
-        ws, "Original", original_key(ws.config) + "-vs-" + ws.config.data.forget_split, ws.data.full + utility,
-        retrain.forget_truth_ratios(), log,
+        ws, "Original", original_dir, ws.data.full + utility, retrain.forget_truth_ratios(), log
     )
     return Prepared(original=original, retrain=retrain)
 
 
-def unlearn_inputs(ws: Workspace, params: MethodParams, reference: PreTrainedModel | None) -> UnlearnInputs:
+def reference_examples(ws: Workspace) -> tuple[list[EncodedExample], list[EncodedExample]]:
+    """The forget answers and the forget questions' refusals, in forget order: what the
+    reference NLLs of NPO and IdkDPO are computed on."""
+    refusals = [dict(r, answer=refusal_for(i, ws.config.seed)) for i, r in enumerate(ws.data.forget)]
+    return ws.encode(ws.data.forget), ws.encode(refusals)
+
+
+def unlearn_inputs(
+    ws: Workspace,
+    params: MethodParams,
+    reference: PreTrainedModel | None,
+    reference_nll: tuple[Any, Any] | None = None,
+) -> UnlearnInputs:
     """Forget/retain examples plus what the method needs: refusals for IDK, and the reference NLLs
-    ℓ_ref (eq. 2), computed once by the Original for the whole forget set."""
-    forget = ws.encode(ws.data.forget)
+    ℓ_ref (eq. 2) of the forget answers and refusals, computed once by the Original (or passed in
+    as `reference_nll`, precomputed for a whole sweep)."""
+    forget, refusals = reference_examples(ws)
     inputs = UnlearnInputs(forget=forget, retain=ws.encode(ws.data.retain))
     needs = needs_of(params)
     if "idk" in needs:
-        refusals = [dict(r, answer=refusal_for(i, ws.config.seed)) for i, r in enumerate(ws.data.forget)]
-        inputs.idk = ws.encode(refusals)
+        inputs.idk = refusals
     if "reference_nll" in needs:
-        assert reference is not None
-        batch = ws.config.evaluation.batch_size
-        nll, _ = score_sequences(reference, forget, batch, ws.pad_id)
-        inputs.forget_ref_nll = torch.tensor(nll, dtype=torch.float32)
-        if inputs.idk is not None:
-            idk_nll, _ = score_sequences(reference, inputs.idk, batch, ws.pad_id)
-            inputs.idk_ref_nll = torch.tensor(idk_nll, dtype=torch.float32)
+        if reference_nll is None:
+            assert reference is not None
+            batch = ws.config.evaluation.batch_size
+            reference_nll = (
+                score_sequences(reference, forget, batch, ws.pad_id)[0],
+                score_sequences(reference, refusals, batch, ws.pad_id)[0],
+            )
+        inputs.forget_ref_nll = torch.tensor(reference_nll[0], dtype=torch.float32)
+        inputs.idk_ref_nll = torch.tensor(reference_nll[1], dtype=torch.float32)
     return inputs
 
 
 def unlearn_model(
     ws: Workspace,
-    prepared: Prepared,
+    original_path: Path,
     report: Callable[[dict[str, Any]], None] | None = None,
+    reference_nll: tuple[Any, Any] | None = None,
 ) -> tuple[PreTrainedModel, TrainingSummary]:
+    """Load the Original and unlearn it in this process with the config's method."""
     config = ws.config
-    model = load_prepared_model(prepared.original.path, config)
-    inputs = unlearn_inputs(ws, config.method, model)
+    model = load_prepared_model(original_path, config)
+    inputs = unlearn_inputs(ws, config.method, model, reference_nll)
     original_state = (
         {k: v.detach().clone() for k, v in model.state_dict().items()} if config.method.name == "task_vector" else None
     )
@@ -267,7 +289,7 @@ def run(config: RunConfig, log: Log = _quiet) -> RunResult:
             f"retain {row['retain_loss']:.4f}"
         )
 
-    model, summary = unlearn_model(ws, prepared, report=show)
+    model, summary = unlearn_model(ws, prepared.original.path, report=show)
     started = time.perf_counter()
     evaluation = evaluate(ws, model, prepared.retrain.forget_truth_ratios())
     return RunResult(prepared.original, prepared.retrain, evaluation, summary, time.perf_counter() - started)

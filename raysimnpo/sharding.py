@@ -24,7 +24,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -176,7 +176,11 @@ def gather_step_terms(terms: StepTerms) -> StepTerms:
     present = [name for name in _TOKEN_FIELDS if getattr(terms, name) is not None]
     if present:
         raise ValueError(f"gather_step_terms: token-level terms {present} cannot be gathered across ranks")
-    updates = {name: gather_rows(getattr(terms, name)) for name in SEQUENCE_FIELDS if getattr(terms, name) is not None}
+    updates = {
+        name: gather_rows(getattr(terms, name))
+        for name in SEQUENCE_FIELDS
+        if getattr(terms, name) is not None
+    }
     return dataclasses.replace(terms, **updates)
 
 
@@ -190,7 +194,7 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor] | None:
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     rank, _ = rank_and_world_size()
-    return state if rank == 0 else None
+    return cast(dict[str, Tensor], state) if rank == 0 else None
 
 
 def save_hf_checkpoint(
@@ -227,4 +231,3 @@ def save_hf_checkpoint(
         staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-

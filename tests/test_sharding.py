@@ -13,7 +13,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from torch.distributed.tensor import DTensor
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from raysimnpo import sharding
 from raysimnpo.data.formatting import EncodedExample
@@ -25,8 +34,14 @@ from raysimnpo.training import UnlearnInputs, step_terms
 WORLD = 2
 CORPUS = [f"Question: Who wrote book {i}?\nAnswer: Author {i} wrote it in {1900 + i}." for i in range(40)]
 TINY = TinyModelConfig(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
-    max_position_embeddings=64, vocab_size=300, tie_word_embeddings=True,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    vocab_size=300,
+    tie_word_embeddings=True,
 )
 PARAMS = SimNPOParams(beta=2.5, gamma=0.5, retain_weight=1.0)
 # Global batch of 5 forget and 5 retain examples: rank 0 takes rows 0, 2, 4 and rank 1 rows 1, 3, so
@@ -46,7 +61,7 @@ def examples(seed: int, vocab: int) -> list[EncodedExample]:
     return out
 
 
-def tiny_model(cache: Path) -> tuple[nn.Module, object]:
+def tiny_model(cache: Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     tokenizer = build_tiny_tokenizer(CORPUS, TINY, cache)
     return build_tiny_model(tokenizer, TINY, seed=7, dtype=torch.float32), tokenizer
 
@@ -55,7 +70,15 @@ def inputs_for(vocab: int) -> UnlearnInputs:
     return UnlearnInputs(forget=examples(1, vocab), retain=examples(2, vocab))
 
 
-def loss_of(model: nn.Module, forget: list[int], retain: list[int], pad_id: int, gather: bool) -> torch.Tensor:
+def full(tensor: torch.Tensor | None) -> torch.Tensor:
+    """The whole tensor behind an FSDP2 shard (a DTensor)."""
+    assert isinstance(tensor, DTensor)
+    return tensor.full_tensor()
+
+
+def loss_of(
+    model: PreTrainedModel, forget: list[int], retain: list[int], pad_id: int, gather: bool
+) -> torch.Tensor:
     terms = step_terms(model, PARAMS, inputs_for(model.config.vocab_size), forget, retain, pad_id, None, None)
     if gather:
         terms = sharding.gather_step_terms(terms)
@@ -77,10 +100,10 @@ def _rank(rank: int, port: int, out: str, cache: str) -> None:
             dist.all_reduce(naive)
         loss = loss_of(model, forget, retain, pad_id, gather=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM).full_tensor()
-        grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
+        norm = full(torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM))
+        grads = {name: full(p.grad) for name, p in model.named_parameters()}
         torch.optim.AdamW(model.parameters(), lr=1e-2).step()
-        params = {name: p.full_tensor() for name, p in model.named_parameters()}
+        params = {name: full(p) for name, p in model.named_parameters()}
         state = sharding.full_state_dict(model)
         sharding.save_hf_checkpoint(model, tokenizer, "plain", Path(out) / "checkpoint")
         if rank == 0:
@@ -89,7 +112,10 @@ def _rank(rank: int, port: int, out: str, cache: str) -> None:
             save_file({k: v.reshape(1) for k, v in scalars.items()}, f"{out}/scalars.safetensors")
             save_file(grads, f"{out}/grads.safetensors")
             save_file(params, f"{out}/params.safetensors")
-            save_file({k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"}, f"{out}/state.safetensors")
+            save_file(
+                {k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"},
+                f"{out}/state.safetensors",
+            )
         else:
             (Path(out) / "rank1.json").write_text(json.dumps({"state_is_none": state is None}))
     finally:

@@ -14,15 +14,24 @@ unsharded, without Ray workers (the single-process CPU path of DESIGN §7).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ray
 import ray.train
-import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointUploadMode, FailureConfig, ScalingConfig, TrainingFailedError
-from ray.train.torch import TorchTrainer
+from ray.train import Checkpoint, CheckpointUploadMode
+
+# What ray.train.{RunConfig, FailureConfig, ScalingConfig, TrainingFailedError} and
+# ray.train.torch.TorchTrainer are in Ray 2.60 (Train V2), imported by their V2 names so that type
+# checkers see the V2 signatures (local mode, worker_runtime_env, Result.return_value).
+from ray.train.v2.api.config import FailureConfig, ScalingConfig
+from ray.train.v2.api.config import RunConfig as TrainRunConfig
+from ray.train.v2.api.exceptions import TrainingFailedError
+from ray.train.v2.api.result import Result
+from ray.train.v2.torch.torch_trainer import TorchTrainer
+from transformers import PreTrainedModel
 
 from raysimnpo import recipe, sharding
 from raysimnpo.config import RunConfig
@@ -40,7 +49,7 @@ def unlearn_with_torch_trainer(
     *,
     num_workers: int,
     use_gpu: bool,
-    reference_nll: list[float] | None,
+    reference_nll: Sequence[Sequence[float]] | None,
     storage_path: str,
     name: str,
     max_failures: int = 0,
@@ -48,13 +57,16 @@ def unlearn_with_torch_trainer(
     """Unlearn the Original at `original_path` with `config.method` on `num_workers` Ray Train
     workers (FSDP2 when more than one) and write the result as a Hugging Face folder at `output_path`.
 
-    `reference_nll`: the Original's ℓ_ref per forget example (eq. 2), in forget-set order, for
-    methods that need it (NPO, IdkDPO); None makes each worker score the forget set with the
-    Original before sharding. Ignored by methods that do not use it. `storage_path`/`name`: Ray
-    Train's run folder (`<storage_path>/<name>`). When `output_path` lies inside it the reported
-    checkpoint is that folder; otherwise Ray Train copies the folder into the run folder (so a
-    cloud `storage_path` receives it). `max_failures`: worker-group restarts (the run restarts from
-    the Original; training is deterministic from the seed).
+    `reference_nll`: the pair (ℓ_ref of the forget answers, ℓ_ref of their refusals) of the Original
+    (eq. 2), each in forget order, as `recipe.unlearn_inputs` takes it, for the methods that need them (NPO,
+    IdkDPO); None makes each worker score them with the Original before sharding. Ignored by the
+    other methods.
+
+    `storage_path`/`name`: Ray Train's run folder (`<storage_path>/<name>`). When `output_path`
+    lies inside it, the reported checkpoint is that folder; otherwise Ray Train copies the folder
+    into the run folder as `model/` (so a cloud `storage_path` receives it). On several nodes,
+    `output_path` must be storage that rank 0's node writes and the caller reads. `max_failures`:
+    worker-group restarts (a restart trains again from the Original; runs repeat from the seed).
 
     Returns {"metrics": the last reported row (last epoch's losses, learning rate, epoch,
     training_seconds), "epochs": every epoch's row, "checkpoint_path", "output_path", "seconds"}.
@@ -62,22 +74,33 @@ def unlearn_with_torch_trainer(
     became non-finite, and Ray's TrainingFailedError for anything else that failed on a worker.
     """
     check_trainer_settings(config, original_path, num_workers=num_workers, use_gpu=use_gpu)
+    if reference_nll is not None and (
+        len(reference_nll) != 2 or not all(hasattr(v, "__len__") for v in reference_nll)
+    ):
+        raise UserInputError(
+            f"reference_nll: {len(reference_nll)} items; allowed: None or (forget ℓ_ref, refusal ℓ_ref), "
+            "two sequences in forget order"
+        )
     config = with_absolute_paths(config)
     output = Path(output_path).expanduser().resolve()
     storage = storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
     in_run_folder = "://" not in storage and output.is_relative_to(Path(storage) / name)
-    worker_env = {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}} if ray.is_initialized() else None
+    worker_env = (
+        {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}} if ray.is_initialized() else None
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "original_path": str(Path(original_path).expanduser().resolve()),
             "output_path": str(output),
-            "reference_nll": None if reference_nll is None else [float(x) for x in reference_nll],
+            "reference_nll": None
+            if reference_nll is None
+            else [[float(x) for x in v] for v in reference_nll],
             "upload_checkpoint": not in_run_folder,
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=ray.train.RunConfig(
+        run_config=TrainRunConfig(
             name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
@@ -86,7 +109,7 @@ def unlearn_with_torch_trainer(
     )
     started = time.perf_counter()
     try:
-        result = trainer.fit()
+        result = cast(Result, trainer.fit())
     except TrainingFailedError as exc:
         raise worker_cause(exc) from exc
     assert result.checkpoint is not None, "the train loop reports its checkpoint last"
@@ -104,7 +127,9 @@ def check_trainer_settings(config: RunConfig, original_path: str, *, num_workers
     if num_workers < 0:
         raise UserInputError(f"num_workers: {num_workers}; allowed: 0 (in this process) or more workers")
     if not (Path(original_path).expanduser() / "config.json").is_file():
-        raise UserInputError(f"{original_path}: not a Hugging Face model folder (no config.json); pass the Original's folder")
+        raise UserInputError(
+            f"{original_path}: not a Hugging Face model folder (no config.json); pass the Original's folder"
+        )
     if use_gpu and config.device == "cpu":
         raise UserInputError("device: cpu but use_gpu is set; allowed with GPU workers: auto, cuda")
     if not use_gpu and num_workers > 0 and config.device == "cuda":
@@ -140,7 +165,7 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
     return config.model_copy(update=update)
 
 
-def worker_cause(error: TrainingFailedError) -> Exception:
+def worker_cause(error: Exception) -> Exception:
     """The user-facing error behind a failed run: a worker's UserInputError or TrainingDiverged
     (Ray Train keeps each rank's exception in `worker_failures`), else Ray's error unchanged."""
     failures = getattr(error, "worker_failures", None) or {}
@@ -165,13 +190,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     ws = _workspace(config, first=context.get_local_rank() == 0)
     model = recipe.load_prepared_model(Path(loop_config["original_path"]), config)
     loaded_dtype = model.dtype
-    inputs = _unlearn_inputs(ws, params, model, loop_config["reference_nll"])
+    given = loop_config["reference_nll"]
+    inputs = _unlearn_inputs(ws, params, model, None if given is None else (given[0], given[1]))
     check_batches(inputs, params, config.unlearn.batch_size, world_size)
-    sharded = world_size > 1 and dist.is_initialized()
+    sharded = world_size > 1
     if sharded:
-        sharding.shard_model(model)
+        sharding.shard_model(model)  # torch.distributed is set up by Ray Train (gloo / NCCL)
     original_state = (
-        {k: v.detach().clone() for k, v in model.state_dict().items()} if params.name == "task_vector" else None
+        {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if params.name == "task_vector"
+        else None
     )
 
     def report(row: dict[str, Any]) -> None:
@@ -197,7 +225,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     final = {**summary.epochs[-1], "training_seconds": summary.seconds}
     mode = CheckpointUploadMode.SYNC if loop_config["upload_checkpoint"] else CheckpointUploadMode.NO_UPLOAD
     checkpoint = Checkpoint.from_directory(str(output)) if rank == 0 else None
-    ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name=CHECKPOINT_DIR_NAME, checkpoint_upload_mode=mode)
+    ray.train.report(
+        final, checkpoint=checkpoint, checkpoint_dir_name=CHECKPOINT_DIR_NAME, checkpoint_upload_mode=mode
+    )
     return summary.epochs
 
 
@@ -210,24 +240,21 @@ def _workspace(config: RunConfig, *, first: bool) -> recipe.Workspace:
 
 
 def _unlearn_inputs(
-    ws: recipe.Workspace, params: MethodParams, original: torch.nn.Module, reference_nll: list[float] | None
+    ws: recipe.Workspace,
+    params: MethodParams,
+    original: PreTrainedModel,
+    reference_nll: tuple[list[float], list[float]] | None,
 ) -> UnlearnInputs:
-    """`recipe.unlearn_inputs`, with the forget set's ℓ_ref taken from `reference_nll` when given
-    (no scoring pass on the workers); otherwise scored here with the unsharded Original."""
-    needs = needs_of(params)
-    if "reference_nll" not in needs:
-        return recipe.unlearn_inputs(ws, params, None)
-    if reference_nll is None or "idk" in needs:  # IdkDPO also needs ℓ_ref of the refusals
-        inputs = recipe.unlearn_inputs(ws, params, original)
-    else:
-        inputs = UnlearnInputs(forget=ws.encode(ws.data.forget), retain=ws.encode(ws.data.retain))
-    if reference_nll is not None:
-        if len(reference_nll) != len(inputs.forget):
+    """`recipe.unlearn_inputs`; without `reference_nll` a method that needs ℓ_ref scores the forget
+    set and refusals with the (still unsharded) Original here, identically on every rank."""
+    inputs = recipe.unlearn_inputs(ws, params, original, reference_nll)
+    if reference_nll is not None and "reference_nll" in needs_of(params):
+        sizes = [len(values) for values in reference_nll]
+        if sizes != [len(inputs.forget)] * 2:
             raise UserInputError(
-                f"reference_nll: {len(reference_nll)} values but {ws.config.data.forget_split} has "
-                f"{len(inputs.forget)} examples; allowed: one ℓ_ref per forget example, in order"
+                f"reference_nll: {sizes[0]} and {sizes[1]} values but {ws.config.data.forget_split} has "
+                f"{len(inputs.forget)} examples; allowed: one ℓ_ref per forget answer and per refusal, in order"
             )
-        inputs.forget_ref_nll = torch.tensor(reference_nll, dtype=torch.float32)
     return inputs
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from ray.train import WorkerGroupError
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from raysimnpo import recipe
 from raysimnpo.config import DataSettings, ModelSettings, RunConfig, TrainSettings
 from raysimnpo.data.sources import TofuSource
 from raysimnpo.data.tofu_generator import TofuGeneratorConfig
 from raysimnpo.errors import UserInputError
-from raysimnpo.methods import RMUParams, SimNPOParams
+from raysimnpo.methods import NPOParams, RMUParams, SimNPOParams
 from raysimnpo.models import TinyModelConfig, load_model_and_tokenizer
 from raysimnpo.orchestration.trainer import (
     check_trainer_settings,
@@ -28,8 +28,13 @@ from raysimnpo.scoring import score_sequences
 from raysimnpo.training import TrainingDiverged
 
 SMALL = TinyModelConfig(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
-    max_position_embeddings=128, vocab_size=300,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+    vocab_size=300,
 )
 
 
@@ -48,7 +53,7 @@ def run_config(cache: Path) -> RunConfig:
     )
 
 
-def forget_nll_per_token(model: torch.nn.Module, ws: recipe.Workspace) -> float:
+def forget_nll_per_token(model: PreTrainedModel, ws: recipe.Workspace) -> float:
     nll, n = score_sequences(model, ws.encode(ws.data.forget), 8, ws.pad_id)
     return float(nll.sum() / n.sum())
 
@@ -58,7 +63,12 @@ def test_two_workers_unlearn_and_write_a_loadable_checkpoint(ray_cluster: None, 
     config = run_config(tmp_path / "cache")
     ws = recipe.workspace(config)  # writes the data and tokenizer caches the workers read
     original = load_model_and_tokenizer(
-        "tiny", dtype="float32", cache_dir=tmp_path / "cache", tokenizer_corpus=ws.data.corpus(), seed=3, tiny=SMALL
+        "tiny",
+        dtype="float32",
+        cache_dir=tmp_path / "cache",
+        tokenizer_corpus=ws.data.corpus(),
+        seed=3,
+        tiny=SMALL,
     ).model
     recipe.save_model(original, ws.tokenizer, ws.prompt_format, tmp_path / "original")
 
@@ -93,6 +103,68 @@ def test_two_workers_unlearn_and_write_a_loadable_checkpoint(ray_cluster: None, 
     assert forget_nll_per_token(unlearned, ws) > forget_nll_per_token(original, ws) + 0.02
 
 
+def test_local_mode_takes_the_single_process_recipe_path(tmp_path: Path) -> None:
+    """num_workers=0 runs the worker function in this process (no Ray workers, no FSDP): with the
+    Original's ℓ_ref passed in, NPO gives bit-identical weights to recipe.unlearn_model."""
+    config = run_config(tmp_path / "cache").model_copy(
+        update={"method": NPOParams(beta=0.1, retain_weight=0.1)}
+    )
+    ws = recipe.workspace(config)
+    original = load_model_and_tokenizer(
+        "tiny",
+        dtype="float32",
+        cache_dir=tmp_path / "cache",
+        tokenizer_corpus=ws.data.corpus(),
+        seed=3,
+        tiny=SMALL,
+    ).model
+    recipe.save_model(original, ws.tokenizer, ws.prompt_format, tmp_path / "original")
+    inputs = recipe.unlearn_inputs(ws, config.method, original)
+    assert inputs.forget_ref_nll is not None and inputs.idk_ref_nll is not None
+    reference = (inputs.forget_ref_nll.tolist(), inputs.idk_ref_nll.tolist())
+
+    out = unlearn_with_torch_trainer(
+        config,
+        str(tmp_path / "original"),
+        str(tmp_path / "unlearned"),
+        num_workers=0,
+        use_gpu=False,
+        reference_nll=reference,
+        storage_path=str(tmp_path / "ray"),
+        name="local",
+    )
+
+    assert out["checkpoint_path"] == out["output_path"] == str(tmp_path / "unlearned")
+    expected, summary = recipe.unlearn_model(ws, tmp_path / "original", reference_nll=reference)
+    assert out["epochs"] == summary.epochs
+    unlearned = AutoModelForCausalLM.from_pretrained(tmp_path / "unlearned", dtype=torch.float32).state_dict()
+    assert all(torch.equal(unlearned[k], v) for k, v in expected.state_dict().items())
+    with pytest.raises(UserInputError, match=r"^reference_nll: 2 and 2 values but forget10 has 6 examples"):
+        unlearn_with_torch_trainer(
+            config,
+            str(tmp_path / "original"),
+            str(tmp_path / "again"),
+            num_workers=0,
+            use_gpu=False,
+            reference_nll=([1.0, 2.0], [1.0, 2.0]),
+            storage_path=str(tmp_path / "ray"),
+            name="local-bad",
+        )
+    with pytest.raises(
+        UserInputError, match=r"^reference_nll: 6 items; allowed: None or \(forget ℓ_ref, refusal"
+    ):
+        unlearn_with_torch_trainer(
+            config,
+            str(tmp_path / "original"),
+            str(tmp_path / "again"),
+            num_workers=0,
+            use_gpu=False,
+            reference_nll=reference[0],  # type: ignore[arg-type]
+            storage_path=str(tmp_path / "ray"),
+            name="local-bad",
+        )
+
+
 def test_settings_the_workers_cannot_run_are_refused_before_starting(tmp_path: Path) -> None:
     config = run_config(tmp_path / "cache")
     folder = tmp_path / "original"
@@ -101,12 +173,17 @@ def test_settings_the_workers_cannot_run_are_refused_before_starting(tmp_path: P
         check_trainer_settings(config, str(folder), num_workers=2, use_gpu=False)
     (folder / "config.json").write_text("{}")
     check_trainer_settings(config, str(folder), num_workers=2, use_gpu=False)
-    with pytest.raises(UserInputError, match=r"^unlearn.batch_size: 4 cannot be split over 5 workers; allowed: >= 5$"):
+    with pytest.raises(
+        UserInputError, match=r"^unlearn.batch_size: 4 cannot be split over 5 workers; allowed: >= 5$"
+    ):
         check_trainer_settings(config, str(folder), num_workers=5, use_gpu=False)
     rmu = config.model_copy(update={"method": RMUParams()})
-    with pytest.raises(UserInputError, match="method.name: rmu needs a frozen copy .* allowed with num_workers > 1: "):
+    with pytest.raises(
+        UserInputError, match="method.name: rmu needs a frozen copy .* allowed with num_workers > 1: "
+    ):
         check_trainer_settings(rmu, str(folder), num_workers=2, use_gpu=False)
-    check_trainer_settings(rmu, str(folder), num_workers=1, use_gpu=False)  # one unsharded worker keeps a copy
+    # One unsharded worker keeps its frozen copy.
+    check_trainer_settings(rmu, str(folder), num_workers=1, use_gpu=False)
     with pytest.raises(UserInputError, match="device: cpu but use_gpu"):
         check_trainer_settings(config, str(folder), num_workers=2, use_gpu=True)
 

@@ -1,0 +1,92 @@
+"""Ray Data evaluation: evaluation questions stream through an actor that loads a model once.
+
+Each row is one evaluation question (its split, index and fields); `ExampleScorer` turns a batch
+of rows into per-example statistics with `evaluation.example_statistics` (the same code as the
+in-process path), and the caller computes the metrics from the collected examples.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy
+
+from raysimnpo.benchmarks.tofu import EvalSplit, EvalSplitSpec
+from raysimnpo.config import EvalSettings
+from raysimnpo.evaluation import example_statistics
+from raysimnpo.models import default_cache_dir, load_model_and_tokenizer
+
+
+class ExampleScorer:
+    """Loads a saved model folder once; each call scores a batch of evaluation questions."""
+
+    def __init__(self, model_path: str, settings_json: str, max_length: int, specs_json: str, threads: int) -> None:
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        loaded = load_model_and_tokenizer(model_path, cache_dir=default_cache_dir())
+        self.model = loaded.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        self.tokenizer, self.prompt_format = loaded.tokenizer, loaded.prompt_format
+        self.settings = EvalSettings.model_validate_json(settings_json)
+        self.max_length = max_length
+        self.specs = {s["name"]: EvalSplitSpec(**s) for s in json.loads(specs_json)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        by_split: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        for split, index, row in zip(batch["split"], batch["index"], batch["row"], strict=True):
+            by_split[str(split)].append((int(index), json.loads(row)))
+        out: list[str] = []
+        for split, items in by_split.items():
+            stats = example_statistics(
+                self.model,
+                self.tokenizer,
+                self.prompt_format,
+                self.specs[split],
+                [row for _, row in items],
+                self.settings,
+                self.max_length,
+                indices=[index for index, _ in items],
+            )
+            out.extend(json.dumps(example) for example in stats)
+        return {"example": np.array(out, dtype=object)}
+
+
+def evaluate_with_ray_data(
+    model_path: str,
+    splits: list[EvalSplit],
+    settings: EvalSettings,
+    max_length: int,
+    *,
+    num_actors: int = 1,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    threads: int = 0,
+) -> list[dict[str, Any]]:
+    """Per-example statistics of every split, computed by a pool of `ExampleScorer` actors."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the sweep prints its own progress line
+    context.print_on_execution_start = False
+    rows = [
+        {"split": s.name, "index": i, "row": json.dumps(r)} for s in splits for i, r in enumerate(s.rows)
+    ]
+    specs = json.dumps(
+        [
+            {k: getattr(s, k) for k in ("name", "split", "reference_field", "choice_prob", "n_perturbed")}
+            for s in splits
+        ]
+    )
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, num_actors * 2)).map_batches(
+        ExampleScorer,
+        fn_constructor_args=(model_path, settings.model_dump_json(), max_length, specs, threads),
+        batch_size=settings.batch_size,
+        compute=ActorPoolStrategy(size=num_actors),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+    )
+    return [json.loads(r["example"]) for r in dataset.take_all()]

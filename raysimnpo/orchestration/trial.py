@@ -1,0 +1,159 @@
+"""One Tune trial: build the trial's run -> unlearn -> evaluate -> write Parquet -> report.
+
+Unlearning runs in the trial's own process when the trial has one CPU worker (Ray's per-trial
+start-up would dwarf a tiny model's training on CPU), and on a TorchTrainer with FSDP2 workers
+otherwise. Evaluation streams the evaluation questions through Ray Data actors that load the
+unlearned checkpoint once, or runs in-process when `evaluation_engine` says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from ray import tune
+
+from raysimnpo import recipe, results
+from raysimnpo.config import SweepConfig
+from raysimnpo.evaluation import tofu_metrics
+from raysimnpo.training import TrainingDiverged
+
+FLAT = ("beta", "gamma", "retain_weight", "alpha")
+
+
+class TrialFailed(RuntimeError):
+    """Raised after a failed trial's row is written, so Tune and Optuna record it as FAIL."""
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def trial_row(sweep: SweepConfig, trial_id: str, run: Any, **fields: Any) -> dict[str, Any]:
+    method = run.method.model_dump()
+    row = {
+        "sweep": sweep.name,
+        "trial_id": trial_id,
+        "kind": "trial",
+        "method": run.method.name,
+        "params_json": json.dumps(
+            {"method": method, "unlearn": run.unlearn.model_dump()}, sort_keys=True
+        ),
+        "learning_rate": run.unlearn.learning_rate,
+        "epochs": run.unlearn.epochs,
+        "batch_size": run.unlearn.batch_size,
+        "seed": run.seed,
+    }
+    row.update({k: method.get(k) for k in FLAT})
+    row.update(fields)
+    return row
+
+
+def metric_rows(sweep: str, trial_id: str, final: dict[str, float], epochs: list[dict[str, float]]) -> list[dict]:
+    rows = [
+        {"sweep": sweep, "trial_id": trial_id, "stage": "final", "epoch": None, "metric": k, "value": float(v)}
+        for k, v in final.items()
+    ]
+    for row in epochs:
+        for k, v in row.items():
+            if k != "epoch":
+                rows.append(
+                    {"sweep": sweep, "trial_id": trial_id, "stage": "epoch", "epoch": int(row["epoch"]),
+                     "metric": k, "value": float(v)}
+                )
+    return rows
+
+
+def load_reference_nll(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    return table["forget_nll"].to_numpy(), table["refusal_nll"].to_numpy()
+
+
+def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: str) -> None:
+    """The Tune function trainable (define-by-run params: `method` plus dotted run settings)."""
+    sweep = SweepConfig.model_validate_json(sweep_json)
+    prepared = json.loads(prepared_json)
+    run = sweep.trial_run_config(params)
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = Path(prepared["run_dir"])
+    root = results.results_root(str(run_dir.parent), sweep.name)
+    started = now()
+    threads = max(1, int(sweep.resources.cpus_per_worker))
+    torch.set_num_threads(threads)
+
+    ws = recipe.workspace(run)
+    retrain_ratios = np.array(prepared["retrain_forget_truth_ratios"], dtype=np.float64)
+    checkpoint = run_dir / "checkpoints" / trial_id
+    epochs: list[dict[str, float]] = []
+    try:
+        t0 = time.perf_counter()
+        if sweep.resources.workers > 1 or sweep.resources.gpus_per_worker > 0:
+            from raysimnpo.orchestration.trainer import unlearn_with_torch_trainer
+
+            reference = load_reference_nll(Path(prepared["reference_nll"]))
+            outcome = unlearn_with_torch_trainer(
+                run,
+                prepared["original"],
+                str(checkpoint),
+                num_workers=sweep.resources.workers,
+                use_gpu=sweep.resources.gpus_per_worker > 0,
+                reference_nll=None if reference is None else [r.tolist() for r in reference],
+                storage_path=str(run_dir / "train"),
+                name=trial_id,
+            )
+            epochs = outcome.get("epochs", [])
+        else:
+            reference = load_reference_nll(Path(prepared["reference_nll"]))
+            model, summary = recipe.unlearn_model(
+                ws, Path(prepared["original"]), report=epochs.append, reference_nll=reference
+            )
+            recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
+            del model
+        train_seconds = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        if run.evaluation.engine == "ray_data":
+            from raysimnpo.orchestration.eval_pipeline import evaluate_with_ray_data
+
+            gpu = sweep.resources.gpus_per_worker > 0
+            stats = evaluate_with_ray_data(
+                str(checkpoint),
+                list(ws.data.eval_splits),
+                run.evaluation,
+                run.prepare.max_length,
+                num_actors=sweep.resources.workers if gpu else 1,
+                # In-process CPU trials lend their own CPU to the evaluation actor.
+                num_cpus=0 if not gpu else sweep.resources.cpus_per_worker,
+                num_gpus=1 if gpu else 0,
+                threads=threads,
+            )
+        else:
+            model = recipe.load_prepared_model(checkpoint, run)
+            stats = recipe.evaluate(ws, model, None).examples
+        metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
+        eval_seconds = time.perf_counter() - t1
+    except TrainingDiverged as exc:
+        row = trial_row(sweep, trial_id, run, status="failed", error=str(exc), started_at=started,
+                        finished_at=now(), checkpoint=None)
+        results.write_trial_results(root, trial_id, trials=[row], metrics=metric_rows(sweep.name, trial_id, {}, epochs))
+        raise TrialFailed(f"trial {trial_id} diverged: {exc}") from None
+
+    row = trial_row(
+        sweep, trial_id, run, status="completed", error=None, started_at=started, finished_at=now(),
+        train_seconds=train_seconds, eval_seconds=eval_seconds, checkpoint=str(checkpoint),
+        forget_quality=metrics["forget_quality"], model_utility=metrics["model_utility"],
+    )
+    example_rows = [dict(e, sweep=sweep.name, trial_id=trial_id) for e in examples]
+    results.write_trial_results(
+        root, trial_id, trials=[row], metrics=metric_rows(sweep.name, trial_id, metrics, epochs),
+        examples=example_rows,
+    )
+    tune.report({**metrics, "completed": 1.0, "method": run.method.name})

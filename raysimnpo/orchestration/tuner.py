@@ -1,0 +1,270 @@
+"""The sweep driver: prepare once, then Ray Tune + Optuna (multi-objective) over unlearning trials.
+
+Layout of a run folder `<storage>/<sweep name>/`:
+    optuna.sqlite      the Optuna study (open it with `optuna-dashboard sqlite:///.../optuna.sqlite`)
+    tune/              Ray Tune's experiment state (what `--resume` restores)
+    checkpoints/<id>/  each trial's unlearned model (HF folder)
+    results/           Parquet tables trials / metrics / examples (raysimnpo.results)
+Prepared Original and Retrain models are shared by every sweep of a storage: `<storage>/prepared/`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from raysimnpo import recipe, results
+from raysimnpo.config import ParamRange, SearchSettings, SweepConfig
+from raysimnpo.methods import needs_of
+from raysimnpo.orchestration.trial import unlearning_trial
+
+Log = Callable[[str], None]
+
+
+def sampler_for(search: SearchSettings) -> optuna.samplers.BaseSampler:
+    name = search.resolved_sampler()
+    seed = search.seed
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, search.num_trials // 3)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.CmaEsSampler(seed=seed)
+
+
+def _suggest(trial: optuna.Trial, name: str, rng: ParamRange) -> Any:
+    if rng.choices is not None:
+        return trial.suggest_categorical(name, rng.choices)
+    assert rng.low is not None and rng.high is not None
+    if rng.integer:
+        return trial.suggest_int(name, int(rng.low), int(rng.high), log=rng.log)
+    return trial.suggest_float(name, rng.low, rng.high, log=rng.log)
+
+
+class DefineByRun:
+    """Conditional space: the method first, then that method's own ranges, named
+    `<method>/<dotted setting>` so that β of NPO and β of SimNPO are separate parameters.
+    A class rather than a closure: Tune pickles the searcher into its experiment state."""
+
+    def __init__(self, search: SearchSettings) -> None:
+        self.search = search
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        method = trial.suggest_categorical("method", self.search.methods)
+        for key, rng in self.search.space.get(method, {}).items():
+            _suggest(trial, f"{method}/{key}", rng)
+        return None
+
+
+class Progress(tune.Callback):
+    """One line per finished trial: done / running / failed, best FQ and MU so far, time left."""
+
+    def __init__(self, total: int, log: Log) -> None:
+        self.total, self.log = total, log
+        self.started = time.monotonic()
+        self.done = self.failed = 0
+        self.best_fq = self.best_mu = float("nan")
+
+    def _line(self, trials: list[Any]) -> None:
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        elapsed = time.monotonic() - self.started
+        finished = self.done + self.failed
+        eta = elapsed / finished * (self.total - finished) if finished else float("nan")
+        self.log(
+            f"[sweep] {self.done}/{self.total} done, {running} running, {self.failed} failed | "
+            f"best FQ {self.best_fq:.3g} best MU {self.best_mu:.3f} | "
+            f"elapsed {elapsed / 60:.1f} min, left ~{eta / 60:.1f} min"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        for key, attr in (("forget_quality", "best_fq"), ("model_utility", "best_mu")):
+            if key in result:
+                current = getattr(self, attr)
+                setattr(self, attr, result[key] if current != current else max(current, result[key]))
+        self._line(trials)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.failed += 1
+        self._line(trials)
+
+
+@ray.remote
+def _prepare_remote(run_json: str, root: str) -> dict[str, Any]:
+    from raysimnpo.config import RunConfig
+
+    run = RunConfig.model_validate_json(run_json)
+    ws = recipe.workspace(run)
+    prepared = recipe.prepare(ws, log=lambda m: print(m, flush=True), root=Path(root))
+    return {
+        "original": str(prepared.original.path),
+        "retrain": str(prepared.retrain.path),
+        "original_metrics": prepared.original.metrics,
+        "retrain_metrics": prepared.retrain.metrics,
+        "original_examples": prepared.original.examples,
+        "retrain_examples": prepared.retrain.examples,
+        "retrain_forget_truth_ratios": prepared.retrain.forget_truth_ratios().tolist(),
+    }
+
+
+@ray.remote
+def _reference_nll_remote(run_json: str, original: str, out: str) -> str:
+    """NPO / IdkDPO reference NLLs of the forget answers and refusals, once per sweep."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysimnpo.config import RunConfig
+    from raysimnpo.scoring import score_sequences
+
+    run = RunConfig.model_validate_json(run_json)
+    ws = recipe.workspace(run)
+    model = recipe.load_prepared_model(Path(original), run)
+    forget, refusals = recipe.reference_examples(ws)
+    batch = run.evaluation.batch_size
+    table = pa.table(
+        {
+            "forget_nll": score_sequences(model, forget, batch, ws.pad_id)[0],
+            "refusal_nll": score_sequences(model, refusals, batch, ws.pad_id)[0],
+        }
+    )
+    tmp = Path(out).with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.rename(out)
+    return out
+
+
+def prepare_stage(sweep: SweepConfig, run_dir: Path, log: Log) -> dict[str, Any]:
+    """Original and Retrain (cached by content hash under `<storage>/prepared`), their result rows,
+    and the reference NLLs when a searched method needs them."""
+    root = run_dir.parent / "prepared"
+    gpus = 1 if sweep.resources.gpus_per_worker > 0 else 0
+    cpus = max(1.0, sweep.resources.cpus_per_worker)
+    log(f"[prepare] Original and Retrain under {root}")
+    prepared = ray.get(
+        _prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(sweep.run.model_dump_json(), str(root))
+    )
+    prepared["run_dir"] = str(run_dir)
+    reference = Path(prepared["original"]).parent / f"reference-nll-seed{sweep.run.seed}.parquet"
+    prepared["reference_nll"] = str(reference)
+    needs_reference = any(
+        "reference_nll" in needs_of(sweep.trial_run_config({"method": m}).method) for m in sweep.search.methods
+    )
+    if needs_reference and not reference.is_file():
+        log("[prepare] reference log-probs of the forget set (NPO / IdkDPO)")
+        ray.get(
+            _reference_nll_remote.options(num_cpus=cpus, num_gpus=gpus).remote(
+                sweep.run.model_dump_json(), prepared["original"], str(reference)
+            )
+        )
+    write_reference_rows(sweep, run_dir, prepared)
+    return prepared
+
+
+def write_reference_rows(sweep: SweepConfig, run_dir: Path, prepared: dict[str, Any]) -> None:
+    """Original and Retrain as rows of the results tables, next to the trials."""
+    root = results.results_root(str(run_dir.parent), sweep.name)
+    now = results_now()
+    for kind in ("original", "retrain"):
+        metrics = prepared[f"{kind}_metrics"]
+        row = {
+            "sweep": sweep.name, "trial_id": kind, "kind": kind, "method": kind,
+            "params_json": json.dumps({"prepare": sweep.run.prepare.model_dump()}, sort_keys=True),
+            "learning_rate": sweep.run.prepare.learning_rate, "epochs": sweep.run.prepare.epochs,
+            "batch_size": sweep.run.prepare.batch_size, "seed": sweep.run.seed, "status": "completed",
+            "error": None, "started_at": now, "finished_at": now, "checkpoint": prepared[kind],
+            "forget_quality": metrics["forget_quality"], "model_utility": metrics["model_utility"],
+        }
+        results.write_trial_results(
+            root, kind, trials=[row],
+            metrics=[
+                {"sweep": sweep.name, "trial_id": kind, "stage": "final", "epoch": None, "metric": k, "value": v}
+                for k, v in metrics.items()
+            ],
+            examples=[dict(e, sweep=sweep.name, trial_id=kind) for e in prepared[f"{kind}_examples"]],
+        )
+
+
+def results_now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+def trial_resources(sweep: SweepConfig) -> dict[str, float]:
+    r = sweep.resources
+    if r.workers > 1 or r.gpus_per_worker > 0:
+        # The trial only drives a TorchTrainer, whose workers hold the CPUs and GPUs.
+        return {"cpu": 0}
+    return {"cpu": r.cpus_per_worker}
+
+
+def max_concurrent(sweep: SweepConfig) -> int:
+    if sweep.search.max_concurrent_trials is not None:
+        return sweep.search.max_concurrent_trials
+    r = sweep.resources
+    available = ray.cluster_resources()
+    limits = [int(available.get("CPU", 1) // (r.workers * r.cpus_per_worker))]
+    if r.gpus_per_worker > 0:
+        limits.append(int(available.get("GPU", 0) // (r.workers * r.gpus_per_worker)))
+    return max(1, min(limits))
+
+
+def run_sweep(sweep: SweepConfig, run_dir: Path, *, resume: bool, log: Log) -> None:
+    prepared = prepare_stage(sweep, run_dir, log)
+    log(
+        f"[prepare] Original FQ {prepared['original_metrics']['forget_quality']:.3g} "
+        f"MU {prepared['original_metrics']['model_utility']:.3f} | Retrain "
+        f"MU {prepared['retrain_metrics']['model_utility']:.3f}"
+    )
+    for key in ("original_examples", "retrain_examples", "original_metrics", "retrain_metrics"):
+        prepared.pop(key)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            unlearning_trial, sweep_json=sweep.model_dump_json(), prepared_json=json.dumps(prepared)
+        ),
+        trial_resources(sweep),
+    )
+    experiment = run_dir / "tune"
+    progress = Progress(sweep.search.num_trials, log)
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        log(f"[sweep] resuming {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=False)
+    else:
+        objectives = sweep.search.objectives
+        search = OptunaSearch(
+            space=DefineByRun(sweep.search),
+            metric=[o.metric for o in objectives],
+            mode=[o.mode for o in objectives],
+            sampler=sampler_for(sweep.search),
+            study_name=sweep.name,
+            storage=optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.sqlite'}"),
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=search,
+                num_samples=sweep.search.num_trials,
+                max_concurrent_trials=max_concurrent(sweep),
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(run_dir),
+                failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[progress],
+                verbose=0,
+            ),
+        )
+    tuner.fit()

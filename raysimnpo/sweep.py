@@ -1,0 +1,137 @@
+"""The main job: `python -m raysimnpo.sweep tofu [--set k=v] [--storage URI] [--resume]`.
+
+Validates everything before Ray starts a trial (bad input: one line, exit code 2), starts or joins
+a Ray cluster (RAY_ADDRESS or --address joins; otherwise a local Ray is started), prepares the
+Original and Retrain models once, runs the Optuna-driven Tune trials, and prints the Pareto front
+of the objectives with the paths of the result files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from raysimnpo.config import SweepConfig, load_sweep_config
+from raysimnpo.errors import UserInputError
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m raysimnpo.sweep", description=__doc__)
+    parser.add_argument("sweep", help="a sweep name (tofu, tofu-llama2-7b, ...) or a sweep YAML file")
+    parser.add_argument("--config", help="a sweep YAML file (overrides the name's file)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--storage", help="where runs go: a local folder (default ./runs)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    return parser.parse_args(argv)
+
+
+def check_storage(storage: str) -> Path:
+    """The storage folder must be creatable and writable; checked before Ray starts."""
+    if "://" in storage and not storage.startswith("file://"):
+        raise UserInputError(f"storage: {storage} - only local folders are supported by this version")
+    path = Path(storage.removeprefix("file://")).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise UserInputError(f"storage: {path} is not writable ({exc.strerror})") from None
+    return path
+
+
+def validate_inputs(sweep: SweepConfig) -> None:
+    """Load data and tokenizer, encode every example: data mistakes surface before any trial."""
+    from raysimnpo import recipe
+
+    recipe.workspace(sweep.run)
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # A local Ray of our own; cap the object store (30% of RAM by default) for small machines.
+    ray.init(num_cpus=num_cpus, object_store_memory=512 * 1024**2, include_dashboard=False)
+
+
+def print_front(root: str, sweep: SweepConfig) -> None:
+    import numpy as np
+
+    from raysimnpo import results
+    from raysimnpo.pareto import non_dominated_mask
+
+    trials = results.read_table(root, "trials").to_pylist()
+    done = [t for t in trials if t["kind"] == "trial" and t["status"] == "completed"]
+    failed = [t for t in trials if t["kind"] == "trial" and t["status"] == "failed"]
+    print(f"\n{len(done)} trials completed, {len(failed)} failed")
+    reference = {t["kind"]: t for t in trials if t["kind"] != "trial"}
+    for kind in ("original", "retrain"):
+        if kind in reference:
+            t = reference[kind]
+            print(f"  {kind:<9} FQ {t['forget_quality']:.3g}  MU {t['model_utility']:.3f}")
+    if not done:
+        return
+    values = np.array([[t["forget_quality"], t["model_utility"]] for t in done])
+    front = [t for t, keep in zip(done, non_dominated_mask(values, ["max", "max"]), strict=True) if keep]
+    front.sort(key=lambda t: -t["forget_quality"])
+    print("\nPareto front (forget_quality max, model_utility max):")
+    print(f"  {'trial':<18}{'method':<12}{'beta':>7}{'gamma':>7}{'lambda':>8}{'epochs':>7}{'lr':>10}{'FQ':>11}{'MU':>8}")
+    for t in front:
+        def num(v: float | None, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        print(
+            f"  {t['trial_id']:<18}{t['method']:<12}{num(t['beta'], '.3g'):>7}{num(t['gamma'], '.3g'):>7}"
+            f"{num(t['retain_weight'], '.3g'):>8}{t['epochs']:>7}{t['learning_rate']:>10.2e}"
+            f"{t['forget_quality']:>11.3g}{t['model_utility']:>8.3f}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    try:
+        overrides = list(args.overrides)
+        if args.storage:
+            overrides.append(f"storage={args.storage}")
+        sweep = load_sweep_config(args.config or args.sweep, overrides)
+        storage = check_storage(sweep.storage)
+        run_dir = storage / sweep.name
+        if (run_dir / "tune").exists() and not args.resume:
+            raise UserInputError(
+                f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
+                "--set name=... for a new one"
+            )
+        validate_inputs(sweep)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from raysimnpo import results
+    from raysimnpo.orchestration.tuner import run_sweep
+
+    started = time.monotonic()
+    start_ray(args.address, args.num_cpus)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(f"[sweep] {sweep.name}: {sweep.search.num_trials} trials of {', '.join(sweep.search.methods)} -> {run_dir}")
+    run_sweep(sweep, run_dir, resume=args.resume, log=log)
+    root = results.results_root(str(storage), sweep.name)
+    print_front(root, sweep)
+    print(f"\nresults:  {root}/{{trials,metrics,examples}}")
+    print(f"study:    optuna-dashboard sqlite:///{run_dir / 'optuna.sqlite'}")
+    print(f"time:     {(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
