@@ -109,26 +109,33 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides; the value is parsed as YAML (numbers, lists, null)."""
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML (numbers, lists, null).
+
+    Keys that themselves hold dots (the search space's `method.beta`) are matched as a whole:
+    `search.space.simnpo.method.beta.low=2` reaches `space["simnpo"]["method.beta"]["low"]`.
+    """
     result = json.loads(json.dumps(data))
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
+        parts = key.split(".")
+        if not sep or not key or any(not part for part in parts):
             raise UserInputError(f"--set {item!r}: expected key=value, e.g. method.beta=2.5")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
         node = result
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.get(part)
+        while len(parts) > 1:
+            # The longest run of parts that names an existing key, else the next part alone.
+            width = next((w for w in range(len(parts) - 1, 0, -1) if ".".join(parts[:w]) in node), 1)
+            name, parts = ".".join(parts[:width]), parts[width:]
+            child = node.get(name)
             if child is None:
-                child = node[part] = {}
+                child = node[name] = {}
             if not isinstance(child, dict):
-                raise UserInputError(f"--set {item!r}: {part} is not a section")
+                raise UserInputError(f"--set {item!r}: {name} is not a section")
             node = child
-        node[leaf] = value
+        node[parts[0]] = value
     return result
 
 

@@ -56,6 +56,8 @@ def validate_inputs(sweep: SweepConfig) -> None:
 def start_ray(address: str | None, num_cpus: int | None) -> None:
     import ray
 
+    if ray.is_initialized():  # a notebook or a test session that already started Ray
+        return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)

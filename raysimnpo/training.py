@@ -152,7 +152,7 @@ def step_terms(
         if inputs.idk_ref_nll is not None:
             terms.idk_ref_nll = inputs.idk_ref_nll[forget_index].to(device)
 
-    if METHODS[params.name].retain_weight(params) > 0 or isinstance(params, RMUParams):
+    if "retain_weight" in type(params).model_fields:  # a method with a retain term needs it even at λ = 0
         retain = _to_device(pad_right([inputs.retain[i] for i in retain_index], pad_id), device)
         out = model(
             input_ids=retain["input_ids"],

@@ -1,0 +1,114 @@
+"""`python -m raysimnpo.sweep`: bad input stops before Ray; a 3-trial sweep writes its tables."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raysimnpo import results, sweep
+
+SMALL_RUN = {
+    "data": {
+        "source": {
+            "kind": "generated",
+            "generator": {
+                "n_authors": 10, "questions_per_author": 6, "n_holdout_authors": 1,
+                "n_real_authors": 8, "n_world_facts": 8, "retain_perturbed_size": 12,
+            },
+        },
+        "forget_split": "forget10",
+        "train_on_utility_splits": True,
+    },
+    "model": {
+        "name": "tiny",
+        "tiny": {
+            "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+            "intermediate_size": 64, "vocab_size": 400,
+        },
+    },
+    "prepare": {"epochs": 2, "learning_rate": 3.0e-3, "batch_size": 16, "max_length": 160},
+    "unlearn": {"epochs": 1, "learning_rate": 1.0e-3, "batch_size": 4, "max_length": 160},
+    "method": {"name": "simnpo"},
+    "evaluation": {"batch_size": 32, "max_new_tokens": 8},
+}
+
+
+def write_sweep(tmp_path: Path, **changes: object) -> Path:
+    spec = {
+        "name": "citest",
+        "storage": str(tmp_path / "runs"),
+        "run": dict(SMALL_RUN, cache_dir=str(tmp_path / "cache")),
+        "search": {
+            "methods": ["simnpo", "npo"],
+            "space": {
+                "simnpo": {"method.beta": {"low": 1.0, "high": 4.0}, "method.retain_weight": {"low": 0.05, "high": 1.0}},
+                "npo": {"method.beta": {"low": 0.05, "high": 0.5, "log": True}},
+            },
+            "num_trials": 3,
+            "max_concurrent_trials": 1,
+        },
+    }
+    spec.update(changes)
+    path = tmp_path / "citest.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["nonesuch"], "unknown sweep or benchmark 'nonesuch'"),
+        (["FILE", "--set", "search.space.simnpo.method.beta.low=5"], "search.space.simnpo.method.beta: low (5.0) > high (4.0)"),
+        (["FILE", "--set", "search.sampler=cmaes"], "search.sampler: cmaes does not support 2 objectives; allowed: tpe, nsga2"),
+        (["FILE", "--set", "search.methods=[simnpo, forget_harder]"], "search.methods: unknown ['forget_harder']"),
+        (["FILE", "--storage", "/proc/raysimnpo-runs"], "storage: /proc/raysimnpo-runs is not writable"),
+    ],
+)
+def test_bad_input_exits_2_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    import ray
+
+    path = write_sweep(tmp_path)
+    argv = [str(path) if a == "FILE" else a for a in argv]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
+    assert not (tmp_path / "runs" / "citest").exists()
+    assert not ray.is_initialized()
+
+
+@pytest.mark.ray
+def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: None) -> None:
+    path = write_sweep(tmp_path)
+    assert sweep.main([str(path)]) == 0
+    root = results.results_root(str(tmp_path / "runs"), "citest")
+
+    trials = results.read_table(root, "trials").to_pylist()
+    kinds = sorted(t["kind"] for t in trials)
+    assert kinds == ["original", "retrain", "trial", "trial", "trial"]
+    done = [t for t in trials if t["kind"] == "trial"]
+    assert all(t["status"] == "completed" and 0 <= t["forget_quality"] <= 1 for t in done)
+    assert {t["method"] for t in done} <= {"simnpo", "npo"}
+    retrain = next(t for t in trials if t["kind"] == "retrain")
+    assert retrain["forget_quality"] == pytest.approx(1.0)
+
+    metrics = results.read_table(root, "metrics")
+    assert set(metrics.column_names) >= {"trial_id", "stage", "epoch", "metric", "value", "schema_version"}
+    finals = [m for m in metrics.to_pylist() if m["stage"] == "final" and m["metric"] == "model_utility"]
+    assert len(finals) == 5
+
+    examples = results.read_table(root, "examples")
+    # forget (6) + retain_perturbed (12) + real_authors (8) + world_facts (8) per evaluated model
+    assert examples.num_rows == 5 * (6 + 12 + 8 + 8)
+
+    study = tmp_path / "runs" / "citest" / "optuna.sqlite"
+    with sqlite3.connect(study) as db:
+        states = [row[0] for row in db.execute("SELECT state FROM trials")]
+    assert states == ["COMPLETE"] * 3
+    for t in done:
+        assert os.path.isfile(os.path.join(t["checkpoint"], "model.safetensors"))
