@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -16,16 +15,13 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from raysimnpo.cache import default_cache_dir
 from raysimnpo.data.sources import TofuSource
 from raysimnpo.errors import UserInputError
 from raysimnpo.methods import METHODS, AnyMethodParams, SimNPOParams
 from raysimnpo.models import TinyModelConfig
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("RAYSIMNPO_CACHE", str(Path.home() / ".cache" / "raysimnpo"))
 
 
 class Frozen(BaseModel):
@@ -79,7 +75,7 @@ class RunConfig(Frozen):
     benchmark: Literal["tofu"] = "tofu"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cache_dir: str = Field(default_factory=default_cache_dir)
+    cache_dir: str = Field(default_factory=lambda: str(default_cache_dir()))
     data: DataSettings = DataSettings()
     model: ModelSettings = ModelSettings()
     prepare: TrainSettings = TrainSettings(epochs=5, learning_rate=1e-5, batch_size=32)

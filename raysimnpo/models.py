@@ -51,6 +51,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from raysimnpo.cache import default_cache_dir
 from raysimnpo.errors import UserInputError
 
 # Same literal as `raysimnpo.data.formatting.PromptFormat`.
@@ -132,11 +133,6 @@ class LoadedModel:
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.tokenizer, self.prompt_format))
-
-
-def default_cache_dir() -> Path:
-    """``$RAYSIMNPO_CACHE``, else ``~/.cache/raysimnpo``."""
-    return Path(os.environ.get("RAYSIMNPO_CACHE", str(Path.home() / ".cache" / "raysimnpo")))
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:

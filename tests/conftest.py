@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -36,3 +36,13 @@ def build_tiny_llama(seed: int = 0, initializer_range: float = 0.02, **overrides
 def tiny_llama() -> Callable[..., LlamaForCausalLM]:
     """`tiny_llama(seed=0, initializer_range=0.02, **LlamaConfig overrides)`; token ids: <pad> 0, <s> 1, </s> 2."""
     return build_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch thread while a module's tiny models train: on a shared 2-core box two spinning
+    threads make a tiny model's steps ~10x slower. Use with `pytestmark = pytest.mark.usefixtures(...)`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -31,6 +31,8 @@ State = dict[str, torch.Tensor]
 TinyLlama = Callable[..., LlamaForCausalLM]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2  # as the `tiny_llama` fixture configures them
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def qa(prompt: Sequence[int], answer: Sequence[int]) -> EncodedExample:
     """<s> prompt answer </s>, with the prompt (and <s>) masked: |y| = len(answer) + 1."""
@@ -77,7 +79,7 @@ def nll_per_token(model: torch.nn.Module, examples: Sequence[EncodedExample]) ->
 
 
 @pytest.fixture(scope="module")
-def finetuned(tiny_llama: TinyLlama) -> State:
+def finetuned(single_thread: None, tiny_llama: TinyLlama) -> State:
     """A tiny Llama fine-tuned on forget + retain: the 'Original' the unlearning tests start from."""
     model = tiny_llama(seed=0)
     train(model, settings(epochs=30, learning_rate=2e-2), pad_id=PAD_ID, seed=0, examples=FORGET + RETAIN)
@@ -181,7 +183,7 @@ def test_simnpo_raises_forget_nll(tiny_llama: TinyLlama, finetuned: State) -> No
     assert before < 1.0  # the Original has learnt the forget answers
     summary = unlearn(model, SimNPOParams(beta=2.5, retain_weight=0.1), epochs=5)
     after = nll_per_token(model, FORGET)
-    assert after > before + 1.0
+    assert after > before + 1.0  # ~0.007 -> ~2.4 nats per token
     # The reported forget loss is eq. 4's: −(2/β) log σ(β ℓ/|y|) falls as ℓ/|y| grows.
     assert summary.epochs[-1]["forget_loss"] < summary.epochs[0]["forget_loss"]
 
@@ -192,13 +194,15 @@ def test_grad_diff_keeps_retain_nll_closer_than_ga(tiny_llama: TinyLlama, finetu
     changes = {}
     for params in (GAParams(), GradDiffParams(retain_weight=1.0)):
         model = original(tiny_llama, finetuned)
-        unlearn(model, params, epochs=5)
+        unlearn(model, params, epochs=3)
         changes[params.name] = (nll_per_token(model, FORGET) - forget_before, nll_per_token(model, RETAIN))
-    # Both forget (forget NLL up); GA drags the retain NLL up with it, GradDiff's λ·NLL term holds it.
-    assert changes["ga"][0] > 1.0 and changes["grad_diff"][0] > 1.0
+    # Both forget (forget NLL up by ~0.85-0.95 nats/token); GA drags the retain NLL up with it (~0.18),
+    # GradDiff's λ·NLL term holds it (~0.03).
+    assert changes["ga"][0] > 0.5 and changes["grad_diff"][0] > 0.5
     ga_drift = abs(changes["ga"][1] - retain_before)
     grad_diff_drift = abs(changes["grad_diff"][1] - retain_before)
-    assert grad_diff_drift < 0.5 * ga_drift
+    assert ga_drift > 0.1
+    assert grad_diff_drift < 0.3 * ga_drift
 
 
 def test_grad_diff_with_zero_lambda_is_ga(tiny_llama: TinyLlama, finetuned: State) -> None:
@@ -206,7 +210,7 @@ def test_grad_diff_with_zero_lambda_is_ga(tiny_llama: TinyLlama, finetuned: Stat
     ga, grad_diff = original(tiny_llama, finetuned), original(tiny_llama, finetuned)
     unlearn(ga, GAParams(), epochs=2)
     summary = unlearn(grad_diff, GradDiffParams(retain_weight=0.0), epochs=2)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(state(ga).values(), state(grad_diff).values()))
+    assert same_weights(state(ga), state(grad_diff))
     assert summary.epochs[0]["loss"] == pytest.approx(summary.epochs[0]["forget_loss"])
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from raysimnpo.cache import default_cache_dir
 from raysimnpo.data.tofu_generator import GENERATOR_VERSION, TofuGeneratorConfig, generate_tofu_dataset
 from raysimnpo.errors import UserInputError
 
@@ -263,11 +264,6 @@ def load_hub_split(hub_id: str, split: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # Generated datasets (cached)
 # --------------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """`$RAYSIMNPO_CACHE`, else ~/.cache/raysimnpo (the same rule as raysimnpo.config)."""
-    return Path(os.environ.get("RAYSIMNPO_CACHE", str(Path.home() / ".cache" / "raysimnpo")))
 
 
 def generator_key(config: TofuGeneratorConfig) -> str:

@@ -17,9 +17,10 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from raysimnpo.benchmarks.tofu import EvalSplit, EvalSplitSpec
+from raysimnpo.cache import default_cache_dir
 from raysimnpo.config import EvalSettings
 from raysimnpo.evaluation import example_statistics
-from raysimnpo.models import default_cache_dir, load_model_and_tokenizer
+from raysimnpo.models import load_model_and_tokenizer
 
 
 class ExampleScorer:
