@@ -52,11 +52,9 @@ class Workspace:
     prompt_format: PromptFormat
     pad_id: int
 
-    def encode(self, rows: list[dict[str, Any]], answer_field: str = "answer") -> list[EncodedExample]:
-        max_length = self.config.prepare.max_length
-        return [
-            encode_qa(self.tokenizer, r["question"], r[answer_field], self.prompt_format, max_length) for r in rows
-        ]
+    def encode(self, rows: list[dict[str, Any]], max_length: int | None = None) -> list[EncodedExample]:
+        length = self.config.prepare.max_length if max_length is None else max_length
+        return [encode_qa(self.tokenizer, r["question"], r["answer"], self.prompt_format, length) for r in rows]
 
 
 @dataclass
@@ -123,6 +121,7 @@ def workspace(config: RunConfig) -> Workspace:
     # Encode everything now: a prompt that leaves no target tokens is a user error, reported
     # before any model is trained or written.
     ws.encode(data.full + data.utility_train_rows)
+    ws.encode(data.full, config.unlearn.max_length)
     return ws
 
 
@@ -159,6 +158,11 @@ def evaluate(
     )
 
 
+def evaluation_key(config: RunConfig) -> str:
+    """What a prepared model's stored evaluation depends on besides its weights."""
+    return content_hash("evaluation", config.evaluation, config.data.forget_split, str(config.prepare.max_length))
+
+
 def _finetune_and_store(
     ws: Workspace,
     name: str,
@@ -167,40 +171,52 @@ def _finetune_and_store(
     retrain_truth_ratios: Any | None,
     log: Log,
 ) -> PreparedModel:
-    if (final / "metrics.json").is_file():
-        log(f"[prepare] {name}: cached at {final}")
-        metrics = json.loads((final / "metrics.json").read_text())["metrics"]
-        examples = pq.read_table(final / "examples.parquet").to_pylist()
-        return PreparedModel(final / "model", metrics, examples)
+    """Fine-tune (or reuse) one prepared model and evaluate it (or reuse the evaluation).
+
+    `final/model` holds the weights, keyed by what trained them; `final/eval-<key>/` holds an
+    evaluation, keyed by the evaluation settings and forget split, so a new evaluation setting
+    re-evaluates the cached weights instead of reusing stale numbers or retraining. Both are
+    written to a temporary folder and renamed into place."""
     config = ws.config
-    loaded = load_model_and_tokenizer(
-        config.model.name,
-        dtype=config.model.dtype,
-        cache_dir=Path(config.cache_dir),
-        tokenizer_corpus=ws.data.corpus(),
-        seed=config.seed,
-        trust_remote_code=config.model.trust_remote_code,
-        tiny=config.model.tiny,
-    )
-    model = loaded.model.to(resolve_device(config))
-    examples = ws.encode(rows)
-    log(f"[prepare] {name}: fine-tuning on {len(examples)} QA for {config.prepare.epochs} epochs")
+    eval_dir = final / f"eval-{evaluation_key(config)}"
+    if (eval_dir / "metrics.json").is_file():
+        log(f"[prepare] {name}: cached at {final}")
+        metrics = json.loads((eval_dir / "metrics.json").read_text())["metrics"]
+        examples = pq.read_table(eval_dir / "examples.parquet").to_pylist()
+        return PreparedModel(final / "model", metrics, examples)
+    final.mkdir(parents=True, exist_ok=True)
+    if (final / "model" / "config.json").is_file():
+        log(f"[prepare] {name}: weights cached at {final}; evaluating")
+        model = load_prepared_model(final / "model", config)
+    else:
+        loaded = load_model_and_tokenizer(
+            config.model.name,
+            dtype=config.model.dtype,
+            cache_dir=Path(config.cache_dir),
+            tokenizer_corpus=ws.data.corpus(),
+            seed=config.seed,
+            trust_remote_code=config.model.trust_remote_code,
+            tiny=config.model.tiny,
+        )
+        model = loaded.model.to(resolve_device(config))
+        examples = ws.encode(rows)
+        log(f"[prepare] {name}: fine-tuning on {len(examples)} QA for {config.prepare.epochs} epochs")
 
-    def show(row: dict[str, Any]) -> None:
-        log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
+        def show(row: dict[str, Any]) -> None:
+            log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
 
-    summary = train(model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show)
+        summary = train(model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show)
+        staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
+        save_model(model, ws.tokenizer, ws.prompt_format, staging)
+        (staging / "training.json").write_text(json.dumps({"epochs": summary.epochs, "seconds": summary.seconds}))
+        staging.rename(final / "model")
     evaluation = evaluate(ws, model, retrain_truth_ratios)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    save_model(model, ws.tokenizer, ws.prompt_format, staging / "model")
+    staging = Path(tempfile.mkdtemp(prefix=".eval-", dir=final))
     write_examples(evaluation.examples, staging / "examples.parquet")
-    (staging / "metrics.json").write_text(
-        json.dumps({"name": name, "metrics": evaluation.metrics, "training": summary.epochs, "seconds": summary.seconds})
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
+    (staging / "metrics.json").write_text(json.dumps({"name": name, "metrics": evaluation.metrics}))
+    if eval_dir.exists():
+        shutil.rmtree(eval_dir)
+    staging.rename(eval_dir)
     log(f"[prepare] {name}: FQ {evaluation.metrics['forget_quality']:.3g} MU {evaluation.metrics['model_utility']:.3f}")
     return PreparedModel(final / "model", evaluation.metrics, evaluation.examples)
 
@@ -208,7 +224,7 @@ def _finetune_and_store(
 def prepared_dirs(config: RunConfig, root: Path | None = None) -> tuple[Path, Path]:
     """Where Original and Retrain live: `<root>/<content hash>` (root: `<cache_dir>/prepared`)."""
     root = Path(config.cache_dir) / "prepared" if root is None else root
-    return root / f"original-{original_key(config)}-{config.data.forget_split}", root / f"retrain-{retrain_key(config)}"
+    return root / f"original-{original_key(config)}", root / f"retrain-{retrain_key(config)}"
 
 
 def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepared:
@@ -227,7 +243,8 @@ def reference_examples(ws: Workspace) -> tuple[list[EncodedExample], list[Encode
     """The forget answers and the forget questions' refusals, in forget order: what the
     reference NLLs of NPO and IdkDPO are computed on."""
     refusals = [dict(r, answer=refusal_for(i, ws.config.seed)) for i, r in enumerate(ws.data.forget)]
-    return ws.encode(ws.data.forget), ws.encode(refusals)
+    length = ws.config.unlearn.max_length
+    return ws.encode(ws.data.forget, length), ws.encode(refusals, length)
 
 
 def unlearn_inputs(
@@ -240,7 +257,7 @@ def unlearn_inputs(
     ℓ_ref (eq. 2) of the forget answers and refusals, computed once by the Original (or passed in
     as `reference_nll`, precomputed for a whole sweep)."""
     forget, refusals = reference_examples(ws)
-    inputs = UnlearnInputs(forget=forget, retain=ws.encode(ws.data.retain))
+    inputs = UnlearnInputs(forget=forget, retain=ws.encode(ws.data.retain, ws.config.unlearn.max_length))
     needs = needs_of(params)
     if "idk" in needs:
         inputs.idk = refusals

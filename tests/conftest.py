@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 VOCAB = 50
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
+
 def build_tiny_llama(seed: int = 0, initializer_range: float = 0.02, **overrides: int) -> LlamaForCausalLM:
     """A float32 LlamaForCausalLM drawn from `seed` (the global RNG is left as it was)."""
     settings = {"num_hidden_layers": 1, "intermediate_size": 32, **overrides}

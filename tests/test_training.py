@@ -92,7 +92,9 @@ def original(tiny_llama: TinyLlama, finetuned: State) -> LlamaForCausalLM:
     return model
 
 
-def unlearn(model: LlamaForCausalLM, params: MethodParams, seed: int = 0, **changes: Any) -> training.TrainingSummary:
+def unlearn(
+    model: LlamaForCausalLM, params: MethodParams, seed: int = 0, **changes: Any
+) -> training.TrainingSummary:
     return train(
         model,
         settings(**changes),
@@ -114,7 +116,9 @@ def test_schedule_warmup_then_linear_decay() -> None:
     # No warm-up: (4 − s)/4.
     assert [schedule(4, 0)(s) for s in range(5)] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0], abs=1e-12)
     # Warm-up 3 of 5 steps: 1/3, 2/3, 3/3, then (5 − 3)/2 = 1.0, (5 − 4)/2 = 0.5, 0.
-    assert [schedule(5, 3)(s) for s in range(6)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 0.5, 0.0], abs=1e-12)
+    assert [schedule(5, 3)(s) for s in range(6)] == pytest.approx(
+        [1 / 3, 2 / 3, 1.0, 1.0, 0.5, 0.0], abs=1e-12
+    )
 
 
 def test_steps_per_pass_matches_shuffled_batches() -> None:
@@ -228,11 +232,15 @@ def test_nan_loss_raises_training_diverged(
     model = tiny_llama(seed=0)
     before = state(model)
     if mode == "finetune":
-        monkeypatch.setattr(training.objectives, "retain_nll_loss", lambda nll, n: (nll / n).sum() * float("inf"))
+        monkeypatch.setattr(
+            training.objectives, "retain_nll_loss", lambda nll, n: (nll / n).sum() * float("inf")
+        )
         with pytest.raises(TrainingDiverged, match=r"loss became inf at epoch 1"):
             train(model, settings(), pad_id=PAD_ID, seed=0, examples=RETAIN)
     else:
-        monkeypatch.setitem(training.METHODS, "ga", dataclasses.replace(methods.METHODS["ga"], loss=_nan_loss))
+        monkeypatch.setitem(
+            training.METHODS, "ga", dataclasses.replace(methods.METHODS["ga"], loss=_nan_loss)
+        )
         with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1"):
             unlearn(model, GAParams())
     assert same_weights(state(model), before)  # no step was taken with the broken loss

@@ -103,9 +103,12 @@ class Progress(tune.Callback):
 
 @ray.remote
 def _prepare_remote(run_json: str, root: str) -> dict[str, Any]:
+    import torch
+
     from raysimnpo.config import RunConfig
 
     run = RunConfig.model_validate_json(run_json)
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     ws = recipe.workspace(run)
     prepared = recipe.prepare(ws, log=lambda m: print(m, flush=True), root=Path(root))
     return {
@@ -150,7 +153,8 @@ def prepare_stage(sweep: SweepConfig, run_dir: Path, log: Log) -> dict[str, Any]
     and the reference NLLs when a searched method needs them."""
     root = run_dir.parent / "prepared"
     gpus = 1 if sweep.resources.gpus_per_worker > 0 else 0
-    cpus = max(1.0, sweep.resources.cpus_per_worker)
+    # Nothing else runs while preparing: on CPU, one node's cores (at most 8) go to it.
+    cpus = max(1.0, sweep.resources.cpus_per_worker) if gpus else float(min(8, ray.cluster_resources().get("CPU", 1)))
     log(f"[prepare] Original and Retrain under {root}")
     prepared = ray.get(
         _prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(sweep.run.model_dump_json(), str(root))

@@ -1,0 +1,141 @@
+"""raysimnpo.recipe end to end on the small generated dataset: one run gives Original, Retrain and
+unlearned metrics, a second run reuses the prepared models, and `python -m raysimnpo.run --json`
+prints them as one JSON object."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from raysimnpo import recipe
+from raysimnpo.config import RunConfig
+from raysimnpo.data.tofu_generator import TofuGeneratorConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TOFU_METRICS = (
+    *(
+        f"{s}_{m}"
+        for s in ("forget", "retain", "real_authors", "world_facts")
+        for m in ("prob", "rouge", "truth_ratio")
+    ),
+    "forget_quality",
+    "model_utility",
+)
+
+
+def run_settings() -> dict[str, Any]:
+    """The `run:` section: small generated data, a very small tiny model, 2 prepare epochs."""
+    return {
+        "seed": 0,
+        "device": "cpu",
+        "data": {
+            "source": {
+                "kind": "generated",
+                "generator": TofuGeneratorConfig.preset("small").model_dump(mode="json"),
+            },
+            "forget_split": "forget10",
+            "train_on_utility_splits": True,
+        },
+        "model": {
+            "name": "tiny",
+            "dtype": "float32",
+            "tiny": {
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+                "intermediate_size": 64,
+                "vocab_size": 300,
+            },
+        },
+        "prepare": {"epochs": 2, "learning_rate": 3e-3, "batch_size": 16, "max_length": 128},
+        "unlearn": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 8, "max_length": 128},
+        "method": {"name": "simnpo"},
+        "evaluation": {"batch_size": 64, "max_new_tokens": 4, "engine": "in_process"},
+    }
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def config(cache: Path) -> RunConfig:
+    return RunConfig.model_validate({**run_settings(), "cache_dir": str(cache)})
+
+
+@pytest.fixture(scope="module")
+def first(single_thread: None, config: RunConfig) -> recipe.RunResult:
+    return recipe.run(config)
+
+
+def check_metrics(metrics: dict[str, float]) -> None:
+    for key in TOFU_METRICS:
+        assert math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, (key, metrics.get(key))
+
+
+def test_run_gives_original_retrain_and_unlearned_metrics(first: recipe.RunResult, config: RunConfig) -> None:
+    for metrics in (first.original.metrics, first.retrain.metrics, first.unlearned.metrics):
+        check_metrics(metrics)
+    assert first.retrain.metrics["forget_quality"] == 1.0  # Retrain against itself
+    assert first.retrain.metrics["forget_quality_ks_statistic"] == 0.0
+    # 6 forget QA (one author of 10, 6 QA each) in batches of 8: one step an epoch, 2 epochs.
+    assert [row["epoch"] for row in first.training.epochs] == [1, 2]
+    n_forget = sum(1 for e in first.unlearned.examples if e["split"] == "forget")
+    assert n_forget == 6 == len(first.retrain.forget_truth_ratios())
+    original_dir, retrain_dir = recipe.prepared_dirs(config)
+    for folder in (original_dir, retrain_dir):
+        assert (folder / "metrics.json").is_file() and (folder / "examples.parquet").is_file()
+        assert (folder / "model" / "model.safetensors").is_file()
+    assert first.original.path == original_dir / "model"
+
+
+def test_second_run_reuses_cache_and_repeats_numbers(first: recipe.RunResult, config: RunConfig) -> None:
+    folders = recipe.prepared_dirs(config)
+    stamps = {p: p.stat().st_mtime_ns for f in folders for p in (f, f / "metrics.json", f / "model")}
+    logs: list[str] = []
+    second = recipe.run(config, log=logs.append)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert sum("cached at" in line for line in logs) == 2
+    assert not any("fine-tuning" in line for line in logs)
+    assert second.original.metrics == first.original.metrics
+    assert second.retrain.metrics == first.retrain.metrics
+    # Same config and seed: the unlearning repeats exactly.
+    assert second.unlearned.metrics == first.unlearned.metrics
+    assert second.training.epochs == first.training.epochs
+
+
+def test_cli_prints_one_json_object(first: recipe.RunResult, cache: Path, tmp_path: Path) -> None:
+    # The same data/model/prepare settings: the CLI reuses the prepared models in the shared cache.
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "cli-test", "run": run_settings()}, sort_keys=False))
+    env = {**os.environ, "RAYSIMNPO_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "raysimnpo.run", str(path), "--method", "npo", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    payload = json.loads(lines[0])
+    assert list(payload["metrics"]) == ["Original", "Retrain", "npo"]
+    for metrics in payload["metrics"].values():
+        check_metrics(metrics)
+    assert payload["metrics"]["Retrain"]["forget_quality"] == 1.0
+    assert payload["metrics"]["Original"] == first.original.metrics  # read from the shared cache
+    assert payload["config"]["cache_dir"] == str(cache)
+    assert payload["config"]["method"]["name"] == "npo"
+    assert "cached at" in proc.stderr
