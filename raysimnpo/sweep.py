@@ -101,6 +101,12 @@ def print_front(root: str, sweep: SweepConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from raysimnpo.benchmarks.markov import is_markov_sweep
+
+    if is_markov_sweep(args.config or args.sweep):  # `benchmark: markov` at the file's top level
+        from raysimnpo.orchestration import markov
+
+        return markov.main(args)
     log = lambda message: print(message, flush=True)  # noqa: E731
     try:
         overrides = list(args.overrides)

@@ -94,15 +94,17 @@ def test_run_gives_original_retrain_and_unlearned_metrics(first: recipe.RunResul
     n_forget = sum(1 for e in first.unlearned.examples if e["split"] == "forget")
     assert n_forget == 6 == len(first.retrain.forget_truth_ratios())
     original_dir, retrain_dir = recipe.prepared_dirs(config)
+    evaluation = f"eval-{recipe.evaluation_key(config)}"
     for folder in (original_dir, retrain_dir):
-        assert (folder / "metrics.json").is_file() and (folder / "examples.parquet").is_file()
+        assert (folder / evaluation / "metrics.json").is_file() and (folder / evaluation / "examples.parquet").is_file()
         assert (folder / "model" / "model.safetensors").is_file()
     assert first.original.path == original_dir / "model"
 
 
 def test_second_run_reuses_cache_and_repeats_numbers(first: recipe.RunResult, config: RunConfig) -> None:
     folders = recipe.prepared_dirs(config)
-    stamps = {p: p.stat().st_mtime_ns for f in folders for p in (f, f / "metrics.json", f / "model")}
+    evaluation = f"eval-{recipe.evaluation_key(config)}"
+    stamps = {p: p.stat().st_mtime_ns for f in folders for p in (f, f / evaluation / "metrics.json", f / "model")}
     logs: list[str] = []
     second = recipe.run(config, log=logs.append)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -113,6 +115,17 @@ def test_second_run_reuses_cache_and_repeats_numbers(first: recipe.RunResult, co
     # Same config and seed: the unlearning repeats exactly.
     assert second.unlearned.metrics == first.unlearned.metrics
     assert second.training.epochs == first.training.epochs
+
+
+def test_new_evaluation_settings_reevaluate_cached_weights(first: recipe.RunResult, config: RunConfig) -> None:
+    changed = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"max_new_tokens": 3})})
+    logs: list[str] = []
+    second = recipe.run(changed, log=logs.append)
+    assert sum("weights cached" in line for line in logs) == 2
+    assert not any("fine-tuning" in line for line in logs)
+    # The same weights: probabilities agree; only generation-based numbers may move.
+    assert second.original.metrics["forget_prob"] == first.original.metrics["forget_prob"]
+    assert all(len((e["generation"] or "").split()) <= 3 for e in second.original.examples)
 
 
 def test_cli_prints_one_json_object(first: recipe.RunResult, cache: Path, tmp_path: Path) -> None:

@@ -76,8 +76,8 @@ class Progress(tune.Callback):
         self.done = self.failed = 0
         self.best_fq = self.best_mu = float("nan")
 
-    def _line(self, trials: list[Any]) -> None:
-        running = sum(1 for t in trials if t.status == "RUNNING")
+    def _line(self, trials: list[Any], finished_now: Any = None) -> None:
+        running = sum(1 for t in trials if t.status == "RUNNING" and t is not finished_now)
         elapsed = time.monotonic() - self.started
         finished = self.done + self.failed
         eta = elapsed / finished * (self.total - finished) if finished else float("nan")
@@ -94,11 +94,14 @@ class Progress(tune.Callback):
             if key in result:
                 current = getattr(self, attr)
                 setattr(self, attr, result[key] if current != current else max(current, result[key]))
+        self._line(trials, trial)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._line(trials)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.failed += 1
-        self._line(trials)
+        self._line(trials, trial)
 
 
 @ray.remote

@@ -1,0 +1,94 @@
+"""Pareto fronts and hypervolumes of forget quality (FQ) vs model utility (MU) over a run's trials.
+
+Both objectives are maximised (DESIGN §6: FQ is the KS-test p-value against Retrain, MU the harmonic
+mean of the nine utility numbers). Fronts are computed within each run: per method (`rank_method`)
+and over all methods together (`rank_overall`), by successive non-dominated sorting
+(`raysimnpo.pareto.pareto_ranks`; rank 0 = the non-dominated front). A log scale on FQ does not change
+dominance, so the fronts are the same whether FQ is read on its natural or its log scale.
+
+Hypervolume (`raysimnpo.pareto.hypervolume_2d`): the area of the (FQ, MU) region dominated by a method's
+trials and bounded below by the reference point (FQ = 0, MU = 0), FQ on its natural scale (0..1), so
+the largest possible value is 1 (FQ = 1 and MU = 1); the Retrain model alone spans 1 × MU(Retrain).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from analysis.load import FORGET_QUALITY, MODEL_UTILITY
+from raysimnpo.pareto import Direction, hypervolume_2d, pareto_ranks
+
+OBJECTIVES: tuple[str, str] = (FORGET_QUALITY, MODEL_UTILITY)
+DIRECTIONS: tuple[Direction, Direction] = ("max", "max")
+HV_REFERENCE: tuple[float, float] = (0.0, 0.0)  # (FQ, MU)
+ALL_METHODS = "all methods"
+
+
+def _values(frame: pl.DataFrame) -> np.ndarray:
+    return frame.select(OBJECTIVES).to_numpy().astype(np.float64).reshape(-1, 2)
+
+
+def _ranks(frame: pl.DataFrame, by: list[str]) -> pl.Series:
+    """Front index of every row within its group of `by` columns, in the frame's row order."""
+    out = np.zeros(frame.height, dtype=np.int64)
+    indexed = frame.with_row_index("_row")
+    for _, group in indexed.group_by(by, maintain_order=True):
+        out[group["_row"].to_numpy()] = pareto_ranks(_values(group), DIRECTIONS)
+    return pl.Series(out, dtype=pl.Int64)
+
+
+def front_table(points: pl.DataFrame) -> pl.DataFrame:
+    """`points` (completed trials with FQ and MU; see `analysis.load.completed_trials`) plus
+    rank_method, rank_overall (0 = on the front), on_method_front, and dominated (some trial of the same
+    run, of any method, is at least as good in FQ and MU and better in one)."""
+    if points.is_empty():
+        return points.with_columns(
+            pl.lit(None, dtype=pl.Int64).alias("rank_method"),
+            pl.lit(None, dtype=pl.Int64).alias("rank_overall"),
+            pl.lit(None, dtype=pl.Boolean).alias("on_method_front"),
+            pl.lit(None, dtype=pl.Boolean).alias("dominated"),
+        )
+    return points.with_columns(
+        _ranks(points, ["run", "method"]).alias("rank_method"),
+        _ranks(points, ["run"]).alias("rank_overall"),
+    ).with_columns(
+        (pl.col("rank_method") == 0).alias("on_method_front"),
+        (pl.col("rank_overall") > 0).alias("dominated"),
+    )
+
+
+def hypervolumes(points: pl.DataFrame) -> pl.DataFrame:
+    """Hypervolume per (run, method) and per run over all methods ("all methods"), reference (0, 0).
+
+    Columns: run, method, trials, front_size, hypervolume, reference_forget_quality,
+    reference_model_utility.
+    """
+    rows = []
+    for (run,), in_run in points.group_by(["run"], maintain_order=True):
+        groups = [(m, g) for (m,), g in in_run.group_by(["method"], maintain_order=True)]
+        groups.sort(key=lambda item: str(item[0]))
+        for method, group in [*groups, (ALL_METHODS, in_run)]:
+            values = _values(group)
+            front = pareto_ranks(values, DIRECTIONS) == 0
+            rows.append(
+                {
+                    "run": run,
+                    "method": method,
+                    "trials": group.height,
+                    "front_size": int(front.sum()),
+                    "hypervolume": hypervolume_2d(values, DIRECTIONS, HV_REFERENCE),
+                    "reference_forget_quality": HV_REFERENCE[0],
+                    "reference_model_utility": HV_REFERENCE[1],
+                }
+            )
+    schema = {
+        "run": pl.String,
+        "method": pl.String,
+        "trials": pl.Int64,
+        "front_size": pl.Int64,
+        "hypervolume": pl.Float64,
+        "reference_forget_quality": pl.Float64,
+        "reference_model_utility": pl.Float64,
+    }
+    return pl.DataFrame(rows, schema=schema)

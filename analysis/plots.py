@@ -1,0 +1,161 @@
+"""Figures of a report, drawn with matplotlib's Agg backend (no display needed).
+
+* `pareto_plot`: like the SimNPO paper's Fig. 4 — forget quality on a log x-axis against model
+  utility, one point per completed trial coloured by method, each method's non-dominated front as a
+  step line (the boundary of the region its trials dominate), Original (star) and Retrain (cross) as
+  labelled reference points. With several runs the marker shape (and the front's line style) tells the
+  runs apart.
+* `curves_plot`: per-epoch forget and retain losses of every trial (metrics stage "epoch"), one line per
+  trial coloured by method; failed trials dashed.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from analysis.load import FORGET_QUALITY, MODEL_UTILITY, REFERENCE_LABELS  # noqa: E402
+
+RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "h", "<", ">")
+RUN_LINESTYLES = ("-", "--", ":", "-.")
+CURVE_METRICS = (("forget_loss", "Forget loss"), ("retain_loss", "Retain loss"))
+DPI = 130
+SELECTED_LABEL = "selected (Table 2)"
+
+
+def method_colours(methods: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
+    """A fixed colour per method (tab10 in sorted order), the same in every figure of a report."""
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(sorted(set(methods)))}
+
+
+def _fq_floor(values: Sequence[float]) -> float:
+    positive = [v for v in values if v > 0 and np.isfinite(v)]
+    return (min(positive) / 10.0) if positive else 1e-10
+
+
+def pareto_figure(
+    front: pl.DataFrame, references: pl.DataFrame, runs: Sequence[str], selected: Sequence[tuple[str, str]] = ()
+) -> Figure:
+    """`front`: `analysis.pareto.front_table` rows; `references`: Original/Retrain rows with FQ and MU;
+    `selected`: (run, trial_id) of each method's selected trial, drawn with a ring.
+
+    FQ values ≤ 0 (a p-value that underflowed) are drawn at a floor a decade below the smallest
+    positive FQ, so that the log axis can show them.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    colours = method_colours(front["method"].to_list())
+    several = len(runs) > 1
+    floor = _fq_floor(front[FORGET_QUALITY].to_list() + references[FORGET_QUALITY].drop_nulls().to_list())
+
+    def fq(values: Sequence[float]) -> np.ndarray:
+        return np.maximum(np.asarray(values, dtype=np.float64), floor)
+
+    for r, run in enumerate(runs):
+        marker, style = RUN_MARKERS[r % len(RUN_MARKERS)], RUN_LINESTYLES[r % len(RUN_LINESTYLES)]
+        in_run = front.filter(pl.col("run") == run)
+        for method in sorted(colours):
+            points = in_run.filter(pl.col("method") == method)
+            if points.is_empty():
+                continue
+            label = f"{method} ({run})" if several else method
+            ax.scatter(
+                fq(points[FORGET_QUALITY].to_list()), points[MODEL_UTILITY].to_numpy(), s=36, marker=marker,
+                color=colours[method], alpha=0.75, edgecolors="white", linewidths=0.5, label=label, zorder=3,
+            )
+            best = points.filter(pl.col("on_method_front")).sort(FORGET_QUALITY)
+            x, y = fq(best[FORGET_QUALITY].to_list()), best[MODEL_UTILITY].to_numpy()
+            # Maximising both: between two front points the dominated region's edge sits at the MU of
+            # the point to the right, so the line drops at each point and runs flat to the next one.
+            ax.step(x, y, where="pre", color=colours[method], linestyle=style, linewidth=1.6, zorder=2)
+        chosen = in_run.filter(pl.col("trial_id").is_in([t for r, t in selected if r == run]))
+        if chosen.height:
+            ax.scatter(
+                fq(chosen[FORGET_QUALITY].to_list()), chosen[MODEL_UTILITY].to_numpy(), s=150, marker="o",
+                facecolors="none", edgecolors="black", linewidths=1.0, zorder=4,
+                label=None if SELECTED_LABEL in ax.get_legend_handles_labels()[1] else SELECTED_LABEL,
+            )
+        refs = references.filter((pl.col("run") == run) & pl.col(FORGET_QUALITY).is_not_null())
+        for ref in refs.iter_rows(named=True):
+            kind = ref["kind"]
+            ref_x, ref_y = float(fq([ref[FORGET_QUALITY]])[0]), ref[MODEL_UTILITY]
+            if ref_y is None:
+                continue
+            star = kind == "original"
+            ax.scatter(
+                [ref_x], [ref_y], marker="*" if star else "X", s=220 if star else 130, color="black" if star else "#444",
+                edgecolors="white", linewidths=0.8, zorder=4,
+            )
+            text = REFERENCE_LABELS[kind] + (f" ({run})" if several else "")
+            ax.annotate(text, (ref_x, ref_y), xytext=(6, 6), textcoords="offset points", fontsize=9, zorder=5)
+    ax.set_xscale("log")
+    ax.set_xlim(right=3.0)  # FQ ≤ 1: room for the Retrain label
+    ax.set_xlabel("Forget quality (KS-test p-value vs Retrain, log scale) →")
+    ax.set_ylabel("Model utility →")
+    ax.set_title("Forget quality vs model utility (lines: each method's Pareto front)")
+    ax.grid(True, which="major", alpha=0.3)
+    if front.height:
+        handles, labels = ax.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda i: labels[i] == SELECTED_LABEL)  # stable: ring last
+        ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, framealpha=0.85)
+    else:
+        ax.text(0.5, 0.5, "no completed trials", transform=ax.transAxes, ha="center", color="grey")
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: pl.DataFrame, trials: pl.DataFrame, runs: Sequence[str]) -> Figure:
+    """`curves`: metrics rows of stage "epoch"; `trials`: the trials table (method, status per trial)."""
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(10, 4), squeeze=False)
+    info = trials.filter(pl.col("kind") == "trial").select("run", "trial_id", "method", "status")
+    data = curves.join(info, on=["run", "trial_id"], how="inner")
+    colours = method_colours(info["method"].to_list())
+    several = len(runs) > 1
+    for ax, (metric, title) in zip(axes[0], CURVE_METRICS, strict=True):
+        rows = data.filter(pl.col("metric") == metric)
+        legend: dict[str, Line2D] = {}
+        for (run, _), line in rows.sort("epoch").group_by(["run", "trial_id"], maintain_order=True):
+            method, failed = line["method"][0], line["status"][0] == "failed"
+            marker = RUN_MARKERS[list(runs).index(run) % len(RUN_MARKERS)] if several else "o"
+            ax.plot(
+                line["epoch"].to_numpy(), line["value"].to_numpy(), color=colours[method], marker=marker,
+                markersize=3, linewidth=1.2, alpha=0.8, linestyle="--" if failed else "-",
+            )
+            label = f"{method} ({run})" if several else method
+            legend.setdefault(label, Line2D([], [], color=colours[method], marker=marker, markersize=3))
+            if failed:
+                legend.setdefault("failed", Line2D([], [], color="grey", linestyle="--"))
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        if legend:
+            ordered = sorted(legend, key=lambda k: (k == "failed", k))
+            ax.legend([legend[k] for k in ordered], ordered, fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {metric} per epoch", transform=ax.transAxes, ha="center", color="grey")
+    fig.suptitle("Training curves per trial (dashed: failed trials)")
+    fig.tight_layout()
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> bytes:
+    """Write the figure as PNG to `path` and return the bytes (for embedding); closes the figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    data = buffer.getvalue()
+    path.write_bytes(data)
+    return data

@@ -1,0 +1,251 @@
+"""Build the report of one or several sweep runs from their Parquet results (DESIGN §3, §8).
+
+`build_report(run_dirs, out)` reads every run first (a bad folder raises the UserInputError of
+`raysimnpo.results.read_table` before anything is written) and then writes into `out`:
+
+    pareto.parquet     every completed trial: FQ, MU, front rank per method and overall, dominated flag
+    pareto.png         FQ (log) vs MU, fronts per method, Original / Retrain marked (paper Fig. 4)
+    table.md/.csv      the paper's Table 2 layout; the selection rule is in `analysis.tables`
+    hypervolume.csv    hypervolume per method, reference point (FQ = 0, MU = 0)
+    curves.png         forget / retain loss per epoch and trial
+    generations.md     greedy answers to sampled forget questions (paper Table A4)
+    report.html        all of the above in one offline file (figures embedded as base64 PNG)
+
+`export_best(run_dir, method, to)` copies the checkpoint folder of the method's selected trial.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from analysis import tables
+from analysis.load import (
+    FORGET_QUALITY,
+    MODEL_UTILITY,
+    Results,
+    completed_trials,
+    load_runs,
+    methods,
+    reference_trials,
+)
+from analysis.pareto import HV_REFERENCE, front_table, hypervolumes
+from analysis.plots import curves_figure, pareto_figure, save_png
+from raysimnpo.errors import UserInputError
+
+REPORT_FILES = (
+    "pareto.parquet",
+    "pareto.png",
+    "table.md",
+    "table.csv",
+    "hypervolume.csv",
+    "curves.png",
+    "generations.md",
+    "report.html",
+)
+PARETO_COLUMNS = (
+    "run", "trial_id", "method", "seed", "config", "params_json", FORGET_QUALITY, MODEL_UTILITY,
+    "rank_method", "rank_overall", "on_method_front", "dominated", "checkpoint",
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `build_report` computed and where it wrote it."""
+
+    out: Path
+    files: dict[str, Path]
+    selection: pl.DataFrame
+    hypervolume: pl.DataFrame
+    front: pl.DataFrame
+
+
+def default_out(run_dirs: Sequence[str]) -> Path:
+    """RUN_DIR/report for a single local (or file://) run; several runs or a remote run need --out."""
+    if len(run_dirs) != 1:
+        raise UserInputError(f"--out: required with several RUN_DIRs ({len(run_dirs)} given); name a folder")
+    run_dir = os.fspath(run_dirs[0])
+    if run_dir.startswith("file://"):
+        run_dir = run_dir.removeprefix("file://")
+    elif "://" in run_dir:
+        raise UserInputError(f"--out: required for a RUN_DIR on a remote filesystem ({run_dir}); name a local folder")
+    return Path(run_dir).expanduser() / "report"
+
+
+def report_folder(run_dirs: Sequence[str], out: str | os.PathLike[str] | None) -> Path:
+    """Where the report goes: `out`, else RUN_DIR/report; it must not be an existing file."""
+    target = Path(out).expanduser() if out is not None else default_out(run_dirs)
+    if target.exists() and not target.is_dir():
+        raise UserInputError(f"--out: {target} is a file; give a folder (it is created if missing)")
+    return target
+
+
+def _summary_lines(res: Results, selection: pl.DataFrame) -> list[str]:
+    lines = []
+    for run in res.runs:
+        trials = res.trials.filter((pl.col("run") == run.label) & (pl.col("kind") == "trial"))
+        done = trials.filter(pl.col("status") == "completed").height
+        lines.append(
+            f"Run `{run.label}` ({run.root}): {trials.height} trials, {done} completed, "
+            f"{trials.height - done} failed; methods: {', '.join(sorted(set(trials['method'].to_list()))) or 'none'}."
+        )
+        for row in selection.filter(pl.col("run") == run.label).iter_rows(named=True):
+            lines.append(
+                f"Selected {row['method']}: trial {row['trial_id']} (seeds {', '.join(map(str, row['seeds']))}), "
+                f"FQ {row[FORGET_QUALITY]:.3g}, MU {row[MODEL_UTILITY]:.3f} — {row['reason']}."
+            )
+    return lines
+
+
+def _html(
+    res: Results,
+    summary: list[str],
+    images: dict[str, bytes],
+    paper: list[tables.TextTable],
+    hv: tables.TextTable,
+    generations: list[tables.TextTable],
+) -> str:
+    def img(name: str, alt: str) -> str:
+        data = base64.b64encode(images[name]).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
+        "td,th{border:1px solid #bbb;padding:3px 6px;vertical-align:top}"
+        "th{background:#eee}caption{caption-side:top;text-align:left;padding:4px 0;max-width:1200px}"
+        "img{max-width:100%}"
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>raysimnpo report: {html.escape(', '.join(res.labels))}</title>",
+        f"<style>{style}</style></head><body>",
+        f"<h1>raysimnpo report: {html.escape(', '.join(res.labels))}</h1>",
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>",
+        "<h2>Forget quality vs model utility</h2>",
+        img("pareto.png", "FQ (log) vs MU per trial, fronts per method"),
+        "<h2>Hypervolume</h2>",
+        f"<p>Reference point (FQ = {HV_REFERENCE[0]:g}, MU = {HV_REFERENCE[1]:g}); FQ on its natural scale.</p>",
+        tables.html_table(hv),
+        "<h2>Table 2 layout</h2>",
+        *(f"<h3>Run {html.escape(t.title)}</h3>\n" + tables.html_table(t) for t in paper),
+        "<h2>Training curves</h2>",
+        img("curves.png", "forget and retain loss per epoch"),
+        "<h2>Generation examples (Table A4 layout)</h2>",
+        f"<p>Repetitive: fraction of repeated word 3-grams &gt; {tables.REPETITION_THRESHOLD}.</p>",
+    ]
+    if not generations:
+        parts.append("<p>No generations were recorded for the forget set.</p>")
+    for t in generations:
+        parts += [f"<h3>{html.escape(t.title)}</h3>", tables.html_table(t)]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build_report(
+    run_dirs: Sequence[str], out: str | os.PathLike[str] | None = None, *, examples: int = 8, seed: int = 0
+) -> Report:
+    """Read the runs, then write every report file into `out` (default RUN_DIR/report); see module doc."""
+    if not run_dirs:
+        raise UserInputError("RUN_DIR: none given; give at least one <storage>/<sweep> folder")
+    target = report_folder(run_dirs, out)
+    return write_report(load_runs(run_dirs), target, examples=examples, seed=seed)
+
+
+def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0) -> Report:
+    """Write every report file of the loaded runs `res` into `target` (created if needed)."""
+    points = completed_trials(res)
+    front = front_table(points).select(PARETO_COLUMNS)
+    hv = hypervolumes(points)
+    selection = tables.select_configurations(res)
+    paper = tables.paper_table(res, selection)
+    refs = reference_trials(res)
+    sample = tables.generation_examples(res, selection, count=examples, seed=seed)
+    curves = res.metrics.filter(pl.col("stage") == "epoch")
+
+    chosen = list(zip(selection["run"].to_list(), selection["trial_id"].to_list(), strict=True))
+
+    target.mkdir(parents=True, exist_ok=True)
+    files = {name: target / name for name in REPORT_FILES}
+    front.write_parquet(files["pareto.parquet"])
+    images = {
+        "pareto.png": save_png(pareto_figure(front, refs, res.labels, chosen), files["pareto.png"]),
+        "curves.png": save_png(curves_figure(curves, res.trials, res.labels), files["curves.png"]),
+    }
+    files["table.md"].write_text(tables.table_markdown(paper), encoding="utf-8")
+    paper.write_csv(files["table.csv"])
+    hv.write_csv(files["hypervolume.csv"])
+    files["generations.md"].write_text(tables.generations_markdown(sample), encoding="utf-8")
+    summary = _summary_lines(res, selection)
+    document = _html(
+        res,
+        summary,
+        images,
+        tables.paper_text_tables(paper),
+        tables.hypervolume_text_table(hv),
+        tables.generations_text_tables(sample),
+    )
+    files["report.html"].write_text(document, encoding="utf-8")
+    return Report(target, files, selection, hv, front)
+
+
+# --------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------
+
+
+def best_checkpoint(res: Results, method: str) -> tuple[str, Path]:
+    """(trial id, checkpoint folder) of `method`'s selected trial in the (single) run of `res`.
+
+    A checkpoint path that no longer exists is looked for under RUN_DIR/checkpoints/<trial_id> (a run
+    folder that was moved); raises UserInputError when the method is unknown or no folder exists.
+    """
+    present = methods(res)
+    run = res.runs[0]
+    if method not in present:
+        raise UserInputError(
+            f"--export-best: method {method!r} has no trials in {run.run_dir}; methods present: "
+            f"{', '.join(present) or 'none'}"
+        )
+    chosen = tables.select_configurations(res).filter(pl.col("method") == method)
+    if chosen.is_empty():
+        raise UserInputError(
+            f"--export-best: method {method!r} has no completed trial with FQ and MU in {run.run_dir}"
+        )
+    trial_id = chosen["trial_id"][0]
+    row = res.trials.filter(pl.col("trial_id") == trial_id)
+    recorded = row["checkpoint"][0]
+    candidates = [Path(recorded).expanduser()] if recorded else []
+    if "://" not in run.run_dir or run.run_dir.startswith("file://"):
+        candidates.append(Path(run.run_dir.removeprefix("file://")).expanduser() / "checkpoints" / trial_id)
+    for path in candidates:
+        if path.is_dir():
+            return trial_id, path
+    raise UserInputError(
+        f"--export-best: checkpoint of trial {trial_id} ({method}) not found "
+        f"(looked in {', '.join(str(p) for p in candidates) or 'no recorded path'}); "
+        "the trial's checkpoint folder must exist on this machine"
+    )
+
+
+def check_export_target(to: str | os.PathLike[str]) -> Path:
+    target = Path(to).expanduser()
+    if target.exists():
+        raise UserInputError(f"--to: {target} already exists; give a folder that does not exist yet")
+    return target
+
+
+def export_best(run_dir: str, method: str, to: str | os.PathLike[str]) -> tuple[str, Path]:
+    """Copy the checkpoint folder of `method`'s selected trial to `to` (which must not exist yet)."""
+    target = check_export_target(to)
+    trial_id, source = best_checkpoint(load_runs([run_dir]), method)
+    shutil.copytree(source, target)
+    return trial_id, target

@@ -1,0 +1,575 @@
+"""The synthetic mixture-of-Markov-chains benchmark (SimNPO paper §5, appendix B, Fig. 6). No Ray.
+
+Data: three chains over 10 states (`raysimnpo.metrics.markov`): retain (10,000 sequences), Forget1 and
+Forget2 (5,000 each; the forget set is their equal mixture), each split 80/20 into train and test.
+Each chain is sampled from its own stream of the seed, so changing Forget2's length leaves the retain
+and Forget1 sequences as they were (and Retrain is shared by experiments with the same retain data).
+
+Model: `transformers.GPT2LMHeadModel`, 4 layers, 4 heads, n_embd 128, a vocabulary of exactly the 10
+states. The input is the whole sequence; the output at position t predicts s_{t+1}, so a sequence
+of length L has |y| = L − 1 predicted tokens (there is no start token, so s_0 is never predicted).
+Mixed lengths are right-padded; padded labels are −100 (causal attention keeps the padding from
+affecting earlier positions).
+
+Pretraining (appendix B): AdamW lr 5e-4, batch 128, 5 epochs, token-mean cross-entropy over every
+next-state prediction of the batch. Original: retain + Forget1 + Forget2 (experiment (b): without
+Forget2). Retrain: retain only. Both are cached as Hugging Face folders (safetensors) under
+`<root>/markov-<role>-<content hash of what trained them>/`.
+
+Unlearning (appendix B): 50 iterations of AdamW (lr 5e-4) on batches of 4 forget sequences with
+NPO (eq. 2; π_ref = the Original, ℓ_ref computed once for the forget train set) or SimNPO (eq. 4,
+γ = 0), ℓ = summed NLL of a sequence's predicted tokens and |y| their number; with a retain weight
+λ > 0 the loss adds λ × the token-mean NLL of a retain batch (eq. 1). Every `eval_every` iterations
+(and at 0) the Markov KL (`raysimnpo.metrics.markov.sequence_kl`) is measured on the Forget1, Forget2
+and retain test sequences. All runs of an experiment see the same batches.
+
+Experiments (appendix B, "Choice of hyperparameters"): (a) retain and Forget1 of length 20, Forget2
+of length 5, β_NPO = 0.2, β_SimNPO = 4; (b) all of length 20, Forget2 left out of pretraining,
+β_NPO = 1, β_SimNPO = 4.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from pydantic import Field, model_validator
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
+
+from raysimnpo.config import Frozen, apply_overrides, content_hash, load_yaml, sweep_file, validate
+from raysimnpo.errors import UserInputError
+from raysimnpo.logprobs import IGNORE_INDEX, sequence_nll
+from raysimnpo.metrics.markov import NUM_STATES, MarkovChain, paper_chain, sequence_kl
+from raysimnpo.objectives import npo_loss, retain_nll_loss, simnpo_loss
+
+NAME = "markov"
+SCHEMA_VERSION = 1
+CHAINS: tuple[str, ...] = ("retain", "forget1", "forget2")
+METHODS: tuple[str, ...] = ("npo", "simnpo")
+Method = Literal["npo", "simnpo"]
+Role = Literal["original", "retrain"]
+Log = Callable[[str], None]
+Row = dict[str, Any]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+class MarkovDataSettings(Frozen):
+    """Appendix B's data: leakage ε, sequences per chain, the train/test split."""
+
+    epsilon: float = Field(0.2, gt=0, lt=1, description="leakage probability ε")
+    num_retain: int = Field(10_000, ge=2)
+    num_forget1: int = Field(5_000, ge=2)
+    num_forget2: int = Field(5_000, ge=2)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class MarkovModelSettings(Frozen):
+    """GPT-2 over the 10 states (appendix B: 4 layers, 4 heads, embedding 128)."""
+
+    n_layer: int = Field(4, gt=0)
+    n_head: int = Field(4, gt=0)
+    n_embd: int = Field(128, gt=0)
+    n_positions: int = Field(20, gt=1, description="position embeddings; at least the longest sequence")
+    dropout: float = Field(0.0, ge=0, lt=1, description="GPT-2's resid/embd/attn dropout (paper code: 0)")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> MarkovModelSettings:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+class MarkovPretrainSettings(Frozen):
+    """Pretraining of Original and Retrain: AdamW, token-mean cross-entropy (appendix B)."""
+
+    epochs: int = Field(5, gt=0)
+    batch_size: int = Field(128, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (the paper code's AdamW: 0)")
+
+
+class MarkovUnlearnSettings(Frozen):
+    """Unlearning: iterations of AdamW on forget batches (appendix B), evaluated every `eval_every`."""
+
+    iterations: int = Field(50, gt=0)
+    batch_size: int = Field(4, gt=0, description="forget sequences per iteration")
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_every: int = Field(5, gt=0, description="evaluate at 0, every N iterations and at the end")
+    gamma: float = Field(0.0, ge=0, description="SimNPO's reward margin γ (paper eq. 4; 0 here)")
+    retain_weight: float = Field(0.0, ge=0, description="λ of eq. 1; 0 = forget loss only, as the paper")
+    retain_batch_size: int = Field(4, gt=0, description="retain sequences per iteration when λ > 0")
+
+
+class MethodBetas(Frozen):
+    npo: float = Field(gt=0)
+    simnpo: float = Field(gt=0)
+
+
+class BetaGrid(Frozen):
+    """Extra β values per method, run for every experiment besides the experiment's own β."""
+
+    npo: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])
+    simnpo: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+
+    @model_validator(mode="after")
+    def _positive(self) -> BetaGrid:
+        for method in METHODS:
+            bad = [b for b in getattr(self, method) if not b > 0]
+            if bad:
+                raise ValueError(f"{method}: every beta must be > 0; got {bad}")
+        return self
+
+
+class MarkovExperiment(Frozen):
+    """One panel of Fig. 6: sequence lengths, whether Forget2 is in pretraining, the paper's β."""
+
+    description: str = ""
+    retain_length: int = Field(20, gt=1)
+    forget1_length: int = Field(20, gt=1)
+    forget2_length: int = Field(20, gt=1)
+    forget2_in_pretraining: bool = True
+    beta: MethodBetas
+
+    def length(self, chain: str) -> int:
+        return int(getattr(self, f"{chain}_length"))
+
+
+def _paper_experiments() -> dict[str, MarkovExperiment]:
+    return {
+        "a": MarkovExperiment(
+            description="Forget2 short (length 5)",
+            forget2_length=5,
+            beta=MethodBetas(npo=0.2, simnpo=4.0),
+        ),
+        "b": MarkovExperiment(
+            description="Forget2 not in pretraining",
+            forget2_in_pretraining=False,
+            beta=MethodBetas(npo=1.0, simnpo=4.0),
+        ),
+    }
+
+
+class MarkovConfig(Frozen):
+    """Everything that determines the Markov study's numbers; defaults are the paper's (appendix B)."""
+
+    seed: int = 0
+    data: MarkovDataSettings = MarkovDataSettings()
+    model: MarkovModelSettings = MarkovModelSettings()
+    pretrain: MarkovPretrainSettings = MarkovPretrainSettings()
+    unlearn: MarkovUnlearnSettings = MarkovUnlearnSettings()
+    experiments: dict[str, MarkovExperiment] = Field(default_factory=_paper_experiments)
+    beta_grid: BetaGrid = BetaGrid()
+    eval_batch_size: int = Field(250, gt=0, description="test sequences per forward pass")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> MarkovConfig:
+        if not self.experiments:
+            raise ValueError("experiments: at least one is needed")
+        for name, exp in self.experiments.items():
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"experiments.{name}: names are letters, digits, '-' and '_'")
+            for chain in CHAINS:
+                if exp.length(chain) > self.model.n_positions:
+                    raise ValueError(
+                        f"experiments.{name}.{chain}_length: {exp.length(chain)} exceeds "
+                        f"model.n_positions ({self.model.n_positions})"
+                    )
+        for chain in CHAINS:
+            n = self.count(chain)
+            n_test = round(n * self.data.test_fraction)
+            if not 0 < n_test < n:
+                raise ValueError(f"data.num_{chain}: {n} sequences leave an empty train or test split")
+        return self
+
+    def count(self, chain: str) -> int:
+        return int(getattr(self.data, f"num_{chain}"))
+
+    def betas(self, experiment: str, method: str) -> list[float]:
+        """The experiment's own β and the grid's, sorted."""
+        exp = self.experiments[experiment]
+        return sorted({float(getattr(exp.beta, method)), *map(float, getattr(self.beta_grid, method))})
+
+    def grid(self) -> list[tuple[str, str, float]]:
+        """Every (experiment, method, β) unlearning run."""
+        return [(e, m, b) for e in self.experiments for m in METHODS for b in self.betas(e, m)]
+
+
+class MarkovResources(Frozen):
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs (and torch threads) per Ray task")
+    gpus_per_task: float = Field(0.0, ge=0)
+
+
+class MarkovSweep(Frozen):
+    """A Markov sweep file (sweeps/markov.yaml): `benchmark: markov` and a `markov:` section."""
+
+    benchmark: Literal["markov"]
+    name: str = Field("markov", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    storage: str = Field("runs", description="a local folder; results go to <storage>/<name>/")
+    markov: MarkovConfig = MarkovConfig()
+    resources: MarkovResources = MarkovResources()
+
+    @model_validator(mode="after")
+    def _check_gpus(self) -> MarkovSweep:
+        if self.markov.device == "cuda" and self.resources.gpus_per_task == 0:
+            raise ValueError("markov.device: cuda needs resources.gpus_per_task > 0; or use auto or cpu")
+        return self
+
+
+def is_markov_sweep(name_or_path: str) -> bool:
+    """Whether a sweep name or file is a Markov sweep (`benchmark: markov` at the top level).
+    Unreadable or unknown files are not: the caller's own loading reports them."""
+    try:
+        return load_yaml(sweep_file(name_or_path)).get("benchmark") == NAME
+    except UserInputError:
+        return False
+
+
+def load_markov_sweep(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> MarkovSweep:
+    path = sweep_file(name_or_path)
+    return validate(MarkovSweep, apply_overrides(load_yaml(path), overrides), str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainSplit:
+    """One chain's sequences, [N, L] int64 state tokens, split into train and test."""
+
+    train: NDArray[np.int64]
+    test: NDArray[np.int64]
+
+
+def sample_chain(chain: MarkovChain, n: int, length: int, rng: np.random.Generator) -> NDArray[np.int64]:
+    """`n` sequences of `length` states: s_0 ~ π, s_{t+1} ~ T[s_t] (inverse-CDF sampling, vectorised)."""
+    cdf_initial = np.cumsum(chain.initial)
+    cdf_rows = np.cumsum(chain.transition, axis=1)
+    cdf_initial[-1] = 1.0
+    cdf_rows[:, -1] = 1.0
+    states = np.empty((n, length), dtype=np.int64)
+    states[:, 0] = (rng.random(n)[:, None] >= cdf_initial[None, :]).sum(axis=1)
+    for t in range(1, length):
+        states[:, t] = (rng.random(n)[:, None] >= cdf_rows[states[:, t - 1]]).sum(axis=1)
+    return states
+
+
+def sample_data(config: MarkovConfig, experiment: MarkovExperiment) -> dict[str, ChainSplit]:
+    """The retain, forget1 and forget2 sequences of an experiment, each from its own seed stream."""
+    data = {}
+    for index, name in enumerate(CHAINS):
+        rng = np.random.default_rng([config.seed, index])
+        n = config.count(name)
+        sequences = sample_chain(paper_chain(name, config.data.epsilon), n, experiment.length(name), rng)
+        order = rng.permutation(n)
+        n_test = round(n * config.data.test_fraction)
+        data[name] = ChainSplit(train=sequences[order[n_test:]], test=sequences[order[:n_test]])
+    return data
+
+
+def pad(arrays: list[NDArray[np.int64]]) -> torch.Tensor:
+    """Stack sequence arrays of possibly different lengths into one [N, L_max] tensor, right-padded
+    with IGNORE_INDEX (-100): it serves as the labels; `inputs` turns it into input ids."""
+    width = max(a.shape[1] for a in arrays)
+    out = torch.full((sum(a.shape[0] for a in arrays), width), IGNORE_INDEX, dtype=torch.long)
+    row = 0
+    for a in arrays:
+        out[row : row + a.shape[0], : a.shape[1]] = torch.from_numpy(a)
+        row += a.shape[0]
+    return out
+
+
+def inputs(labels: torch.Tensor) -> torch.Tensor:
+    """Input ids of padded labels: padding becomes state 0 (never attended to by earlier positions)."""
+    return labels.clamp(min=0)
+
+
+def pretraining_chains(experiment: MarkovExperiment, role: Role) -> tuple[str, ...]:
+    if role == "retrain":
+        return ("retain",)
+    return ("retain", "forget1", "forget2") if experiment.forget2_in_pretraining else ("retain", "forget1")
+
+
+# --------------------------------------------------------------------------------------------
+# Model, pretraining, evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(config: MarkovConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("markov.device: cuda requested but no GPU is visible; allowed here: auto, cpu")
+    return torch.device(config.device)
+
+
+def build_model(settings: MarkovModelSettings, seed: int) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 over the 10 states (drawn from `seed`; the global RNG is kept)."""
+    gpt2 = GPT2Config(
+        vocab_size=NUM_STATES,
+        n_positions=settings.n_positions,
+        n_embd=settings.n_embd,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        resid_pdrop=settings.dropout,
+        embd_pdrop=settings.dropout,
+        attn_pdrop=settings.dropout,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        use_cache=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(gpt2)
+    return model.float()
+
+
+def load_model(path: Path | str, device: torch.device) -> GPT2LMHeadModel:
+    hf_logging.disable_progress_bar()  # no per-load progress bars in logs
+    model = GPT2LMHeadModel.from_pretrained(str(path), dtype=torch.float32)
+    return model.to(device)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    yield from order.split(batch_size)
+
+
+def pretrain(
+    model: GPT2LMHeadModel,
+    sequences: torch.Tensor,
+    settings: MarkovPretrainSettings,
+    seed: int,
+    log: Log = _quiet,
+    name: str = "model",
+) -> list[float]:
+    """Train on padded `sequences` [N, L] (labels, −100 on padding): AdamW, every epoch a fresh
+    shuffle, loss = token-mean NLL of the batch's next-state predictions (eq. 1's L_retain form).
+    Returns the mean training loss of each epoch."""
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for epoch in range(settings.epochs):
+        total, steps = 0.0, 0
+        for index in _batches(sequences.shape[0], settings.batch_size, generator):
+            labels = sequences[index].to(device)
+            nll, n = sequence_nll(model(input_ids=inputs(labels)).logits, labels)
+            loss = retain_nll_loss(nll, n)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        losses.append(total / steps)
+        log(f"[prepare] {name} epoch {epoch + 1}/{settings.epochs} loss {losses[-1]:.4f}")
+    model.eval()
+    return losses
+
+
+@torch.inference_mode()
+def per_sequence_kl(
+    model: GPT2LMHeadModel, sequences: NDArray[np.int64], chain: MarkovChain, batch_size: int
+) -> NDArray[np.float64]:
+    """The Markov metric of each sequence of one chain's split (`metrics.markov.sequence_kl`)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    values = []
+    for start in range(0, sequences.shape[0], batch_size):
+        chunk = sequences[start : start + batch_size]
+        logits = model(input_ids=torch.from_numpy(chunk).to(device)).logits
+        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        values.append(sequence_kl(log_probs, chunk, chain))
+    model.train(was_training)
+    return np.concatenate(values)
+
+
+def evaluate(
+    model: GPT2LMHeadModel, data: dict[str, ChainSplit], config: MarkovConfig
+) -> dict[str, float]:
+    """Mean Markov KL on the Forget1, Forget2 and retain test sequences: `forget1_kl`, `forget2_kl`,
+    `retain_kl` (higher = more forgotten on forget data; lower = better on retain data)."""
+    return {
+        f"{name}_kl": float(
+            per_sequence_kl(model, data[name].test, paper_chain(name, config.data.epsilon), config.eval_batch_size).mean()
+        )
+        for name in ("forget1", "forget2", "retain")
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Prepared models (cached)
+# --------------------------------------------------------------------------------------------
+
+
+def model_key(config: MarkovConfig, experiment: MarkovExperiment, role: Role) -> str:
+    """Content hash of what trains a prepared model: its chains' data, the model, pretraining, seed."""
+    chains = {
+        name: {"count": config.count(name), "length": experiment.length(name)}
+        for name in pretraining_chains(experiment, role)
+    }
+    data = {"epsilon": config.data.epsilon, "test_fraction": config.data.test_fraction, "chains": chains}
+    return content_hash("markov-pretrain", {"seed": config.seed, "data": data}, config.model, config.pretrain)
+
+
+def model_dir(root: Path, config: MarkovConfig, experiment: MarkovExperiment, role: Role) -> Path:
+    return Path(root) / f"markov-{role}-{model_key(config, experiment, role)}"
+
+
+def prepare_model(
+    config: MarkovConfig, experiment: MarkovExperiment, role: Role, root: Path, log: Log = _quiet
+) -> Path:
+    """The Original (retain + Forget1 [+ Forget2]) or Retrain (retain) model of an experiment, trained
+    once and cached as a Hugging Face folder `<root>/markov-<role>-<hash>/model`; returns that folder."""
+    final = model_dir(root, config, experiment, role)
+    if (final / "model" / "model.safetensors").is_file():
+        log(f"[prepare] {role}: cached at {final}")
+        return final / "model"
+    final.mkdir(parents=True, exist_ok=True)
+    data = sample_data(config, experiment)
+    chains = pretraining_chains(experiment, role)
+    sequences = pad([data[c].train for c in chains])
+    log(f"[prepare] {role}: {sequences.shape[0]} sequences of {'+'.join(chains)}, {config.pretrain.epochs} epochs")
+    model = build_model(config.model, config.seed).to(resolve_device(config))
+    started = time.perf_counter()
+    losses = pretrain(model, sequences, config.pretrain, config.seed, log, role)
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
+    hf_logging.disable_progress_bar()
+    model.save_pretrained(staging, safe_serialization=True)
+    summary = {"role": role, "chains": list(chains), "epoch_losses": losses, "seconds": time.perf_counter() - started}
+    (staging / "training.json").write_text(json.dumps(summary))
+    try:
+        staging.rename(final / "model")
+    except OSError:  # another process finished the same model first: keep its copy
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (final / "model" / "model.safetensors").is_file():
+            raise
+    return final / "model"
+
+
+def reference_row(
+    config: MarkovConfig, experiment_name: str, role: Role, path: Path | str
+) -> Row:
+    """The KLs of a prepared model on an experiment's test sequences, as a trajectory row
+    (`method` = the role, no β or iteration)."""
+    data = sample_data(config, config.experiments[experiment_name])
+    model = load_model(path, resolve_device(config))
+    return _row(experiment_name, role, None, None, evaluate(model, data, config))
+
+
+# --------------------------------------------------------------------------------------------
+# Unlearning
+# --------------------------------------------------------------------------------------------
+
+
+def _row(experiment: str, method: str, beta: float | None, iteration: int | None, kls: dict[str, float]) -> Row:
+    return {"experiment": experiment, "method": method, "beta": beta, "iteration": iteration, **kls}
+
+
+def _schedule(n: int, batch_size: int, iterations: int, rng: np.random.Generator) -> list[NDArray[np.int64]]:
+    """`iterations` batches of indices into n rows: consecutive slices of shuffled passes."""
+    order: list[int] = []
+    while len(order) < batch_size * iterations:
+        order.extend(rng.permutation(n).tolist())
+    flat = np.asarray(order[: batch_size * iterations], dtype=np.int64)
+    return list(flat.reshape(iterations, batch_size))
+
+
+@torch.inference_mode()
+def reference_nll(model: GPT2LMHeadModel, sequences: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """ℓ_ref of every sequence (summed NLL of its predicted states) under the reference model: NPO's
+    constant of the forget set, computed once."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, sequences.shape[0], batch_size):
+        labels = sequences[start : start + batch_size].to(device)
+        out.append(sequence_nll(model(input_ids=inputs(labels)).logits, labels)[0].cpu())
+    return torch.cat(out)
+
+
+def forget_loss(method: str, nll: torch.Tensor, n: torch.Tensor, ref_nll: torch.Tensor | None, beta: float, gamma: float) -> torch.Tensor:
+    """NPO (eq. 2, ℓ − ℓ_ref summed over the sequence) or SimNPO (eq. 4, ℓ/|y| − γ/β)."""
+    if method == "npo":
+        assert ref_nll is not None
+        return npo_loss(nll, ref_nll, beta)
+    if method == "simnpo":
+        return simnpo_loss(nll, n, beta, gamma)
+    raise UserInputError(f"method {method!r}: unknown; allowed: {', '.join(METHODS)}")
+
+
+def unlearn_trajectory(
+    config: MarkovConfig,
+    experiment_name: str,
+    method: str,
+    beta: float,
+    original: Path | str,
+    log: Log = _quiet,
+) -> list[Row]:
+    """Unlearn the forget mixture from the Original with NPO or SimNPO at `beta`; returns one row
+    {experiment, method, beta, iteration, forget1_kl, forget2_kl, retain_kl} per evaluation
+    (iteration 0 = the Original, then every `eval_every` iterations and the last one)."""
+    if experiment_name not in config.experiments:
+        raise UserInputError(f"experiment {experiment_name!r}: unknown; allowed: {', '.join(config.experiments)}")
+    if method not in METHODS:
+        raise UserInputError(f"method {method!r}: unknown; allowed: {', '.join(METHODS)}")
+    settings = config.unlearn
+    data = sample_data(config, config.experiments[experiment_name])
+    device = resolve_device(config)
+    model = load_model(original, device)
+    forget = pad([data["forget1"].train, data["forget2"].train])
+    retain = pad([data["retain"].train])
+    ref = reference_nll(model, forget, config.eval_batch_size) if method == "npo" else None
+    # The same batches for every method and β of an experiment (seeded by the config only).
+    rng = np.random.default_rng([config.seed, len(CHAINS)])
+    forget_batches = _schedule(forget.shape[0], settings.batch_size, settings.iterations, rng)
+    retain_batches = _schedule(retain.shape[0], settings.retain_batch_size, settings.iterations, rng)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    rows = [_row(experiment_name, method, beta, 0, evaluate(model, data, config))]
+    model.train()
+    for iteration in range(1, settings.iterations + 1):
+        index = torch.from_numpy(forget_batches[iteration - 1])
+        labels = forget[index].to(device)
+        nll, n = sequence_nll(model(input_ids=inputs(labels)).logits, labels)
+        batch_ref = ref[index].to(device) if ref is not None else None
+        loss = forget_loss(method, nll, n, batch_ref, beta, settings.gamma)
+        if settings.retain_weight > 0:
+            retain_labels = retain[torch.from_numpy(retain_batches[iteration - 1])].to(device)
+            r_nll, r_n = sequence_nll(model(input_ids=inputs(retain_labels)).logits, retain_labels)
+            loss = loss + settings.retain_weight * retain_nll_loss(r_nll, r_n)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if iteration % settings.eval_every == 0 or iteration == settings.iterations:
+            rows.append(_row(experiment_name, method, beta, iteration, evaluate(model, data, config)))
+            last = rows[-1]
+            log(
+                f"[unlearn] {experiment_name} {method} β={beta:g} it {iteration}: loss {loss.item():.4f} "
+                f"F1 {last['forget1_kl']:.4f} F2 {last['forget2_kl']:.4f} retain {last['retain_kl']:.4f}"
+            )
+    return rows
+
