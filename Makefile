@@ -18,11 +18,11 @@ sweep: $(STAMP)
 	$(PY) -m raysimnpo.sweep tofu $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check raysimnpo analysis tests benchmarks
-	$(VENV)/bin/ruff format --check raysimnpo analysis tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check raysimnpo analysis tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean-venv:

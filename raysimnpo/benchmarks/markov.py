@@ -369,7 +369,9 @@ def pretrain(
     shuffle, loss = token-mean NLL of the batch's next-state predictions (eq. 1's L_retain form).
     Returns the mean training loss of each epoch."""
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
     generator = torch.Generator().manual_seed(seed)
     model.train()
     losses = []
@@ -407,14 +409,14 @@ def per_sequence_kl(
     return np.concatenate(values)
 
 
-def evaluate(
-    model: GPT2LMHeadModel, data: dict[str, ChainSplit], config: MarkovConfig
-) -> dict[str, float]:
+def evaluate(model: GPT2LMHeadModel, data: dict[str, ChainSplit], config: MarkovConfig) -> dict[str, float]:
     """Mean Markov KL on the Forget1, Forget2 and retain test sequences: `forget1_kl`, `forget2_kl`,
     `retain_kl` (higher = more forgotten on forget data; lower = better on retain data)."""
     return {
         f"{name}_kl": float(
-            per_sequence_kl(model, data[name].test, paper_chain(name, config.data.epsilon), config.eval_batch_size).mean()
+            per_sequence_kl(
+                model, data[name].test, paper_chain(name, config.data.epsilon), config.eval_batch_size
+            ).mean()
         )
         for name in ("forget1", "forget2", "retain")
     }
@@ -452,14 +454,21 @@ def prepare_model(
     data = sample_data(config, experiment)
     chains = pretraining_chains(experiment, role)
     sequences = pad([data[c].train for c in chains])
-    log(f"[prepare] {role}: {sequences.shape[0]} sequences of {'+'.join(chains)}, {config.pretrain.epochs} epochs")
+    log(
+        f"[prepare] {role}: {sequences.shape[0]} sequences of {'+'.join(chains)}, {config.pretrain.epochs} epochs"
+    )
     model = build_model(config.model, config.seed).to(resolve_device(config))
     started = time.perf_counter()
     losses = pretrain(model, sequences, config.pretrain, config.seed, log, role)
     staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
     hf_logging.disable_progress_bar()
     model.save_pretrained(staging, safe_serialization=True)
-    summary = {"role": role, "chains": list(chains), "epoch_losses": losses, "seconds": time.perf_counter() - started}
+    summary = {
+        "role": role,
+        "chains": list(chains),
+        "epoch_losses": losses,
+        "seconds": time.perf_counter() - started,
+    }
     (staging / "training.json").write_text(json.dumps(summary))
     try:
         staging.rename(final / "model")
@@ -470,9 +479,7 @@ def prepare_model(
     return final / "model"
 
 
-def reference_row(
-    config: MarkovConfig, experiment_name: str, role: Role, path: Path | str
-) -> Row:
+def reference_row(config: MarkovConfig, experiment_name: str, role: Role, path: Path | str) -> Row:
     """The KLs of a prepared model on an experiment's test sequences, as a trajectory row
     (`method` = the role, no β or iteration)."""
     data = sample_data(config, config.experiments[experiment_name])
@@ -485,7 +492,9 @@ def reference_row(
 # --------------------------------------------------------------------------------------------
 
 
-def _row(experiment: str, method: str, beta: float | None, iteration: int | None, kls: dict[str, float]) -> Row:
+def _row(
+    experiment: str, method: str, beta: float | None, iteration: int | None, kls: dict[str, float]
+) -> Row:
     return {"experiment": experiment, "method": method, "beta": beta, "iteration": iteration, **kls}
 
 
@@ -511,7 +520,9 @@ def reference_nll(model: GPT2LMHeadModel, sequences: torch.Tensor, batch_size: i
     return torch.cat(out)
 
 
-def forget_loss(method: str, nll: torch.Tensor, n: torch.Tensor, ref_nll: torch.Tensor | None, beta: float, gamma: float) -> torch.Tensor:
+def forget_loss(
+    method: str, nll: torch.Tensor, n: torch.Tensor, ref_nll: torch.Tensor | None, beta: float, gamma: float
+) -> torch.Tensor:
     """NPO (eq. 2, ℓ − ℓ_ref summed over the sequence) or SimNPO (eq. 4, ℓ/|y| − γ/β)."""
     if method == "npo":
         assert ref_nll is not None
@@ -533,7 +544,9 @@ def unlearn_trajectory(
     {experiment, method, beta, iteration, forget1_kl, forget2_kl, retain_kl} per evaluation
     (iteration 0 = the Original, then every `eval_every` iterations and the last one)."""
     if experiment_name not in config.experiments:
-        raise UserInputError(f"experiment {experiment_name!r}: unknown; allowed: {', '.join(config.experiments)}")
+        raise UserInputError(
+            f"experiment {experiment_name!r}: unknown; allowed: {', '.join(config.experiments)}"
+        )
     if method not in METHODS:
         raise UserInputError(f"method {method!r}: unknown; allowed: {', '.join(METHODS)}")
     settings = config.unlearn
@@ -548,7 +561,9 @@ def unlearn_trajectory(
     forget_batches = _schedule(forget.shape[0], settings.batch_size, settings.iterations, rng)
     retain_batches = _schedule(retain.shape[0], settings.retain_batch_size, settings.iterations, rng)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
     rows = [_row(experiment_name, method, beta, 0, evaluate(model, data, config))]
     model.train()
     for iteration in range(1, settings.iterations + 1):
@@ -572,4 +587,3 @@ def unlearn_trajectory(
                 f"F1 {last['forget1_kl']:.4f} F2 {last['forget2_kl']:.4f} retain {last['retain_kl']:.4f}"
             )
     return rows
-

@@ -43,7 +43,9 @@ class MarkovChain:
     def __post_init__(self) -> None:
         n = self.initial.shape[0]
         if self.initial.shape != (n,) or self.transition.shape != (n, n):
-            raise ValueError(f"need initial [S] and transition [S, S]; got {self.initial.shape}, {self.transition.shape}")
+            raise ValueError(
+                f"need initial [S] and transition [S, S]; got {self.initial.shape}, {self.transition.shape}"
+            )
         if np.any(self.initial < 0) or np.any(self.transition < 0):
             raise ValueError("probabilities must be >= 0")
         if not np.allclose(self.initial.sum(), 1.0) or not np.allclose(self.transition.sum(axis=1), 1.0):
@@ -105,7 +107,9 @@ def kl_divergence(true_probs: ArrayLike, model_log_probs: ArrayLike) -> NDArray[
     p = np.asarray(true_probs, dtype=np.float64)
     log_q = np.asarray(model_log_probs, dtype=np.float64)
     if p.shape != log_q.shape:
-        raise ValueError(f"true_probs and model_log_probs must have the same shape; got {p.shape}, {log_q.shape}")
+        raise ValueError(
+            f"true_probs and model_log_probs must have the same shape; got {p.shape}, {log_q.shape}"
+        )
     return (xlogy(p, p) - np.where(p > 0, p * log_q, 0.0)).sum(axis=-1)
 
 
@@ -122,9 +126,13 @@ def sequence_kl(
     truth = true_next_distributions(states, chain, predicts_first_state)
     log_q = np.asarray(model_log_probs, dtype=np.float64)
     if log_q.ndim != 3 or log_q.shape[0] != truth.shape[0] or log_q.shape[2] != truth.shape[2]:
-        raise ValueError(f"model_log_probs must be [N, P, S] = [{truth.shape[0]}, >= {truth.shape[1]}, {truth.shape[2]}]; got {log_q.shape}")
+        raise ValueError(
+            f"model_log_probs must be [N, P, S] = [{truth.shape[0]}, >= {truth.shape[1]}, {truth.shape[2]}]; got {log_q.shape}"
+        )
     if log_q.shape[1] < truth.shape[1]:
-        raise ValueError(f"model_log_probs covers {log_q.shape[1]} positions; the sequences need {truth.shape[1]}")
+        raise ValueError(
+            f"model_log_probs covers {log_q.shape[1]} positions; the sequences need {truth.shape[1]}"
+        )
     if truth.shape[1] == 0:
         raise ValueError("sequences need at least one predicted position")
     return kl_divergence(truth, log_q[:, : truth.shape[1]]).mean(axis=1)
@@ -138,7 +146,9 @@ def first_reaching(
     it = np.asarray(iterations)
     f, r = np.asarray(forget_kl, dtype=np.float64), np.asarray(retain_kl, dtype=np.float64)
     if not it.shape == f.shape == r.shape or it.ndim != 1:
-        raise ValueError(f"iterations, forget_kl and retain_kl must be 1-D of one length; got {it.shape}, {f.shape}, {r.shape}")
+        raise ValueError(
+            f"iterations, forget_kl and retain_kl must be 1-D of one length; got {it.shape}, {f.shape}, {r.shape}"
+        )
     order = np.argsort(it, kind="stable")
     reached = np.flatnonzero(f[order] >= target)
     if reached.size == 0:

@@ -118,7 +118,9 @@ def run_markov(sweep: mk.MarkovSweep, run_dir: Path, log: Log) -> list[Row]:
         for role in ("original", "retrain"):
             key = str(mk.model_dir(root, config, experiment, role))
             if key not in prepared:
-                prepared[key] = _prepare_task.options(**options).remote(config_json, name, role, str(root), threads)
+                prepared[key] = _prepare_task.options(**options).remote(
+                    config_json, name, role, str(root), threads
+                )
             model_refs[name, role] = prepared[key]
     log(f"[markov] preparing {len(prepared)} models under {root}")
 
@@ -129,7 +131,11 @@ def run_markov(sweep: mk.MarkovSweep, run_dir: Path, log: Log) -> list[Row]:
     ]
     grid = config.grid()
     pending = {
-        _unlearn_task.options(**options).remote(config_json, e, m, b, model_refs[e, "original"], threads): (e, m, b)
+        _unlearn_task.options(**options).remote(config_json, e, m, b, model_refs[e, "original"], threads): (
+            e,
+            m,
+            b,
+        )
         for e, m, b in grid
     }
     log(f"[markov] {len(grid)} unlearning runs: {', '.join(f'{e}/{m}/β={b:g}' for e, m, b in grid)}")
@@ -138,13 +144,13 @@ def run_markov(sweep: mk.MarkovSweep, run_dir: Path, log: Log) -> list[Row]:
     done = 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
-        experiment, method, beta = pending.pop(ready[0])
+        exp_name, method, beta = pending.pop(ready[0])
         trajectory, seconds = ray.get(ready[0])
         rows.extend(trajectory)
         done += 1
         last = trajectory[-1]
         log(
-            f"[markov] {done}/{len(grid)} {experiment} {LABELS[method]} β={beta:g}: it {last['iteration']} "
+            f"[markov] {done}/{len(grid)} {exp_name} {LABELS[method]} β={beta:g}: it {last['iteration']} "
             f"F1 {last['forget1_kl']:.3f} F2 {last['forget2_kl']:.3f} retain {last['retain_kl']:.4f} "
             f"({seconds:.0f} s) | elapsed {(time.monotonic() - started) / 60:.1f} min"
         )
@@ -207,12 +213,32 @@ def plot_fig6(rows: list[Row], config: mk.MarkovConfig, path: Path) -> None:
             retain = [r["retain_kl"] for r in path_rows]
             for chain, style, marker in (("forget1", "-", "o"), ("forget2", "--", "s")):
                 ax.plot(
-                    [r[f"{chain}_kl"] for r in path_rows], retain, style, marker=marker, markersize=3.5,
-                    color=COLORS[method], label=f"{LABELS[method]} (β={beta:g}) {chain.capitalize()}",
+                    [r[f"{chain}_kl"] for r in path_rows],
+                    retain,
+                    style,
+                    marker=marker,
+                    markersize=3.5,
+                    color=COLORS[method],
+                    label=f"{LABELS[method]} (β={beta:g}) {chain.capitalize()}",
                 )
         retrain = _reference(rows, name, "retrain")
-        ax.plot(retrain["forget1_kl"], retrain["retain_kl"], "*", color="black", markersize=13, label="Retrain Forget1")
-        ax.plot(retrain["forget2_kl"], retrain["retain_kl"], "o", color="black", markersize=8, label="Retrain Forget2")
+        ax.plot(
+            retrain["forget1_kl"],
+            retrain["retain_kl"],
+            "*",
+            color="black",
+            markersize=13,
+            label="Retrain Forget1",
+        )
+        ax.plot(
+            retrain["forget2_kl"],
+            retrain["retain_kl"],
+            "o",
+            markerfacecolor="none",
+            markeredgecolor="black",
+            markersize=16,
+            label="Retrain Forget2",
+        )
         ax.axvline(retrain["forget2_kl"], color="black", linestyle=":", linewidth=0.8)
         ax.set_title(f"({name}) {experiment.description}".strip())
         ax.set_xlabel("forget KL (forget quality, higher = more forgotten)")
@@ -231,37 +257,53 @@ def plot_fig6(rows: list[Row], config: mk.MarkovConfig, path: Path) -> None:
 
 
 def summary_lines(rows: list[Row], config: mk.MarkovConfig) -> list[str]:
-    """Original and Retrain KLs per experiment, and for every run the retain KL at the first
-    evaluation where its Forget2 KL reaches Retrain's (Fig. 6's comparison; paper β marked *)."""
+    """Original and Retrain KLs per experiment and, for every run, the retain KL at the first evaluation
+    where its Forget2 KL reaches Retrain's (Fig. 6's comparison), the same for Forget1, and the final
+    KLs. The experiment's own (the paper's) β are marked *."""
     lines = []
     for name, experiment in config.experiments.items():
         lengths = "/".join(str(experiment.length(c)) for c in mk.CHAINS)
         seen = "in" if experiment.forget2_in_pretraining else "NOT in"
-        lines.append(f"\nexperiment {name}: {experiment.description} (lengths retain/F1/F2 {lengths}; Forget2 {seen} pretraining)")
-        lines.append(f"  {'model':<16}{'forget1_kl':>11}{'forget2_kl':>11}{'retain_kl':>11}")
+        lines.append(
+            f"\nexperiment {name}: {experiment.description} "
+            f"(lengths retain/F1/F2 {lengths}; Forget2 {seen} pretraining)"
+        )
+        lines.append(f"  {'model':<15}{'forget1_kl':>12}{'forget2_kl':>12}{'retain_kl':>12}")
         for role in ("original", "retrain"):
             r = _reference(rows, name, role)
-            lines.append(f"  {role:<16}{r['forget1_kl']:>11.4f}{r['forget2_kl']:>11.4f}{r['retain_kl']:>11.4f}")
-        target = _reference(rows, name, "retrain")["forget2_kl"]
-        lines.append(
-            f"  {'run':<16}{'F2>=Retrain F2 (' + format(target, '.3f') + ')':>27}"
-            f"   final: {'F1':>7}{'F2':>8}{'retain':>9}"
+            lines.append(
+                f"  {role:<15}{r['forget1_kl']:>12.4f}{r['forget2_kl']:>12.4f}{r['retain_kl']:>12.4f}"
+            )
+        retrain = _reference(rows, name, "retrain")
+        targets = {chain: retrain[f"{chain}_kl"] for chain in ("forget2", "forget1")}
+        heads = "".join(
+            f"{f'first {c[0].upper()}{c[-1]} >= Retrain ({t:.3f})':>30}" for c, t in targets.items()
         )
-        lines.append(f"  {'':<16}{'iteration':>11}{'retain_kl':>16}")
+        lines.append(f"  {'run':<15}{heads}{'final':>24}")
+        sub = f"{'iteration':>15}{'retain_kl':>15}" * 2
+        lines.append(f"  {'':<15}{sub}{'F1':>8}{'F2':>8}{'retain':>8}")
         for method in mk.METHODS:
             paper_beta = float(getattr(experiment.beta, method))
             for beta in config.betas(name, method):
                 path = _trajectory(rows, name, method, beta)
-                hit = first_reaching(
-                    [r["iteration"] for r in path], [r["forget2_kl"] for r in path], [r["retain_kl"] for r in path], target
-                )
-                mark = "*" if math.isclose(beta, paper_beta) else " "
-                label = f"{LABELS[method]} β={beta:g}{mark}"
-                reached = f"{hit[0]:>11d}{hit[1]:>16.4f}" if hit else f"{'not reached':>27}"
+                cells = ""
+                for chain, target in targets.items():
+                    hit = first_reaching(
+                        [r["iteration"] for r in path],
+                        [r[f"{chain}_kl"] for r in path],
+                        [r["retain_kl"] for r in path],
+                        target,
+                    )
+                    cells += f"{hit[0]:>15d}{hit[1]:>15.4f}" if hit else f"{'not reached':>30}"
+                mark = "*" if math.isclose(beta, paper_beta) else ""
                 last = path[-1]
                 lines.append(
-                    f"  {label:<16}{reached}   {'':>6}{last['forget1_kl']:>7.3f}{last['forget2_kl']:>8.3f}{last['retain_kl']:>9.4f}"
+                    f"  {LABELS[method] + ' β=' + format(beta, 'g') + mark:<15}{cells}"
+                    f"{last['forget1_kl']:>8.3f}{last['forget2_kl']:>8.3f}{last['retain_kl']:>8.4f}"
                 )
+        lines.append(
+            f"  (final = iteration {config.unlearn.iterations}; * = the experiment's β, drawn in fig6.png)"
+        )
     return lines
 
 

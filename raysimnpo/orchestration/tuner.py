@@ -275,3 +275,16 @@ def run_sweep(sweep: SweepConfig, run_dir: Path, *, resume: bool, log: Log) -> N
             ),
         )
     tuner.fit()
+    mark_interrupted(run_dir / "optuna.sqlite", sweep.name, log)
+
+
+def mark_interrupted(study_path: Path, study_name: str, log: Log) -> None:
+    """Optuna trials still RUNNING after the sweep were asked by a driver that was killed before
+    Tune saved them; their Tune trial never runs. They are marked FAIL (user attr `interrupted`),
+    so the study holds each finished trial once and no phantom running one."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        log(f"[sweep] Optuna trial {trial.number} was interrupted before it started; marked FAIL")

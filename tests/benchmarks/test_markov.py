@@ -29,12 +29,28 @@ TINY = mk.MarkovConfig.model_validate(
 
 def test_defaults_are_the_papers() -> None:
     config = mk.MarkovConfig()
-    assert (config.data.epsilon, config.data.num_retain, config.data.num_forget1, config.data.num_forget2) == (
-        0.2, 10_000, 5_000, 5_000,
+    assert (
+        config.data.epsilon,
+        config.data.num_retain,
+        config.data.num_forget1,
+        config.data.num_forget2,
+    ) == (
+        0.2,
+        10_000,
+        5_000,
+        5_000,
     )
     assert (config.model.n_layer, config.model.n_head, config.model.n_embd) == (4, 4, 128)
-    assert (config.pretrain.epochs, config.pretrain.batch_size, config.pretrain.learning_rate) == (5, 128, 5e-4)
-    assert (config.unlearn.iterations, config.unlearn.batch_size, config.unlearn.learning_rate) == (50, 4, 5e-4)
+    assert (config.pretrain.epochs, config.pretrain.batch_size, config.pretrain.learning_rate) == (
+        5,
+        128,
+        5e-4,
+    )
+    assert (config.unlearn.iterations, config.unlearn.batch_size, config.unlearn.learning_rate) == (
+        50,
+        4,
+        5e-4,
+    )
     a, b = config.experiments["a"], config.experiments["b"]
     assert (a.forget2_length, a.forget2_in_pretraining, a.beta.npo, a.beta.simnpo) == (5, True, 0.2, 4.0)
     assert (b.forget2_length, b.forget2_in_pretraining, b.beta.npo, b.beta.simnpo) == (20, False, 1.0, 4.0)
@@ -44,14 +60,19 @@ def test_defaults_are_the_papers() -> None:
     # The shipped sweep file holds exactly these defaults.
     sweep = mk.load_markov_sweep("markov")
     assert sweep.markov == config and sweep.benchmark == "markov"
-    assert mk.is_markov_sweep("markov") and not mk.is_markov_sweep("tofu") and not mk.is_markov_sweep("nonesuch")
+    assert (
+        mk.is_markov_sweep("markov") and not mk.is_markov_sweep("tofu") and not mk.is_markov_sweep("nonesuch")
+    )
 
 
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
         ("markov.unlearn.iterations=0", "markov.unlearn.iterations: Input should be greater than 0 (got 0)"),
-        ("markov.experiments.a.forget2_length=30", "experiments.a.forget2_length: 30 exceeds model.n_positions (20)"),
+        (
+            "markov.experiments.a.forget2_length=30",
+            "experiments.a.forget2_length: 30 exceeds model.n_positions (20)",
+        ),
         ("markov.beta_grid.npo=[0.1, -1]", "npo: every beta must be > 0; got [-1.0]"),
         ("markov.data.num_forget2=2", "data.num_forget2: 2 sequences leave an empty train or test split"),
         ("markov.device=cuda", "markov.device: cuda needs resources.gpus_per_task > 0"),

@@ -27,7 +27,9 @@ def write_markov(tmp_path: Path) -> Path:
     spec["name"] = "citest-markov"
     spec["storage"] = str(tmp_path / "runs")
     for section, values in SHORT.items():
-        spec["markov"][section] = {**spec["markov"][section], **values} if isinstance(values, dict) else values
+        spec["markov"][section] = (
+            {**spec["markov"][section], **values} if isinstance(values, dict) else values
+        )
     path = tmp_path / "markov-short.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -36,8 +38,14 @@ def write_markov(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["FILE", "--set", "markov.unlearn.batch_size=0"], "markov.unlearn.batch_size: Input should be greater than 0"),
-        (["FILE", "--set", "markov.experiments.b.beta.npo=-1"], "markov.experiments.b.beta.npo: Input should be greater than 0"),
+        (
+            ["FILE", "--set", "markov.unlearn.batch_size=0"],
+            "markov.unlearn.batch_size: Input should be greater than 0",
+        ),
+        (
+            ["FILE", "--set", "markov.experiments.b.beta.npo=-1"],
+            "markov.experiments.b.beta.npo: Input should be greater than 0",
+        ),
         (["FILE", "--set", "markov.pretrain=5"], "markov.pretrain: Input should be a valid dictionary"),
         (["FILE", "--set", "benchmark=tofu"], "benchmark: Input should be 'markov'"),
         (["FILE", "--storage", "/proc/raysimnpo-runs"], "storage: /proc/raysimnpo-runs is not writable"),
@@ -64,14 +72,29 @@ def test_short_study_writes_trajectories_and_figure(
 
     table = pq.read_table(run_dir / "results" / "trajectories.parquet")
     assert table.column_names == [
-        "experiment", "method", "beta", "iteration", "forget1_kl", "forget2_kl", "retain_kl", "schema_version",
+        "experiment",
+        "method",
+        "beta",
+        "iteration",
+        "forget1_kl",
+        "forget2_kl",
+        "retain_kl",
+        "schema_version",
     ]
     rows = table.to_pylist()
     runs = {(r["experiment"], r["method"], r["beta"]) for r in rows if r["method"] in ("npo", "simnpo")}
-    assert runs == {("a", "npo", 0.2), ("a", "simnpo", 4.0), ("b", "npo", 0.2), ("b", "npo", 1.0), ("b", "simnpo", 4.0)}
+    assert runs == {
+        ("a", "npo", 0.2),
+        ("a", "simnpo", 4.0),
+        ("b", "npo", 0.2),
+        ("b", "npo", 1.0),
+        ("b", "simnpo", 4.0),
+    }
     assert len(rows) == 5 * 3 + 4  # evaluations at 0, 5, 10 per run + Original and Retrain per experiment
     for experiment, method, beta in runs:
-        trajectory = [r for r in rows if (r["experiment"], r["method"], r["beta"]) == (experiment, method, beta)]
+        trajectory = [
+            r for r in rows if (r["experiment"], r["method"], r["beta"]) == (experiment, method, beta)
+        ]
         assert [r["iteration"] for r in trajectory] == [0, 5, 10]
         original = next(r for r in rows if r["experiment"] == experiment and r["method"] == "original")
         assert trajectory[0]["forget1_kl"] == pytest.approx(original["forget1_kl"], rel=1e-6)
@@ -79,7 +102,9 @@ def test_short_study_writes_trajectories_and_figure(
         assert trajectory[-1]["forget1_kl"] > trajectory[0]["forget1_kl"]
     references = [r for r in rows if r["method"] in ("original", "retrain")]
     assert len(references) == 4 and all(r["beta"] is None and r["iteration"] is None for r in references)
-    assert all(math.isfinite(r[k]) and r[k] >= 0 for r in rows for k in ("forget1_kl", "forget2_kl", "retain_kl"))
+    assert all(
+        math.isfinite(r[k]) and r[k] >= 0 for r in rows for k in ("forget1_kl", "forget2_kl", "retain_kl")
+    )
     assert {r["schema_version"] for r in rows} == {1}
 
     png = run_dir / "report" / "fig6.png"
