@@ -95,7 +95,8 @@ def load_runs(run_dirs: Sequence[str]) -> Results:
     written, so that a bad folder stops the report with its UserInputError from `read_table`)."""
     labels = run_labels(run_dirs)
     runs = tuple(
-        Run(label, os.fspath(d), results_root_of(os.fspath(d))) for label, d in zip(labels, run_dirs, strict=True)
+        Run(label, os.fspath(d), results_root_of(os.fspath(d)))
+        for label, d in zip(labels, run_dirs, strict=True)
     )
     tables: dict[str, list[pl.DataFrame]] = {name: [] for name in results.TABLE_NAMES}
     for run in runs:

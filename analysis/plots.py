@@ -47,7 +47,10 @@ def _fq_floor(values: Sequence[float]) -> float:
 
 
 def pareto_figure(
-    front: pl.DataFrame, references: pl.DataFrame, runs: Sequence[str], selected: Sequence[tuple[str, str]] = ()
+    front: pl.DataFrame,
+    references: pl.DataFrame,
+    runs: Sequence[str],
+    selected: Sequence[tuple[str, str]] = (),
 ) -> Figure:
     """`front`: `analysis.pareto.front_table` rows; `references`: Original/Retrain rows with FQ and MU;
     `selected`: (run, trial_id) of each method's selected trial, drawn with a ring.
@@ -72,8 +75,16 @@ def pareto_figure(
                 continue
             label = f"{method} ({run})" if several else method
             ax.scatter(
-                fq(points[FORGET_QUALITY].to_list()), points[MODEL_UTILITY].to_numpy(), s=36, marker=marker,
-                color=colours[method], alpha=0.75, edgecolors="white", linewidths=0.5, label=label, zorder=3,
+                fq(points[FORGET_QUALITY].to_list()),
+                points[MODEL_UTILITY].to_numpy(),
+                s=36,
+                marker=marker,
+                color=colours[method],
+                alpha=0.75,
+                edgecolors="white",
+                linewidths=0.5,
+                label=label,
+                zorder=3,
             )
             best = points.filter(pl.col("on_method_front")).sort(FORGET_QUALITY)
             x, y = fq(best[FORGET_QUALITY].to_list()), best[MODEL_UTILITY].to_numpy()
@@ -83,8 +94,14 @@ def pareto_figure(
         chosen = in_run.filter(pl.col("trial_id").is_in([t for r, t in selected if r == run]))
         if chosen.height:
             ax.scatter(
-                fq(chosen[FORGET_QUALITY].to_list()), chosen[MODEL_UTILITY].to_numpy(), s=150, marker="o",
-                facecolors="none", edgecolors="black", linewidths=1.0, zorder=4,
+                fq(chosen[FORGET_QUALITY].to_list()),
+                chosen[MODEL_UTILITY].to_numpy(),
+                s=150,
+                marker="o",
+                facecolors="none",
+                edgecolors="black",
+                linewidths=1.0,
+                zorder=4,
                 label=None if SELECTED_LABEL in ax.get_legend_handles_labels()[1] else SELECTED_LABEL,
             )
         refs = references.filter((pl.col("run") == run) & pl.col(FORGET_QUALITY).is_not_null())
@@ -95,8 +112,14 @@ def pareto_figure(
                 continue
             star = kind == "original"
             ax.scatter(
-                [ref_x], [ref_y], marker="*" if star else "X", s=220 if star else 130, color="black" if star else "#444",
-                edgecolors="white", linewidths=0.8, zorder=4,
+                [ref_x],
+                [ref_y],
+                marker="*" if star else "X",
+                s=220 if star else 130,
+                color="black" if star else "#444",
+                edgecolors="white",
+                linewidths=0.8,
+                zorder=4,
             )
             text = REFERENCE_LABELS[kind] + (f" ({run})" if several else "")
             ax.annotate(text, (ref_x, ref_y), xytext=(6, 6), textcoords="offset points", fontsize=9, zorder=5)
@@ -130,8 +153,14 @@ def curves_figure(curves: pl.DataFrame, trials: pl.DataFrame, runs: Sequence[str
             method, failed = line["method"][0], line["status"][0] == "failed"
             marker = RUN_MARKERS[list(runs).index(run) % len(RUN_MARKERS)] if several else "o"
             ax.plot(
-                line["epoch"].to_numpy(), line["value"].to_numpy(), color=colours[method], marker=marker,
-                markersize=3, linewidth=1.2, alpha=0.8, linestyle="--" if failed else "-",
+                line["epoch"].to_numpy(),
+                line["value"].to_numpy(),
+                color=colours[method],
+                marker=marker,
+                markersize=3,
+                linewidth=1.2,
+                alpha=0.8,
+                linestyle="--" if failed else "-",
             )
             label = f"{method} ({run})" if several else method
             legend.setdefault(label, Line2D([], [], color=colours[method], marker=marker, markersize=3))

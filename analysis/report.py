@@ -51,8 +51,19 @@ REPORT_FILES = (
     "report.html",
 )
 PARETO_COLUMNS = (
-    "run", "trial_id", "method", "seed", "config", "params_json", FORGET_QUALITY, MODEL_UTILITY,
-    "rank_method", "rank_overall", "on_method_front", "dominated", "checkpoint",
+    "run",
+    "trial_id",
+    "method",
+    "seed",
+    "config",
+    "params_json",
+    FORGET_QUALITY,
+    MODEL_UTILITY,
+    "rank_method",
+    "rank_overall",
+    "on_method_front",
+    "dominated",
+    "checkpoint",
 )
 
 
@@ -75,7 +86,9 @@ def default_out(run_dirs: Sequence[str]) -> Path:
     if run_dir.startswith("file://"):
         run_dir = run_dir.removeprefix("file://")
     elif "://" in run_dir:
-        raise UserInputError(f"--out: required for a RUN_DIR on a remote filesystem ({run_dir}); name a local folder")
+        raise UserInputError(
+            f"--out: required for a RUN_DIR on a remote filesystem ({run_dir}); name a local folder"
+        )
     return Path(run_dir).expanduser() / "report"
 
 

@@ -119,7 +119,9 @@ def select_configurations(res: Results, tolerance: float = MU_TOLERANCE) -> pl.D
         pl.col("trial_id").min(),  # a stable tie-breaker for configurations
     )
     rows = []
-    for (run, method), group in configs.sort("run", "method").group_by(["run", "method"], maintain_order=True):
+    for (run, method), group in configs.sort("run", "method").group_by(
+        ["run", "method"], maintain_order=True
+    ):
         mu_retrain = retrain.get(str(run))
         threshold = None if mu_retrain is None else mu_retrain - tolerance
         best, reason = _pick(group, FORGET_QUALITY, MODEL_UTILITY, threshold)
@@ -191,8 +193,15 @@ def paper_table(res: Results, selection: pl.DataFrame) -> pl.DataFrame:
                 continue
             trial_id = ref["trial_id"][0]
             row = values.filter((pl.col("run") == run) & (pl.col("trial_id") == trial_id))
-            entry = {"run": run, "row": REFERENCE_LABELS[kind], "trial_id": trial_id, "trial_ids": trial_id,
-                     "seeds": str(ref["seed"][0]), "hyperparameters": "", "reason": kind}
+            entry = {
+                "run": run,
+                "row": REFERENCE_LABELS[kind],
+                "trial_id": trial_id,
+                "trial_ids": trial_id,
+                "seeds": str(ref["seed"][0]),
+                "hyperparameters": "",
+                "reason": kind,
+            }
             for c in TABLE_COLUMNS:
                 entry[c.key] = row[c.key][0] if row.height else None
                 entry[f"{c.key}_std"] = None
@@ -215,8 +224,13 @@ def paper_table(res: Results, selection: pl.DataFrame) -> pl.DataFrame:
                 entry[f"{c.key}_std"] = column.std(ddof=1) if column.len() > 1 else None
             out.append(entry)
     schema: dict[str, pl.DataType] = {
-        "run": pl.String(), "row": pl.String(), "trial_id": pl.String(), "trial_ids": pl.String(),
-        "seeds": pl.String(), "hyperparameters": pl.String(), "reason": pl.String(),
+        "run": pl.String(),
+        "row": pl.String(),
+        "trial_id": pl.String(),
+        "trial_ids": pl.String(),
+        "seeds": pl.String(),
+        "hyperparameters": pl.String(),
+        "reason": pl.String(),
     }
     for c in TABLE_COLUMNS:
         schema[c.key] = pl.Float64()
@@ -234,7 +248,7 @@ def format_value(value: float | None, fq: bool = False) -> str:
 
 
 def format_cell(mean: float | None, std: float | None, fq: bool = False) -> str:
-    """"mean ± std" when a std is given (several seeds), else the value alone."""
+    """ "mean ± std" when a std is given (several seeds), else the value alone."""
     text = format_value(mean, fq)
     if std is not None and math.isfinite(std) and text != "–":
         text += f" ± {format_value(std, fq)}"

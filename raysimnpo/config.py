@@ -169,9 +169,7 @@ def sweep_file(name_or_path: str) -> Path:
     raise UserInputError(f"unknown sweep or benchmark {name_or_path!r}; allowed: {', '.join(known)}")
 
 
-def load_run_config(
-    name_or_path: str, overrides: Iterable[str] = (), method: str | None = None
-) -> RunConfig:
+def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: str | None = None) -> RunConfig:
     """The `run:` section of a sweep file, with `--method` and `--set` applied."""
     path = sweep_file(name_or_path)
     run = dict(load_yaml(path).get("run") or {})
@@ -225,11 +223,15 @@ class SearchSettings(Frozen):
         default_factory=dict, description="per method: dotted run setting -> range, e.g. method.beta"
     )
     objectives: list[Objective] = Field(
-        default_factory=lambda: [Objective(metric="forget_quality", mode="max"), Objective(metric="model_utility", mode="max")],
+        default_factory=lambda: [
+            Objective(metric="forget_quality", mode="max"),
+            Objective(metric="model_utility", mode="max"),
+        ],
         min_length=1,
     )
     sampler: Literal["auto", "tpe", "nsga2", "gp", "random", "cmaes"] = Field(
-        "auto", description="auto: multi-objective TPE below 100 trials, NSGA-II from 100 (it needs generations)"
+        "auto",
+        description="auto: multi-objective TPE below 100 trials, NSGA-II from 100 (it needs generations)",
     )
     num_trials: int = Field(8, gt=0)
     max_concurrent_trials: int | None = Field(None, gt=0, description="None: as many as the resources allow")
@@ -278,7 +280,9 @@ class SweepConfig(Frozen):
                 try:
                     RunConfig.model_validate(trial)
                 except ValidationError as exc:
-                    raise ValueError(f"search.space.{method}.{key}: {describe_validation_error(exc)}") from None
+                    raise ValueError(
+                        f"search.space.{method}.{key}: {describe_validation_error(exc)}"
+                    ) from None
         return self
 
     def trial_run_config(self, params: Mapping[str, Any]) -> RunConfig:

@@ -101,7 +101,9 @@ def example_statistics(
 
 
 def tofu_metrics(
-    examples: list[dict[str, Any]], splits: Sequence[EvalSplitSpec], retrain_forget_truth_ratios: np.ndarray | None
+    examples: list[dict[str, Any]],
+    splits: Sequence[EvalSplitSpec],
+    retrain_forget_truth_ratios: np.ndarray | None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """TOFU's metrics (DESIGN §6) from per-example statistics; adds `prob` and `truth_ratio` to each
     example. Forget quality is measured against the Retrain model's forget truth ratios (None:
@@ -129,7 +131,9 @@ def tofu_metrics(
         metrics[f"{split.name}_rouge"] = float(np.mean(rouge)) if rouge else float("nan")
         score = tofu.forget_truth_score if split.name == "forget" else tofu.utility_truth_score
         metrics[f"{split.name}_truth_ratio"] = float(score(ratio))
-        done.extend(dict(e, prob=float(p), truth_ratio=float(t)) for e, p, t in zip(rows, prob, ratio, strict=True))
+        done.extend(
+            dict(e, prob=float(p), truth_ratio=float(t)) for e, p, t in zip(rows, prob, ratio, strict=True)
+        )
 
     forget_ratios = np.array([e["truth_ratio"] for e in done if e["split"] == "forget"])
     against = forget_ratios if retrain_forget_truth_ratios is None else retrain_forget_truth_ratios
@@ -153,6 +157,8 @@ def evaluate_tofu(
     """In-process evaluation: per-example statistics of every split, then the metrics."""
     examples: list[dict[str, Any]] = []
     for split in splits:
-        examples += example_statistics(model, tokenizer, prompt_format, split, split.rows, settings, max_length)
+        examples += example_statistics(
+            model, tokenizer, prompt_format, split, split.rows, settings, max_length
+        )
     metrics, examples = tofu_metrics(examples, splits, retrain_forget_truth_ratios)
     return TofuEvaluation(metrics=metrics, examples=examples)

@@ -196,7 +196,9 @@ METHODS: Mapping[str, Method] = {
     for m in (
         Method("ga", GAParams, _ga, frozenset(), "TOFU (Maini et al., 2024): gradient ascent"),
         Method("grad_diff", GradDiffParams, _grad_diff, frozenset(), "TOFU: gradient difference, eq. 1"),
-        Method("npo", NPOParams, _npo, frozenset({"reference_nll"}), "Zhang et al., 2024; SimNPO paper eq. 2"),
+        Method(
+            "npo", NPOParams, _npo, frozenset({"reference_nll"}), "Zhang et al., 2024; SimNPO paper eq. 2"
+        ),
         Method("simnpo", SimNPOParams, _simnpo, frozenset(), "SimNPO paper eq. 4"),
         Method("w_grad_diff", WGradDiffParams, _w_grad_diff, frozenset(), "SimNPO paper, eq. 5 as β→0"),
         Method("idk_nll", IdkNLLParams, _idk_nll, frozenset({"idk"}), "TOFU: IDK fine-tuning"),

@@ -54,7 +54,9 @@ class Workspace:
 
     def encode(self, rows: list[dict[str, Any]], max_length: int | None = None) -> list[EncodedExample]:
         length = self.config.prepare.max_length if max_length is None else max_length
-        return [encode_qa(self.tokenizer, r["question"], r["answer"], self.prompt_format, length) for r in rows]
+        return [
+            encode_qa(self.tokenizer, r["question"], r["answer"], self.prompt_format, length) for r in rows
+        ]
 
 
 @dataclass
@@ -94,7 +96,11 @@ def resolve_device(config: RunConfig) -> torch.device:
 
 def original_key(config: RunConfig) -> str:
     return content_hash(
-        "original", config.data.source, config.model, config.prepare, str(config.data.train_on_utility_splits),
+        "original",
+        config.data.source,
+        config.model,
+        config.prepare,
+        str(config.data.train_on_utility_splits),
         str(config.seed),
     )
 
@@ -144,9 +150,7 @@ def write_examples(examples: list[dict[str, Any]], path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(examples), path)
 
 
-def evaluate(
-    ws: Workspace, model: PreTrainedModel, retrain_truth_ratios: Any | None
-) -> TofuEvaluation:
+def evaluate(ws: Workspace, model: PreTrainedModel, retrain_truth_ratios: Any | None) -> TofuEvaluation:
     return evaluate_tofu(
         model,
         ws.tokenizer,
@@ -160,7 +164,9 @@ def evaluate(
 
 def evaluation_key(config: RunConfig) -> str:
     """What a prepared model's stored evaluation depends on besides its weights."""
-    return content_hash("evaluation", config.evaluation, config.data.forget_split, str(config.prepare.max_length))
+    return content_hash(
+        "evaluation", config.evaluation, config.data.forget_split, str(config.prepare.max_length)
+    )
 
 
 def _finetune_and_store(
@@ -205,10 +211,14 @@ def _finetune_and_store(
         def show(row: dict[str, Any]) -> None:
             log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
 
-        summary = train(model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show)
+        summary = train(
+            model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show
+        )
         staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
         save_model(model, ws.tokenizer, ws.prompt_format, staging)
-        (staging / "training.json").write_text(json.dumps({"epochs": summary.epochs, "seconds": summary.seconds}))
+        (staging / "training.json").write_text(
+            json.dumps({"epochs": summary.epochs, "seconds": summary.seconds})
+        )
         staging.rename(final / "model")
     evaluation = evaluate(ws, model, retrain_truth_ratios)
     staging = Path(tempfile.mkdtemp(prefix=".eval-", dir=final))
@@ -217,7 +227,9 @@ def _finetune_and_store(
     if eval_dir.exists():
         shutil.rmtree(eval_dir)
     staging.rename(eval_dir)
-    log(f"[prepare] {name}: FQ {evaluation.metrics['forget_quality']:.3g} MU {evaluation.metrics['model_utility']:.3f}")
+    log(
+        f"[prepare] {name}: FQ {evaluation.metrics['forget_quality']:.3g} MU {evaluation.metrics['model_utility']:.3f}"
+    )
     return PreparedModel(final / "model", evaluation.metrics, evaluation.examples)
 
 
@@ -285,10 +297,18 @@ def unlearn_model(
     model = load_prepared_model(original_path, config)
     inputs = unlearn_inputs(ws, config.method, model, reference_nll)
     original_state = (
-        {k: v.detach().clone() for k, v in model.state_dict().items()} if config.method.name == "task_vector" else None
+        {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if config.method.name == "task_vector"
+        else None
     )
     summary = train(
-        model, config.unlearn, pad_id=ws.pad_id, seed=config.seed, unlearn=inputs, params=config.method, report=report
+        model,
+        config.unlearn,
+        pad_id=ws.pad_id,
+        seed=config.seed,
+        unlearn=inputs,
+        params=config.method,
+        report=report,
     )
     if original_state is not None:
         model.load_state_dict(apply_task_vector(original_state, model.state_dict(), config.method))
@@ -298,7 +318,9 @@ def unlearn_model(
 def run(config: RunConfig, log: Log = _quiet) -> RunResult:
     ws = workspace(config)
     prepared = prepare(ws, log)
-    log(f"[unlearn] {config.method.name}: {config.unlearn.epochs} epochs over {len(ws.data.forget)} forget QA")
+    log(
+        f"[unlearn] {config.method.name}: {config.unlearn.epochs} epochs over {len(ws.data.forget)} forget QA"
+    )
 
     def show(row: dict[str, Any]) -> None:
         log(

@@ -21,8 +21,12 @@ from raysimnpo.errors import UserInputError
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raysimnpo.report", description=__doc__.split("\n\n")[1])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="<storage>/<sweep name> folder(s)")
-    parser.add_argument("--out", help="report folder (default RUN_DIR/report; required with several RUN_DIRs)")
-    parser.add_argument("--export-best", metavar="METHOD", help="copy METHOD's selected checkpoint (needs --to)")
+    parser.add_argument(
+        "--out", help="report folder (default RUN_DIR/report; required with several RUN_DIRs)"
+    )
+    parser.add_argument(
+        "--export-best", metavar="METHOD", help="copy METHOD's selected checkpoint (needs --to)"
+    )
     parser.add_argument("--to", metavar="DIR", help="destination folder of --export-best (must not exist)")
     parser.add_argument("--examples", type=int, default=8, help="forget questions in generations.md (8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the question sample (0)")

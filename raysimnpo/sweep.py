@@ -87,8 +87,11 @@ def print_front(root: str, sweep: SweepConfig) -> None:
     front = [t for t, keep in zip(done, non_dominated_mask(values, ["max", "max"]), strict=True) if keep]
     front.sort(key=lambda t: -t["forget_quality"])
     print("\nPareto front (forget_quality max, model_utility max):")
-    print(f"  {'trial':<18}{'method':<12}{'beta':>7}{'gamma':>7}{'lambda':>8}{'epochs':>7}{'lr':>10}{'FQ':>11}{'MU':>8}")
+    print(
+        f"  {'trial':<18}{'method':<12}{'beta':>7}{'gamma':>7}{'lambda':>8}{'epochs':>7}{'lr':>10}{'FQ':>11}{'MU':>8}"
+    )
     for t in front:
+
         def num(v: float | None, fmt: str) -> str:
             return "-" if v is None else format(v, fmt)
 
@@ -131,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     start_ray(args.address, args.num_cpus)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log(f"[sweep] {sweep.name}: {sweep.search.num_trials} trials of {', '.join(sweep.search.methods)} -> {run_dir}")
+    log(
+        f"[sweep] {sweep.name}: {sweep.search.num_trials} trials of {', '.join(sweep.search.methods)} -> {run_dir}"
+    )
     run_sweep(sweep, run_dir, resume=args.resume, log=log)
     root = results.results_root(str(storage), sweep.name)
     print_front(root, sweep)

@@ -65,7 +65,9 @@ def schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, min_size: int = 1) -> list[list[int]]:
+def shuffled_batches(
+    n: int, batch_size: int, generator: torch.Generator, min_size: int = 1
+) -> list[list[int]]:
     """A random permutation cut into batches. A last batch smaller than `min_size` (the data-parallel
     world size, so that no rank gets an empty slice) is left out of this pass."""
     order = torch.randperm(n, generator=generator).tolist()
@@ -78,7 +80,9 @@ def steps_per_pass(n: int, batch_size: int, min_size: int = 1) -> int:
     return sum(1 for start in range(0, n, batch_size) if min(batch_size, n - start) >= min_size)
 
 
-def cycling_batches(n: int, batch_size: int, generator: torch.Generator, min_size: int = 1) -> Iterator[list[int]]:
+def cycling_batches(
+    n: int, batch_size: int, generator: torch.Generator, min_size: int = 1
+) -> Iterator[list[int]]:
     if steps_per_pass(n, batch_size, min_size) == 0:
         raise ValueError(f"{n} examples in batches of {batch_size} give no batch of at least {min_size}")
     while True:

@@ -96,7 +96,9 @@ def test_run_gives_original_retrain_and_unlearned_metrics(first: recipe.RunResul
     original_dir, retrain_dir = recipe.prepared_dirs(config)
     evaluation = f"eval-{recipe.evaluation_key(config)}"
     for folder in (original_dir, retrain_dir):
-        assert (folder / evaluation / "metrics.json").is_file() and (folder / evaluation / "examples.parquet").is_file()
+        assert (folder / evaluation / "metrics.json").is_file() and (
+            folder / evaluation / "examples.parquet"
+        ).is_file()
         assert (folder / "model" / "model.safetensors").is_file()
     assert first.original.path == original_dir / "model"
 
@@ -104,7 +106,9 @@ def test_run_gives_original_retrain_and_unlearned_metrics(first: recipe.RunResul
 def test_second_run_reuses_cache_and_repeats_numbers(first: recipe.RunResult, config: RunConfig) -> None:
     folders = recipe.prepared_dirs(config)
     evaluation = f"eval-{recipe.evaluation_key(config)}"
-    stamps = {p: p.stat().st_mtime_ns for f in folders for p in (f, f / evaluation / "metrics.json", f / "model")}
+    stamps = {
+        p: p.stat().st_mtime_ns for f in folders for p in (f, f / evaluation / "metrics.json", f / "model")
+    }
     logs: list[str] = []
     second = recipe.run(config, log=logs.append)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -117,8 +121,12 @@ def test_second_run_reuses_cache_and_repeats_numbers(first: recipe.RunResult, co
     assert second.training.epochs == first.training.epochs
 
 
-def test_new_evaluation_settings_reevaluate_cached_weights(first: recipe.RunResult, config: RunConfig) -> None:
-    changed = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"max_new_tokens": 3})})
+def test_new_evaluation_settings_reevaluate_cached_weights(
+    first: recipe.RunResult, config: RunConfig
+) -> None:
+    changed = config.model_copy(
+        update={"evaluation": config.evaluation.model_copy(update={"max_new_tokens": 3})}
+    )
     logs: list[str] = []
     second = recipe.run(changed, log=logs.append)
     assert sum("weights cached" in line for line in logs) == 2

@@ -38,14 +38,25 @@ def local_tofu(tmp_path: Path) -> Path:
     [
         (["mmlu", "--method", "simnpo"], "unknown sweep or benchmark 'mmlu'"),
         (["tofu", "--method", "unlearn_harder"], "method: Input tag 'unlearn_harder' found using 'name'"),
-        (["tofu", "--method", "npo", "--set", "method.beta=0"], "method.npo.beta: Input should be greater than 0"),
-        (["tofu", "--method", "simnpo", "--set", "method.beta=-2"], "method.simnpo.beta: Input should be greater"),
-        (["tofu", "--method", "simnpo", "--set", "method.gamma=-1"], "method.simnpo.gamma: Input should be greater"),
+        (
+            ["tofu", "--method", "npo", "--set", "method.beta=0"],
+            "method.npo.beta: Input should be greater than 0",
+        ),
+        (
+            ["tofu", "--method", "simnpo", "--set", "method.beta=-2"],
+            "method.simnpo.beta: Input should be greater",
+        ),
+        (
+            ["tofu", "--method", "simnpo", "--set", "method.gamma=-1"],
+            "method.simnpo.gamma: Input should be greater",
+        ),
         (["tofu", "--method", "npo", "--set", "method.retain_weight=-0.5"], "method.npo.retain_weight"),
         (["tofu", "--set", "unlearn.epochs"], "expected key=value"),
     ],
 )
-def test_config_mistakes(capsys: pytest.CaptureFixture[str], cache: Path, argv: list[str], expected: str) -> None:
+def test_config_mistakes(
+    capsys: pytest.CaptureFixture[str], cache: Path, argv: list[str], expected: str
+) -> None:
     code, line = call(capsys, *argv, "--set", f"cache_dir={cache}")
     assert code == 2
     assert line.startswith("error: ") and expected in line
@@ -53,7 +64,14 @@ def test_config_mistakes(capsys: pytest.CaptureFixture[str], cache: Path, argv: 
 
 
 def _local(folder: Path, cache: Path) -> list[str]:
-    return ["--set", "data.source.kind=local", "--set", f"data.source.path={folder}", "--set", f"cache_dir={cache}"]
+    return [
+        "--set",
+        "data.source.kind=local",
+        "--set",
+        f"data.source.path={folder}",
+        "--set",
+        f"cache_dir={cache}",
+    ]
 
 
 def test_missing_split(capsys: pytest.CaptureFixture[str], local_tofu: Path, cache: Path) -> None:
@@ -85,7 +103,9 @@ def test_empty_answer(capsys: pytest.CaptureFixture[str], local_tofu: Path, cach
     assert not (cache / "prepared").exists()
 
 
-def test_prompt_leaving_no_target_tokens(capsys: pytest.CaptureFixture[str], local_tofu: Path, cache: Path) -> None:
+def test_prompt_leaving_no_target_tokens(
+    capsys: pytest.CaptureFixture[str], local_tofu: Path, cache: Path
+) -> None:
     code, line = call(
         capsys, "tofu", "--method", "simnpo", *_local(local_tofu, cache), "--set", "prepare.max_length=9"
     )

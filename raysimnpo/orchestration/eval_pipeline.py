@@ -1,4 +1,6 @@
-"""Ray Data evaluation: evaluation questions stream through an actor that loads a model once.
+"""Ray Data scoring: rows stream through actors that load a model once.
+
+Evaluation: evaluation questions stream through an actor that loads a model once.
 
 Each row is one evaluation question (its split, index and fields); `ExampleScorer` turns a batch
 of rows into per-example statistics with `evaluation.example_statistics` (the same code as the
@@ -19,14 +21,18 @@ from ray.data import ActorPoolStrategy
 from raysimnpo.benchmarks.tofu import EvalSplit, EvalSplitSpec
 from raysimnpo.cache import default_cache_dir
 from raysimnpo.config import EvalSettings
+from raysimnpo.data.formatting import EncodedExample
 from raysimnpo.evaluation import example_statistics
 from raysimnpo.models import load_model_and_tokenizer
+from raysimnpo.scoring import score_sequences
 
 
 class ExampleScorer:
     """Loads a saved model folder once; each call scores a batch of evaluation questions."""
 
-    def __init__(self, model_path: str, settings_json: str, max_length: int, specs_json: str, threads: int) -> None:
+    def __init__(
+        self, model_path: str, settings_json: str, max_length: int, specs_json: str, threads: int
+    ) -> None:
         import torch
 
         if threads > 0:
@@ -73,9 +79,7 @@ def evaluate_with_ray_data(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the sweep prints its own progress line
     context.print_on_execution_start = False
-    rows = [
-        {"split": s.name, "index": i, "row": json.dumps(r)} for s in splits for i, r in enumerate(s.rows)
-    ]
+    rows = [{"split": s.name, "index": i, "row": json.dumps(r)} for s in splits for i, r in enumerate(s.rows)]
     specs = json.dumps(
         [
             {k: getattr(s, k) for k in ("name", "split", "reference_field", "choice_prob", "n_perturbed")}
@@ -91,3 +95,59 @@ def evaluate_with_ray_data(
         num_gpus=num_gpus,
     )
     return [json.loads(r["example"]) for r in dataset.take_all()]
+
+
+class SequenceScorer:
+    """Loads a saved model folder once; each call returns the summed answer NLL of encoded rows."""
+
+    def __init__(self, model_path: str, batch_size: int, threads: int) -> None:
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        loaded = load_model_and_tokenizer(model_path, cache_dir=default_cache_dir())
+        self.model = loaded.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        tok = loaded.tokenizer
+        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        examples = [
+            EncodedExample(json.loads(ids), json.loads(labels))
+            for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True)
+        ]
+        nll, _ = score_sequences(self.model, examples, self.batch_size, self.pad_id)
+        return {"kind": batch["kind"], "index": batch["index"], "nll": nll}
+
+
+def reference_nll_with_ray_data(
+    model_path: str,
+    sets: dict[str, list[EncodedExample]],
+    batch_size: int,
+    *,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    threads: int = 0,
+) -> dict[str, np.ndarray]:
+    """ℓ_ref of every example of each named set (NPO's forget answers, IdkDPO's refusals), scored
+    once by the reference model in a Ray Data actor; returned per set in the original order."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    rows = [
+        {"kind": kind, "index": i, "input_ids": json.dumps(e.input_ids), "labels": json.dumps(e.labels)}
+        for kind, examples in sets.items()
+        for i, e in enumerate(examples)
+    ]
+    scored = ray.data.from_items(rows).map_batches(
+        SequenceScorer,
+        fn_constructor_args=(model_path, batch_size, threads),
+        batch_size=batch_size * 4,
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+    )
+    out = {kind: np.zeros(len(examples)) for kind, examples in sets.items()}
+    for row in scored.take_all():
+        out[str(row["kind"])][int(row["index"])] = float(row["nll"])
+    return out

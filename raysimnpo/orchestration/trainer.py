@@ -53,6 +53,8 @@ def unlearn_with_torch_trainer(
     storage_path: str,
     name: str,
     max_failures: int = 0,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 1.0,
 ) -> dict[str, Any]:
     """Unlearn the Original at `original_path` with `config.method` on `num_workers` Ray Train
     workers (FSDP2 when more than one) and write the result as a Hugging Face folder at `output_path`.
@@ -99,7 +101,11 @@ def unlearn_with_torch_trainer(
             else [[float(x) for x in v] for v in reference_nll],
             "upload_checkpoint": not in_run_folder,
         },
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})},
+        ),
         run_config=TrainRunConfig(
             name=name,
             storage_path=storage,

@@ -42,9 +42,7 @@ def trial_row(sweep: SweepConfig, trial_id: str, run: Any, **fields: Any) -> dic
         "trial_id": trial_id,
         "kind": "trial",
         "method": run.method.name,
-        "params_json": json.dumps(
-            {"method": method, "unlearn": run.unlearn.model_dump()}, sort_keys=True
-        ),
+        "params_json": json.dumps({"method": method, "unlearn": run.unlearn.model_dump()}, sort_keys=True),
         "learning_rate": run.unlearn.learning_rate,
         "epochs": run.unlearn.epochs,
         "batch_size": run.unlearn.batch_size,
@@ -55,17 +53,32 @@ def trial_row(sweep: SweepConfig, trial_id: str, run: Any, **fields: Any) -> dic
     return row
 
 
-def metric_rows(sweep: str, trial_id: str, final: dict[str, float], epochs: list[dict[str, float]]) -> list[dict]:
+def metric_rows(
+    sweep: str, trial_id: str, final: dict[str, float], epochs: list[dict[str, float]]
+) -> list[dict]:
     rows = [
-        {"sweep": sweep, "trial_id": trial_id, "stage": "final", "epoch": None, "metric": k, "value": float(v)}
+        {
+            "sweep": sweep,
+            "trial_id": trial_id,
+            "stage": "final",
+            "epoch": None,
+            "metric": k,
+            "value": float(v),
+        }
         for k, v in final.items()
     ]
     for row in epochs:
         for k, v in row.items():
             if k != "epoch":
                 rows.append(
-                    {"sweep": sweep, "trial_id": trial_id, "stage": "epoch", "epoch": int(row["epoch"]),
-                     "metric": k, "value": float(v)}
+                    {
+                        "sweep": sweep,
+                        "trial_id": trial_id,
+                        "stage": "epoch",
+                        "epoch": int(row["epoch"]),
+                        "metric": k,
+                        "value": float(v),
+                    }
                 )
     return rows
 
@@ -108,6 +121,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
                 reference_nll=None if reference is None else [r.tolist() for r in reference],
                 storage_path=str(run_dir / "train"),
                 name=trial_id,
+                cpus_per_worker=sweep.resources.cpus_per_worker,
+                gpus_per_worker=sweep.resources.gpus_per_worker,
             )
             epochs = outcome.get("epochs", [])
         else:
@@ -141,19 +156,41 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
         eval_seconds = time.perf_counter() - t1
     except TrainingDiverged as exc:
-        row = trial_row(sweep, trial_id, run, status="failed", error=str(exc), started_at=started,
-                        finished_at=now(), checkpoint=None)
-        results.write_trial_results(root, trial_id, trials=[row], metrics=metric_rows(sweep.name, trial_id, {}, epochs))
+        row = trial_row(
+            sweep,
+            trial_id,
+            run,
+            status="failed",
+            error=str(exc),
+            started_at=started,
+            finished_at=now(),
+            checkpoint=None,
+        )
+        results.write_trial_results(
+            root, trial_id, trials=[row], metrics=metric_rows(sweep.name, trial_id, {}, epochs)
+        )
         raise TrialFailed(f"trial {trial_id} diverged: {exc}") from None
 
     row = trial_row(
-        sweep, trial_id, run, status="completed", error=None, started_at=started, finished_at=now(),
-        train_seconds=train_seconds, eval_seconds=eval_seconds, checkpoint=str(checkpoint),
-        forget_quality=metrics["forget_quality"], model_utility=metrics["model_utility"],
+        sweep,
+        trial_id,
+        run,
+        status="completed",
+        error=None,
+        started_at=started,
+        finished_at=now(),
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        checkpoint=str(checkpoint),
+        forget_quality=metrics["forget_quality"],
+        model_utility=metrics["model_utility"],
     )
     example_rows = [dict(e, sweep=sweep.name, trial_id=trial_id) for e in examples]
     results.write_trial_results(
-        root, trial_id, trials=[row], metrics=metric_rows(sweep.name, trial_id, metrics, epochs),
+        root,
+        trial_id,
+        trials=[row],
+        metrics=metric_rows(sweep.name, trial_id, metrics, epochs),
         examples=example_rows,
     )
     tune.report({**metrics, "completed": 1.0, "method": run.method.name})

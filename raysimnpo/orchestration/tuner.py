@@ -125,30 +125,27 @@ def _prepare_remote(run_json: str, root: str) -> dict[str, Any]:
     }
 
 
-@ray.remote
-def _reference_nll_remote(run_json: str, original: str, out: str) -> str:
-    """NPO / IdkDPO reference NLLs of the forget answers and refusals, once per sweep."""
+def write_reference_nll(sweep: SweepConfig, original: str, out: Path, gpus: float, cpus: float) -> None:
+    """NPO / IdkDPO reference NLLs of the forget answers and refusals, once per sweep, scored by the
+    Original in a Ray Data actor and stored next to it as Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raysimnpo.config import RunConfig
-    from raysimnpo.scoring import score_sequences
+    from raysimnpo.orchestration.eval_pipeline import reference_nll_with_ray_data
 
-    run = RunConfig.model_validate_json(run_json)
-    ws = recipe.workspace(run)
-    model = recipe.load_prepared_model(Path(original), run)
+    ws = recipe.workspace(sweep.run)
     forget, refusals = recipe.reference_examples(ws)
-    batch = run.evaluation.batch_size
-    table = pa.table(
-        {
-            "forget_nll": score_sequences(model, forget, batch, ws.pad_id)[0],
-            "refusal_nll": score_sequences(model, refusals, batch, ws.pad_id)[0],
-        }
+    nll = reference_nll_with_ray_data(
+        original,
+        {"forget": forget, "refusal": refusals},
+        sweep.run.evaluation.batch_size,
+        num_cpus=cpus,
+        num_gpus=gpus,
+        threads=int(cpus),
     )
-    tmp = Path(out).with_suffix(".tmp")
-    pq.write_table(table, tmp)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(pa.table({"forget_nll": nll["forget"], "refusal_nll": nll["refusal"]}), tmp)
     tmp.rename(out)
-    return out
 
 
 def prepare_stage(sweep: SweepConfig, run_dir: Path, log: Log) -> dict[str, Any]:
@@ -157,7 +154,11 @@ def prepare_stage(sweep: SweepConfig, run_dir: Path, log: Log) -> dict[str, Any]
     root = run_dir.parent / "prepared"
     gpus = 1 if sweep.resources.gpus_per_worker > 0 else 0
     # Nothing else runs while preparing: on CPU, one node's cores (at most 8) go to it.
-    cpus = max(1.0, sweep.resources.cpus_per_worker) if gpus else float(min(8, ray.cluster_resources().get("CPU", 1)))
+    cpus = (
+        max(1.0, sweep.resources.cpus_per_worker)
+        if gpus
+        else float(min(8, ray.cluster_resources().get("CPU", 1)))
+    )
     log(f"[prepare] Original and Retrain under {root}")
     prepared = ray.get(
         _prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(sweep.run.model_dump_json(), str(root))
@@ -166,15 +167,12 @@ def prepare_stage(sweep: SweepConfig, run_dir: Path, log: Log) -> dict[str, Any]
     reference = Path(prepared["original"]).parent / f"reference-nll-seed{sweep.run.seed}.parquet"
     prepared["reference_nll"] = str(reference)
     needs_reference = any(
-        "reference_nll" in needs_of(sweep.trial_run_config({"method": m}).method) for m in sweep.search.methods
+        "reference_nll" in needs_of(sweep.trial_run_config({"method": m}).method)
+        for m in sweep.search.methods
     )
     if needs_reference and not reference.is_file():
-        log("[prepare] reference log-probs of the forget set (NPO / IdkDPO)")
-        ray.get(
-            _reference_nll_remote.options(num_cpus=cpus, num_gpus=gpus).remote(
-                sweep.run.model_dump_json(), prepared["original"], str(reference)
-            )
-        )
+        log("[prepare] reference log-probs of the forget set (NPO / IdkDPO), Ray Data")
+        write_reference_nll(sweep, prepared["original"], reference, gpus, cpus)
     write_reference_rows(sweep, run_dir, prepared)
     return prepared
 
@@ -186,17 +184,36 @@ def write_reference_rows(sweep: SweepConfig, run_dir: Path, prepared: dict[str, 
     for kind in ("original", "retrain"):
         metrics = prepared[f"{kind}_metrics"]
         row = {
-            "sweep": sweep.name, "trial_id": kind, "kind": kind, "method": kind,
+            "sweep": sweep.name,
+            "trial_id": kind,
+            "kind": kind,
+            "method": kind,
             "params_json": json.dumps({"prepare": sweep.run.prepare.model_dump()}, sort_keys=True),
-            "learning_rate": sweep.run.prepare.learning_rate, "epochs": sweep.run.prepare.epochs,
-            "batch_size": sweep.run.prepare.batch_size, "seed": sweep.run.seed, "status": "completed",
-            "error": None, "started_at": now, "finished_at": now, "checkpoint": prepared[kind],
-            "forget_quality": metrics["forget_quality"], "model_utility": metrics["model_utility"],
+            "learning_rate": sweep.run.prepare.learning_rate,
+            "epochs": sweep.run.prepare.epochs,
+            "batch_size": sweep.run.prepare.batch_size,
+            "seed": sweep.run.seed,
+            "status": "completed",
+            "error": None,
+            "started_at": now,
+            "finished_at": now,
+            "checkpoint": prepared[kind],
+            "forget_quality": metrics["forget_quality"],
+            "model_utility": metrics["model_utility"],
         }
         results.write_trial_results(
-            root, kind, trials=[row],
+            root,
+            kind,
+            trials=[row],
             metrics=[
-                {"sweep": sweep.name, "trial_id": kind, "stage": "final", "epoch": None, "metric": k, "value": v}
+                {
+                    "sweep": sweep.name,
+                    "trial_id": kind,
+                    "stage": "final",
+                    "epoch": None,
+                    "metric": k,
+                    "value": v,
+                }
                 for k, v in metrics.items()
             ],
             examples=[dict(e, sweep=sweep.name, trial_id=kind) for e in prepared[f"{kind}_examples"]],
@@ -212,8 +229,9 @@ def results_now() -> Any:
 def trial_resources(sweep: SweepConfig) -> dict[str, float]:
     r = sweep.resources
     if r.workers > 1 or r.gpus_per_worker > 0:
-        # The trial only drives a TorchTrainer, whose workers hold the CPUs and GPUs.
-        return {"cpu": 0}
+        # The trial only drives a TorchTrainer, whose workers hold the CPUs and GPUs (Tune needs
+        # a non-empty request, so the driver asks for a sliver of a CPU).
+        return {"cpu": 0.01}
     return {"cpu": r.cpus_per_worker}
 
 

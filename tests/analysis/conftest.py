@@ -57,28 +57,55 @@ def generation(trial_id: str, index: int) -> str | None:
 
 
 def _trial_row(sweep: str, trial_id: str, run_dir: Path, **fields: Any) -> dict[str, Any]:
-    kind, method, beta, seed = fields.pop("kind"), fields.pop("method"), fields.pop("beta"), fields.pop("seed")
+    kind, method, beta, seed = (
+        fields.pop("kind"),
+        fields.pop("method"),
+        fields.pop("beta"),
+        fields.pop("seed"),
+    )
     params: dict[str, Any] = {"method": {"name": method}, "unlearn": {"learning_rate": 1e-5, "epochs": 3}}
     if beta is not None:
         params["method"]["beta"] = beta
         params["method"]["gamma"] = 0.0
     checkpoint = run_dir / "checkpoints" / trial_id
     return {
-        "sweep": sweep, "trial_id": trial_id, "kind": kind, "method": method,
-        "params_json": json.dumps(params, sort_keys=True), "beta": beta, "gamma": None if beta is None else 0.0,
-        "learning_rate": 1e-5, "epochs": 3, "batch_size": 4, "seed": seed, "started_at": T0,
-        "finished_at": T0 + timedelta(seconds=60), "checkpoint": str(checkpoint), **fields,
+        "sweep": sweep,
+        "trial_id": trial_id,
+        "kind": kind,
+        "method": method,
+        "params_json": json.dumps(params, sort_keys=True),
+        "beta": beta,
+        "gamma": None if beta is None else 0.0,
+        "learning_rate": 1e-5,
+        "epochs": 3,
+        "batch_size": 4,
+        "seed": seed,
+        "started_at": T0,
+        "finished_at": T0 + timedelta(seconds=60),
+        "checkpoint": str(checkpoint),
+        **fields,
     }
 
 
 def _examples(sweep: str, trial_id: str) -> list[dict[str, Any]]:
     return [
         {
-            "sweep": sweep, "trial_id": trial_id, "split": "forget", "index": i,
-            "question": f"Question {i}: who wrote book {i}?", "answer": f"Answer number {i} is the true one.",
-            "answer_tokens": 8, "answer_nll": 4.0, "reference_nll": 4.5, "reference_tokens": 9,
-            "perturbed_nll": [6.0, 7.0], "perturbed_tokens": [8, 8], "prob": 0.6, "truth_ratio": 0.7,
-            "generation": generation(trial_id, i), "rouge_l": 0.5,
+            "sweep": sweep,
+            "trial_id": trial_id,
+            "split": "forget",
+            "index": i,
+            "question": f"Question {i}: who wrote book {i}?",
+            "answer": f"Answer number {i} is the true one.",
+            "answer_tokens": 8,
+            "answer_nll": 4.0,
+            "reference_nll": 4.5,
+            "reference_tokens": 9,
+            "perturbed_nll": [6.0, 7.0],
+            "perturbed_tokens": [8, 8],
+            "prob": 0.6,
+            "truth_ratio": 0.7,
+            "generation": generation(trial_id, i),
+            "rouge_l": 0.5,
         }
         for i in range(QUESTIONS)
     ]
@@ -89,8 +116,14 @@ def _epochs(sweep: str, trial_id: str, n: int, offset: float) -> list[dict[str, 
     for epoch in range(1, n + 1):
         for metric, value in (("forget_loss", offset + epoch), ("retain_loss", offset / 10 + 1.0 / epoch)):
             rows.append(
-                {"sweep": sweep, "trial_id": trial_id, "stage": "epoch", "epoch": epoch, "metric": metric,
-                 "value": value}
+                {
+                    "sweep": sweep,
+                    "trial_id": trial_id,
+                    "stage": "epoch",
+                    "epoch": epoch,
+                    "metric": metric,
+                    "value": value,
+                }
             )
     return rows
 
@@ -102,7 +135,10 @@ def write_run(storage: Path, sweep: str = "demo") -> Path:
     for n, (trial_id, spec) in enumerate(TRIALS.items()):
         kind, method, beta, seed, fq, mu, rouge, prob, truth, retain_prob = spec
         final = {
-            "forget_quality": fq, "model_utility": mu, "forget_rouge": rouge, "forget_prob": prob,
+            "forget_quality": fq,
+            "model_utility": mu,
+            "forget_rouge": rouge,
+            "forget_prob": prob,
             "forget_truth_ratio": truth,
         }
         for split in UTILITY_SPLITS:
@@ -119,13 +155,31 @@ def write_run(storage: Path, sweep: str = "demo") -> Path:
         checkpoint.mkdir(parents=True)
         (checkpoint / "config.json").write_text(json.dumps({"trial": trial_id}))
         row = _trial_row(
-            sweep, trial_id, run_dir, kind=kind, method=method, beta=beta, seed=seed, status="completed",
-            forget_quality=fq, model_utility=mu,
+            sweep,
+            trial_id,
+            run_dir,
+            kind=kind,
+            method=method,
+            beta=beta,
+            seed=seed,
+            status="completed",
+            forget_quality=fq,
+            model_utility=mu,
         )
-        write_trial_results(root, trial_id, trials=[row], metrics=metrics, examples=_examples(sweep, trial_id))
+        write_trial_results(
+            root, trial_id, trials=[row], metrics=metrics, examples=_examples(sweep, trial_id)
+        )
     row = _trial_row(
-        sweep, FAILED, run_dir, kind="trial", method="simnpo", beta=8.0, seed=0, status="failed",
-        error="training diverged: loss is nan", checkpoint=None,
+        sweep,
+        FAILED,
+        run_dir,
+        kind="trial",
+        method="simnpo",
+        beta=8.0,
+        seed=0,
+        status="failed",
+        error="training diverged: loss is nan",
+        checkpoint=None,
     )
     write_trial_results(root, FAILED, trials=[row], metrics=_epochs(sweep, FAILED, 1, offset=20.0))
     return run_dir

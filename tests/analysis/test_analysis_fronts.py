@@ -15,7 +15,13 @@ from raysimnpo.pareto import non_dominated_mask, pareto_ranks
 def test_completed_trials_leave_out_failed_and_reference_rows(demo_run: Path) -> None:
     points = completed_trials(load_runs([str(demo_run)]))
     assert sorted(points["trial_id"].to_list()) == [
-        "npo-a", "npo-b", "npo-c", "npo-d", "simnpo-hi", "simnpo-s0", "simnpo-s1",
+        "npo-a",
+        "npo-b",
+        "npo-c",
+        "npo-d",
+        "simnpo-hi",
+        "simnpo-s0",
+        "simnpo-s1",
     ]
 
 
@@ -25,11 +31,23 @@ def test_front_membership_per_method_and_overall(demo_run: Path) -> None:
     # npo: a (.20,.52), b (.50,.40), c (.05,.53) trade off; d (.10,.45) is dominated by a.
     # simnpo: s1 (.80,.59) dominates s0 (.60,.57); hi (.90,.30) has the highest FQ.
     assert {t: rows[t]["rank_method"] for t in rows} == {
-        "npo-a": 0, "npo-b": 0, "npo-c": 0, "npo-d": 1, "simnpo-s0": 1, "simnpo-s1": 0, "simnpo-hi": 0,
+        "npo-a": 0,
+        "npo-b": 0,
+        "npo-c": 0,
+        "npo-d": 1,
+        "simnpo-s0": 1,
+        "simnpo-s1": 0,
+        "simnpo-hi": 0,
     }
     # Overall: {s1, hi}, then {s0} (dominates every npo trial), then {a, b, c}, then {d}.
     assert {t: rows[t]["rank_overall"] for t in rows} == {
-        "simnpo-s1": 0, "simnpo-hi": 0, "simnpo-s0": 1, "npo-a": 2, "npo-b": 2, "npo-c": 2, "npo-d": 3,
+        "simnpo-s1": 0,
+        "simnpo-hi": 0,
+        "simnpo-s0": 1,
+        "npo-a": 2,
+        "npo-b": 2,
+        "npo-c": 2,
+        "npo-d": 3,
     }
     assert sorted(t for t in rows if not rows[t]["dominated"]) == ["simnpo-hi", "simnpo-s1"]
     assert rows["npo-b"]["on_method_front"] and rows["npo-b"]["dominated"]
@@ -63,5 +81,7 @@ def test_hypervolume_per_method_by_hand(demo_run: Path) -> None:
     assert set(hv["reference_forget_quality"].to_list()) == {0.0}
     assert set(hv["reference_model_utility"].to_list()) == {0.0}
     assert dict(zip(hv["method"].to_list(), hv["front_size"].to_list(), strict=True)) == {
-        "npo": 3, "simnpo": 2, "all methods": 2,
+        "npo": 3,
+        "simnpo": 2,
+        "all methods": 2,
     }

@@ -54,7 +54,9 @@ def test_table_markdown_rows(loaded: Loaded) -> None:
     res, selection = loaded
     text = tables.table_markdown(tables.paper_table(res, selection))
     lines = [line for line in text.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| Method | Forget Set 1-ROUGE-L ↑ | Forget Set 1-Prob. ↑ | Forget Set Truth ratio ↑ | FQ ↑")
+    assert lines[0].startswith(
+        "| Method | Forget Set 1-ROUGE-L ↑ | Forget Set 1-Prob. ↑ | Forget Set Truth ratio ↑ | FQ ↑"
+    )
     # Original: 1 − .96, 1 − .99, .49, FQ .001 in scientific notation; retain Prob .98; MU .62
     assert lines[1] == (
         "| Original | 0.04 | 0.01 | 0.49 | 1.00e-03 | 0.62 | 0.62 | 0.62 | 0.62 | 0.62 | 0.62 | 0.62 | 0.98 "
@@ -64,7 +66,9 @@ def test_table_markdown_rows(loaded: Loaded) -> None:
     assert lines[3].startswith("| npo | 0.50 | 0.80 | 0.60 | 0.05 | 0.53 |")
     assert lines[3].endswith("| npo-c | 0 | β=1, γ=0, lr=1e-05, epochs=3 |")
     # simnpo: mean ± std over seeds 0, 1; best FQ and MU among the methods in bold
-    assert lines[4].startswith("| simnpo | 0.72 ± 0.03 | 0.96 ± 0.01 | 0.68 ± 0.03 | **0.70 ± 0.14** | 0.58 ± 0.01 |")
+    assert lines[4].startswith(
+        "| simnpo | 0.72 ± 0.03 | 0.96 ± 0.01 | 0.68 ± 0.03 | **0.70 ± 0.14** | 0.58 ± 0.01 |"
+    )
     assert "| 0.82 ± 0.03 | 0.58 ± 0.01 | **0.58 ± 0.01** | simnpo-s1 | 0, 1 | β=2.5" in lines[4]
     assert "MU ≥ MU(Retrain) − 0.05" in text
 

@@ -18,7 +18,9 @@ from raysimnpo.report import main
 
 
 @pytest.fixture(scope="module")
-def cli_run(make_run: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+def cli_run(
+    make_run: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, str]:
     """One CLI call on a fresh run: report into RUN_DIR/report and export simnpo's selected checkpoint."""
     run_dir = make_run("demo")
     to = tmp_path_factory.mktemp("export") / "best-simnpo"

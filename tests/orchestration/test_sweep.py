@@ -16,8 +16,12 @@ SMALL_RUN = {
         "source": {
             "kind": "generated",
             "generator": {
-                "n_authors": 10, "questions_per_author": 6, "n_holdout_authors": 1,
-                "n_real_authors": 8, "n_world_facts": 8, "retain_perturbed_size": 12,
+                "n_authors": 10,
+                "questions_per_author": 6,
+                "n_holdout_authors": 1,
+                "n_real_authors": 8,
+                "n_world_facts": 8,
+                "retain_perturbed_size": 12,
             },
         },
         "forget_split": "forget10",
@@ -26,8 +30,12 @@ SMALL_RUN = {
     "model": {
         "name": "tiny",
         "tiny": {
-            "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
-            "intermediate_size": 64, "vocab_size": 400,
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": 400,
         },
     },
     "prepare": {"epochs": 2, "learning_rate": 3.0e-3, "batch_size": 16, "max_length": 160},
@@ -45,7 +53,10 @@ def write_sweep(tmp_path: Path, **changes: object) -> Path:
         "search": {
             "methods": ["simnpo", "npo"],
             "space": {
-                "simnpo": {"method.beta": {"low": 1.0, "high": 4.0}, "method.retain_weight": {"low": 0.05, "high": 1.0}},
+                "simnpo": {
+                    "method.beta": {"low": 1.0, "high": 4.0},
+                    "method.retain_weight": {"low": 0.05, "high": 1.0},
+                },
                 "npo": {"method.beta": {"low": 0.05, "high": 0.5, "log": True}},
             },
             "num_trials": 3,
@@ -62,9 +73,18 @@ def write_sweep(tmp_path: Path, **changes: object) -> Path:
     ("argv", "expected"),
     [
         (["nonesuch"], "unknown sweep or benchmark 'nonesuch'"),
-        (["FILE", "--set", "search.space.simnpo.method.beta.low=5"], "search.space.simnpo.method.beta: low (5.0) > high (4.0)"),
-        (["FILE", "--set", "search.sampler=cmaes"], "search.sampler: cmaes does not support 2 objectives; allowed: tpe, nsga2"),
-        (["FILE", "--set", "search.methods=[simnpo, forget_harder]"], "search.methods: unknown ['forget_harder']"),
+        (
+            ["FILE", "--set", "search.space.simnpo.method.beta.low=5"],
+            "search.space.simnpo.method.beta: low (5.0) > high (4.0)",
+        ),
+        (
+            ["FILE", "--set", "search.sampler=cmaes"],
+            "search.sampler: cmaes does not support 2 objectives; allowed: tpe, nsga2",
+        ),
+        (
+            ["FILE", "--set", "search.methods=[simnpo, forget_harder]"],
+            "search.methods: unknown ['forget_harder']",
+        ),
         (["FILE", "--storage", "/proc/raysimnpo-runs"], "storage: /proc/raysimnpo-runs is not writable"),
     ],
 )
@@ -127,7 +147,10 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path, ray_cluster:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
     proc = subprocess.Popen(
         [sys.executable, "-m", "raysimnpo.sweep", str(path), "--num-cpus", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     root = results.results_root(str(tmp_path / "runs"), "citest")
     try:
@@ -148,3 +171,21 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path, ray_cluster:
     # A suggestion asked just before the kill may be left over: it is marked FAIL, never run.
     assert states.count("COMPLETE") == 3 and "RUNNING" not in states
     assert sum(t["status"] == "completed" for t in trials) == 3
+
+
+@pytest.mark.ray
+def test_trial_with_two_fsdp2_workers(tmp_path: Path, ray_cluster: None) -> None:
+    """resources.workers = 2: the trial unlearns on a TorchTrainer with two FSDP2 (gloo) workers and
+    its gathered checkpoint is evaluated like any other."""
+    path = write_sweep(
+        tmp_path,
+        search={"methods": ["simnpo"], "num_trials": 1},
+        resources={"workers": 2, "cpus_per_worker": 0.5},  # the session Ray has 2 CPUs
+    )
+    assert sweep.main([str(path)]) == 0
+    root = results.results_root(str(tmp_path / "runs"), "citest")
+    (trial,) = [t for t in results.read_table(root, "trials").to_pylist() if t["kind"] == "trial"]
+    assert trial["status"] == "completed" and 0 <= trial["model_utility"] <= 1
+    assert os.path.isfile(os.path.join(trial["checkpoint"], "model.safetensors"))
+    epochs = [m for m in results.read_table(root, "metrics").to_pylist() if m["stage"] == "epoch"]
+    assert {m["metric"] for m in epochs} >= {"forget_loss", "retain_loss"}
