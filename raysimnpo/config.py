@@ -172,7 +172,13 @@ def sweep_file(name_or_path: str) -> Path:
 def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: str | None = None) -> RunConfig:
     """The `run:` section of a sweep file, with `--method` and `--set` applied."""
     path = sweep_file(name_or_path)
-    run = dict(load_yaml(path).get("run") or {})
+    data = load_yaml(path)
+    if data.get("benchmark", "tofu") != "tofu":
+        raise UserInputError(
+            f"{path}: benchmark {data['benchmark']!r} runs as a sweep (python -m raysimnpo.sweep); "
+            "python -m raysimnpo.run takes: tofu"
+        )
+    run = dict(data.get("run") or {})
     if method is not None:
         run["method"] = {"name": method}
     return validate(RunConfig, apply_overrides(run, overrides), str(path))

@@ -9,12 +9,9 @@ of the objectives with the paths of the result files.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from raysimnpo.config import SweepConfig, load_sweep_config
 from raysimnpo.errors import UserInputError
@@ -32,38 +29,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_storage(storage: str) -> Path:
-    """The storage folder must be creatable and writable; checked before Ray starts."""
-    if "://" in storage and not storage.startswith("file://"):
-        raise UserInputError(f"storage: {storage} - only local folders are supported by this version")
-    path = Path(storage.removeprefix("file://")).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        raise UserInputError(f"storage: {path} is not writable ({exc.strerror})") from None
-    return path
-
-
 def validate_inputs(sweep: SweepConfig) -> None:
     """Load data and tokenizer, encode every example: data mistakes surface before any trial."""
     from raysimnpo import recipe
 
     recipe.workspace(sweep.run)
-
-
-def start_ray(address: str | None, num_cpus: int | None) -> None:
-    import ray
-
-    if ray.is_initialized():  # a notebook or a test session that already started Ray
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    # A local Ray of our own; cap the object store (30% of RAM by default) for small machines.
-    ray.init(num_cpus=num_cpus, object_store_memory=512 * 1024**2, include_dashboard=False)
 
 
 def print_front(root: str, sweep: SweepConfig) -> None:
@@ -116,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.storage:
             overrides.append(f"storage={args.storage}")
         sweep = load_sweep_config(args.config or args.sweep, overrides)
+        from raysimnpo.orchestration.cluster import check_storage
+
         storage = check_storage(sweep.storage)
         run_dir = storage / sweep.name
         if (run_dir / "tune").exists() and not args.resume:
@@ -129,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from raysimnpo import results
+    from raysimnpo.orchestration.cluster import start_ray
     from raysimnpo.orchestration.tuner import run_sweep
 
     started = time.monotonic()

@@ -24,7 +24,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ import ray
 from raysimnpo.benchmarks import markov as mk
 from raysimnpo.errors import UserInputError
 from raysimnpo.metrics.markov import first_reaching
+from raysimnpo.orchestration.cluster import check_storage, start_ray
 
 Log = Callable[[str], None]
 Row = dict[str, Any]
@@ -310,30 +310,6 @@ def summary_lines(rows: list[Row], config: mk.MarkovConfig) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Command line (called by raysimnpo.sweep for a file with `benchmark: markov`)
 # --------------------------------------------------------------------------------------------
-
-
-def check_storage(storage: str) -> Path:
-    """The storage folder must be a creatable, writable local folder; checked before Ray starts."""
-    if "://" in storage and not storage.startswith("file://"):
-        raise UserInputError(f"storage: {storage} - only local folders are supported by the markov sweep")
-    path = Path(storage.removeprefix("file://")).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        raise UserInputError(f"storage: {path} is not writable ({exc.strerror})") from None
-    return path
-
-
-def start_ray(address: str | None, num_cpus: int | None) -> None:
-    if ray.is_initialized():  # a test session or notebook that already started Ray
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    ray.init(num_cpus=num_cpus, object_store_memory=512 * 1024**2, include_dashboard=False)
 
 
 def main(args: argparse.Namespace) -> int:
