@@ -189,7 +189,6 @@ def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: st
 # --------------------------------------------------------------------------------------------
 
 SAMPLERS_MULTI_OBJECTIVE = ("tpe", "nsga2", "gp", "random")
-SAMPLERS = (*SAMPLERS_MULTI_OBJECTIVE, "cmaes")
 
 
 class ParamRange(Frozen):

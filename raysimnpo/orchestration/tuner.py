@@ -10,6 +10,7 @@ Prepared Original and Retrain models are shared by every sweep of a storage: `<s
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -180,7 +181,7 @@ def prepare_stage(sweep: SweepConfig, run_dir: Path, log: Log) -> dict[str, Any]
 def write_reference_rows(sweep: SweepConfig, run_dir: Path, prepared: dict[str, Any]) -> None:
     """Original and Retrain as rows of the results tables, next to the trials."""
     root = results.results_root(str(run_dir.parent), sweep.name)
-    now = results_now()
+    now = dt.datetime.now(dt.UTC)
     for kind in ("original", "retrain"):
         metrics = prepared[f"{kind}_metrics"]
         row = {
@@ -218,12 +219,6 @@ def write_reference_rows(sweep: SweepConfig, run_dir: Path, prepared: dict[str, 
             ],
             examples=[dict(e, sweep=sweep.name, trial_id=kind) for e in prepared[f"{kind}_examples"]],
         )
-
-
-def results_now() -> Any:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC)
 
 
 def trial_resources(sweep: SweepConfig) -> dict[str, float]:

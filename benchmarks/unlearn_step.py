@@ -1,0 +1,489 @@
+"""Unlearning step time and peak memory per method (issue 8; the paper's Table A3 comparison).
+
+One step is the body of `raysimnpo.training.train`'s unlearning loop: `step_terms` on one forget
+batch and one retain batch, the method's loss (eq. 1: L_forget + λ·L_retain), backward, gradient
+clipping and AdamW. Every method gets the same forget and retain batch (drawn from the run's seed
+with the package's `shuffled_batches` / `cycling_batches`) and the same starting weights.
+
+Methods: SimNPO; NPO with cached reference NLLs (the package's path: ℓ_ref computed once by the
+Original through `recipe.unlearn_inputs`); NPO with an *online* reference model — not a package
+feature, built here from public functions: a frozen copy of the model (as `train` makes for RMU)
+runs the forget batch every step under no_grad, `logprobs.sequence_nll` gives ℓ_ref, and
+`objectives.npo_loss` + `objectives.retain_nll_loss` make the loss — the NPO setting of the paper's
+Table A3; GradDiff; IdkDPO (cached reference NLLs); RMU (frozen copy, layer-k hidden states).
+
+Time: all methods run in one process, round-robin (the order rotates every round), the weights are
+restored after every step, and the first round is warm-up. Ratios are the median over rounds of the
+paired per-round ratio, so load from other users of the machine hits both sides of a ratio alike.
+
+Memory: a fresh process per method (RSS cannot be un-peaked inside one process once the allocator
+holds freed pages). Peak = VmHWM during the unlearning steps (reset through /proc/self/clear_refs
+just before the first step, after the reference NLLs are computed) minus VmRSS before the model is
+built: weights + gradients + AdamW state + the frozen copy where a method keeps one + activations.
+
+    .venv/bin/python benchmarks/unlearn_step.py               # tiny, and smollm2-135m when imported
+    .venv/bin/python benchmarks/unlearn_step.py --models tiny --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import harness
+import torch
+from torch import Tensor
+
+from raysimnpo import objectives, sharding
+from raysimnpo.config import RunConfig, load_run_config
+from raysimnpo.data.collate import pad_right
+from raysimnpo.data.formatting import EncodedExample
+from raysimnpo.logprobs import sequence_nll
+from raysimnpo.methods import (
+    METHODS,
+    GradDiffParams,
+    IdkDPOParams,
+    MethodParams,
+    NPOParams,
+    RMUParams,
+    SimNPOParams,
+)
+from raysimnpo.models import SMOLLM2_FOLDER, load_model_and_tokenizer
+from raysimnpo.recipe import Workspace, reference_examples, unlearn_inputs, workspace
+from raysimnpo.scoring import score_sequences
+from raysimnpo.training import (
+    UnlearnInputs,
+    cycling_batches,
+    rmu_layer,
+    shuffled_batches,
+    step_terms,
+    trainable_parameters,
+)
+
+NAME = "unlearn_step"
+ROWS = ("simnpo", "npo_cached", "npo_online", "grad_diff", "idk_dpo", "rmu")
+LABELS = {
+    "simnpo": "SimNPO",
+    "npo_cached": "NPO, cached ℓ_ref (package)",
+    "npo_online": "NPO, online reference model",
+    "grad_diff": "GradDiff",
+    "idk_dpo": "IdkDPO (cached ℓ_ref)",
+    "rmu": "RMU",
+}
+# The paper's Table A3 (TOFU forget05, Llama-2-7B, GPU): NPO 27 GB / 36 min, SimNPO 21 GB / 25 min.
+PAPER_NPO_OVER_SIMNPO = {"time": 36 / 25, "memory": 27 / 21}
+TARGET_CACHED = 1.05
+# smollm2-135m on 2 CPU cores: a short max_length and a small batch keep one step to seconds.
+SMOLLM2_OVERRIDES = [
+    "model.name=smollm2-135m",
+    "unlearn.max_length=64",
+    "unlearn.batch_size=4",
+    "unlearn.learning_rate=1.0e-5",
+]
+
+
+def preset_config(preset: str) -> RunConfig:
+    """The default run (sweeps/tofu.yaml); for smollm2-135m its model and a short unlearning batch."""
+    return load_run_config("tofu", SMOLLM2_OVERRIDES if preset == "smollm2-135m" else [])
+
+
+def params_of(row: str) -> MethodParams:
+    """Package defaults for every method (SimNPO as in sweeps/tofu.yaml)."""
+    return {
+        "simnpo": SimNPOParams(),
+        "npo_cached": NPOParams(),
+        "npo_online": NPOParams(),
+        "grad_diff": GradDiffParams(),
+        "idk_dpo": IdkDPOParams(),
+        "rmu": RMUParams(),
+    }[row]
+
+
+def needs_frozen(row: str) -> bool:
+    return row in ("npo_online", "rmu")
+
+
+def load_model(ws: Workspace) -> torch.nn.Module:
+    config = ws.config
+    return load_model_and_tokenizer(
+        config.model.name,
+        dtype=config.model.dtype,
+        cache_dir=Path(config.cache_dir),
+        tokenizer_corpus=ws.data.corpus(),
+        seed=config.seed,
+        tiny=config.model.tiny,
+    ).model
+
+
+def fixed_batches(ws: Workspace) -> tuple[list[int], list[int]]:
+    """The first forget batch and the first retain batch `train` would draw from the run's seed."""
+    settings, seed = ws.config.unlearn, ws.config.seed
+    generator = torch.Generator().manual_seed(seed)
+    forget = shuffled_batches(len(ws.data.forget), settings.batch_size, generator)[0]
+    retain = next(cycling_batches(len(ws.data.retain), settings.batch_size, generator))
+    return forget, retain
+
+
+def reference_nlls(ws: Workspace, model: torch.nn.Module) -> tuple[list[float], list[float]]:
+    """ℓ_ref of the forget answers and of their refusals under the Original (what NPO/IdkDPO cache)."""
+    forget, refusals = reference_examples(ws)
+    batch = ws.config.evaluation.batch_size
+    return (
+        score_sequences(model, forget, batch, ws.pad_id)[0].tolist(),  # type: ignore[arg-type]
+        score_sequences(model, refusals, batch, ws.pad_id)[0].tolist(),  # type: ignore[arg-type]
+    )
+
+
+def control_vector(model: torch.nn.Module, seed: int) -> Tensor:
+    """RMU's fixed random direction u, drawn as `train` draws it."""
+    u = torch.rand(int(model.config.hidden_size), generator=torch.Generator().manual_seed(seed))
+    return u / u.norm()
+
+
+def online_reference_nll(
+    frozen: torch.nn.Module, forget: list[EncodedExample], index: list[int], pad_id: int
+) -> Tensor:
+    """ℓ_ref of the forget batch from a frozen copy of the Original, every step (online NPO)."""
+    batch = pad_right([forget[i] for i in index], pad_id)
+    with torch.no_grad():
+        logits = frozen(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return sequence_nll(logits.float(), batch["labels"])[0]
+
+
+@dataclass
+class Stepper:
+    """Everything one method's steps need; `step()` is one iteration of `train`'s unlearning loop."""
+
+    row: str
+    model: torch.nn.Module
+    params: MethodParams
+    inputs: UnlearnInputs
+    forget_index: list[int]
+    retain_index: list[int]
+    pad_id: int
+    frozen: torch.nn.Module | None
+    control: Tensor | None
+    optimizer: torch.optim.Optimizer
+    trainable: list[torch.nn.Parameter]
+    max_grad_norm: float
+
+    def step(self) -> float:
+        if self.row == "npo_online":
+            assert self.frozen is not None and isinstance(self.params, NPOParams)
+            ref_nll = online_reference_nll(
+                self.frozen, list(self.inputs.forget), self.forget_index, self.pad_id
+            )
+            # GradDiff's terms are exactly NPO's minus the cached ℓ_ref: the forget and retain passes.
+            terms = step_terms(
+                self.model,
+                GradDiffParams(),
+                self.inputs,
+                self.forget_index,
+                self.retain_index,
+                self.pad_id,
+                None,
+                None,
+            )
+            assert terms.retain_nll is not None and terms.retain_tokens is not None
+            forget_term = objectives.npo_loss(terms.forget_nll, ref_nll, self.params.beta)
+            retain_term: Tensor | None = objectives.retain_nll_loss(terms.retain_nll, terms.retain_tokens)
+            weight = self.params.retain_weight
+        else:
+            terms = step_terms(
+                self.model,
+                self.params,
+                self.inputs,
+                self.forget_index,
+                self.retain_index,
+                self.pad_id,
+                self.frozen,
+                self.control,
+            )
+            terms = sharding.gather_step_terms(terms)
+            method = METHODS[self.params.name]
+            forget_term, retain_term = method.loss(terms, self.params)
+            weight = method.retain_weight(self.params)
+        loss = forget_term if retain_term is None else forget_term + weight * retain_term
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.item())
+
+
+def make_stepper(
+    row: str,
+    ws: Workspace,
+    model: torch.nn.Module,
+    reference: tuple[list[float], list[float]],
+    frozen: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Stepper:
+    """A method's inputs through the package's `unlearn_inputs` (refusals and cached ℓ_ref where the
+    method needs them; online NPO gets GradDiff's inputs: forget and retain only)."""
+    config = ws.config
+    params = params_of(row)
+    inputs = unlearn_inputs(ws, GradDiffParams() if row == "npo_online" else params, None, reference)
+    forget_index, retain_index = fixed_batches(ws)
+    trainable = trainable_parameters(model, params)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(
+            trainable, lr=config.unlearn.learning_rate, weight_decay=config.unlearn.weight_decay
+        )
+    control = control_vector(model, config.seed) if isinstance(params, RMUParams) else None
+    if isinstance(params, RMUParams):
+        rmu_layer(model, params)  # checks the layer exists
+    return Stepper(
+        row,
+        model,
+        params,
+        inputs,
+        forget_index,
+        retain_index,
+        ws.pad_id,
+        frozen if needs_frozen(row) else None,
+        control,
+        optimizer,
+        trainable,
+        config.unlearn.max_grad_norm,
+    )
+
+
+def batch_shape(ws: Workspace) -> dict[str, Any]:
+    forget, retain = fixed_batches(ws)
+    f = [ws.encode([ws.data.forget[i]], ws.config.unlearn.max_length)[0] for i in forget]
+    r = [ws.encode([ws.data.retain[i]], ws.config.unlearn.max_length)[0] for i in retain]
+    return {
+        "batch_size": len(forget),
+        "forget_padded_length": max(len(e.input_ids) for e in f),
+        "retain_padded_length": max(len(e.input_ids) for e in r),
+        "forget_answer_tokens": sum(e.n_targets for e in f),
+    }
+
+
+# ------------------------------------------------------------------------------------------ time
+
+
+def time_steps(
+    ws: Workspace,
+    model: torch.nn.Module,
+    reference: tuple[list[float], list[float]],
+    rows: list[str],
+    rounds: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Median step seconds per method and paired per-round ratios, all methods in this process."""
+    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    shared_optimizer: torch.optim.Optimizer | None = None
+    steppers: dict[str, Stepper] = {}
+    for row in rows:
+        # One AdamW over all weights serves every full-model method (its state is the same size
+        # whoever steps it); RMU has its own over the MLPs it trains.
+        is_rmu = row == "rmu"
+        stepper = make_stepper(row, ws, model, reference, frozen, None if is_rmu else shared_optimizer)
+        if not is_rmu:
+            shared_optimizer = stepper.optimizer
+        for p in model.parameters():
+            p.requires_grad_(True)
+        steppers[row] = stepper
+    samples: dict[str, list[float]] = {row: [] for row in rows}
+    losses: dict[str, list[float]] = {row: [] for row in rows}
+    for r in range(warmup + rounds):
+        order = rows[r % len(rows) :] + rows[: r % len(rows)]
+        for row in order:
+            stepper = steppers[row]
+            trainable_parameters(model, stepper.params)  # RMU trains 3 MLPs; the rest train everything
+            seconds, loss = harness.timed(stepper.step)
+            for p in model.parameters():
+                p.requires_grad_(True)
+            model.load_state_dict(snapshot)
+            if r >= warmup:
+                samples[row].append(seconds)
+                losses[row].append(loss)
+    medians = {row: harness.median(samples[row]) for row in rows}
+    ratios: dict[str, float] = {}
+    for row in rows:
+        paired = [s / b for s, b in zip(samples[row], samples["simnpo"], strict=True)]
+        ratios[row] = harness.median(paired)
+    return {
+        "seconds": samples,
+        "median_seconds": medians,
+        "ratio_to_simnpo": ratios,
+        "losses": losses,
+        "finite": {row: all(torch.isfinite(torch.tensor(v)).tolist()) for row, v in losses.items()},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch": batch_shape(ws),
+    }
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+
+def memory_worker(preset: str, row: str, steps: int, reference_file: Path) -> dict[str, Any]:
+    """Runs in a fresh process: peak RSS of `steps` unlearning steps of one method."""
+    ws = workspace(preset_config(preset))  # loads (and drops) a model: give its pages back first
+    reference = json.loads(reference_file.read_text())
+    harness.trim_heap()
+    before_model = harness.rss_bytes()
+    model = load_model(ws)
+    frozen = copy.deepcopy(model).eval().requires_grad_(False) if needs_frozen(row) else None
+    stepper = make_stepper(row, ws, model, (reference[0], reference[1]), frozen)
+    resident = harness.tensor_bytes(model, *([frozen] if frozen is not None else []))
+    before_steps = harness.rss_bytes()
+    reset = harness.reset_peak_rss()
+    allocated_peak, allocated_after = harness.tensor_allocation_peak(
+        lambda: [stepper.step() for _ in range(steps)]
+    )
+    rss_peak = harness.peak_rss_bytes()
+    return {
+        "tensor_peak_bytes": resident + allocated_peak,
+        "weights_bytes": harness.tensor_bytes(model),
+        "frozen_bytes": harness.tensor_bytes(frozen) if frozen is not None else 0,
+        "allocated_peak_bytes": allocated_peak,
+        "allocated_after_steps_bytes": allocated_after,  # AdamW state (gradients are set to None)
+        "rss_peak_bytes": rss_peak - before_model,
+        "rss_before_steps_bytes": before_steps - before_model,
+        "rss_peak_reset": reset,
+    }
+
+
+def measure_memory(
+    preset: str,
+    reference: tuple[list[float], list[float]],
+    rows: list[str],
+    steps: int,
+    repeats: int,
+    threads: int,
+) -> dict[str, Any]:
+    samples: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
+    with tempfile.TemporaryDirectory() as tmp:
+        reference_file = Path(tmp) / "reference.json"
+        reference_file.write_text(json.dumps(reference))
+        for _ in range(repeats):
+            for row in rows:
+                command = [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--memory-worker",
+                    row,
+                    "--models",
+                    preset,
+                    "--memory-steps",
+                    str(steps),
+                    "--threads",
+                    str(threads),
+                    "--reference-file",
+                    str(reference_file),
+                ]
+                done = subprocess.run(command, check=True, capture_output=True, text=True)
+                samples[row].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    tensors = {row: harness.median([s["tensor_peak_bytes"] for s in samples[row]]) for row in rows}
+    rss = {row: harness.median([s["rss_peak_bytes"] for s in samples[row]]) for row in rows}
+    return {
+        "samples": samples,
+        "median_tensor_peak_bytes": tensors,
+        "median_rss_peak_bytes": rss,
+        "ratio_to_simnpo": {row: tensors[row] / tensors["simnpo"] for row in rows},
+        "rss_ratio_to_simnpo": {row: rss[row] / rss["simnpo"] for row in rows},
+    }
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def verdict(ratio: float, target: float) -> str:
+    return f"met ({ratio:.3f}x ≤ {target}x)" if ratio <= target else f"missed ({ratio:.3f}x > {target}x)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "smollm2-135m"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=0, help="timed rounds (0: 15 tiny, 3 smollm2-135m)")
+    parser.add_argument("--memory-steps", type=int, default=2)
+    parser.add_argument("--memory-repeats", type=int, default=0, help="0: 2 tiny, 1 smollm2-135m")
+    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-file", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    harness.set_threads(args.threads)
+    if args.memory_worker is not None:
+        print(
+            json.dumps(
+                memory_worker(args.models[0], args.memory_worker, args.memory_steps, args.reference_file)
+            )
+        )
+        return
+
+    rows = list(ROWS)
+    results: dict[str, Any] = {"machine": harness.machine(), "presets": {}}
+    for preset in args.models:
+        config = preset_config(preset)
+        if preset == "smollm2-135m" and not (Path(config.cache_dir) / "models" / SMOLLM2_FOLDER).is_dir():
+            print(f"skipping {preset}: not imported (python -m raysimnpo.models import smollm2-135m)")
+            continue
+        small = preset == "tiny"
+        rounds = args.rounds or (15 if small else 3)
+        memory_repeats = args.memory_repeats or (2 if small else 1)
+        ws = workspace(config)
+        model = load_model(ws)
+        reference = reference_nlls(ws, model)  # ℓ_ref under the Original, once, as a sweep caches it
+        timing = time_steps(ws, model, reference, rows, rounds, warmup=2 if small else 1)
+        del model
+        memory = measure_memory(preset, reference, rows, args.memory_steps, memory_repeats, args.threads)
+        results["presets"][preset] = {
+            "config": {
+                "model": config.model.model_dump(mode="json"),
+                "unlearn": config.unlearn.model_dump(mode="json"),
+            },
+            "rounds": rounds,
+            "memory_repeats": memory_repeats,
+            "time": timing,
+            "memory": memory,
+        }
+        print(f"\n### {preset}: {timing['parameters']:,} parameters, batch {timing['batch']}\n")
+        table = [
+            [
+                LABELS[row],
+                timing["median_seconds"][row] * 1000,
+                timing["ratio_to_simnpo"][row],
+                memory["median_tensor_peak_bytes"][row] / 2**20,
+                memory["ratio_to_simnpo"][row],
+                memory["median_rss_peak_bytes"][row] / 2**20,
+                memory["rss_ratio_to_simnpo"][row],
+            ]
+            for row in rows
+        ]
+        headers = [
+            "method",
+            "step ms (median)",
+            "time / SimNPO",
+            "peak tensor MiB",
+            "memory / SimNPO",
+            "peak RSS MiB",
+            "RSS / SimNPO",
+        ]
+        print(harness.markdown_table(headers, table))
+        t, m = timing["ratio_to_simnpo"], memory["ratio_to_simnpo"]
+        print(
+            f"\nNPO cached / SimNPO: time {verdict(t['npo_cached'], TARGET_CACHED)}, "
+            f"memory {verdict(m['npo_cached'], TARGET_CACHED)}"
+        )
+        print(
+            f"NPO online / SimNPO: time {t['npo_online']:.3f}x, memory {m['npo_online']:.3f}x "
+            f"(paper Table A3: {PAPER_NPO_OVER_SIMNPO['time']:.2f}x, {PAPER_NPO_OVER_SIMNPO['memory']:.2f}x)"
+        )
+    results["machine_after"] = {"load_average": harness.machine()["load_average"]}
+    results["paper_table_a3_npo_over_simnpo"] = PAPER_NPO_OVER_SIMNPO
+    print(f"\nwrote {harness.write_result(NAME, results)}")
+
+
+if __name__ == "__main__":
+    main()
