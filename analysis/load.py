@@ -37,7 +37,8 @@ class Run:
 
 @dataclass(frozen=True)
 class Results:
-    """The three results tables of one or more runs, each with a leading `run` column.
+    """The results tables of one or more runs, each with a leading `run` column (`weights` has zero rows
+    for a run written without it).
 
     `trials` also has `config`: params_json with every "seed" key removed, re-serialised with sorted
     keys, so that trials of one configuration run with different seeds share it.
@@ -47,6 +48,7 @@ class Results:
     trials: pl.DataFrame
     metrics: pl.DataFrame
     examples: pl.DataFrame
+    weights: pl.DataFrame
 
     @property
     def labels(self) -> list[str]:
@@ -91,7 +93,7 @@ def _frame(root: str, name: str, label: str) -> pl.DataFrame:
 
 
 def load_runs(run_dirs: Sequence[str]) -> Results:
-    """Read `trials`, `metrics` and `examples` of every run folder (all of them before anything is
+    """Read `trials`, `metrics`, `examples` and `weights` of every run folder (all of them before anything is
     written, so that a bad folder stops the report with its UserInputError from `read_table`)."""
     labels = run_labels(run_dirs)
     runs = tuple(
@@ -111,6 +113,7 @@ def load_runs(run_dirs: Sequence[str]) -> Results:
         trials=trials,
         metrics=pl.concat(tables["metrics"], how="vertical"),
         examples=pl.concat(tables["examples"], how="vertical"),
+        weights=pl.concat(tables["weights"], how="vertical"),
     )
 
 

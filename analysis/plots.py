@@ -7,6 +7,8 @@
   runs apart.
 * `curves_plot`: per-epoch forget and retain losses of every trial (metrics stage "epoch"), one line per
   trial coloured by method; failed trials dashed.
+* `weights_figure`: gradient weight vs |y| per epoch (Fig. 5) and NPO's weight histograms (Fig. 3).
+* `truth_ratio_by_length_figure`: forget truth ratios on the short / long halves (Figs. 2, A4).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from analysis.length import HALF_LABELS, HALVES  # noqa: E402
 from analysis.load import FORGET_QUALITY, MODEL_UTILITY, REFERENCE_LABELS  # noqa: E402
 
 RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "h", "<", ">")
@@ -176,6 +179,129 @@ def curves_figure(curves: pl.DataFrame, trials: pl.DataFrame, runs: Sequence[str
         else:
             ax.text(0.5, 0.5, f"no {metric} per epoch", transform=ax.transAxes, ha="center", color="grey")
     fig.suptitle("Training curves per trial (dashed: failed trials)")
+    fig.tight_layout()
+    return fig
+
+
+MAX_WEIGHT_EPOCHS = 6
+
+
+def shown_epochs(epochs: Sequence[int], most: int = MAX_WEIGHT_EPOCHS) -> list[int]:
+    """All epochs when there are at most `most`, else `most` of them evenly spaced (first and last kept)."""
+    ordered = sorted(set(int(e) for e in epochs))
+    if len(ordered) <= most:
+        return ordered
+    picks = np.linspace(0, len(ordered) - 1, most).round().astype(int)
+    return [ordered[i] for i in sorted(set(picks.tolist()))]
+
+
+def weights_figure(weights: pl.DataFrame, correlations: pl.DataFrame) -> Figure:
+    """Gradient weights of each method's selected trial (`analysis.length.selected_weights`): per
+    (run, method) a row of weight vs |y| scatters, one panel per epoch with Pearson's r in its title
+    (paper Fig. 5), then per run a row of NPO's weight histograms per epoch (Fig. 3)."""
+    groups = weights.select("run", "method", "trial_id").unique(maintain_order=True).sort("run", "method")
+    rows: list[tuple[str, str, str, str]] = [
+        (r["run"], r["method"], r["trial_id"], "scatter") for r in groups.iter_rows(named=True)
+    ]
+    rows += [(r, m, t, "hist") for r, m, t, _ in rows if m == "npo"]
+    if not rows:
+        fig, ax = plt.subplots(figsize=(6, 2.5))
+        ax.axis("off")
+        ax.text(
+            0.5,
+            0.5,
+            "no gradient weights recorded (weights table empty: no NPO / SimNPO trial run in-process)",
+            transform=ax.transAxes,
+            ha="center",
+            color="grey",
+            fontsize=9,
+        )
+        return fig
+    epochs = shown_epochs(weights["epoch"].to_list())
+    colours = method_colours(groups["method"].to_list())
+    several = groups["run"].n_unique() > 1
+    fig, axes = plt.subplots(
+        len(rows), len(epochs), figsize=(3.0 * len(epochs), 2.7 * len(rows)), squeeze=False
+    )
+    r_of = {(c["run"], c["method"], c["epoch"]): c["pearson_r"] for c in correlations.iter_rows(named=True)}
+    for row_axes, (run, method, trial_id, kind) in zip(axes, rows, strict=True):
+        data = weights.filter((pl.col("run") == run) & (pl.col("trial_id") == trial_id))
+        name = f"{method} ({run})" if several else method
+        for ax, epoch in zip(row_axes, epochs, strict=True):
+            part = data.filter(pl.col("epoch") == epoch)
+            w = part["weight"].to_numpy()
+            if kind == "scatter":
+                ax.scatter(part["answer_tokens"].to_numpy(), w, s=10, alpha=0.7, color=colours[method])
+                r = r_of.get((run, method, epoch))
+                shown = "–" if r is None or not np.isfinite(r) else f"{r:.2f}"
+                ax.set_title(f"{name} epoch {epoch}: Pearson r = {shown}", fontsize=9)
+                ax.set_xlabel("|y| (answer tokens)", fontsize=8)
+                ax.set_ylabel("w'" if method == "simnpo" else "w", fontsize=8)
+            else:
+                ax.hist(w, bins=20, color=colours[method], alpha=0.8)
+                ax.set_title(f"{name} epoch {epoch}: weight histogram", fontsize=9)
+                ax.set_xlabel("w (eq. 3)", fontsize=8)
+                ax.set_ylabel("examples", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+    fig.suptitle(
+        "Gradient weights of the selected trials vs response length (Fig. 5; NPO histograms: Fig. 3)"
+    )
+    fig.tight_layout()
+    return fig
+
+
+TRUTH_RATIO_ROWS = ("Retrain", "npo", "simnpo")
+
+
+def truth_ratio_by_length_figure(ratios: pl.DataFrame, split: pl.DataFrame) -> Figure:
+    """Forget truth-ratio distributions of Retrain, NPO and SimNPO (selected trials) on the shortest
+    and the longest 50% of the forget set by |y| (paper Figs. 2 and A4), one panel per run and half;
+    the legend gives each model's FQ on that half. `ratios`: `analysis.length.truth_ratios_by_half`,
+    `split`: `analysis.length.length_split`."""
+    runs = ratios["run"].unique(maintain_order=True).to_list()
+    if not runs:
+        fig, ax = plt.subplots(figsize=(6, 2.5))
+        ax.axis("off")
+        ax.text(
+            0.5, 0.5, "no forget truth ratios of Retrain", transform=ax.transAxes, ha="center", color="grey"
+        )
+        return fig
+    fig, axes = plt.subplots(len(runs), len(HALVES), figsize=(10, 3.6 * len(runs)), squeeze=False)
+    colours = {"Retrain": "#444", **method_colours(["npo", "simnpo"])}
+    fq_of = {(r["run"], r["row"], r["half"]): r["forget_quality"] for r in split.iter_rows(named=True)}
+    for row_axes, run in zip(axes, runs, strict=True):
+        in_run = ratios.filter(pl.col("run") == run)
+        # R spans decades (a long tail above 1): log-spaced bins on a log axis; the KS test behind FQ
+        # compares ranks, so this view loses nothing. R = 0 (underflow) is drawn at the smallest R > 0.
+        values = in_run.filter(pl.col("row").is_in(list(TRUTH_RATIO_ROWS)))["truth_ratio"].to_numpy()
+        positive = values[values > 0]
+        low = positive.min() if positive.size else 1e-3
+        high = max(positive.max(), low * 10) if positive.size else 1.0
+        bins = np.geomspace(low, high, 31)
+        for ax, half in zip(row_axes, HALVES, strict=True):
+            for label in TRUTH_RATIO_ROWS:
+                part = in_run.filter((pl.col("row") == label) & (pl.col("half") == half))
+                if part.is_empty():
+                    continue
+                fq = fq_of.get((run, label, half))
+                ax.hist(
+                    np.maximum(part["truth_ratio"].to_numpy(), low),
+                    bins=bins,
+                    histtype="step",
+                    linewidth=1.6,
+                    color=colours[label],
+                    label=f"{label} (FQ {fq:.3g})" if fq is not None else label,
+                )
+            title = f"{HALF_LABELS[half]} |y|" + (f" ({run})" if len(runs) > 1 else "")
+            ax.set_title(title, fontsize=10)
+            ax.set_xscale("log")
+            ax.set_xlabel("truth ratio R (log scale)", fontsize=9)
+            ax.set_ylabel("forget examples", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+    fig.suptitle("Forget truth ratios by response length (Figs. 2, A4); FQ vs Retrain on the same half")
     fig.tight_layout()
     return fig
 

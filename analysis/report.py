@@ -8,6 +8,10 @@
     table.md/.csv      the paper's Table 2 layout; the selection rule is in `analysis.tables`
     hypervolume.csv    hypervolume per method, reference point (FQ = 0, MU = 0)
     curves.png         forget / retain loss per epoch and trial
+    weights.png/.csv   gradient weight vs |y| per epoch of the selected NPO / SimNPO trials with Pearson's r
+                       (Fig. 5), NPO's weight histograms (Fig. 3); the csv has r per method and epoch
+    length_split.csv   FQ on the shortest / longest 50% of the forget set by |y| (Figs. 2, A4)
+    truth_ratio_by_length.png   the truth-ratio distributions behind length_split.csv
     generations.md     greedy answers to sampled forget questions (paper Table A4)
     report.html        all of the above in one offline file (figures embedded as base64 PNG)
 
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import polars as pl
 
-from analysis import tables
+from analysis import length, tables
 from analysis.load import (
     FORGET_QUALITY,
     MODEL_UTILITY,
@@ -37,7 +41,13 @@ from analysis.load import (
     reference_trials,
 )
 from analysis.pareto import HV_REFERENCE, front_table, hypervolumes
-from analysis.plots import curves_figure, pareto_figure, save_png
+from analysis.plots import (
+    curves_figure,
+    pareto_figure,
+    save_png,
+    truth_ratio_by_length_figure,
+    weights_figure,
+)
 from raysimnpo.errors import UserInputError
 
 REPORT_FILES = (
@@ -47,6 +57,10 @@ REPORT_FILES = (
     "table.csv",
     "hypervolume.csv",
     "curves.png",
+    "weights.png",
+    "weights.csv",
+    "length_split.csv",
+    "truth_ratio_by_length.png",
     "generations.md",
     "report.html",
 )
@@ -76,6 +90,8 @@ class Report:
     selection: pl.DataFrame
     hypervolume: pl.DataFrame
     front: pl.DataFrame
+    length_split: pl.DataFrame
+    weight_correlations: pl.DataFrame
 
 
 def default_out(run_dirs: Sequence[str]) -> Path:
@@ -124,6 +140,8 @@ def _html(
     paper: list[tables.TextTable],
     hv: tables.TextTable,
     generations: list[tables.TextTable],
+    lengths: tables.TextTable,
+    correlations: tables.TextTable,
 ) -> str:
     def img(name: str, alt: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
@@ -152,6 +170,12 @@ def _html(
         *(f"<h3>Run {html.escape(t.title)}</h3>\n" + tables.html_table(t) for t in paper),
         "<h2>Training curves</h2>",
         img("curves.png", "forget and retain loss per epoch"),
+        "<h2>Response length: forget quality on the short and long halves (Figs. 2, A4)</h2>",
+        tables.html_table(lengths),
+        img("truth_ratio_by_length.png", "forget truth ratios of Retrain, NPO and SimNPO per length half"),
+        "<h2>Gradient weights vs response length (Figs. 3, 5)</h2>",
+        tables.html_table(correlations),
+        img("weights.png", "gradient weight vs |y| per epoch, NPO weight histograms"),
         "<h2>Generation examples (Table A4 layout)</h2>",
         f"<p>Repetitive: fraction of repeated word 3-grams &gt; {tables.REPETITION_THRESHOLD}.</p>",
     ]
@@ -161,6 +185,45 @@ def _html(
         parts += [f"<h3>{html.escape(t.title)}</h3>", tables.html_table(t)]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def length_text_table(split: pl.DataFrame) -> tables.TextTable:
+    caption = (
+        "Forget quality on the shortest 50% and the longest 50% of the forget set by answer length |y|: "
+        "KS-test p-value of the model's truth ratios on that half against Retrain's on the same examples."
+    )
+    rows = [
+        [
+            r["run"],
+            r["row"],
+            r["trial_id"],
+            length.HALF_LABELS[r["half"]],
+            str(r["examples"]),
+            f"{r['min_tokens']}–{r['max_tokens']}",
+            tables.format_value(r[FORGET_QUALITY], fq=True),
+        ]
+        for r in split.iter_rows(named=True)
+    ]
+    return tables.TextTable(caption, ["Run", "Model", "Trial", "Half", "Examples", "|y|", "FQ"], rows)
+
+
+def correlation_text_table(correlations: pl.DataFrame) -> tables.TextTable:
+    caption = (
+        "Pearson's r between each forget example's gradient weight (NPO: w, eq. 3; SimNPO: w', eq. 5) and "
+        "|y| per epoch, for the selected trials; empty when no weights were recorded."
+    )
+    rows = [
+        [
+            r["run"],
+            r["method"],
+            r["trial_id"],
+            str(r["epoch"]),
+            tables.format_value(r["pearson_r"]),
+            f"{r['weight_mean']:.3g}",
+        ]
+        for r in correlations.iter_rows(named=True)
+    ]
+    return tables.TextTable(caption, ["Run", "Method", "Trial", "Epoch", "Pearson r", "Mean weight"], rows)
 
 
 def build_report(
@@ -183,6 +246,10 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
     refs = reference_trials(res)
     sample = tables.generation_examples(res, selection, count=examples, seed=seed)
     curves = res.metrics.filter(pl.col("stage") == "epoch")
+    ratios = length.truth_ratios_by_half(res, selection)
+    split = length.length_split(ratios)
+    weights = length.selected_weights(res, selection)
+    correlations = length.weight_correlations(weights)
 
     chosen = list(zip(selection["run"].to_list(), selection["trial_id"].to_list(), strict=True))
 
@@ -192,7 +259,13 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
     images = {
         "pareto.png": save_png(pareto_figure(front, refs, res.labels, chosen), files["pareto.png"]),
         "curves.png": save_png(curves_figure(curves, res.trials, res.labels), files["curves.png"]),
+        "weights.png": save_png(weights_figure(weights, correlations), files["weights.png"]),
+        "truth_ratio_by_length.png": save_png(
+            truth_ratio_by_length_figure(ratios, split), files["truth_ratio_by_length.png"]
+        ),
     }
+    split.write_csv(files["length_split.csv"])
+    correlations.write_csv(files["weights.csv"])
     files["table.md"].write_text(tables.table_markdown(paper), encoding="utf-8")
     paper.write_csv(files["table.csv"])
     hv.write_csv(files["hypervolume.csv"])
@@ -205,9 +278,11 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
         tables.paper_text_tables(paper),
         tables.hypervolume_text_table(hv),
         tables.generations_text_tables(sample),
+        length_text_table(split),
+        correlation_text_table(correlations),
     )
     files["report.html"].write_text(document, encoding="utf-8")
-    return Report(target, files, selection, hv, front)
+    return Report(target, files, selection, hv, front, split, correlations)
 
 
 # --------------------------------------------------------------------------------------------------

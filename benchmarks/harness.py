@@ -119,6 +119,16 @@ def tensor_bytes(*modules: torch.nn.Module) -> int:
     return sum(storages.values())
 
 
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of an optimizer's state tensors (AdamW: exp_avg, exp_avg_sq and step per parameter)."""
+    return sum(
+        value.untyped_storage().nbytes()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )
+
+
 def tensor_allocation_peak(fn: Callable[[], Any]) -> tuple[int, int]:
     """(peak, final) net bytes of CPU tensor memory allocated while `fn` runs, from torch.profiler's
     memory events (profile_memory=True: every allocation and free of the CPU allocator, in order).

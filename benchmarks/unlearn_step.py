@@ -328,7 +328,11 @@ def time_steps(
 
 
 def memory_worker(preset: str, row: str, steps: int, reference_file: Path) -> dict[str, Any]:
-    """Runs in a fresh process: peak RSS of `steps` unlearning steps of one method."""
+    """Runs in a fresh process: peak memory of `steps` unlearning steps of one method.
+
+    RSS: VmHWM over all steps minus VmRSS before the model is built. Tensors: the last step runs
+    under torch.profiler (profile_memory); its allocation peak plus what is resident when it starts
+    (weights, the frozen copy, AdamW state from the earlier steps) is the step's tensor peak."""
     ws = workspace(preset_config(preset))  # loads (and drops) a model: give its pages back first
     reference = json.loads(reference_file.read_text())
     harness.trim_heap()
@@ -336,19 +340,20 @@ def memory_worker(preset: str, row: str, steps: int, reference_file: Path) -> di
     model = load_model(ws)
     frozen = copy.deepcopy(model).eval().requires_grad_(False) if needs_frozen(row) else None
     stepper = make_stepper(row, ws, model, (reference[0], reference[1]), frozen)
-    resident = harness.tensor_bytes(model, *([frozen] if frozen is not None else []))
     before_steps = harness.rss_bytes()
     reset = harness.reset_peak_rss()
-    allocated_peak, allocated_after = harness.tensor_allocation_peak(
-        lambda: [stepper.step() for _ in range(steps)]
-    )
+    for _ in range(steps - 1):
+        stepper.step()
+    modules = [model] if frozen is None else [model, frozen]
+    resident = harness.tensor_bytes(*modules) + harness.optimizer_state_bytes(stepper.optimizer)
+    allocated_peak, _ = harness.tensor_allocation_peak(stepper.step)
     rss_peak = harness.peak_rss_bytes()
     return {
         "tensor_peak_bytes": resident + allocated_peak,
         "weights_bytes": harness.tensor_bytes(model),
         "frozen_bytes": harness.tensor_bytes(frozen) if frozen is not None else 0,
+        "optimizer_state_bytes": harness.optimizer_state_bytes(stepper.optimizer),
         "allocated_peak_bytes": allocated_peak,
-        "allocated_after_steps_bytes": allocated_after,  # AdamW state (gradients are set to None)
         "rss_peak_bytes": rss_peak - before_model,
         "rss_before_steps_bytes": before_steps - before_model,
         "rss_peak_reset": reset,
@@ -407,9 +412,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2-135m"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=0, help="timed rounds (0: 15 tiny, 3 smollm2-135m)")
-    parser.add_argument("--memory-steps", type=int, default=2)
-    parser.add_argument("--memory-repeats", type=int, default=0, help="0: 2 tiny, 1 smollm2-135m")
+    parser.add_argument("--rounds", type=int, default=0, help="timed rounds (0: 10 tiny, 4 smollm2-135m)")
+    parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory process (>= 2)")
+    parser.add_argument("--memory-repeats", type=int, default=1)
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reference-file", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -430,8 +435,8 @@ def main() -> None:
             print(f"skipping {preset}: not imported (python -m raysimnpo.models import smollm2-135m)")
             continue
         small = preset == "tiny"
-        rounds = args.rounds or (15 if small else 3)
-        memory_repeats = args.memory_repeats or (2 if small else 1)
+        rounds = args.rounds or (10 if small else 4)
+        memory_repeats = args.memory_repeats
         ws = workspace(config)
         model = load_model(ws)
         reference = reference_nlls(ws, model)  # ℓ_ref under the Original, once, as a sweep caches it

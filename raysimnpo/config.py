@@ -56,6 +56,12 @@ class TrainSettings(Frozen):
     warmup_epochs: float = Field(1.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(256, gt=8)
+    max_forget_loss: float | None = Field(
+        None,
+        gt=0,
+        description="divergence guard: stop the run (TrainingDiverged) when a step's forget term "
+        "exceeds this in magnitude; None: only a NaN or infinite loss stops it",
+    )
 
 
 class EvalSettings(Frozen):
@@ -121,15 +127,20 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
         except yaml.YAMLError:
             value = raw
         node = result
+        walked: list[str] = []
         while len(parts) > 1:
             # The longest run of parts that names an existing key, else the next part alone.
             width = next((w for w in range(len(parts) - 1, 0, -1) if ".".join(parts[:w]) in node), 1)
             name, parts = ".".join(parts[:width]), parts[width:]
+            walked.append(name)
             child = node.get(name)
             if child is None:
                 child = node[name] = {}
             if not isinstance(child, dict):
-                raise UserInputError(f"--set {item!r}: {name} is not a section")
+                raise UserInputError(
+                    f"--set {item!r}: {'.'.join(walked)} is a value, not a section; "
+                    f"set it directly ({'.'.join(walked)}=...)"
+                )
             node = child
         node[parts[0]] = value
     return result
@@ -178,7 +189,10 @@ def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: st
             f"{path}: benchmark {data['benchmark']!r} runs as a sweep (python -m raysimnpo.sweep); "
             "python -m raysimnpo.run takes: tofu"
         )
-    run = dict(data.get("run") or {})
+    run = data.get("run") or {}
+    if not isinstance(run, dict):
+        raise UserInputError(f"{path}: run: expected a mapping of run settings, got {type(run).__name__}")
+    run = dict(run)
     if method is not None:
         run["method"] = {"name": method}
     return validate(RunConfig, apply_overrides(run, overrides), str(path))

@@ -230,6 +230,26 @@ def needs_of(params: MethodParams) -> frozenset[Need]:
     return method.needs
 
 
+# Methods whose forget gradient is a per-sequence weight times GA's (`gradient_weights` is not None).
+CLOSED_FORM_WEIGHTS = frozenset({"npo", "simnpo"})
+
+
+def gradient_weights(params: MethodParams, terms: StepTerms) -> Tensor | None:
+    """Each forget sequence's closed-form gradient weight at the current θ, detached; None for methods
+    without one.
+
+    NPO: w = 2π_θ^β / (π_θ^β + π_ref^β) (paper eq. 3, with the cached ℓ_ref); SimNPO:
+    w' = 2σ(γ − βℓ/|y|)/|y| (eq. 5; eq. A4 for γ > 0). See `objectives.npo_weight` / `simnpo_weight`.
+    """
+    nll = terms.forget_nll.detach()
+    if isinstance(params, NPOParams):
+        assert terms.forget_ref_nll is not None, "NPO's weights need the cached reference NLLs"
+        return objectives.npo_weight(nll, terms.forget_ref_nll.detach(), params.beta)
+    if isinstance(params, SimNPOParams):
+        return objectives.simnpo_weight(nll, terms.forget_tokens.detach(), params.beta, params.gamma)
+    return None
+
+
 def apply_task_vector(
     original: Mapping[str, Tensor], finetuned: Mapping[str, Tensor], params: MethodParams
 ) -> dict[str, Tensor]:

@@ -183,6 +183,7 @@ def load_model_and_tokenizer(
                 f"model.name: {path} has no config.json, so it is not a Hugging Face model folder; "
                 f"allowed: {_allowed()}"
             )
+        _check_model_type(path / "config.json", trust_remote_code)
         net, tokenizer = _load_pretrained(str(path), torch_dtype, trust_remote_code)
         return LoadedModel(net, tokenizer, _folder_prompt_format(path, tokenizer), model)
     if path.exists() or not looks_like_hub_id(model):
@@ -254,26 +255,45 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_model_type(config_file: Path, trust_remote_code: bool) -> None:
+    """A local folder's config.json must be JSON naming an architecture this transformers knows
+    (unless trust_remote_code lets the folder bring its own)."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = _read_json(config_file).get("model_type")
+    if not trust_remote_code and model_type not in CONFIG_MAPPING:
+        raise UserInputError(
+            f"{config_file}: model_type {model_type!r} is not an architecture transformers knows; allowed: "
+            "a causal LM type such as llama, mistral, qwen2 (or set model.trust_remote_code=true)"
+        )
+
+
 def _load_pretrained(
     source: str, dtype: torch.dtype, trust_remote_code: bool, *, hint_import: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     folder = Path(source)
     # Prefer safetensors; a local folder with only .bin weights still loads (torch.load weights_only).
     use_safetensors = True if folder.is_dir() and any(folder.glob("*.safetensors")) else None
+    hint = (
+        "; run `python -m raysimnpo.models import smollm2-135m` to install it offline" if hint_import else ""
+    )
+    where = "folder" if folder.is_dir() else "hub id"
+    part = "tokenizer"
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        part = "model"
         net = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
         )
-    except OSError as exc:
-        hint = (
-            "; run `python -m raysimnpo.models import smollm2-135m` to install it offline"
-            if hint_import
-            else ""
-        )
+    except (OSError, ValueError) as exc:
+        # transformers raises OSError for missing files and ValueError for an unknown model_type
+        # or a folder without tokenizer files: both are a folder or id the user named.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = "folder" if folder.is_dir() else "hub id"
-        raise UserInputError(f"model.name: could not load {where} {source!r} ({first}){hint}") from exc
+        if part == "tokenizer" and folder.is_dir():
+            hint += "; a model folder needs the tokenizer files save_pretrained writes (tokenizer.json, ...)"
+        raise UserInputError(
+            f"model.name: could not load the {part} of {where} {source!r} ({first}){hint}"
+        ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     _sync_special_ids(net, tokenizer)

@@ -33,7 +33,7 @@ from raysimnpo.evaluation import TofuEvaluation, evaluate_tofu
 from raysimnpo.methods import MethodParams, apply_task_vector, needs_of
 from raysimnpo.models import load_model_and_tokenizer, write_prompt_format
 from raysimnpo.scoring import score_sequences
-from raysimnpo.training import TrainingSummary, UnlearnInputs, train
+from raysimnpo.training import ForgetBatchHook, TrainingSummary, UnlearnInputs, train
 
 Log = Callable[[str], None]
 
@@ -291,8 +291,10 @@ def unlearn_model(
     original_path: Path,
     report: Callable[[dict[str, Any]], None] | None = None,
     reference_nll: tuple[Any, Any] | None = None,
+    on_forget_batch: ForgetBatchHook | None = None,
 ) -> tuple[PreTrainedModel, TrainingSummary]:
-    """Load the Original and unlearn it in this process with the config's method."""
+    """Load the Original and unlearn it in this process with the config's method
+    (`on_forget_batch`: see `training.train`)."""
     config = ws.config
     model = load_prepared_model(original_path, config)
     inputs = unlearn_inputs(ws, config.method, model, reference_nll)
@@ -309,6 +311,7 @@ def unlearn_model(
         unlearn=inputs,
         params=config.method,
         report=report,
+        on_forget_batch=on_forget_batch,
     )
     if original_state is not None:
         model.load_state_dict(apply_task_vector(original_state, model.state_dict(), config.method))

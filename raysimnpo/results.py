@@ -1,4 +1,4 @@
-"""Parquet results of a sweep: the `trials`, `metrics` and `examples` tables (DESIGN §6, §8).
+"""Parquet results of a sweep: the `trials`, `metrics`, `examples` and `weights` tables (DESIGN §6, §8).
 
 Layout under a results root `<storage>/<sweep>/results/` (see `results_root`), hive-partitioned per
 trial so that a trial only ever touches its own files::
@@ -8,6 +8,8 @@ trial so that a trial only ever touches its own files::
     metrics/trial_id=<id>/part-0.parquet     long format: stage, epoch, metric, value
     examples/trial_id=<id>/part-0.parquet    per-example statistics (ℓ, |y|, P̃, truth ratio R, ROUGE-L)
                                              from which every TOFU aggregate of §6 can be recomputed
+    weights/trial_id=<id>/part-0.parquet     NPO / SimNPO only: each forget example's closed-form gradient
+                                             weight (eq. 3 / eq. 5) and |y| per unlearning epoch
 
 Every file carries the schema version twice: a `schema_version` int32 column (so a query over many
 files can filter on it) and the Parquet key-value metadata entry `raysimnpo.schema_version`, which
@@ -23,7 +25,7 @@ Writes are atomic per file and idempotent per trial (`write_trial_results`):
 * Object stores (S3, GCS, Azure) have no atomic rename (pyarrow's `move` there is copy + delete), but an
   object only becomes visible once its single upload completes, so the bytes are written directly to the
   final key: a reader again sees the old object or the new one.
-* A retried trial rewrites its own three files (and removes a table it no longer has rows for), so
+* A retried trial rewrites its own files (and removes a table it no longer has rows for), so
   nothing is ever appended twice. The `trials` file is removed first and written last: a trial has
   complete results exactly when its `trials` file exists (`trial_ids`).
 
@@ -60,8 +62,8 @@ VERSION_KEY = "raysimnpo.schema_version"
 PART_NAME = "part-0.parquet"
 PARTITION_KEY = "trial_id"
 
-TableName = Literal["trials", "metrics", "examples"]
-TABLE_NAMES: tuple[TableName, ...] = ("trials", "metrics", "examples")
+TableName = Literal["trials", "metrics", "examples", "weights"]
+TABLE_NAMES: tuple[TableName, ...] = ("trials", "metrics", "examples", "weights")
 TRIAL_KINDS = ("trial", "original", "retrain")
 TRIAL_STATUSES = ("completed", "failed")
 METRIC_STAGES = ("final", "epoch", "relearn")
@@ -139,10 +141,21 @@ EXAMPLES_SCHEMA = _schema(
     ("rouge_l", pa.float64(), _NULLABLE),
 )
 
+# Added after version 1 was released, as a new table: a run written without it reads as zero rows.
+WEIGHTS_SCHEMA = _schema(
+    ("sweep", pa.string(), _REQUIRED),
+    ("trial_id", pa.string(), _REQUIRED),
+    ("epoch", pa.int32(), _REQUIRED),
+    ("index", pa.int32(), _REQUIRED),
+    ("weight", pa.float64(), _REQUIRED),
+    ("answer_tokens", pa.int32(), _REQUIRED),
+)
+
 SCHEMAS: dict[TableName, pa.Schema] = {
     "trials": TRIALS_SCHEMA,
     "metrics": METRICS_SCHEMA,
     "examples": EXAMPLES_SCHEMA,
+    "weights": WEIGHTS_SCHEMA,
 }
 
 _PARTITIONING = ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive")
@@ -352,7 +365,27 @@ def examples_table(rows: Rows) -> pa.Table:
     return table
 
 
-_BUILDERS = {"trials": trials_table, "metrics": metrics_table, "examples": examples_table}
+def weights_table(rows: Rows) -> pa.Table:
+    """The `weights` table: the closed-form gradient weight of each forget example at the step of each
+    unlearning epoch (1-based) that used it: NPO's w (paper eq. 3) or SimNPO's w' (eq. 5), with the
+    example's |y| (`answer_tokens`). `index` is the example's position in the forget set; one row per
+    (trial_id, epoch, index)."""
+    table = _build("weights", rows)
+    keys = list(
+        zip(
+            table["trial_id"].to_pylist(), table["epoch"].to_pylist(), table["index"].to_pylist(), strict=True
+        )
+    )
+    _check_unique("weights", keys, "(trial_id, epoch, index)")
+    return table
+
+
+_BUILDERS = {
+    "trials": trials_table,
+    "metrics": metrics_table,
+    "examples": examples_table,
+    "weights": weights_table,
+}
 
 
 def _as_table(name: TableName, value: pa.Table | Rows) -> pa.Table:
@@ -477,14 +510,15 @@ def write_trial_results(
     trials: pa.Table | Rows,
     metrics: pa.Table | Rows | None = None,
     examples: pa.Table | Rows | None = None,
+    weights: pa.Table | Rows | None = None,
 ) -> dict[TableName, str]:
     """Write (or rewrite) all results of one trial under `root`; returns the paths written per table.
 
-    `trials` must be the trial's single row; `metrics` / `examples` all its rows of those tables (None
-    or empty: the trial has none, and a file left by an earlier attempt is removed). Each argument is a
-    list of dicts (validated as by `trials_table` etc.) or a table those functions built. Order: the old
-    `trials` file is removed, then metrics and examples are replaced, then `trials` is written, so a
-    trial whose `trials` file exists has complete results. Every file is replaced atomically (see the
+    `trials` must be the trial's single row; `metrics` / `examples` / `weights` all its rows of those
+    tables (None or empty: the trial has none, and a file left by an earlier attempt is removed). Each
+    argument is a list of dicts (validated as by `trials_table` etc.) or a table those functions built.
+    Order: the old `trials` file is removed, then the other tables are replaced, then `trials` is
+    written, so a trial whose `trials` file exists has complete results. Every file is replaced atomically (see the
     module docstring); a retried trial therefore leaves exactly one copy of its rows.
     """
     _check_trial_id(trial_id)
@@ -497,6 +531,7 @@ def write_trial_results(
     pending: tuple[tuple[TableName, pa.Table | Rows | None], ...] = (
         ("metrics", metrics),
         ("examples", examples),
+        ("weights", weights),
     )
     for name, value in pending:
         table = None if value is None else _as_table(name, value)

@@ -28,10 +28,13 @@ from raysimnpo.logprobs import sequence_nll
 from raysimnpo.methods import METHODS, MethodParams, RMUParams, StepTerms, needs_of
 
 Report = Callable[[dict[str, Any]], None]
+# on_forget_batch(epoch from 1, indices into the forget set, this rank's StepTerms of that batch)
+ForgetBatchHook = Callable[[int, list[int], StepTerms], None]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stops instead of writing a broken model."""
+    """The loss became NaN or infinite, or the forget term's magnitude passed
+    `TrainSettings.max_forget_loss`; the run stops instead of writing a broken model."""
 
 
 @dataclass
@@ -193,13 +196,17 @@ def train(
     params: MethodParams | None = None,
     report: Report | None = None,
     after_epoch: Callable[[int], dict[str, float]] | None = None,
+    on_forget_batch: ForgetBatchHook | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> TrainingSummary:
     """Fine-tune on `examples` (params None), or unlearn `unlearn.forget` with `params`.
 
     `report` receives one dict per epoch (losses, learning rate, and whatever `after_epoch`
-    returns, e.g. evaluation metrics). Raises TrainingDiverged on a non-finite loss.
+    returns, e.g. evaluation metrics). Raises TrainingDiverged on a non-finite loss, or on a forget
+    term larger in magnitude than `settings.max_forget_loss` (when set). `on_forget_batch(epoch,
+    index, terms)` sees every unlearning step's forget indices (this rank's) and their per-sequence
+    terms before the update, e.g. to record `methods.gradient_weights`.
 
     Data parallel (FSDP): every rank draws the same global batches from the shared seed and keeps
     its slice `index[rank::world_size]`, so the averaged gradients equal the single-process ones.
@@ -252,6 +259,8 @@ def train(
                 assert retain_stream is not None
                 retain_index = next(retain_stream)[rank::world_size]
                 terms = step_terms(model, params, unlearn, index, retain_index, pad_id, frozen, control)
+                if on_forget_batch is not None:
+                    on_forget_batch(epoch + 1, index, terms)
                 terms = sharding.gather_step_terms(terms)  # per-sequence terms of the global batch
                 forget_term, retain_term = METHODS[params.name].loss(terms, params)
                 loss = forget_term
@@ -259,6 +268,12 @@ def train(
                     loss = loss + METHODS[params.name].retain_weight(params) * retain_term
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}")
+            limit = settings.max_forget_loss
+            if limit is not None and forget_term is not None and abs(forget_term.item()) > limit:
+                raise TrainingDiverged(
+                    f"forget loss {forget_term.item():.4g} at epoch {epoch + 1} exceeds "
+                    f"max_forget_loss={limit:g}"
+                )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
             optimizer.step()

@@ -69,4 +69,7 @@ def test_pure_maths_imports_no_io_or_domain(path: Path) -> None:
 def test_analysis_reads_only_results_and_pareto() -> None:
     for path in sorted((ROOT / "analysis").glob("*.py")):
         ours = {m for m in imports(path) if m.startswith("raysimnpo")}
-        assert ours <= {"raysimnpo.results", "raysimnpo.pareto", "raysimnpo.errors"}, (path.name, ours)
+        # Pure maths (L0) and the results tables only: TOFU's forget quality (KS test) is recomputed on
+        # subsets of the examples table (analysis.length).
+        allowed = {"raysimnpo.results", "raysimnpo.pareto", "raysimnpo.errors", "raysimnpo.metrics.tofu"}
+        assert ours <= allowed, (path.name, ours)

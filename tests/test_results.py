@@ -20,6 +20,7 @@ from raysimnpo.results import (
     SCHEMA_VERSION,
     TRIALS_SCHEMA,
     VERSION_KEY,
+    WEIGHTS_SCHEMA,
     _write_file,
     examples_table,
     metrics_table,
@@ -27,6 +28,7 @@ from raysimnpo.results import (
     results_root,
     trial_ids,
     trials_table,
+    weights_table,
     write_trial_results,
 )
 
@@ -143,6 +145,51 @@ def test_metrics_and_examples_round_trip(tmp_path: Path) -> None:
     assert second["perturbed_nll"] == [1.5, 2.5, 3.5]
     assert second["perturbed_tokens"] == [3, 4, 5]
     assert second["generation"] is None and second["rouge_l"] is None
+
+
+def weight_row(epoch: int, index: int, weight: float, tokens: Any, trial_id: str = "t1") -> dict[str, Any]:
+    return {
+        "sweep": "demo",
+        "trial_id": trial_id,
+        "epoch": epoch,
+        "index": index,
+        "weight": weight,
+        "answer_tokens": tokens,
+    }
+
+
+def test_weights_round_trip_and_runs_without_the_table(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    write_trial_results(root, "t1", trials=[trial_row()])  # a run written before the table existed
+    assert read_table(root, "weights").num_rows == 0
+    assert read_table(root, "weights").schema.equals(WEIGHTS_SCHEMA, check_metadata=True)
+
+    rows = [
+        weight_row(1, 0, 1.0, 6),
+        weight_row(1, 3, 0.5378828, np.float64(12.0)),
+        weight_row(2, 0, 0.25, 6),
+    ]
+    written = write_trial_results(root, "t1", trials=[trial_row()], weights=rows)
+    assert written["weights"] == str(part(root, "weights", "t1"))
+    read = read_table(root, "weights")
+    assert read.schema.equals(WEIGHTS_SCHEMA, check_metadata=True)
+    assert [(r["epoch"], r["index"], r["weight"], r["answer_tokens"]) for r in read.to_pylist()] == [
+        (1, 0, 1.0, 6),
+        (1, 3, 0.5378828, 12),
+        (2, 0, 0.25, 6),
+    ]
+    assert read.to_pylist()[0]["schema_version"] == SCHEMA_VERSION == 1
+    assert pq.read_metadata(part(root, "weights", "t1")).metadata[VERSION_KEY.encode()] == b"1"
+    # A retried trial without weights removes its old file.
+    write_trial_results(root, "t1", trials=[trial_row()])
+    assert not part(root, "weights", "t1").exists() and read_table(root, "weights").num_rows == 0
+
+
+def test_weights_table_checks() -> None:
+    with pytest.raises(ValueError, match=r"weights: rows 0 and 1 repeat \(trial_id, epoch, index\)"):
+        weights_table([weight_row(1, 0, 1.0, 6), weight_row(1, 0, 0.9, 6)])
+    with pytest.raises(ValueError, match="weights.answer_tokens"):
+        weights_table([weight_row(1, 0, 1.0, 6.5)])
 
 
 def test_several_trials_and_string_ids(tmp_path: Path) -> None:

@@ -246,6 +246,19 @@ def test_nan_loss_raises_training_diverged(
     assert same_weights(state(model), before)  # no step was taken with the broken loss
 
 
+def test_forget_loss_guard_stops_ga(tiny_llama: TinyLlama, finetuned: State) -> None:
+    """GA's forget term is −(token-mean NLL) < 0: the guard compares its magnitude, before the step."""
+    model = original(tiny_llama, finetuned)
+    before = state(model)
+    first = nll_per_token(model, FORGET)  # one epoch's batches cover FORGET; every batch's NLL is > 1e-3
+    assert first > 1e-3
+    with pytest.raises(TrainingDiverged, match=r"forget loss -\d.* at epoch 1 exceeds max_forget_loss=0.001"):
+        unlearn(model, GAParams(), max_forget_loss=1e-3)
+    assert same_weights(state(model), before)
+    summary = unlearn(original(tiny_llama, finetuned), GAParams(), epochs=1, max_forget_loss=1e6)
+    assert len(summary.epochs) == 1  # a loose guard lets the run finish
+
+
 def test_report_once_per_epoch(tiny_llama: TinyLlama, finetuned: State) -> None:
     rows: list[dict[str, Any]] = []
     model = original(tiny_llama, finetuned)
@@ -311,3 +324,47 @@ def test_task_vector_negates_the_forget_finetune(tiny_llama: TinyLlama, finetune
     # Other methods keep the trained weights as they are.
     kept = methods.apply_task_vector(theta_o, theta_ft, GAParams())
     assert kept[key] is theta_ft[key]
+
+
+def test_on_forget_batch_sees_every_forget_example_once_per_epoch(
+    tiny_llama: TinyLlama, finetuned: State
+) -> None:
+    """The hook gets (epoch, forget indices, terms) before each step; at the first step θ = θ_ref, so
+    NPO's w (eq. 3) is 1 and SimNPO's w' (eq. 5) is 2σ(−βℓ/|y|)/|y| of the Original's ℓ."""
+    model = original(tiny_llama, finetuned)
+    with torch.no_grad():
+        ref = [
+            sequence_nll(model(input_ids=torch.tensor([e.input_ids])).logits, torch.tensor([e.labels]))
+            for e in FORGET
+        ]
+    ref_nll = torch.cat([r[0] for r in ref])
+    seen: dict[str, list[tuple[int, list[int], list[float], list[float]]]] = {"npo": [], "simnpo": []}
+    for params in (methods.NPOParams(beta=0.5), SimNPOParams(beta=2.0)):
+
+        def hook(epoch: int, index: list[int], terms: StepTerms, params: MethodParams = params) -> None:
+            w = methods.gradient_weights(params, terms)
+            assert w is not None
+            seen[params.name].append((epoch, index, w.tolist(), terms.forget_tokens.tolist()))
+
+        train(
+            original(tiny_llama, finetuned),
+            settings(epochs=2),
+            pad_id=PAD_ID,
+            seed=0,
+            unlearn=UnlearnInputs(forget=FORGET, retain=RETAIN, forget_ref_nll=ref_nll),
+            params=params,
+            on_forget_batch=hook,
+        )
+    for calls in seen.values():
+        assert [c[0] for c in calls] == [1, 1, 2, 2]  # 4 forget examples in batches of 2, two epochs
+        for epoch in (1, 2):
+            assert sorted(i for c in calls if c[0] == epoch for i in c[1]) == [0, 1, 2, 3]
+        for _, index, _, tokens in calls:
+            assert tokens == [len(FORGET[i].input_ids) - 3 for i in index]  # |y| = answer + EOS
+    _, index, npo_w, _ = seen["npo"][0]
+    assert npo_w == pytest.approx([1.0] * len(index), abs=1e-4)
+    _, index, simnpo_w, tokens = seen["simnpo"][0]
+    expected = [
+        2 * torch.sigmoid(-2.0 * ref_nll[i] / n).item() / n for i, n in zip(index, tokens, strict=True)
+    ]
+    assert simnpo_w == pytest.approx(expected, rel=1e-4)

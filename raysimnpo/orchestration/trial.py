@@ -22,6 +22,7 @@ from ray import tune
 from raysimnpo import recipe, results
 from raysimnpo.config import SweepConfig
 from raysimnpo.evaluation import tofu_metrics
+from raysimnpo.methods import CLOSED_FORM_WEIGHTS, MethodParams, StepTerms, gradient_weights
 from raysimnpo.training import TrainingDiverged
 
 FLAT = ("beta", "gamma", "retain_weight", "alpha")
@@ -83,6 +84,31 @@ def metric_rows(
     return rows
 
 
+class WeightRecorder:
+    """`training.train`'s on_forget_batch hook: one `weights` row per forget example and epoch, with
+    its closed-form gradient weight (NPO eq. 3 / SimNPO eq. 5, `methods.gradient_weights`) and |y|."""
+
+    def __init__(self, sweep: str, trial_id: str, params: MethodParams) -> None:
+        self.sweep, self.trial_id, self.params = sweep, trial_id, params
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, epoch: int, index: list[int], terms: StepTerms) -> None:
+        weights = gradient_weights(self.params, terms)
+        if weights is None:
+            return
+        for i, w, n in zip(index, weights.tolist(), terms.forget_tokens.tolist(), strict=True):
+            self.rows.append(
+                {
+                    "sweep": self.sweep,
+                    "trial_id": self.trial_id,
+                    "epoch": epoch,
+                    "index": i,
+                    "weight": w,
+                    "answer_tokens": n,
+                }
+            )
+
+
 def load_reference_nll(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     if not path.is_file():
         return None
@@ -106,6 +132,10 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
     retrain_ratios = np.array(prepared["retrain_forget_truth_ratios"], dtype=np.float64)
     checkpoint = run_dir / "checkpoints" / trial_id
     epochs: list[dict[str, float]] = []
+    # Weights are recorded when unlearning runs in this process (not on TorchTrainer workers).
+    recorder = (
+        WeightRecorder(sweep.name, trial_id, run.method) if run.method.name in CLOSED_FORM_WEIGHTS else None
+    )
     try:
         t0 = time.perf_counter()
         if sweep.resources.workers > 1 or sweep.resources.gpus_per_worker > 0:
@@ -128,7 +158,11 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         else:
             reference = load_reference_nll(Path(prepared["reference_nll"]))
             model, summary = recipe.unlearn_model(
-                ws, Path(prepared["original"]), report=epochs.append, reference_nll=reference
+                ws,
+                Path(prepared["original"]),
+                report=epochs.append,
+                reference_nll=reference,
+                on_forget_batch=recorder,
             )
             recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
             del model
@@ -167,7 +201,11 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
             checkpoint=None,
         )
         results.write_trial_results(
-            root, trial_id, trials=[row], metrics=metric_rows(sweep.name, trial_id, {}, epochs)
+            root,
+            trial_id,
+            trials=[row],
+            metrics=metric_rows(sweep.name, trial_id, {}, epochs),
+            weights=None if recorder is None else recorder.rows,
         )
         raise TrialFailed(f"trial {trial_id} diverged: {exc}") from None
 
@@ -192,5 +230,6 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         trials=[row],
         metrics=metric_rows(sweep.name, trial_id, metrics, epochs),
         examples=example_rows,
+        weights=None if recorder is None else recorder.rows,
     )
     tune.report({**metrics, "completed": 1.0, "method": run.method.name})

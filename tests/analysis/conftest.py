@@ -13,6 +13,12 @@ Run "demo" (Retrain MU 0.60, so the selection threshold is MU ≥ 0.55):
     simnpo-s1    simnpo  beta 2.5          1     completed  0.80   0.59   /  mean FQ 0.70, MU 0.58
     simnpo-hi    simnpo  beta 4.0          0     completed  0.90   0.30   (highest FQ, MU too low)
     simnpo-fail  simnpo  beta 8.0          0     failed     -      -
+
+Forget example i (of 10) has |y| = 4 + i, so indices 0-4 are the shortest half. Retrain's truth ratio is
+0.5 + 0.01 i; the npo trials have 1.5 + 0.01 i on the short half (fully separated from Retrain) and
+Retrain's values on the long half; the Original is separated on both halves; the simnpo trials match
+Retrain. The npo and simnpo trials have gradient weights for 3 epochs: npo w = 0.5 + 0.05 |y| (Pearson
+r = 1), simnpo w' = 2 / |y|.
 """
 
 from __future__ import annotations
@@ -56,6 +62,36 @@ def generation(trial_id: str, index: int) -> str | None:
     return f"Someone wrote something else for item {index}."
 
 
+def answer_tokens(index: int) -> int:
+    return 4 + index
+
+
+def forget_truth_ratio(trial_id: str, index: int) -> float:
+    base = 0.5 + 0.01 * index
+    if trial_id == "original" or (trial_id.startswith("npo") and index < QUESTIONS // 2):
+        return base + 1.0
+    return base
+
+
+def gradient_weight(method: str, tokens: int) -> float:
+    return 0.5 + 0.05 * tokens if method == "npo" else 2.0 / tokens
+
+
+def _weights(sweep: str, trial_id: str, method: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "sweep": sweep,
+            "trial_id": trial_id,
+            "epoch": epoch,
+            "index": i,
+            "weight": gradient_weight(method, answer_tokens(i)),
+            "answer_tokens": answer_tokens(i),
+        }
+        for epoch in (1, 2, 3)
+        for i in range(QUESTIONS)
+    ]
+
+
 def _trial_row(sweep: str, trial_id: str, run_dir: Path, **fields: Any) -> dict[str, Any]:
     kind, method, beta, seed = (
         fields.pop("kind"),
@@ -96,14 +132,14 @@ def _examples(sweep: str, trial_id: str) -> list[dict[str, Any]]:
             "index": i,
             "question": f"Question {i}: who wrote book {i}?",
             "answer": f"Answer number {i} is the true one.",
-            "answer_tokens": 8,
+            "answer_tokens": answer_tokens(i),
             "answer_nll": 4.0,
             "reference_nll": 4.5,
             "reference_tokens": 9,
             "perturbed_nll": [6.0, 7.0],
             "perturbed_tokens": [8, 8],
             "prob": 0.6,
-            "truth_ratio": 0.7,
+            "truth_ratio": forget_truth_ratio(trial_id, i),
             "generation": generation(trial_id, i),
             "rouge_l": 0.5,
         }
@@ -166,8 +202,14 @@ def write_run(storage: Path, sweep: str = "demo") -> Path:
             forget_quality=fq,
             model_utility=mu,
         )
+        weights = _weights(sweep, trial_id, method) if kind == "trial" else None
         write_trial_results(
-            root, trial_id, trials=[row], metrics=metrics, examples=_examples(sweep, trial_id)
+            root,
+            trial_id,
+            trials=[row],
+            metrics=metrics,
+            examples=_examples(sweep, trial_id),
+            weights=weights,
         )
     row = _trial_row(
         sweep,

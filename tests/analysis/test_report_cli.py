@@ -35,7 +35,7 @@ def test_cli_writes_every_report_file(cli_run: tuple[Path, Path, str]) -> None:
     run_dir, _, stdout = cli_run
     report = run_dir / "report"
     assert sorted(p.name for p in report.iterdir()) == sorted(REPORT_FILES)
-    for name in ("pareto.png", "curves.png"):
+    for name in ("pareto.png", "curves.png", "weights.png", "truth_ratio_by_length.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     front = pl.read_parquet(report / "pareto.parquet")
     assert front.height == 7  # completed trials only: no Original, Retrain or failed trial
@@ -44,8 +44,15 @@ def test_cli_writes_every_report_file(cli_run: tuple[Path, Path, str]) -> None:
     assert table["row"].to_list() == ["Original", "Retrain", "npo", "simnpo"]
     hv = pl.read_csv(report / "hypervolume.csv")
     assert hv.filter(pl.col("method") == "npo")["hypervolume"][0] == pytest.approx(0.2245)
+    weights = pl.read_csv(report / "weights.csv")
+    assert weights.select("method", "trial_id", "epoch").rows() == [
+        (m, t, e) for m, t in (("npo", "npo-c"), ("simnpo", "simnpo-s1")) for e in (1, 2, 3)
+    ]
+    assert weights.filter(pl.col("method") == "npo")["pearson_r"].to_list() == pytest.approx([1.0] * 3)
+    split = pl.read_csv(report / "length_split.csv")
+    assert split.select("row", "half").rows()[:2] == [("Original", "short"), ("Original", "long")]
     html = (report / "report.html").read_text(encoding="utf-8")
-    assert html.count('src="data:image/png;base64,') == 2
+    assert html.count('src="data:image/png;base64,') == 4
     assert "http://" not in html and "https://" not in html  # offline: nothing fetched
     assert "Reference point (FQ = 0, MU = 0)" in html and "<td>simnpo-s1</td>" in html
     assert "simnpo" in stdout and "npo-c" in stdout

@@ -127,6 +127,13 @@ def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: 
     # forget (6) + retain_perturbed (12) + real_authors (8) + world_facts (8) per evaluated model
     assert examples.num_rows == 5 * (6 + 12 + 8 + 8)
 
+    weights = results.read_table(root, "weights").to_pylist()
+    for t in done:  # one closed-form weight (eq. 3 / eq. 5) per forget example and epoch
+        mine = [w for w in weights if w["trial_id"] == t["trial_id"]]
+        assert sorted((w["epoch"], w["index"]) for w in mine) == [(1, i) for i in range(6)]
+        bound = {"npo": lambda n: 2.0, "simnpo": lambda n: 2.0 / n}[t["method"]]  # w < 2, w' < 2/|y|
+        assert all(0 < w["weight"] < bound(w["answer_tokens"]) for w in mine)
+
     study = tmp_path / "runs" / "citest" / "optuna.sqlite"
     with sqlite3.connect(study) as db:
         states = [row[0] for row in db.execute("SELECT state FROM trials")]
@@ -190,3 +197,78 @@ def test_trial_with_two_fsdp2_workers(tmp_path: Path, ray_cluster: None) -> None
     assert os.path.isfile(os.path.join(trial["checkpoint"], "model.safetensors"))
     epochs = [m for m in results.read_table(root, "metrics").to_pylist() if m["stage"] == "epoch"]
     assert {m["metric"] for m in epochs} >= {"forget_loss", "retain_loss"}
+
+
+# Ray Data's cluster-wide coordinator: a detached, zero-CPU named actor that Ray Data creates once per
+# cluster (get_if_exists) on first use and never removes; it is Ray's, not the sweep's.
+RAY_SINGLETONS = {"_AutoscalingCoordinatorActor"}
+
+
+def _alive_placement_groups_and_actors() -> tuple[set[str], dict[str, str]]:
+    """Placement groups not REMOVED and actors not DEAD, straight from the GCS.
+
+    `ray.util.state.list_placement_groups` / `list_actors` go through the dashboard's state API,
+    which the session Ray runs without (include_dashboard=False); `placement_group_table` and the
+    GCS actor table answer without it.
+    """
+    import ray
+    from ray._private import state as gcs_state
+
+    groups = {pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"}
+    actors = {
+        actor_id: actor.get("ActorClassName", "")
+        for actor_id, actor in gcs_state.actors().items()
+        if actor["State"] != "DEAD" and actor.get("ActorClassName") not in RAY_SINGLETONS
+    }
+    return groups, actors
+
+
+@pytest.mark.ray
+def test_diverged_trial_fails_alone_and_releases_resources(tmp_path: Path, ray_cluster: None) -> None:
+    """GA with `unlearn.max_forget_loss=0.01` trips the divergence guard on its first step (its forget
+    term is minus the token-mean NLL, far above 0.01 in magnitude): that trial is failed in the
+    Parquet table and FAIL in Optuna, the SimNPO trial completes, the sweep exits 0, and no placement
+    group or actor the sweep created is left alive."""
+    import time
+
+    path = write_sweep(
+        tmp_path,
+        search={
+            "methods": ["ga", "simnpo"],
+            "space": {"ga": {"unlearn.max_forget_loss": {"choices": [0.01]}}},
+            "num_trials": 2,
+            "max_concurrent_trials": 1,
+            "sampler": "random",
+            "seed": 0,  # the random sampler's first two asks with seed 0: simnpo, then ga
+        },
+    )
+    groups_before, actors_before = _alive_placement_groups_and_actors()
+    assert sweep.main([str(path)]) == 0
+
+    root = results.results_root(str(tmp_path / "runs"), "citest")
+    trials = {t["method"]: t for t in results.read_table(root, "trials").to_pylist() if t["kind"] == "trial"}
+    assert set(trials) == {"ga", "simnpo"}
+    assert trials["simnpo"]["status"] == "completed" and trials["simnpo"]["error"] is None
+    failed = trials["ga"]
+    assert failed["status"] == "failed" and failed["checkpoint"] is None
+    assert "at epoch 1 exceeds max_forget_loss=0.01" in failed["error"]
+    with sqlite3.connect(tmp_path / "runs" / "citest" / "optuna.sqlite") as db:
+        states = sorted(
+            (value, state)
+            for value, state in db.execute(
+                "SELECT p.param_value, t.state FROM trials t JOIN trial_params p USING (trial_id) "
+                "WHERE p.param_name = 'method'"
+            )
+        )
+    # `method` is categorical: its stored value is the index into search.methods (ga 0, simnpo 1).
+    assert states == [(0.0, "FAIL"), (1.0, "COMPLETE")]
+
+    deadline = time.monotonic() + 10  # Tune removes a finished trial's placement group asynchronously
+    while True:
+        groups, actors = _alive_placement_groups_and_actors()
+        new_groups, new_actors = groups - groups_before, set(actors) - set(actors_before)
+        if (not new_groups and not new_actors) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not new_groups
+    assert not new_actors, {a: actors[a] for a in new_actors}
