@@ -22,6 +22,9 @@ untrained model. The two must agree on every metric to 1e-5 and on every generat
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from raysimnpo import evaluation
 from raysimnpo.benchmarks.tofu import EvalSplit
 from raysimnpo.config import EvalSettings, load_run_config
 from raysimnpo.data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
@@ -66,7 +70,7 @@ def generate_one(
     """Greedy answer to one prompt (KV cache, stops at EOS), decoded as the batched evaluator does."""
     input_ids = torch.tensor([prompt])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    generated = model.generate(
+    generated = model.generate(  # type: ignore[operator]
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
         max_new_tokens=max_new_tokens,
@@ -87,12 +91,18 @@ def evaluate_per_example(
     settings: EvalSettings,
     max_length: int,
     retrain_forget_truth_ratios: np.ndarray,
+    phases: dict[str, float],
 ) -> tuple[dict[str, float], dict[tuple[str, int], str]]:
-    """TOFU's metrics one example, one answer and one metric at a time (DESIGN §6 definitions)."""
+    """TOFU's metrics one example, one answer and one metric at a time (DESIGN §6 definitions).
+    `phases` accumulates the seconds spent in forwards ("scoring") and in `generate`."""
     model.eval()
 
     def score(question: str, answer: str) -> tuple[float, int]:
-        return nll_one(model, encode_qa(tokenizer, question, answer, prompt_format, max_length))
+        example = encode_qa(tokenizer, question, answer, prompt_format, max_length)
+        started = time.perf_counter()
+        result = nll_one(model, example)
+        phases["scoring"] += time.perf_counter() - started
+        return result
 
     def scores(pairs: list[list[tuple[float, int]]]) -> tuple[np.ndarray, np.ndarray]:
         return np.array([[p[0] for p in row] for row in pairs]), np.array(
@@ -124,7 +134,9 @@ def evaluate_per_example(
             if limit is not None and i >= limit:
                 break
             prompt = encode_prompt(tokenizer, r["question"], prompt_format)
+            started = time.perf_counter()
             generations[(split.name, i)] = generate_one(model, tokenizer, prompt, settings.max_new_tokens)
+            phases["generation"] += time.perf_counter() - started
             rouge.append(text.rouge_l_recall(generations[(split.name, i)], r["answer"]))
         metrics[f"{split.name}_prob"] = float(np.mean(prob))
         metrics[f"{split.name}_rouge"] = float(np.mean(rouge)) if rouge else float("nan")
@@ -173,6 +185,30 @@ def forget_truth_ratios(ws: Workspace, model: PreTrainedModel) -> np.ndarray:
     return tofu.truth_ratio(wrong_nll.reshape(-1, m), wrong_n.reshape(-1, m), ref_nll, ref_n)
 
 
+@contextmanager
+def timing_batched_phases(phases: dict[str, float]) -> Iterator[None]:
+    """Time the batched evaluator's two phases by wrapping the scorers `evaluation` calls."""
+    originals = {"scoring": evaluation.score_sequences, "generation": evaluation.generate_greedy}
+
+    def wrap(phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_fn(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[phase] += time.perf_counter() - started
+
+        return timed_fn
+
+    evaluation.score_sequences = wrap("scoring", originals["scoring"])  # type: ignore[assignment]
+    evaluation.generate_greedy = wrap("generation", originals["generation"])  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        evaluation.score_sequences = originals["scoring"]  # type: ignore[assignment]
+        evaluation.generate_greedy = originals["generation"]  # type: ignore[assignment]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -195,16 +231,19 @@ def main() -> None:
         f"trained {args.train_epochs} epochs in {train_seconds:.0f} s; loss {summary.epochs[-1]['loss']:.3f}"
     )
 
+    phases = {name: {"scoring": 0.0, "generation": 0.0} for name in ("batched", "per_example")}
+
     def batched() -> Any:
-        return evaluate_tofu(
-            model,
-            ws.tokenizer,
-            ws.prompt_format,
-            ws.data.eval_splits,
-            config.evaluation,
-            config.prepare.max_length,
-            stand_in_retrain,
-        )
+        with timing_batched_phases(phases["batched"]):
+            return evaluate_tofu(
+                model,
+                ws.tokenizer,
+                ws.prompt_format,
+                ws.data.eval_splits,
+                config.evaluation,
+                config.prepare.max_length,
+                stand_in_retrain,
+            )
 
     def per_example() -> Any:
         return evaluate_per_example(
@@ -215,6 +254,7 @@ def main() -> None:
             config.evaluation,
             config.prepare.max_length,
             stand_in_retrain,
+            phases["per_example"],
         )
 
     seconds: dict[str, list[float]] = {"batched": [], "per_example": []}
@@ -253,15 +293,28 @@ def main() -> None:
         len(s.rows) * (1 + (s.reference_field != "answer") + len(s.rows[0]["perturbed_answer"]))
         for s in ws.data.eval_splits
     )
+    # Phase seconds are summed over rounds: report means per round (other = mean total − phases).
+    per_round = {k: {p: v / args.rounds for p, v in ph.items()} for k, ph in phases.items()}
     timing_rows = [
-        ["batched (evaluate_tofu)", harness.median(seconds["batched"]), 1.0],
-        ["per-example loop", harness.median(seconds["per_example"]), speedup],
+        [
+            label,
+            harness.median(seconds[key]),
+            per_round[key]["scoring"],
+            per_round[key]["generation"],
+            sum(seconds[key]) / args.rounds - per_round[key]["scoring"] - per_round[key]["generation"],
+            ratio,
+        ]
+        for label, key, ratio in (
+            ("batched (evaluate_tofu)", "batched", 1.0),
+            ("per-example loop", "per_example", speedup),
+        )
     ]
     print(
         f"\n{sum(len(s.rows) for s in ws.data.eval_splits)} questions, {n_sequences} answers scored by the "
         f"batched evaluator, {len(generated)} generations of up to {config.evaluation.max_new_tokens} tokens\n"
     )
-    print(harness.markdown_table(["evaluator", "seconds (median)", "speed-up of batched"], timing_rows))
+    headers = ["evaluator", "total s (median)", "scoring s", "generation s", "other s", "batched speed-up"]
+    print(harness.markdown_table(headers, timing_rows))
     print()
     print(harness.markdown_table(["metric", "batched", "per-example", "|diff|"], rows))
     identical = max_diff <= TOLERANCE and not mismatched
@@ -289,6 +342,7 @@ def main() -> None:
         "generations": len(generated),
         "seconds": seconds,
         "speedups": speedups,
+        "phase_seconds_mean_per_round": per_round,
         "median_speedup": speedup,
         "metrics_batched": batched_result.metrics,
         "metrics_per_example": loop_metrics,

@@ -1,4 +1,4 @@
-"""What every benchmark script shares: the machine description, thread setup, timing statistics,
+"""What every benchmark script shares (import it before torch: it sets OMP_WAIT_POLICY): the machine description, thread setup, timing statistics,
 peak-memory probes, Markdown tables and the JSON result file.
 
 The scripts are run by hand (`.venv/bin/python benchmarks/<name>.py`), never in CI; each prints a
@@ -20,8 +20,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
+# The machine is shared: with OpenMP's default spin-waiting, a 2-thread kernel stalls for
+# milliseconds whenever another process holds one of the two cores (measured under load ~4: 10
+# fine-tuning steps of `tiny` take 27-32 s at 2 threads, 3.3-3.8 s with PASSIVE, 2.9-3.7 s at 1
+# thread). Set before torch loads libgomp; an explicit OMP_WAIT_POLICY in the environment wins.
+OMP_WAIT_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _STATUS = Path("/proc/self/status")
@@ -59,6 +65,7 @@ def machine() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": OMP_WAIT_POLICY,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 

@@ -13,15 +13,20 @@ runs the forget batch every step under no_grad, `logprobs.sequence_nll` gives �
 Table A3; GradDiff; IdkDPO (cached reference NLLs); RMU (frozen copy, layer-k hidden states).
 
 Time: all methods run in one process, round-robin (the order rotates every round), the weights are
-restored after every step, and the first round is warm-up. Ratios are the median over rounds of the
-paired per-round ratio, so load from other users of the machine hits both sides of a ratio alike.
+restored after every step, and the first round is warm-up; extra rounds of SimNPO and the two NPO
+variants only (the ratios with targets) follow. A ratio is the median over rounds of the paired
+per-round ratio, so load from other users of the machine hits both sides of a ratio alike.
 
-Memory: a fresh process per method (RSS cannot be un-peaked inside one process once the allocator
-holds freed pages). Peak = VmHWM during the unlearning steps (reset through /proc/self/clear_refs
-just before the first step, after the reference NLLs are computed) minus VmRSS before the model is
-built: weights + gradients + AdamW state + the frozen copy where a method keeps one + activations.
+Memory (two measures):
+* peak tensor memory, exact and deterministic: one more step per method runs under torch.profiler
+  (profile_memory=True); the running sum of its allocation/free events gives the step's allocation
+  peak, to which the tensors the method keeps resident are added: weights, its AdamW state, and
+  the frozen copy for online NPO and RMU;
+* with --rss, peak RSS of a fresh process per method (RSS cannot be un-peaked once the allocator
+  holds freed pages): VmHWM over `--rss-steps` steps (reset through /proc/self/clear_refs just
+  before the first) minus VmRSS before the model is built — the whole process, allocator included.
 
-    .venv/bin/python benchmarks/unlearn_step.py               # tiny, and smollm2-135m when imported
+    .venv/bin/python benchmarks/unlearn_step.py --rss     # tiny, and smollm2-135m when imported
     .venv/bin/python benchmarks/unlearn_step.py --models tiny --rounds 5
 """
 
@@ -143,7 +148,8 @@ def reference_nlls(ws: Workspace, model: torch.nn.Module) -> tuple[list[float], 
 
 def control_vector(model: torch.nn.Module, seed: int) -> Tensor:
     """RMU's fixed random direction u, drawn as `train` draws it."""
-    u = torch.rand(int(model.config.hidden_size), generator=torch.Generator().manual_seed(seed))
+    hidden = int(model.config.hidden_size)  # type: ignore[union-attr, arg-type]
+    u = torch.rand(hidden, generator=torch.Generator().manual_seed(seed))
     return u / u.norm()
 
 
@@ -268,7 +274,9 @@ def batch_shape(ws: Workspace) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------------------ time
+# ------------------------------------------------------------------------------ time and tensors
+
+FOCUS = ("simnpo", "npo_cached", "npo_online")  # the rows with targets get extra paired rounds
 
 
 def time_steps(
@@ -277,9 +285,16 @@ def time_steps(
     reference: tuple[list[float], list[float]],
     rows: list[str],
     rounds: int,
+    focus_rounds: int,
     warmup: int,
 ) -> dict[str, Any]:
-    """Median step seconds per method and paired per-round ratios, all methods in this process."""
+    """Step seconds per method, paired per-round ratios to SimNPO, and each method's tensor peak,
+    all in this process.
+
+    `rounds` rounds step every method once (order rotated per round); `focus_rounds` more rounds
+    step only SimNPO and the two NPO variants, whose ratios have targets. Then one step per method
+    runs under torch.profiler for its tensor peak: the step's allocation peak plus what the method
+    keeps resident (weights, its AdamW state, the frozen copy if it uses one)."""
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
     shared_optimizer: torch.optim.Optimizer | None = None
@@ -294,45 +309,67 @@ def time_steps(
         for p in model.parameters():
             p.requires_grad_(True)
         steppers[row] = stepper
-    samples: dict[str, list[float]] = {row: [] for row in rows}
-    losses: dict[str, list[float]] = {row: [] for row in rows}
-    for r in range(warmup + rounds):
-        order = rows[r % len(rows) :] + rows[: r % len(rows)]
-        for row in order:
-            stepper = steppers[row]
-            trainable_parameters(model, stepper.params)  # RMU trains 3 MLPs; the rest train everything
-            seconds, loss = harness.timed(stepper.step)
+
+    def run(stepper: Stepper, fn: Any) -> Any:
+        trainable_parameters(model, stepper.params)  # RMU trains 3 MLPs; the rest train everything
+        try:
+            return fn()
+        finally:
             for p in model.parameters():
                 p.requires_grad_(True)
-            model.load_state_dict(snapshot)
+            model.load_state_dict(snapshot)  # every step starts from the same weights
+
+    samples: dict[str, list[float]] = {row: [] for row in rows}
+    losses: dict[str, list[float]] = {row: [] for row in rows}
+    schedule = [rows] * (warmup + rounds) + [[r for r in rows if r in FOCUS]] * focus_rounds
+    for r, group in enumerate(schedule):
+        for row in group[r % len(group) :] + group[: r % len(group)]:
+            seconds, loss = run(steppers[row], lambda s=steppers[row]: harness.timed(s.step))
             if r >= warmup:
                 samples[row].append(seconds)
                 losses[row].append(loss)
-    medians = {row: harness.median(samples[row]) for row in rows}
     ratios: dict[str, float] = {}
     for row in rows:
-        paired = [s / b for s, b in zip(samples[row], samples["simnpo"], strict=True)]
-        ratios[row] = harness.median(paired)
+        n = len(samples[row])  # paired with SimNPO's samples of the same rounds
+        ratios[row] = harness.median(
+            [s / b for s, b in zip(samples[row], samples["simnpo"][:n], strict=True)]
+        )
+
+    tensors: dict[str, dict[str, int]] = {}
+    weights = harness.tensor_bytes(model)
+    for row in rows:
+        stepper = steppers[row]
+        allocated, _ = run(stepper, lambda s=stepper: harness.tensor_allocation_peak(s.step))
+        state = harness.optimizer_state_bytes(stepper.optimizer)
+        kept = harness.tensor_bytes(frozen) if needs_frozen(row) else 0
+        tensors[row] = {
+            "peak_bytes": weights + state + kept + allocated,
+            "weights_bytes": weights,
+            "optimizer_state_bytes": state,
+            "frozen_bytes": kept,
+            "step_allocation_peak_bytes": allocated,
+        }
     return {
         "seconds": samples,
-        "median_seconds": medians,
+        "median_seconds": {row: harness.median(samples[row]) for row in rows},
         "ratio_to_simnpo": ratios,
+        "tensor_memory": tensors,
+        "tensor_ratio_to_simnpo": {
+            row: tensors[row]["peak_bytes"] / tensors["simnpo"]["peak_bytes"] for row in rows
+        },
         "losses": losses,
-        "finite": {row: all(torch.isfinite(torch.tensor(v)).tolist()) for row, v in losses.items()},
+        "finite": {row: bool(torch.isfinite(torch.tensor(v)).all()) for row, v in losses.items()},
         "parameters": sum(p.numel() for p in model.parameters()),
         "batch": batch_shape(ws),
     }
 
 
-# ---------------------------------------------------------------------------------------- memory
+# ------------------------------------------------------------------------------------------- RSS
 
 
-def memory_worker(preset: str, row: str, steps: int, reference_file: Path) -> dict[str, Any]:
-    """Runs in a fresh process: peak memory of `steps` unlearning steps of one method.
-
-    RSS: VmHWM over all steps minus VmRSS before the model is built. Tensors: the last step runs
-    under torch.profiler (profile_memory); its allocation peak plus what is resident when it starts
-    (weights, the frozen copy, AdamW state from the earlier steps) is the step's tensor peak."""
+def rss_worker(preset: str, row: str, steps: int, reference_file: Path) -> dict[str, Any]:
+    """Runs in a fresh process: peak RSS of `steps` unlearning steps of one method, as VmHWM
+    (reset just before the first step) minus VmRSS before the model is built."""
     ws = workspace(preset_config(preset))  # loads (and drops) a model: give its pages back first
     reference = json.loads(reference_file.read_text())
     harness.trim_heap()
@@ -342,63 +379,45 @@ def memory_worker(preset: str, row: str, steps: int, reference_file: Path) -> di
     stepper = make_stepper(row, ws, model, (reference[0], reference[1]), frozen)
     before_steps = harness.rss_bytes()
     reset = harness.reset_peak_rss()
-    for _ in range(steps - 1):
+    for _ in range(steps):
         stepper.step()
-    modules = [model] if frozen is None else [model, frozen]
-    resident = harness.tensor_bytes(*modules) + harness.optimizer_state_bytes(stepper.optimizer)
-    allocated_peak, _ = harness.tensor_allocation_peak(stepper.step)
-    rss_peak = harness.peak_rss_bytes()
     return {
-        "tensor_peak_bytes": resident + allocated_peak,
-        "weights_bytes": harness.tensor_bytes(model),
-        "frozen_bytes": harness.tensor_bytes(frozen) if frozen is not None else 0,
-        "optimizer_state_bytes": harness.optimizer_state_bytes(stepper.optimizer),
-        "allocated_peak_bytes": allocated_peak,
-        "rss_peak_bytes": rss_peak - before_model,
+        "rss_peak_bytes": harness.peak_rss_bytes() - before_model,
         "rss_before_steps_bytes": before_steps - before_model,
         "rss_peak_reset": reset,
     }
 
 
-def measure_memory(
+def measure_rss(
     preset: str,
     reference: tuple[list[float], list[float]],
     rows: list[str],
     steps: int,
-    repeats: int,
     threads: int,
 ) -> dict[str, Any]:
-    samples: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
+    samples: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         reference_file = Path(tmp) / "reference.json"
         reference_file.write_text(json.dumps(reference))
-        for _ in range(repeats):
-            for row in rows:
-                command = [
-                    sys.executable,
-                    str(Path(__file__).resolve()),
-                    "--memory-worker",
-                    row,
-                    "--models",
-                    preset,
-                    "--memory-steps",
-                    str(steps),
-                    "--threads",
-                    str(threads),
-                    "--reference-file",
-                    str(reference_file),
-                ]
-                done = subprocess.run(command, check=True, capture_output=True, text=True)
-                samples[row].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    tensors = {row: harness.median([s["tensor_peak_bytes"] for s in samples[row]]) for row in rows}
-    rss = {row: harness.median([s["rss_peak_bytes"] for s in samples[row]]) for row in rows}
-    return {
-        "samples": samples,
-        "median_tensor_peak_bytes": tensors,
-        "median_rss_peak_bytes": rss,
-        "ratio_to_simnpo": {row: tensors[row] / tensors["simnpo"] for row in rows},
-        "rss_ratio_to_simnpo": {row: rss[row] / rss["simnpo"] for row in rows},
-    }
+        for row in rows:
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--rss-worker",
+                row,
+                "--models",
+                preset,
+                "--rss-steps",
+                str(steps),
+                "--threads",
+                str(threads),
+                "--reference-file",
+                str(reference_file),
+            ]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            samples[row] = json.loads(done.stdout.strip().splitlines()[-1])
+    peak = {row: samples[row]["rss_peak_bytes"] for row in rows}
+    return {"samples": samples, "ratio_to_simnpo": {row: peak[row] / peak["simnpo"] for row in rows}}
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -412,19 +431,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2-135m"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=0, help="timed rounds (0: 10 tiny, 4 smollm2-135m)")
-    parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory process (>= 2)")
-    parser.add_argument("--memory-repeats", type=int, default=1)
-    parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=0, help="rounds of all methods (0: 12 tiny, 3 smollm2)")
+    parser.add_argument("--focus-rounds", type=int, default=-1, help="extra rounds (-1: 24 tiny, 4 smollm2)")
+    parser.add_argument("--rss", action="store_true", help="also peak RSS, one fresh process per method")
+    parser.add_argument("--rss-steps", type=int, default=2)
+    parser.add_argument("--rss-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reference-file", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     harness.set_threads(args.threads)
-    if args.memory_worker is not None:
-        print(
-            json.dumps(
-                memory_worker(args.models[0], args.memory_worker, args.memory_steps, args.reference_file)
-            )
-        )
+    if args.rss_worker is not None:
+        print(json.dumps(rss_worker(args.models[0], args.rss_worker, args.rss_steps, args.reference_file)))
         return
 
     rows = list(ROWS)
@@ -435,50 +451,45 @@ def main() -> None:
             print(f"skipping {preset}: not imported (python -m raysimnpo.models import smollm2-135m)")
             continue
         small = preset == "tiny"
-        rounds = args.rounds or (10 if small else 4)
-        memory_repeats = args.memory_repeats
+        rounds = args.rounds or (12 if small else 3)
+        focus_rounds = args.focus_rounds if args.focus_rounds >= 0 else (24 if small else 4)
         ws = workspace(config)
         model = load_model(ws)
         reference = reference_nlls(ws, model)  # ℓ_ref under the Original, once, as a sweep caches it
-        timing = time_steps(ws, model, reference, rows, rounds, warmup=2 if small else 1)
+        timing = time_steps(ws, model, reference, rows, rounds, focus_rounds, warmup=2 if small else 1)
         del model
-        memory = measure_memory(preset, reference, rows, args.memory_steps, memory_repeats, args.threads)
+        rss = measure_rss(preset, reference, rows, args.rss_steps, args.threads) if args.rss else None
         results["presets"][preset] = {
             "config": {
                 "model": config.model.model_dump(mode="json"),
                 "unlearn": config.unlearn.model_dump(mode="json"),
             },
             "rounds": rounds,
-            "memory_repeats": memory_repeats,
-            "time": timing,
-            "memory": memory,
+            "focus_rounds": focus_rounds,
+            "time_and_tensors": timing,
+            "rss": rss,
         }
         print(f"\n### {preset}: {timing['parameters']:,} parameters, batch {timing['batch']}\n")
-        table = [
-            [
+        headers = ["method", "step ms (median)", "time / SimNPO", "peak tensor MiB", "memory / SimNPO"]
+        if rss is not None:
+            headers += ["peak RSS MiB", "RSS / SimNPO"]
+        table = []
+        for row in rows:
+            line = [
                 LABELS[row],
                 timing["median_seconds"][row] * 1000,
                 timing["ratio_to_simnpo"][row],
-                memory["median_tensor_peak_bytes"][row] / 2**20,
-                memory["ratio_to_simnpo"][row],
-                memory["median_rss_peak_bytes"][row] / 2**20,
-                memory["rss_ratio_to_simnpo"][row],
+                timing["tensor_memory"][row]["peak_bytes"] / 2**20,
+                timing["tensor_ratio_to_simnpo"][row],
             ]
-            for row in rows
-        ]
-        headers = [
-            "method",
-            "step ms (median)",
-            "time / SimNPO",
-            "peak tensor MiB",
-            "memory / SimNPO",
-            "peak RSS MiB",
-            "RSS / SimNPO",
-        ]
+            if rss is not None:
+                line += [rss["samples"][row]["rss_peak_bytes"] / 2**20, rss["ratio_to_simnpo"][row]]
+            table.append(line)
         print(harness.markdown_table(headers, table))
-        t, m = timing["ratio_to_simnpo"], memory["ratio_to_simnpo"]
+        t, m = timing["ratio_to_simnpo"], timing["tensor_ratio_to_simnpo"]
+        n = len(timing["seconds"]["npo_cached"])
         print(
-            f"\nNPO cached / SimNPO: time {verdict(t['npo_cached'], TARGET_CACHED)}, "
+            f"\nNPO cached / SimNPO ({n} paired steps): time {verdict(t['npo_cached'], TARGET_CACHED)}, "
             f"memory {verdict(m['npo_cached'], TARGET_CACHED)}"
         )
         print(
