@@ -15,11 +15,11 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from raysimnpo.cache import default_cache_dir
-from raysimnpo.data.sources import TofuSource
-from raysimnpo.errors import UserInputError
-from raysimnpo.methods import METHODS, AnyMethodParams, SimNPOParams
-from raysimnpo.models import TinyModelConfig
+from .cache import default_cache_dir
+from .data.sources import TofuSource
+from .errors import UserInputError
+from .methods import METHODS, AnyMethodParams, SimNPOParams
+from .models import TinyModelConfig
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from raysimnpo.benchmarks.tofu import EvalSplit, EvalSplitSpec
-from raysimnpo.config import EvalSettings
-from raysimnpo.data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
-from raysimnpo.metrics import text, tofu
-from raysimnpo.scoring import generate_greedy, score_sequences
+from .benchmarks.tofu import EvalSplit, EvalSplitSpec
+from .config import EvalSettings
+from .data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
+from .metrics import text, tofu
+from .scoring import generate_greedy, score_sequences
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from raysimnpo import objectives
+from . import objectives
 
 Need = Literal["reference_nll", "idk", "frozen_model", "hidden_states"]
 

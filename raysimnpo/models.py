@@ -51,8 +51,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from raysimnpo.cache import default_cache_dir
-from raysimnpo.errors import UserInputError
+from .cache import default_cache_dir
+from .errors import UserInputError
 
 # Same literal as `raysimnpo.data.formatting.PromptFormat`.
 PromptFormat = Literal["plain", "llama2-chat", "chat-template"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raysimnpo.logprobs import IGNORE_INDEX
+from .logprobs import IGNORE_INDEX
 
 
 def _check_beta(beta: float) -> None:

@@ -24,16 +24,16 @@ import pyarrow.parquet as pq
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from raysimnpo.benchmarks.tofu import TofuRunData, load_tofu_run_data
-from raysimnpo.config import RunConfig, content_hash
-from raysimnpo.data.formatting import EncodedExample, PromptFormat, encode_qa
-from raysimnpo.data.refusals import refusal_for
-from raysimnpo.errors import UserInputError
-from raysimnpo.evaluation import TofuEvaluation, evaluate_tofu
-from raysimnpo.methods import MethodParams, apply_task_vector, needs_of
-from raysimnpo.models import load_model_and_tokenizer, write_prompt_format
-from raysimnpo.scoring import score_sequences
-from raysimnpo.training import ForgetBatchHook, TrainingSummary, UnlearnInputs, train
+from .benchmarks.tofu import TofuRunData, load_tofu_run_data
+from .config import RunConfig, content_hash
+from .data.formatting import EncodedExample, PromptFormat, encode_qa
+from .data.refusals import refusal_for
+from .errors import UserInputError
+from .evaluation import TofuEvaluation, evaluate_tofu
+from .methods import MethodParams, apply_task_vector, needs_of
+from .models import load_model_and_tokenizer, write_prompt_format
+from .scoring import score_sequences
+from .training import ForgetBatchHook, TrainingSummary, UnlearnInputs, train
 
 Log = Callable[[str], None]
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from raysimnpo.errors import UserInputError
+from .errors import UserInputError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

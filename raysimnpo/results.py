@@ -55,7 +55,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raysimnpo.errors import UserInputError
+from .errors import UserInputError
 
 SCHEMA_VERSION = 1
 VERSION_KEY = "raysimnpo.schema_version"

@@ -12,8 +12,8 @@ import math
 import sys
 from collections.abc import Sequence
 
-from raysimnpo.config import RunConfig, load_run_config
-from raysimnpo.errors import UserInputError
+from .config import RunConfig, load_run_config
+from .errors import UserInputError
 
 TABLE_METRICS = (
     "forget_quality",
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config: RunConfig = load_run_config(args.benchmark, args.overrides, method=args.method)
-        from raysimnpo import recipe
+        from . import recipe
 
         result = recipe.run(config, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except UserInputError as exc:

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from raysimnpo.data.collate import pad_left_prompts, pad_right
-from raysimnpo.data.formatting import EncodedExample
-from raysimnpo.logprobs import sequence_nll
+from .data.collate import pad_left_prompts, pad_right
+from .data.formatting import EncodedExample
+from .logprobs import sequence_nll
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -34,7 +34,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from raysimnpo.methods import StepTerms
+from .methods import StepTerms
 
 PROMPT_FORMAT_FILE = "raysimnpo.json"
 """Same name as `raysimnpo.recipe.PROMPT_FORMAT_FILE` (recipe imports training, which may import this)."""

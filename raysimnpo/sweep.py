@@ -13,8 +13,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from raysimnpo.config import SweepConfig, load_sweep_config
-from raysimnpo.errors import UserInputError
+from .config import SweepConfig, load_sweep_config
+from .errors import UserInputError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -31,7 +31,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def validate_inputs(sweep: SweepConfig) -> None:
     """Load data and tokenizer, encode every example: data mistakes surface before any trial."""
-    from raysimnpo import recipe
+    from . import recipe
 
     recipe.workspace(sweep.run)
 
@@ -39,8 +39,8 @@ def validate_inputs(sweep: SweepConfig) -> None:
 def print_front(root: str, sweep: SweepConfig) -> None:
     import numpy as np
 
-    from raysimnpo import results
-    from raysimnpo.pareto import non_dominated_mask
+    from . import results
+    from .pareto import non_dominated_mask
 
     trials = results.read_table(root, "trials").to_pylist()
     done = [t for t in trials if t["kind"] == "trial" and t["status"] == "completed"]
@@ -74,10 +74,10 @@ def print_front(root: str, sweep: SweepConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from raysimnpo.benchmarks.markov import is_markov_sweep
+    from .benchmarks.markov import is_markov_sweep
 
     if is_markov_sweep(args.config or args.sweep):  # `benchmark: markov` at the file's top level
-        from raysimnpo.orchestration import markov
+        from .orchestration import markov
 
         return markov.main(args)
     log = lambda message: print(message, flush=True)  # noqa: E731
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.storage:
             overrides.append(f"storage={args.storage}")
         sweep = load_sweep_config(args.config or args.sweep, overrides)
-        from raysimnpo.orchestration.cluster import check_storage
+        from .orchestration.cluster import check_storage
 
         storage = check_storage(sweep.storage)
         run_dir = storage / sweep.name
@@ -100,9 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from raysimnpo import results
-    from raysimnpo.orchestration.cluster import start_ray
-    from raysimnpo.orchestration.tuner import run_sweep
+    from . import results
+    from .orchestration.cluster import start_ray
+    from .orchestration.tuner import run_sweep
 
     started = time.monotonic()
     start_ray(args.address, args.num_cpus)

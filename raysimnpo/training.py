@@ -20,12 +20,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from raysimnpo import objectives, sharding
-from raysimnpo.config import TrainSettings
-from raysimnpo.data.collate import pad_right
-from raysimnpo.data.formatting import EncodedExample
-from raysimnpo.logprobs import sequence_nll
-from raysimnpo.methods import METHODS, MethodParams, RMUParams, StepTerms, needs_of
+from . import objectives, sharding
+from .config import TrainSettings
+from .data.collate import pad_right
+from .data.formatting import EncodedExample
+from .logprobs import sequence_nll
+from .methods import METHODS, MethodParams, RMUParams, StepTerms, needs_of
 
 Report = Callable[[dict[str, Any]], None]
 # on_forget_batch(epoch from 1, indices into the forget set, this rank's StepTerms of that batch)

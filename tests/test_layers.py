@@ -24,16 +24,22 @@ ALLOWED_IN_L0 = {
 
 
 def imports(path: Path) -> set[str]:
-    """Imported modules; `from raysimnpo import results` counts as raysimnpo.results."""
+    """Imported modules, relative imports resolved; `from raysimnpo import results` (or `from . import
+    results` inside the package) counts as raysimnpo.results."""
+    package = list(path.relative_to(ROOT).with_suffix("").parts[:-1])
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "raysimnpo":
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package[: len(package) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base == "raysimnpo":
                 found.update(f"raysimnpo.{alias.name}" for alias in node.names)
-            else:
-                found.add(node.module)
+            elif base:
+                found.add(base)
     return found
 
 

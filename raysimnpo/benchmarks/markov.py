@@ -46,11 +46,11 @@ from pydantic import Field, model_validator
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from raysimnpo.config import Frozen, apply_overrides, content_hash, load_yaml, sweep_file, validate
-from raysimnpo.errors import UserInputError
-from raysimnpo.logprobs import IGNORE_INDEX, sequence_nll
-from raysimnpo.metrics.markov import NUM_STATES, MarkovChain, paper_chain, sequence_kl
-from raysimnpo.objectives import npo_loss, retain_nll_loss, simnpo_loss
+from ..config import Frozen, apply_overrides, content_hash, load_yaml, sweep_file, validate
+from ..errors import UserInputError
+from ..logprobs import IGNORE_INDEX, sequence_nll
+from ..metrics.markov import NUM_STATES, MarkovChain, paper_chain, sequence_kl
+from ..objectives import npo_loss, retain_nll_loss, simnpo_loss
 
 NAME = "markov"
 SCHEMA_VERSION = 1

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from raysimnpo.data.sources import TofuSource, list_splits, load_split, local_folder
-from raysimnpo.data.tofu_generator import (
+from ..data.sources import TofuSource, list_splits, load_split, local_folder
+from ..data.tofu_generator import (
     FORGET_SPLIT_RE,
     holdout_split_for,
     perturbed_split_for,
     retain_split_for,
 )
-from raysimnpo.errors import UserInputError
+from ..errors import UserInputError
 
 NAME = "tofu"
 FORGET_SPLITS: tuple[str, ...] = ("forget01", "forget05", "forget10")

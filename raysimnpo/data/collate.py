@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from raysimnpo.data.formatting import EncodedExample
-from raysimnpo.logprobs import IGNORE_INDEX
+from ..data.formatting import EncodedExample
+from ..logprobs import IGNORE_INDEX
 
 
 def _fields(example: EncodedExample | Mapping[str, Any]) -> tuple[list[int], list[int]]:

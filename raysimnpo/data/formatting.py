@@ -25,8 +25,8 @@ from typing import Any, Literal, get_args
 
 from transformers import PreTrainedTokenizerBase
 
-from raysimnpo.errors import UserInputError
-from raysimnpo.logprobs import IGNORE_INDEX
+from ..errors import UserInputError
+from ..logprobs import IGNORE_INDEX
 
 PromptFormat = Literal["plain", "llama2-chat", "chat-template"]
 PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raysimnpo.cache import default_cache_dir
-from raysimnpo.data.tofu_generator import GENERATOR_VERSION, TofuGeneratorConfig, generate_tofu_dataset
-from raysimnpo.errors import UserInputError
+from ..cache import default_cache_dir
+from ..data.tofu_generator import GENERATOR_VERSION, TofuGeneratorConfig, generate_tofu_dataset
+from ..errors import UserInputError
 
 DEFAULT_HUB_ID = "locuslab/TOFU"
 SPLIT_SUFFIXES = (".jsonl", ".json", ".parquet")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raysimnpo.pareto import Direction
+from ..pareto import Direction
 
 
 @dataclass(frozen=True)

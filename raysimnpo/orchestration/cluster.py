@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ray
 
-from raysimnpo.errors import UserInputError
+from ..errors import UserInputError
 
 
 def check_storage(storage: str) -> Path:

@@ -18,13 +18,13 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
-from raysimnpo.benchmarks.tofu import EvalSplit, EvalSplitSpec
-from raysimnpo.cache import default_cache_dir
-from raysimnpo.config import EvalSettings
-from raysimnpo.data.formatting import EncodedExample
-from raysimnpo.evaluation import example_statistics
-from raysimnpo.models import load_model_and_tokenizer
-from raysimnpo.scoring import score_sequences
+from ..benchmarks.tofu import EvalSplit, EvalSplitSpec
+from ..cache import default_cache_dir
+from ..config import EvalSettings
+from ..data.formatting import EncodedExample
+from ..evaluation import example_statistics
+from ..models import load_model_and_tokenizer
+from ..scoring import score_sequences
 
 
 class ExampleScorer:

@@ -34,10 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from raysimnpo.benchmarks import markov as mk
-from raysimnpo.errors import UserInputError
-from raysimnpo.metrics.markov import first_reaching
-from raysimnpo.orchestration.cluster import check_storage, start_ray
+from ..benchmarks import markov as mk
+from ..errors import UserInputError
+from ..metrics.markov import first_reaching
+from ..orchestration.cluster import check_storage, start_ray
 
 Log = Callable[[str], None]
 Row = dict[str, Any]

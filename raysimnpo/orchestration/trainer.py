@@ -33,11 +33,11 @@ from ray.train.v2.api.result import Result
 from ray.train.v2.torch.torch_trainer import TorchTrainer
 from transformers import PreTrainedModel
 
-from raysimnpo import recipe, sharding
-from raysimnpo.config import RunConfig
-from raysimnpo.errors import UserInputError
-from raysimnpo.methods import METHODS, MethodParams, apply_task_vector, needs_of
-from raysimnpo.training import TrainingDiverged, UnlearnInputs, train
+from .. import recipe, sharding
+from ..config import RunConfig
+from ..errors import UserInputError
+from ..methods import METHODS, MethodParams, apply_task_vector, needs_of
+from ..training import TrainingDiverged, UnlearnInputs, train
 
 CHECKPOINT_DIR_NAME = "model"
 

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import torch
 from ray import tune
 
-from raysimnpo import recipe, results
-from raysimnpo.config import SweepConfig
-from raysimnpo.evaluation import tofu_metrics
-from raysimnpo.methods import CLOSED_FORM_WEIGHTS, MethodParams, StepTerms, gradient_weights
-from raysimnpo.training import TrainingDiverged
+from .. import recipe, results
+from ..config import SweepConfig
+from ..evaluation import tofu_metrics
+from ..methods import CLOSED_FORM_WEIGHTS, MethodParams, StepTerms, gradient_weights
+from ..training import TrainingDiverged
 
 FLAT = ("beta", "gamma", "retain_weight", "alpha")
 
@@ -139,7 +139,7 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
     try:
         t0 = time.perf_counter()
         if sweep.resources.workers > 1 or sweep.resources.gpus_per_worker > 0:
-            from raysimnpo.orchestration.trainer import unlearn_with_torch_trainer
+            from ..orchestration.trainer import unlearn_with_torch_trainer
 
             reference = load_reference_nll(Path(prepared["reference_nll"]))
             outcome = unlearn_with_torch_trainer(
@@ -170,7 +170,7 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
 
         t1 = time.perf_counter()
         if run.evaluation.engine == "ray_data":
-            from raysimnpo.orchestration.eval_pipeline import evaluate_with_ray_data
+            from ..orchestration.eval_pipeline import evaluate_with_ray_data
 
             gpu = sweep.resources.gpus_per_worker > 0
             stats = evaluate_with_ray_data(

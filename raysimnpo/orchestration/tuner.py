@@ -22,10 +22,10 @@ import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from raysimnpo import recipe, results
-from raysimnpo.config import ParamRange, SearchSettings, SweepConfig
-from raysimnpo.methods import needs_of
-from raysimnpo.orchestration.trial import unlearning_trial
+from .. import recipe, results
+from ..config import ParamRange, SearchSettings, SweepConfig
+from ..methods import needs_of
+from ..orchestration.trial import unlearning_trial
 
 Log = Callable[[str], None]
 
@@ -109,7 +109,7 @@ class Progress(tune.Callback):
 def _prepare_remote(run_json: str, root: str) -> dict[str, Any]:
     import torch
 
-    from raysimnpo.config import RunConfig
+    from ..config import RunConfig
 
     run = RunConfig.model_validate_json(run_json)
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
@@ -132,7 +132,7 @@ def write_reference_nll(sweep: SweepConfig, original: str, out: Path, gpus: floa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raysimnpo.orchestration.eval_pipeline import reference_nll_with_ray_data
+    from ..orchestration.eval_pipeline import reference_nll_with_ray_data
 
     ws = recipe.workspace(sweep.run)
     forget, refusals = recipe.reference_examples(ws)
