@@ -37,8 +37,8 @@ class Run:
 
 @dataclass(frozen=True)
 class Results:
-    """The results tables of one or more runs, each with a leading `run` column (`weights` has zero rows
-    for a run written without it).
+    """The results tables of one or more runs, each with a leading `run` column (`weights` and
+    `relearn` have zero rows for a run written without them).
 
     `trials` also has `config`: params_json with every "seed" key removed, re-serialised with sorted
     keys, so that trials of one configuration run with different seeds share it.
@@ -49,6 +49,7 @@ class Results:
     metrics: pl.DataFrame
     examples: pl.DataFrame
     weights: pl.DataFrame
+    relearn: pl.DataFrame
 
     @property
     def labels(self) -> list[str]:
@@ -93,7 +94,7 @@ def _frame(root: str, name: str, label: str) -> pl.DataFrame:
 
 
 def load_runs(run_dirs: Sequence[str]) -> Results:
-    """Read `trials`, `metrics`, `examples` and `weights` of every run folder (all of them before anything is
+    """Read `trials`, `metrics`, `examples`, `weights` and `relearn` of every run folder (all of them before anything is
     written, so that a bad folder stops the report with its UserInputError from `read_table`)."""
     labels = run_labels(run_dirs)
     runs = tuple(
@@ -114,6 +115,7 @@ def load_runs(run_dirs: Sequence[str]) -> Results:
         metrics=pl.concat(tables["metrics"], how="vertical"),
         examples=pl.concat(tables["examples"], how="vertical"),
         weights=pl.concat(tables["weights"], how="vertical"),
+        relearn=pl.concat(tables["relearn"], how="vertical"),
     )
 
 

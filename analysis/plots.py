@@ -314,3 +314,46 @@ def save_png(fig: Figure, path: Path) -> bytes:
     data = buffer.getvalue()
     path.write_bytes(data)
     return data
+
+
+def relearn_figure(curves: pl.DataFrame) -> Figure:
+    """Forget quality (log) vs relearning epoch per method, one panel per attack (paper Fig. A3):
+    shortest-relearn as a line, random-relearn as the mean over seeds with a ±1 std band.
+    `curves`: `analysis.relearn.relearn_curves`."""
+    if curves.is_empty():
+        fig, ax = plt.subplots(figsize=(6, 2.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no relearning attacks recorded", transform=ax.transAxes, ha="center", color="grey")
+        return fig
+    attacks = [a for a in ("shortest", "random") if a in set(curves["attack"].to_list())]
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5.5 * len(attacks), 3.8), squeeze=False)
+    colours = method_colours(sorted(set(curves["method"].to_list())))
+    floor = _fq_floor(curves["fq_mean"].to_list())
+    multi_run = curves["run"].n_unique() > 1
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        part = curves.filter(pl.col("attack") == attack)
+        for (run, method, trial_id), line in part.group_by(
+            ["run", "method", "trial_id"], maintain_order=True
+        ):
+            epochs = line["epoch"].to_numpy()
+            mean = np.maximum(line["fq_mean"].to_numpy(), floor)
+            label = f"{method} ({trial_id}{', ' + str(run) if multi_run else ''})"
+            ax.plot(epochs, mean, marker="o", color=colours[str(method)], label=label)
+            std = line["fq_std"].fill_null(0.0).to_numpy()
+            if std.any():
+                ax.fill_between(
+                    epochs, np.maximum(mean - std, floor), mean + std, color=colours[str(method)], alpha=0.2
+                )
+        seeds = int(part["seeds"].max() or 1)
+        ax.set_title(
+            f"{attack}-relearn" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""), fontsize=10
+        )
+        ax.set_yscale("log")
+        ax.set_xlabel("relearning epoch (0 = unlearned)", fontsize=9)
+        ax.set_ylabel("forget quality (log)", fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Forget quality under relearning attacks (Fig. A3)")
+    fig.tight_layout()
+    return fig

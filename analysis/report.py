@@ -12,6 +12,8 @@
                        (Fig. 5), NPO's weight histograms (Fig. 3); the csv has r per method and epoch
     length_split.csv   FQ on the shortest / longest 50% of the forget set by |y| (Figs. 2, A4)
     truth_ratio_by_length.png   the truth-ratio distributions behind length_split.csv
+    relearn.png/.csv   forget quality per relearning epoch of the attacked trials, shortest and random
+                       relearn (Fig. A3); empty when the run has no `relearn` rows
     generations.md     greedy answers to sampled forget questions (paper Table A4)
     report.html        all of the above in one offline file (figures embedded as base64 PNG)
 
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import polars as pl
 
-from analysis import length, tables
+from analysis import length, relearn, tables
 from analysis.load import (
     FORGET_QUALITY,
     MODEL_UTILITY,
@@ -44,6 +46,7 @@ from analysis.pareto import HV_REFERENCE, front_table, hypervolumes
 from analysis.plots import (
     curves_figure,
     pareto_figure,
+    relearn_figure,
     save_png,
     truth_ratio_by_length_figure,
     weights_figure,
@@ -61,6 +64,8 @@ REPORT_FILES = (
     "weights.csv",
     "length_split.csv",
     "truth_ratio_by_length.png",
+    "relearn.png",
+    "relearn.csv",
     "generations.md",
     "report.html",
 )
@@ -142,6 +147,7 @@ def _html(
     generations: list[tables.TextTable],
     lengths: tables.TextTable,
     correlations: tables.TextTable,
+    relearning: tables.TextTable,
 ) -> str:
     def img(name: str, alt: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
@@ -176,6 +182,9 @@ def _html(
         "<h2>Gradient weights vs response length (Figs. 3, 5)</h2>",
         tables.html_table(correlations),
         img("weights.png", "gradient weight vs |y| per epoch, NPO weight histograms"),
+        "<h2>Relearning attacks (Fig. A3)</h2>",
+        tables.html_table(relearning),
+        img("relearn.png", "forget quality vs relearning epoch, shortest and random relearn"),
         "<h2>Generation examples (Table A4 layout)</h2>",
         f"<p>Repetitive: fraction of repeated word 3-grams &gt; {tables.REPETITION_THRESHOLD}.</p>",
     ]
@@ -226,6 +235,28 @@ def correlation_text_table(correlations: pl.DataFrame) -> tables.TextTable:
     return tables.TextTable(caption, ["Run", "Method", "Trial", "Epoch", "Pearson r", "Mean weight"], rows)
 
 
+def relearn_text_table(curves: pl.DataFrame) -> tables.TextTable:
+    caption = (
+        "Forget quality after each relearning epoch (0 = the unlearned model) when the attacked trial is "
+        "fine-tuned on part of the forget set: its shortest answers, or random draws (mean ± std over seeds); "
+        "empty when no attack was run (`relearn:` in the sweep file or python -m raysimnpo.relearn)."
+    )
+    rows = [
+        [
+            r["run"],
+            r["method"],
+            r["trial_id"],
+            r["attack"],
+            str(r["relearn_examples"]),
+            str(r["epoch"]),
+            tables.format_value(r["fq_mean"], fq=True)
+            + (f" ± {r['fq_std']:.2g}" if r["fq_std"] is not None else ""),
+        ]
+        for r in curves.iter_rows(named=True)
+    ]
+    return tables.TextTable(caption, ["Run", "Method", "Trial", "Attack", "Relearned", "Epoch", "FQ"], rows)
+
+
 def build_report(
     run_dirs: Sequence[str], out: str | os.PathLike[str] | None = None, *, examples: int = 8, seed: int = 0
 ) -> Report:
@@ -250,6 +281,7 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
     split = length.length_split(ratios)
     weights = length.selected_weights(res, selection)
     correlations = length.weight_correlations(weights)
+    curves_relearn = relearn.relearn_curves(res)
 
     chosen = list(zip(selection["run"].to_list(), selection["trial_id"].to_list(), strict=True))
 
@@ -263,7 +295,9 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
         "truth_ratio_by_length.png": save_png(
             truth_ratio_by_length_figure(ratios, split), files["truth_ratio_by_length.png"]
         ),
+        "relearn.png": save_png(relearn_figure(curves_relearn), files["relearn.png"]),
     }
+    curves_relearn.write_csv(files["relearn.csv"])
     split.write_csv(files["length_split.csv"])
     correlations.write_csv(files["weights.csv"])
     files["table.md"].write_text(tables.table_markdown(paper), encoding="utf-8")
@@ -280,6 +314,7 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
         tables.generations_text_tables(sample),
         length_text_table(split),
         correlation_text_table(correlations),
+        relearn_text_table(curves_relearn),
     )
     files["report.html"].write_text(document, encoding="utf-8")
     return Report(target, files, selection, hv, front, split, correlations)

@@ -268,18 +268,59 @@ class TrialResources(Frozen):
     gpus_per_worker: float = Field(0.0, ge=0)
 
 
+class RelearnSettings(Frozen):
+    """Relearning attacks on the best trial of each method after the sweep (paper appendix C.3):
+    fine-tune on `fraction` of the forget set, the shortest answers and/or random draws."""
+
+    attacks: list[Literal["shortest", "random"]] = Field(
+        default_factory=lambda: ["shortest", "random"], min_length=1
+    )
+    fraction: float = Field(0.2, gt=0, le=1, description="share of the forget set relearned (paper: 20%)")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        min_length=1,
+        description="random-relearn draws (paper: 5); shortest-relearn trains with the first",
+    )
+    epochs: int = Field(3, gt=0, description="relearning epochs; forget quality after each (paper: 3)")
+    learning_rate: float = Field(1e-5, gt=0)
+    batch_size: int = Field(4, gt=0)
+    methods: list[str] | None = Field(
+        None, description="methods whose selected trial is attacked (None: all)"
+    )
+
+
+class FaultTolerance(Frozen):
+    """What a sweep survives: a dead worker process or node, and a dead trial process."""
+
+    worker_restarts: int = Field(
+        2,
+        ge=0,
+        description="restarts of a trial's TorchTrainer workers; > 0 saves a training state every epoch "
+        "and restarted workers resume from the last one",
+    )
+    trial_retries: int = Field(
+        1, ge=0, description="re-runs of a trial whose process died (a diverged trial is not re-run)"
+    )
+
+
 class SweepConfig(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     storage: str = Field("runs", description="a local folder or a pyarrow filesystem URI (s3://, gs://)")
     run: RunConfig = RunConfig()
     search: SearchSettings = SearchSettings()
     resources: TrialResources = TrialResources()
+    fault_tolerance: FaultTolerance = FaultTolerance()
+    relearn: RelearnSettings | None = Field(None, description="relearning attacks after the sweep (Fig. A3)")
 
     @model_validator(mode="after")
     def _check_search(self) -> SweepConfig:
         unknown = [m for m in self.search.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"search.methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
+        if self.relearn is not None and self.relearn.methods is not None:
+            unknown = [m for m in self.relearn.methods if m not in self.search.methods]
+            if unknown:
+                raise ValueError(f"relearn.methods: {unknown} not in search.methods {self.search.methods}")
         extra = [m for m in self.search.space if m not in self.search.methods]
         if extra:
             raise ValueError(f"search.space: {extra} not in search.methods {self.search.methods}")

@@ -51,9 +51,11 @@ def example_statistics(
     settings: EvalSettings,
     max_length: int,
     indices: Sequence[int] | None = None,
+    generate: bool = True,
 ) -> list[dict[str, Any]]:
     """Per-example statistics of one evaluation split, or of some of its rows (`indices`: their
-    positions in the split; the generation limit counts positions):
+    positions in the split; the generation limit counts positions; `generate=False`: scores only,
+    no greedy answers, for metrics that need no ROUGE):
     summed NLLs and token counts of the answer, the truth-ratio reference and each perturbed
     answer, and the greedy answer. Everything TOFU's metrics need, nothing aggregated."""
     seqs = _Sequences()
@@ -71,7 +73,7 @@ def example_statistics(
 
     positions = list(range(len(rows))) if indices is None else list(indices)
     limit = settings.generation_limit
-    generate_rows = [r for r in range(len(rows)) if limit is None or positions[r] < limit]
+    generate_rows = [r for r in range(len(rows)) if generate and (limit is None or positions[r] < limit)]
     prompts = [encode_prompt(tokenizer, rows[r]["question"], prompt_format) for r in generate_rows]
     texts = generate_greedy(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
     generations = dict(zip(generate_rows, texts, strict=True))

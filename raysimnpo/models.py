@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import pickle  # only its exception type: pickled weights are refused, never loaded
 import re
 import shutil
 import subprocess
@@ -285,6 +286,11 @@ def _load_pretrained(
         net = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
         )
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met more than tensors
+        raise UserInputError(
+            f"model.name: the weights of {where} {source!r} hold pickled Python objects, which are never "
+            "loaded; allowed: safetensors files or torch files with tensors only (convert with save_pretrained)"
+        ) from exc
     except (OSError, ValueError) as exc:
         # transformers raises OSError for missing files and ValueError for an unknown model_type
         # or a folder without tokenizer files: both are a folder or id the user named.

@@ -1,4 +1,5 @@
-"""Parquet results of a sweep: the `trials`, `metrics`, `examples` and `weights` tables (DESIGN §6, §8).
+"""Parquet results of a sweep: the `trials`, `metrics`, `examples`, `weights` and `relearn` tables
+(DESIGN §6, §8).
 
 Layout under a results root `<storage>/<sweep>/results/` (see `results_root`), hive-partitioned per
 trial so that a trial only ever touches its own files::
@@ -10,6 +11,8 @@ trial so that a trial only ever touches its own files::
                                              from which every TOFU aggregate of §6 can be recomputed
     weights/trial_id=<id>/part-0.parquet     NPO / SimNPO only: each forget example's closed-form gradient
                                              weight (eq. 3 / eq. 5) and |y| per unlearning epoch
+    relearn/trial_id=<id>/part-0.parquet     relearning attacks on the trial's checkpoint (paper Fig. A3):
+                                             forget quality per attack, seed and relearning epoch
 
 Every file carries the schema version twice: a `schema_version` int32 column (so a query over many
 files can filter on it) and the Parquet key-value metadata entry `raysimnpo.schema_version`, which
@@ -62,8 +65,9 @@ VERSION_KEY = "raysimnpo.schema_version"
 PART_NAME = "part-0.parquet"
 PARTITION_KEY = "trial_id"
 
-TableName = Literal["trials", "metrics", "examples", "weights"]
-TABLE_NAMES: tuple[TableName, ...] = ("trials", "metrics", "examples", "weights")
+TableName = Literal["trials", "metrics", "examples", "weights", "relearn"]
+TABLE_NAMES: tuple[TableName, ...] = ("trials", "metrics", "examples", "weights", "relearn")
+RELEARN_ATTACKS = ("shortest", "random")
 TRIAL_KINDS = ("trial", "original", "retrain")
 TRIAL_STATUSES = ("completed", "failed")
 METRIC_STAGES = ("final", "epoch", "relearn")
@@ -151,11 +155,27 @@ WEIGHTS_SCHEMA = _schema(
     ("answer_tokens", pa.int32(), _REQUIRED),
 )
 
+# Added after version 1 as a new table, like `weights`. Epoch 0 is the unlearned model before relearning.
+RELEARN_SCHEMA = _schema(
+    ("sweep", pa.string(), _REQUIRED),
+    ("trial_id", pa.string(), _REQUIRED),
+    ("method", pa.string(), _REQUIRED),
+    ("attack", pa.string(), _REQUIRED),
+    ("seed", pa.int32(), _REQUIRED),
+    ("relearn_examples", pa.int32(), _REQUIRED),
+    ("epoch", pa.int32(), _REQUIRED),
+    ("forget_quality", pa.float64(), _REQUIRED),
+    ("forget_quality_ks_statistic", pa.float64(), _REQUIRED),
+    ("forget_prob", pa.float64(), _REQUIRED),
+    ("forget_truth_ratio", pa.float64(), _REQUIRED),
+)
+
 SCHEMAS: dict[TableName, pa.Schema] = {
     "trials": TRIALS_SCHEMA,
     "metrics": METRICS_SCHEMA,
     "examples": EXAMPLES_SCHEMA,
     "weights": WEIGHTS_SCHEMA,
+    "relearn": RELEARN_SCHEMA,
 }
 
 _PARTITIONING = ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive")
@@ -380,11 +400,32 @@ def weights_table(rows: Rows) -> pa.Table:
     return table
 
 
+def relearn_table(rows: Rows) -> pa.Table:
+    """The `relearn` table: one row per (trial_id, attack, seed, epoch) of a relearning attack (paper
+    appendix C.3, Fig. A3): the unlearned checkpoint fine-tuned on `relearn_examples` forget examples,
+    the shortest ones ("shortest") or a random draw from `seed` ("random"), evaluated on the whole
+    forget set after each relearning epoch (epoch 0: before relearning)."""
+    table = _build("relearn", rows)
+    _check_choice("relearn", "attack", table["attack"].to_pylist(), RELEARN_ATTACKS)
+    keys = list(
+        zip(
+            table["trial_id"].to_pylist(),
+            table["attack"].to_pylist(),
+            table["seed"].to_pylist(),
+            table["epoch"].to_pylist(),
+            strict=True,
+        )
+    )
+    _check_unique("relearn", keys, "(trial_id, attack, seed, epoch)")
+    return table
+
+
 _BUILDERS = {
     "trials": trials_table,
     "metrics": metrics_table,
     "examples": examples_table,
     "weights": weights_table,
+    "relearn": relearn_table,
 }
 
 
@@ -689,3 +730,30 @@ def trial_ids(root: str | os.PathLike[str]) -> set[str]:
         if len(parts) == 2 and parts[1] == PART_NAME and parts[0].startswith(f"{PARTITION_KEY}="):
             ids.add(parts[0][len(PARTITION_KEY) + 1 :])
     return ids
+
+
+def write_relearn_results(root: str | os.PathLike[str], trial_id: str, rows: pa.Table | Rows) -> str:
+    """Write (or rewrite, atomically) the relearning attacks of one trial that has results."""
+    _check_trial_id(trial_id)
+    table = _as_table("relearn", rows)
+    if table.num_rows == 0:
+        raise ValueError(f"relearn: no rows for trial {trial_id}")
+    _check_rows_belong("relearn", table, trial_id, table["sweep"][0].as_py())
+    location = _locate(root)
+    if trial_id not in trial_ids(root):
+        raise ValueError(f"relearn: trial {trial_id} has no results under {location.text}")
+    path = _part_path(location, "relearn", trial_id)
+    _write_file(location.fs, path, table)
+    return location.show(path)
+
+
+def read_trial_row(root: str | os.PathLike[str], trial_id: str) -> dict[str, Any] | None:
+    """The `trials` row of one trial (reading only its own file), or None when it has none yet."""
+    _check_trial_id(trial_id)
+    location = _locate(root)
+    path = _part_path(location, "trials", trial_id)
+    if location.fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    fragment = ds.dataset(path, format="parquet", filesystem=location.fs).get_fragments()
+    table = _read_fragment(next(iter(fragment)), TRIALS_SCHEMA, location)
+    return None if table is None or table.num_rows == 0 else table.to_pylist()[0]

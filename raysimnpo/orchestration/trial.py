@@ -22,14 +22,17 @@ from ray import tune
 from .. import recipe, results
 from ..config import SweepConfig
 from ..evaluation import tofu_metrics
-from ..methods import CLOSED_FORM_WEIGHTS, MethodParams, StepTerms, gradient_weights
-from ..training import TrainingDiverged
+from ..methods import CLOSED_FORM_WEIGHTS
+from ..training import GradientWeightLog, TrainingDiverged
 
 FLAT = ("beta", "gamma", "retain_weight", "alpha")
 
 
 class TrialFailed(RuntimeError):
     """Raised after a failed trial's row is written, so Tune and Optuna record it as FAIL."""
+
+
+DIVERGED = "diverged: "  # prefix of the trials table's `error` for a trial stopped by TrainingDiverged
 
 
 def now() -> dt.datetime:
@@ -84,31 +87,6 @@ def metric_rows(
     return rows
 
 
-class WeightRecorder:
-    """`training.train`'s on_forget_batch hook: one `weights` row per forget example and epoch, with
-    its closed-form gradient weight (NPO eq. 3 / SimNPO eq. 5, `methods.gradient_weights`) and |y|."""
-
-    def __init__(self, sweep: str, trial_id: str, params: MethodParams) -> None:
-        self.sweep, self.trial_id, self.params = sweep, trial_id, params
-        self.rows: list[dict[str, Any]] = []
-
-    def __call__(self, epoch: int, index: list[int], terms: StepTerms) -> None:
-        weights = gradient_weights(self.params, terms)
-        if weights is None:
-            return
-        for i, w, n in zip(index, weights.tolist(), terms.forget_tokens.tolist(), strict=True):
-            self.rows.append(
-                {
-                    "sweep": self.sweep,
-                    "trial_id": self.trial_id,
-                    "epoch": epoch,
-                    "index": i,
-                    "weight": w,
-                    "answer_tokens": n,
-                }
-            )
-
-
 def load_reference_nll(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     if not path.is_file():
         return None
@@ -128,14 +106,19 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
     threads = max(1, int(sweep.resources.cpus_per_worker))
     torch.set_num_threads(threads)
 
+    earlier = results.read_trial_row(root, trial_id)  # Tune re-runs a trial whose process died
+    if (
+        earlier is not None
+        and earlier["status"] == "failed"
+        and (earlier["error"] or "").startswith(DIVERGED)
+    ):
+        raise TrialFailed(f"trial {trial_id} {earlier['error']} (not re-run: divergence repeats)")
+
     ws = recipe.workspace(run)
     retrain_ratios = np.array(prepared["retrain_forget_truth_ratios"], dtype=np.float64)
     checkpoint = run_dir / "checkpoints" / trial_id
     epochs: list[dict[str, float]] = []
-    # Weights are recorded when unlearning runs in this process (not on TorchTrainer workers).
-    recorder = (
-        WeightRecorder(sweep.name, trial_id, run.method) if run.method.name in CLOSED_FORM_WEIGHTS else None
-    )
+    recorder = GradientWeightLog(run.method) if run.method.name in CLOSED_FORM_WEIGHTS else None
     try:
         t0 = time.perf_counter()
         if sweep.resources.workers > 1 or sweep.resources.gpus_per_worker > 0:
@@ -151,10 +134,13 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
                 reference_nll=None if reference is None else [r.tolist() for r in reference],
                 storage_path=str(run_dir / "train"),
                 name=trial_id,
+                max_failures=sweep.fault_tolerance.worker_restarts,
                 cpus_per_worker=sweep.resources.cpus_per_worker,
                 gpus_per_worker=sweep.resources.gpus_per_worker,
             )
             epochs = outcome.get("epochs", [])
+            if recorder is not None:
+                recorder.rows = outcome["weights"]
         else:
             reference = load_reference_nll(Path(prepared["reference_nll"]))
             model, summary = recipe.unlearn_model(
@@ -195,7 +181,7 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
             trial_id,
             run,
             status="failed",
-            error=str(exc),
+            error=f"{DIVERGED}{exc}",
             started_at=started,
             finished_at=now(),
             checkpoint=None,
@@ -205,7 +191,9 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
             trial_id,
             trials=[row],
             metrics=metric_rows(sweep.name, trial_id, {}, epochs),
-            weights=None if recorder is None else recorder.rows,
+            weights=None
+            if recorder is None
+            else [dict(w, sweep=sweep.name, trial_id=trial_id) for w in recorder.rows],
         )
         raise TrialFailed(f"trial {trial_id} diverged: {exc}") from None
 
@@ -230,6 +218,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         trials=[row],
         metrics=metric_rows(sweep.name, trial_id, metrics, epochs),
         examples=example_rows,
-        weights=None if recorder is None else recorder.rows,
+        weights=None
+        if recorder is None
+        else [dict(w, sweep=sweep.name, trial_id=trial_id) for w in recorder.rows],
     )
     tune.report({**metrics, "completed": 1.0, "method": run.method.name})

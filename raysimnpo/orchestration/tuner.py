@@ -282,7 +282,7 @@ def run_sweep(sweep: SweepConfig, run_dir: Path, *, resume: bool, log: Log) -> N
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=str(run_dir),
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=sweep.fault_tolerance.trial_retries),
                 callbacks=[progress],
                 verbose=0,
             ),

@@ -35,7 +35,7 @@ def test_cli_writes_every_report_file(cli_run: tuple[Path, Path, str]) -> None:
     run_dir, _, stdout = cli_run
     report = run_dir / "report"
     assert sorted(p.name for p in report.iterdir()) == sorted(REPORT_FILES)
-    for name in ("pareto.png", "curves.png", "weights.png", "truth_ratio_by_length.png"):
+    for name in ("pareto.png", "curves.png", "weights.png", "truth_ratio_by_length.png", "relearn.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     front = pl.read_parquet(report / "pareto.parquet")
     assert front.height == 7  # completed trials only: no Original, Retrain or failed trial
@@ -52,7 +52,7 @@ def test_cli_writes_every_report_file(cli_run: tuple[Path, Path, str]) -> None:
     split = pl.read_csv(report / "length_split.csv")
     assert split.select("row", "half").rows()[:2] == [("Original", "short"), ("Original", "long")]
     html = (report / "report.html").read_text(encoding="utf-8")
-    assert html.count('src="data:image/png;base64,') == 4
+    assert html.count('src="data:image/png;base64,') == 5
     assert "http://" not in html and "https://" not in html  # offline: nothing fetched
     assert "Reference point (FQ = 0, MU = 0)" in html and "<td>simnpo-s1</td>" in html
     assert "simnpo" in stdout and "npo-c" in stdout
@@ -98,6 +98,20 @@ def test_cli_unknown_schema_version_exits_2(tmp_path: Path, capsys: pytest.Captu
     assert main([str(tmp_path / "future")]) == 2
     assert "results schema version 7 is not supported" in _single_error_line(capsys)
     assert not (tmp_path / "future" / "report").exists()
+
+
+def test_cli_names_a_corrupt_results_file_and_exits_2(
+    make_run: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A results file cut short (a disk that filled up, a copy that stopped) is named, not a crash."""
+    run_dir = make_run("demo")
+    damaged = sorted((run_dir / "results" / "metrics").glob("trial_id=*/part-0.parquet"))[0]
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 3])
+    assert main([str(run_dir)]) == 2
+    line = _single_error_line(capsys)
+    assert f"{damaged}: not a readable Parquet file" in line and "delete it and re-run that trial" in line
+    assert not (run_dir / "report").exists()
 
 
 def test_cli_unknown_method_lists_methods_present(

@@ -105,7 +105,10 @@ def test_bad_input_exits_2_before_ray(
 
 @pytest.mark.ray
 def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: None) -> None:
-    path = write_sweep(tmp_path)
+    """Three trials, then the `relearn:` step: each method's selected trial is attacked (shortest
+    20% once, random 20% with two seeds, 2 relearning epochs) through Ray Data actors."""
+    relearn = {"seeds": [0, 1], "epochs": 2, "learning_rate": 3.0e-3, "batch_size": 2}
+    path = write_sweep(tmp_path, relearn=relearn)
     assert sweep.main([str(path)]) == 0
     root = results.results_root(str(tmp_path / "runs"), "citest")
 
@@ -141,18 +144,42 @@ def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: 
     for t in done:
         assert os.path.isfile(os.path.join(t["checkpoint"], "model.safetensors"))
 
+    attacked = results.read_table(root, "relearn").to_pylist()
+    by_trial: dict[str, list[dict]] = {}
+    for row in attacked:
+        by_trial.setdefault(row["trial_id"], []).append(row)
+    assert sorted(t["method"] for t in done if t["trial_id"] in by_trial) == sorted(
+        {t["method"] for t in done}
+    )
+    for trial_id, rows in by_trial.items():
+        runs = sorted({(r["attack"], r["seed"]) for r in rows})
+        assert runs == [("random", 0), ("random", 1), ("shortest", 0)]
+        assert sorted(r["epoch"] for r in rows) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        assert {r["relearn_examples"] for r in rows} == {1}  # 20% of 6 forget questions, rounded
+        trial = next(t for t in done if t["trial_id"] == trial_id)
+        # Before relearning, the attacked model is the trial's checkpoint: the trial's own FQ.
+        assert all(
+            r["forget_quality"] == pytest.approx(trial["forget_quality"]) for r in rows if r["epoch"] == 0
+        )
+
 
 @pytest.mark.ray
 def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path, ray_cluster: None) -> None:
     """SIGKILL the driver after its first trial is on disk; `--resume` finishes the sweep with every
-    trial exactly once in the Parquet tables and in the Optuna study."""
+    trial exactly once in the Parquet tables and in the Optuna study. Secrets in the driver's
+    environment (a hub token, cloud keys) appear in no file of the run: results, study, Tune state."""
     import signal
     import subprocess
     import sys
     import time
 
     path = write_sweep(tmp_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+    secrets = {
+        "HF_TOKEN": "hf_SECRETsentinel0123456789",
+        "AWS_ACCESS_KEY_ID": "AKIASECRETSENTINEL01",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-sentinel-0123456789abcdef",
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "", **secrets}
     proc = subprocess.Popen(
         [sys.executable, "-m", "raysimnpo.sweep", str(path), "--num-cpus", "1"],
         env=env,
@@ -179,6 +206,10 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path, ray_cluster:
     # A suggestion asked just before the kill may be left over: it is marked FAIL, never run.
     assert states.count("COMPLETE") == 3 and "RUNNING" not in states
     assert sum(t["status"] == "completed" for t in trials) == 3
+    files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert len(files) > 20
+    leaked = [(p, k) for p in files for k, v in secrets.items() if v.encode() in p.read_bytes()]
+    assert not leaked
 
 
 @pytest.mark.ray

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,7 @@ from raysimnpo.orchestration.trainer import (
     worker_cause,
 )
 from raysimnpo.scoring import score_sequences
-from raysimnpo.training import TrainingDiverged
+from raysimnpo.training import GradientWeightLog, TrainingDiverged
 
 SMALL = TinyModelConfig(
     hidden_size=32,
@@ -58,9 +62,36 @@ def forget_nll_per_token(model: PreTrainedModel, ws: recipe.Workspace) -> float:
     return float(nll.sum() / n.sum())
 
 
+EPOCHS = 12
+
+
+def kill_a_worker_after_the_first_epoch_state(run_folder: Path, killed: list[int]) -> None:
+    """Wait for the second epoch's training state in Ray Train's run folder (so the first one has
+    been registered with the controller), then SIGKILL one of the run's Ray Train worker processes
+    (as a lost node or an OOM kill would)."""
+    from ray._private import state as gcs_state
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(
+        (run_folder / f"epoch-{n}").exists() for n in range(2, EPOCHS)
+    ):
+        time.sleep(0.05)
+    for actor in gcs_state.actors().values():
+        if actor.get("ActorClassName") == "RayTrainWorker" and actor["State"] == "ALIVE" and actor["Pid"]:
+            os.kill(actor["Pid"], signal.SIGKILL)
+            killed.append(actor["Pid"])
+            return
+
+
 @pytest.mark.ray
-def test_two_workers_unlearn_and_write_a_loadable_checkpoint(ray_cluster: None, tmp_path: Path) -> None:
-    config = run_config(tmp_path / "cache")
+def test_two_workers_survive_a_killed_worker_and_write_a_loadable_checkpoint(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    """Two FSDP2 workers unlearn for 12 epochs; one worker is SIGKILLed after the second epoch's
+    training state is saved. Ray Train restarts the group, the new workers resume from the last saved
+    epoch, and the gathered checkpoint equals a single-process run that was never interrupted."""
+    base = run_config(tmp_path / "cache")
+    config = base.model_copy(update={"unlearn": base.unlearn.model_copy(update={"epochs": EPOCHS})})
     ws = recipe.workspace(config)  # writes the data and tokenizer caches the workers read
     original = load_model_and_tokenizer(
         "tiny",
@@ -72,6 +103,11 @@ def test_two_workers_unlearn_and_write_a_loadable_checkpoint(ray_cluster: None, 
     ).model
     recipe.save_model(original, ws.tokenizer, ws.prompt_format, tmp_path / "original")
 
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=kill_a_worker_after_the_first_epoch_state, args=(tmp_path / "ray" / "simnpo-2w", killed)
+    )
+    killer.start()
     out = unlearn_with_torch_trainer(
         config,
         str(tmp_path / "original"),
@@ -81,14 +117,20 @@ def test_two_workers_unlearn_and_write_a_loadable_checkpoint(ray_cluster: None, 
         reference_nll=None,
         storage_path=str(tmp_path / "ray"),
         name="simnpo-2w",
+        max_failures=1,
     )
+    killer.join()
 
-    # Outside the run folder, so Ray Train copied the HF folder in as the run's checkpoint.
+    assert len(killed) == 1
+    assert out["metrics"]["resumed_from_epoch"] >= 1  # the restarted workers did not start over
+    assert [row["epoch"] for row in out["epochs"]] == list(range(1, EPOCHS + 1))
+    # Outside the run folder, so Ray Train copied the HF folder in as the run's checkpoint; the
+    # epoch states were dropped once the model was reported.
     checkpoint = Path(out["checkpoint_path"])
     assert checkpoint == tmp_path / "ray" / "simnpo-2w" / "model"
+    assert not list((tmp_path / "ray" / "simnpo-2w").glob("epoch-*"))
     assert out["output_path"] == str(tmp_path / "unlearned")
-    assert [row["epoch"] for row in out["epochs"]] == [1]
-    assert out["metrics"]["epoch"] == 1 and out["metrics"]["training_seconds"] > 0
+    assert out["metrics"]["epoch"] == EPOCHS and out["metrics"]["training_seconds"] > 0
     assert math.isfinite(out["metrics"]["forget_loss"]) and out["metrics"]["retain_loss"] > 0
 
     unlearned = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
@@ -99,7 +141,20 @@ def test_two_workers_unlearn_and_write_a_loadable_checkpoint(ray_cluster: None, 
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], v) for k, v in copy.state_dict().items())
     assert all(not torch.equal(after[k], before[k]) for k in before)
-    # SimNPO raised the forget answers' NLL per token (one process: +0.063 over these 2 steps).
+    # Nothing lost to the kill: the same weights as one process that ran the epochs straight.
+    log = GradientWeightLog(config.method)
+    expected, summary = recipe.unlearn_model(ws, tmp_path / "original", on_forget_batch=log)
+    for name, value in expected.state_dict().items():
+        torch.testing.assert_close(after[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    for got, want in zip(out["epochs"], summary.epochs, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-6)
+    # SimNPO's w' (eq. 5) of every forget example in every epoch, those before the kill included.
+    got = {(w["epoch"], w["index"]): w for w in out["weights"]}
+    assert len(got) == len(out["weights"]) == EPOCHS * 6
+    for w in log.rows:
+        assert got[(w["epoch"], w["index"])]["weight"] == pytest.approx(w["weight"], rel=1e-4)
+        assert got[(w["epoch"], w["index"])]["answer_tokens"] == w["answer_tokens"]
+    # SimNPO raised the forget answers' NLL per token.
     assert forget_nll_per_token(unlearned, ws) > forget_nll_per_token(original, ws) + 0.02
 
 
