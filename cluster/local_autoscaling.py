@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[cluster] stopped {len(stopped)} processes of our session {head.pid}", flush=True)
 
     rows = result_rows(out / "runs", "cluster-local") if status == "SUCCEEDED" else []
-    summary = {
+    summary: dict[str, Any] = {
         "job_status": status,
         "wall_s": round(time.monotonic() - started, 1),
         "peak_nodes": max((s["nodes"] for s in samples), default=0),

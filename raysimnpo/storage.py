@@ -92,16 +92,28 @@ class Storage:
                 continue
             self.upload_file(path, *parts, *relative.parts)
 
+    def _files(self, *parts: str) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(self.fs_path(*parts), recursive=True, allow_not_found=True)
+        found = [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+        return sorted(found, key=lambda i: i.path)
+
+    def folder_version(self, *parts: str) -> str:
+        """A fingerprint of the folder at `parts` (its files' paths, sizes and modification times):
+        changes when any file is rewritten; "" for a missing or empty folder."""
+        files = self._files(*parts)
+        if not files:
+            return ""
+        stamp = "\n".join(f"{i.path}\t{i.size}\t{i.mtime_ns}" for i in files)
+        return hashlib.sha256(stamp.encode()).hexdigest()
+
     def download_folder(self, local: Path, *parts: str) -> None:
-        """Copy the folder at `parts` to `local` (written beside it, then renamed into place)."""
+        """Copy the folder at `parts` to `local` (written beside it, then renamed into place, with
+        the folder's version in `local/.complete`)."""
         source = self.fs_path(*parts)
         local.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{local.name}-", dir=local.parent))
         try:
-            selector = pafs.FileSelector(source, recursive=True)
-            for info in self.fs.get_file_info(selector):
-                if info.type != pafs.FileType.File:
-                    continue
+            for info in self._files(*parts):
                 target = staging / info.path[len(source) :].lstrip("/")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 pafs.copy_files(
@@ -110,7 +122,7 @@ class Storage:
                     source_filesystem=self.fs,
                     destination_filesystem=pafs.LocalFileSystem(),
                 )
-            (staging / COMPLETE).write_text(self.join(*parts))
+            (staging / COMPLETE).write_text(self.folder_version(*parts))
             if local.exists():
                 shutil.rmtree(local)
             staging.rename(local)
@@ -169,17 +181,24 @@ def check_writable(storage: Storage) -> None:
 
 
 def local_copy(location: str, cache_dir: str | os.PathLike[str]) -> Path:
-    """A local folder for `location`: itself when it is local, else a copy downloaded once into
-    `<cache_dir>/storage/<hash of the URI>/` (reused while it is whole)."""
+    """A local folder for `location`: itself when it is local, else a copy in
+    `<cache_dir>/storage/<name>-<hash of the URI>/`, downloaded when missing or when the remote
+    folder changed since (one listing per call: a retried trial's new checkpoint is fetched anew)."""
     if not is_uri(location):
         return Path(location.removeprefix("file://")).expanduser()
     key = hashlib.sha256(location.encode()).hexdigest()[:20]
     name = location.rstrip("/").rsplit("/", 1)[-1]
     target = Path(cache_dir).expanduser() / "storage" / f"{name}-{key}"
-    if not (target / COMPLETE).is_file():
-        scheme, rest = location.split("://", 1)
-        root = open_storage(f"{scheme}://{rest.split('/', 1)[0]}")
-        root.download_folder(target, *rest.split("/", 1)[1:])
+    scheme, rest = location.split("://", 1)
+    bucket, _, inside = rest.partition("/")
+    root = open_storage(f"{scheme}://{bucket}")
+    parts = [inside.strip("/")] if inside.strip("/") else []
+    version = root.folder_version(*parts)
+    if not version:
+        raise FileNotFoundError(f"{location}: no such folder, or it is empty")
+    marker = target / COMPLETE
+    if not marker.is_file() or marker.read_text() != version:
+        root.download_folder(target, *parts)
     return target
 
 

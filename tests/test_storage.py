@@ -73,14 +73,18 @@ def test_folders_and_files_round_trip_through_s3(tmp_path: Path, s3_bucket: str)
     assert (copy / "config.json").read_text() == '{"a": 1}'
     assert (copy / "sub" / "weights.bin").read_bytes() == bytes(range(256)) * 4
     assert not (copy / ".staging-file").exists()
-    # A whole copy is reused (not fetched again); an incomplete one is fetched again.
+    # A whole copy of an unchanged folder is reused (not fetched again); an incomplete one, or one
+    # of a folder rewritten since (a retried trial's checkpoint), is fetched again.
+    uri = f"{s3_bucket}/runs/prepared/original-abc/model"
     (copy / "config.json").write_text("local edit")
-    assert local_copy(f"{s3_bucket}/runs/prepared/original-abc/model", cache) == copy
-    assert (copy / "config.json").read_text() == "local edit"
+    assert local_copy(uri, cache) == copy and (copy / "config.json").read_text() == "local edit"
     (copy / COMPLETE).unlink()
-    assert (
-        local_copy(f"{s3_bucket}/runs/prepared/original-abc/model", cache) / "config.json"
-    ).read_text() == ('{"a": 1}')
+    assert (local_copy(uri, cache) / "config.json").read_text() == '{"a": 1}'
+    (source / "config.json").write_text('{"a": 2, "retried": true}')
+    storage.upload_folder(source, "prepared", "original-abc", "model")
+    assert (local_copy(uri, cache) / "config.json").read_text() == '{"a": 2, "retried": true}'
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        local_copy(f"{s3_bucket}/runs/prepared/missing", cache)
 
     single = tmp_path / "study.sqlite"
     single.write_bytes(b"SQLite format 3\x00" + b"\x01" * 100)

@@ -63,3 +63,35 @@ def test_sweep_on_s3_storage_reads_back_with_report(
     assert report.main([f"{storage}/citest", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "citest: simnpo" in printed and (out / "table.md").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/runs", "storage: s3://... holds credentials"),
+        ("s3://raysimnpo-no-such-bucket/runs", "storage: s3://raysimnpo-no-such-bucket/runs is not writable"),
+    ],
+)
+def test_bad_storage_uri_exits_2_before_ray(
+    tmp_path: Path, s3_server: str, capsys: pytest.CaptureFixture[str], storage: str, expected: str
+) -> None:
+    import ray
+
+    ray_was_running = ray.is_initialized()
+    assert sweep.main([str(write_sweep(tmp_path)), "--storage", storage]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {expected}"), err
+    assert "wJalrXUtnFEMI" not in err[0]
+    assert ray.is_initialized() == ray_was_running
+
+
+def test_storage_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RAYSIMNPO_STORAGE (set on a cluster's nodes) is the default; --storage wins over it."""
+    monkeypatch.setenv("RAYSIMNPO_STORAGE", "/proc/raysimnpo-from-env")
+    path = str(write_sweep(tmp_path))
+    assert sweep.main([path]) == 2  # refused before Ray: /proc is not writable
+    assert "storage: /proc/raysimnpo-from-env is not writable" in capsys.readouterr().err
+    assert sweep.main([path, "--storage", "/proc/raysimnpo-from-flag"]) == 2
+    assert "storage: /proc/raysimnpo-from-flag is not writable" in capsys.readouterr().err
