@@ -266,6 +266,20 @@ class TrialResources(Frozen):
     workers: int = Field(1, gt=0, description="FSDP workers per trial (TorchTrainer when > 1 or GPUs)")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="extra Ray resources each trial asks for, e.g. {trial_worker: 1}: a custom resource "
+        "that only one node type of a cluster has, so trials run on those nodes",
+    )
+
+    @model_validator(mode="after")
+    def _check_custom(self) -> TrialResources:
+        for key, amount in self.custom.items():
+            if key in {"CPU", "GPU", "memory", "object_store_memory"} or key.lower() in {"cpu", "gpu"}:
+                raise ValueError(f"resources.custom.{key}: use cpus_per_worker / gpus_per_worker for it")
+            if amount <= 0:
+                raise ValueError(f"resources.custom.{key}: {amount}; give an amount > 0")
+        return self
 
 
 class RelearnSettings(Frozen):

@@ -14,18 +14,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import RelearnSettings, SweepConfig, load_sweep_config
 from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from .storage import Storage
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raysimnpo.relearn", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="the finished sweep's name (tofu, ...) or YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--storage", help="where the sweep's run folder is (default: the file's storage)")
+    parser.add_argument(
+        "--storage", help="where the sweep's run folder is: a folder or URI (default: the file's storage)"
+    )
     parser.add_argument("--trials", nargs="+", metavar="ID", help="attack these trials (default: selected)")
     parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
@@ -71,14 +75,14 @@ def attack_targets(
 
 
 def attack_sweep(
-    sweep: SweepConfig, storage: Path, trial_ids: Sequence[str] | None, log: Callable[[str], None]
+    sweep: SweepConfig, storage: Storage, trial_ids: Sequence[str] | None, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """Run the relearning attacks of a finished sweep (Ray must be started) and print the table."""
     from . import results
     from .orchestration.relearn import run_relearn_attacks
 
-    trials, ratios = attack_targets(str(storage / sweep.name), sweep.relearn or RelearnSettings(), trial_ids)
-    rows = run_relearn_attacks(sweep, results.results_root(str(storage), sweep.name), trials, ratios, log)
+    trials, ratios = attack_targets(storage.join(sweep.name), sweep.relearn or RelearnSettings(), trial_ids)
+    rows = run_relearn_attacks(sweep, results.results_root(storage.uri, sweep.name), trials, ratios, log)
     print_relearn_table(rows, sweep.relearn or RelearnSettings())
     return rows
 
@@ -117,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .orchestration.cluster import check_storage
 
         storage = check_storage(sweep.storage)
-        attack_targets(str(storage / sweep.name), sweep.relearn or RelearnSettings(), args.trials)
+        attack_targets(storage.join(sweep.name), sweep.relearn or RelearnSettings(), args.trials)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

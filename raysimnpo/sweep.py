@@ -9,6 +9,7 @@ of the objectives with the paths of the result files.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +23,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("sweep", help="a sweep name (tofu, tofu-llama2-7b, ...) or a sweep YAML file")
     parser.add_argument("--config", help="a sweep YAML file (overrides the name's file)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--storage", help="where runs go: a local folder (default ./runs)")
+    parser.add_argument(
+        "--storage",
+        help="where runs go: a local folder or a filesystem URI (s3://bucket/prefix, gs://...); "
+        "default: $RAYSIMNPO_STORAGE, else the sweep file's `storage`",
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
@@ -83,14 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = lambda message: print(message, flush=True)  # noqa: E731
     try:
         overrides = list(args.overrides)
-        if args.storage:
-            overrides.append(f"storage={args.storage}")
+        storage_location = args.storage or os.environ.get("RAYSIMNPO_STORAGE")
+        if storage_location:  # --storage, else the cluster's default (cluster/*.yaml sets it)
+            overrides.append(f"storage={storage_location}")
         sweep = load_sweep_config(args.config or args.sweep, overrides)
         from .orchestration.cluster import check_storage
 
         storage = check_storage(sweep.storage)
-        run_dir = storage / sweep.name
-        if (run_dir / "tune").exists() and not args.resume:
+        run_dir = storage.join(sweep.name)
+        if storage.exists(sweep.name, "tune") and not args.resume:
             raise UserInputError(
                 f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
                 "--set name=... for a new one"
@@ -106,19 +112,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     start_ray(args.address, args.num_cpus)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    storage.fs.create_dir(storage.fs_path(sweep.name), recursive=True)
     log(
         f"[sweep] {sweep.name}: {sweep.search.num_trials} trials of {', '.join(sweep.search.methods)} -> {run_dir}"
     )
-    run_sweep(sweep, run_dir, resume=args.resume, log=log)
-    root = results.results_root(str(storage), sweep.name)
+    study = run_sweep(sweep, storage, resume=args.resume, log=log)
+    root = results.results_root(storage.uri, sweep.name)
     print_front(root, sweep)
     if sweep.relearn is not None:
         from .relearn import attack_sweep
 
         attack_sweep(sweep, storage, None, log)
     print(f"\nresults:  {root}/{{trials,metrics,examples,weights,relearn}}")
-    print(f"study:    optuna-dashboard sqlite:///{run_dir / 'optuna.sqlite'}")
+    print(f"study:    optuna-dashboard sqlite:///{study}")
+    if storage.remote:
+        print(f"          (a copy: {run_dir}/optuna.sqlite)")
     print(f"time:     {(time.monotonic() - started) / 60:.1f} min")
     return 0
 

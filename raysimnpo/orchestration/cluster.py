@@ -1,28 +1,20 @@
-"""Where a sweep runs: its storage folder and the Ray cluster it starts or joins."""
+"""Where a sweep runs: its storage (a folder or a filesystem URI) and the Ray cluster it starts or joins."""
 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import ray
 
-from ..errors import UserInputError
+from ..storage import Storage, check_writable, open_storage
 
 
-def check_storage(storage: str) -> Path:
-    """The storage folder must be creatable and writable; checked before Ray starts."""
-    if "://" in storage and not storage.startswith("file://"):
-        raise UserInputError(f"storage: {storage} - only local folders are supported by this version")
-    path = Path(storage.removeprefix("file://")).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        raise UserInputError(f"storage: {path} is not writable ({exc.strerror})") from None
-    return path
+def check_storage(storage: str) -> Storage:
+    """The storage (a local folder or a pyarrow filesystem URI: s3://, gs://, ...) must be
+    reachable and writable; checked before Ray starts."""
+    location = open_storage(storage)
+    check_writable(location)
+    return location
 
 
 def start_ray(address: str | None, num_cpus: int | None) -> None:

@@ -25,6 +25,7 @@ from ..data.formatting import EncodedExample
 from ..evaluation import example_statistics
 from ..models import load_model_and_tokenizer
 from ..scoring import score_sequences
+from ..storage import local_copy
 
 
 class ExampleScorer:
@@ -37,7 +38,9 @@ class ExampleScorer:
 
         if threads > 0:
             torch.set_num_threads(threads)
-        loaded = load_model_and_tokenizer(model_path, cache_dir=default_cache_dir())
+        loaded = load_model_and_tokenizer(
+            str(local_copy(model_path, default_cache_dir())), cache_dir=default_cache_dir()
+        )
         self.model = loaded.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         self.tokenizer, self.prompt_format = loaded.tokenizer, loaded.prompt_format
         self.settings = EvalSettings.model_validate_json(settings_json)
@@ -105,7 +108,9 @@ class SequenceScorer:
 
         if threads > 0:
             torch.set_num_threads(threads)
-        loaded = load_model_and_tokenizer(model_path, cache_dir=default_cache_dir())
+        loaded = load_model_and_tokenizer(
+            str(local_copy(model_path, default_cache_dir())), cache_dir=default_cache_dir()
+        )
         self.model = loaded.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         tok = loaded.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)

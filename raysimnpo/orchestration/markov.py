@@ -319,7 +319,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         overrides: Sequence[str] = [*args.overrides, *([f"storage={args.storage}"] if args.storage else [])]
         sweep = mk.load_markov_sweep(args.config or args.sweep, list(overrides))
-        run_dir = check_storage(sweep.storage) / sweep.name
+        storage = check_storage(sweep.storage)
+        if storage.remote:
+            raise UserInputError(
+                f"storage: {storage.uri} - the Markov study writes local files; give a local folder"
+            )
+        run_dir = Path(storage.uri) / sweep.name
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

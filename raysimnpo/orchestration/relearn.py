@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from ray.data import ActorPoolStrategy
 
 from .. import recipe, relearning, results
 from ..config import RelearnSettings, RunConfig, SweepConfig
+from ..storage import local_copy
 
 
 class RelearnAttacker:
@@ -41,7 +41,8 @@ class RelearnAttacker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: list[dict[str, Any]] = []
         for plan in (json.loads(text) for text in batch["plan"]):
-            model = recipe.load_prepared_model(Path(plan["checkpoint"]), self.run).to(self.device)
+            checkpoint = local_copy(plan["checkpoint"], self.run.cache_dir)  # a local path or a URI
+            model = recipe.load_prepared_model(checkpoint, self.run).to(self.device)
             rows = relearning.relearn(
                 self.ws, model, plan["attack"], plan["seed"], self.settings, self.retrain
             )

@@ -23,6 +23,7 @@ from .. import recipe, results
 from ..config import SweepConfig
 from ..evaluation import tofu_metrics
 from ..methods import CLOSED_FORM_WEIGHTS
+from ..storage import exists, local_copy, open_storage
 from ..training import GradientWeightLog, TrainingDiverged
 
 FLAT = ("beta", "gamma", "retain_weight", "alpha")
@@ -87,10 +88,11 @@ def metric_rows(
     return rows
 
 
-def load_reference_nll(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    if not path.is_file():
+def load_reference_nll(location: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sweep's reference NLLs (a local path or a filesystem URI), None when not computed."""
+    if not exists(location):
         return None
-    table = pq.read_table(path)
+    table = pq.read_table(location)
     return table["forget_nll"].to_numpy(), table["refusal_nll"].to_numpy()
 
 
@@ -100,8 +102,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
     prepared = json.loads(prepared_json)
     run = sweep.trial_run_config(params)
     trial_id = tune.get_context().get_trial_id()
-    run_dir = Path(prepared["run_dir"])
-    root = results.results_root(str(run_dir.parent), sweep.name)
+    storage = open_storage(prepared["storage"])
+    root = results.results_root(storage.uri, sweep.name)
     started = now()
     threads = max(1, int(sweep.resources.cpus_per_worker))
     torch.set_num_threads(threads)
@@ -116,7 +118,14 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
 
     ws = recipe.workspace(run)
     retrain_ratios = np.array(prepared["retrain_forget_truth_ratios"], dtype=np.float64)
-    checkpoint = run_dir / "checkpoints" / trial_id
+    # The checkpoint is written on this node's disk: in the run folder on a local storage, else in
+    # the node's cache, then uploaded to `<run>/checkpoints/<trial id>` (where the row points).
+    checkpoint = (
+        Path(sweep.run.cache_dir).expanduser() / "checkpoints" / sweep.name / trial_id
+        if storage.remote
+        else Path(storage.uri) / sweep.name / "checkpoints" / trial_id
+    )
+    stored_checkpoint = storage.join(sweep.name, "checkpoints", trial_id)
     epochs: list[dict[str, float]] = []
     recorder = GradientWeightLog(run.method) if run.method.name in CLOSED_FORM_WEIGHTS else None
     try:
@@ -124,15 +133,15 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         if sweep.resources.workers > 1 or sweep.resources.gpus_per_worker > 0:
             from ..orchestration.trainer import unlearn_with_torch_trainer
 
-            reference = load_reference_nll(Path(prepared["reference_nll"]))
+            reference = load_reference_nll(prepared["reference_nll"])
             outcome = unlearn_with_torch_trainer(
                 run,
-                prepared["original"],
+                str(local_copy(prepared["original"], sweep.run.cache_dir)),
                 str(checkpoint),
                 num_workers=sweep.resources.workers,
                 use_gpu=sweep.resources.gpus_per_worker > 0,
                 reference_nll=None if reference is None else [r.tolist() for r in reference],
-                storage_path=str(run_dir / "train"),
+                storage_path=storage.join(sweep.name, "train"),
                 name=trial_id,
                 max_failures=sweep.fault_tolerance.worker_restarts,
                 cpus_per_worker=sweep.resources.cpus_per_worker,
@@ -141,11 +150,13 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
             epochs = outcome.get("epochs", [])
             if recorder is not None:
                 recorder.rows = outcome["weights"]
+            if storage.remote:  # rank 0's node wrote it; Ray Train uploaded it into its run folder
+                stored_checkpoint = f"{storage.uri.split('://', 1)[0]}://{outcome['checkpoint_path']}"
         else:
-            reference = load_reference_nll(Path(prepared["reference_nll"]))
+            reference = load_reference_nll(prepared["reference_nll"])
             model, summary = recipe.unlearn_model(
                 ws,
-                Path(prepared["original"]),
+                local_copy(prepared["original"], sweep.run.cache_dir),
                 report=epochs.append,
                 reference_nll=reference,
                 on_forget_batch=recorder,
@@ -153,6 +164,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
             recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
             del model
         train_seconds = time.perf_counter() - t0
+        if storage.remote and checkpoint.is_dir() and stored_checkpoint.endswith(f"/checkpoints/{trial_id}"):
+            storage.upload_folder(checkpoint, sweep.name, "checkpoints", trial_id)
 
         t1 = time.perf_counter()
         if run.evaluation.engine == "ray_data":
@@ -160,7 +173,7 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
 
             gpu = sweep.resources.gpus_per_worker > 0
             stats = evaluate_with_ray_data(
-                str(checkpoint),
+                stored_checkpoint,
                 list(ws.data.eval_splits),
                 run.evaluation,
                 run.prepare.max_length,
@@ -171,7 +184,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
                 threads=threads,
             )
         else:
-            model = recipe.load_prepared_model(checkpoint, run)
+            local = checkpoint if checkpoint.is_dir() else local_copy(stored_checkpoint, sweep.run.cache_dir)
+            model = recipe.load_prepared_model(local, run)
             stats = recipe.evaluate(ws, model, None).examples
         metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
         eval_seconds = time.perf_counter() - t1
@@ -207,7 +221,7 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         finished_at=now(),
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
-        checkpoint=str(checkpoint),
+        checkpoint=stored_checkpoint,
         forget_quality=metrics["forget_quality"],
         model_utility=metrics["model_utility"],
     )

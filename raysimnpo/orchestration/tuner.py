@@ -6,11 +6,19 @@ Layout of a run folder `<storage>/<sweep name>/`:
     checkpoints/<id>/  each trial's unlearned model (HF folder)
     results/           Parquet tables trials / metrics / examples (raysimnpo.results)
 Prepared Original and Retrain models are shared by every sweep of a storage: `<storage>/prepared/`.
+
+The storage is a local folder or any pyarrow filesystem URI (s3://, gs://). On a URI, Ray Tune
+writes its state there (`storage_path`), results go through pyarrow.fs, prepared models and
+checkpoints are uploaded after they are written on a node's local disk (and downloaded once per
+node, `storage.local_copy`), and the Optuna study, an sqlite file that cannot live on an object
+store, stays on the driver's disk (`<cache_dir>/studies/`) and is copied to `<run>/optuna.sqlite`
+after every finished trial and at the end (and fetched from there by `--resume`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -26,6 +34,7 @@ from .. import recipe, results
 from ..config import ParamRange, SearchSettings, SweepConfig
 from ..methods import needs_of
 from ..orchestration.trial import unlearning_trial
+from ..storage import Storage, exists, open_storage
 
 Log = Callable[[str], None]
 
@@ -71,8 +80,8 @@ class DefineByRun:
 class Progress(tune.Callback):
     """One line per finished trial: done / running / failed, best FQ and MU so far, time left."""
 
-    def __init__(self, total: int, log: Log) -> None:
-        self.total, self.log = total, log
+    def __init__(self, total: int, log: Log, after_trial: Callable[[], None] | None = None) -> None:
+        self.total, self.log, self.after_trial = total, log, after_trial
         self.started = time.monotonic()
         self.done = self.failed = 0
         self.best_fq = self.best_mu = float("nan")
@@ -96,6 +105,8 @@ class Progress(tune.Callback):
                 current = getattr(self, attr)
                 setattr(self, attr, result[key] if current != current else max(current, result[key]))
         self._line(trials, trial)
+        if self.after_trial is not None:
+            self.after_trial()
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._line(trials)
@@ -103,21 +114,49 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.failed += 1
         self._line(trials, trial)
+        if self.after_trial is not None:
+            self.after_trial()
+
+
+def _sync_prepared(storage: Storage, local_dirs: tuple[Path, Path], marker: str, *, upload: bool) -> None:
+    """Remote storage: fetch the prepared folders whose evaluation `marker` the storage has and
+    this node lacks (before preparing), or upload those the storage lacks (after)."""
+    for local in local_dirs:
+        remote = storage.is_file("prepared", local.name, marker, "metrics.json")
+        here = (local / marker / "metrics.json").is_file()
+        if upload and here and not remote:
+            storage.upload_folder(local, "prepared", local.name)
+        elif not upload and remote and not here:
+            storage.download_folder(local, "prepared", local.name)
 
 
 @ray.remote
-def _prepare_remote(run_json: str, root: str) -> dict[str, Any]:
+def _prepare_remote(run_json: str, storage_uri: str) -> dict[str, Any]:
     import torch
 
     from ..config import RunConfig
 
     run = RunConfig.model_validate_json(run_json)
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    storage = open_storage(storage_uri)
+    # A remote storage's prepared models are made (or fetched) in this node's cache, then uploaded.
+    root = Path(run.cache_dir) / "prepared" if storage.remote else Path(storage.uri) / "prepared"
+    local_dirs = recipe.prepared_dirs(run, root)
+    marker = f"eval-{recipe.evaluation_key(run)}"
+    if storage.remote:
+        _sync_prepared(storage, local_dirs, marker, upload=False)
     ws = recipe.workspace(run)
-    prepared = recipe.prepare(ws, log=lambda m: print(m, flush=True), root=Path(root))
+    prepared = recipe.prepare(ws, log=lambda m: print(m, flush=True), root=root)
+    if storage.remote:
+        _sync_prepared(storage, local_dirs, marker, upload=True)
+
+    def location(model: recipe.PreparedModel) -> str:
+        folder = model.path.parent.name
+        return storage.join("prepared", folder, "model") if storage.remote else str(model.path)
+
     return {
-        "original": str(prepared.original.path),
-        "retrain": str(prepared.retrain.path),
+        "original": location(prepared.original),
+        "retrain": location(prepared.retrain),
         "original_metrics": prepared.original.metrics,
         "retrain_metrics": prepared.retrain.metrics,
         "original_examples": prepared.original.examples,
@@ -126,9 +165,9 @@ def _prepare_remote(run_json: str, root: str) -> dict[str, Any]:
     }
 
 
-def write_reference_nll(sweep: SweepConfig, original: str, out: Path, gpus: float, cpus: float) -> None:
+def write_reference_nll(sweep: SweepConfig, original: str, out: str, gpus: float, cpus: float) -> None:
     """NPO / IdkDPO reference NLLs of the forget answers and refusals, once per sweep, scored by the
-    Original in a Ray Data actor and stored next to it as Parquet."""
+    Original in a Ray Data actor and stored next to it as Parquet (`out`: a path or a URI)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -144,15 +183,19 @@ def write_reference_nll(sweep: SweepConfig, original: str, out: Path, gpus: floa
         num_gpus=gpus,
         threads=int(cpus),
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(pa.table({"forget_nll": nll["forget"], "refusal_nll": nll["refusal"]}), tmp)
+    table = pa.table({"forget_nll": nll["forget"], "refusal_nll": nll["refusal"]})
+    if "://" in out:  # an object store's put is whole
+        pq.write_table(table, out)
+        return
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+    pq.write_table(table, tmp)
     tmp.rename(out)
 
 
-def prepare_stage(sweep: SweepConfig, run_dir: Path, log: Log) -> dict[str, Any]:
+def prepare_stage(sweep: SweepConfig, storage: Storage, log: Log) -> dict[str, Any]:
     """Original and Retrain (cached by content hash under `<storage>/prepared`), their result rows,
     and the reference NLLs when a searched method needs them."""
-    root = run_dir.parent / "prepared"
+    root = storage.join("prepared")
     gpus = 1 if sweep.resources.gpus_per_worker > 0 else 0
     # Nothing else runs while preparing: on CPU, one node's cores (at most 8) go to it.
     cpus = (
@@ -162,25 +205,26 @@ def prepare_stage(sweep: SweepConfig, run_dir: Path, log: Log) -> dict[str, Any]
     )
     log(f"[prepare] Original and Retrain under {root}")
     prepared = ray.get(
-        _prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(sweep.run.model_dump_json(), str(root))
+        _prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(sweep.run.model_dump_json(), storage.uri)
     )
-    prepared["run_dir"] = str(run_dir)
-    reference = Path(prepared["original"]).parent / f"reference-nll-seed{sweep.run.seed}.parquet"
-    prepared["reference_nll"] = str(reference)
+    prepared["storage"] = storage.uri
+    prepared["run_dir"] = storage.join(sweep.name)
+    reference = f"{prepared['original'].rsplit('/', 1)[0]}/reference-nll-seed{sweep.run.seed}.parquet"
+    prepared["reference_nll"] = reference
     needs_reference = any(
         "reference_nll" in needs_of(sweep.trial_run_config({"method": m}).method)
         for m in sweep.search.methods
     )
-    if needs_reference and not reference.is_file():
+    if needs_reference and not exists(reference):
         log("[prepare] reference log-probs of the forget set (NPO / IdkDPO), Ray Data")
         write_reference_nll(sweep, prepared["original"], reference, gpus, cpus)
-    write_reference_rows(sweep, run_dir, prepared)
+    write_reference_rows(sweep, storage, prepared)
     return prepared
 
 
-def write_reference_rows(sweep: SweepConfig, run_dir: Path, prepared: dict[str, Any]) -> None:
+def write_reference_rows(sweep: SweepConfig, storage: Storage, prepared: dict[str, Any]) -> None:
     """Original and Retrain as rows of the results tables, next to the trials."""
-    root = results.results_root(str(run_dir.parent), sweep.name)
+    root = results.results_root(storage.uri, sweep.name)
     now = dt.datetime.now(dt.UTC)
     for kind in ("original", "retrain"):
         metrics = prepared[f"{kind}_metrics"]
@@ -221,13 +265,16 @@ def write_reference_rows(sweep: SweepConfig, run_dir: Path, prepared: dict[str, 
         )
 
 
-def trial_resources(sweep: SweepConfig) -> dict[str, float]:
+def trial_resources(sweep: SweepConfig) -> dict[str, Any]:
+    """What a trial's own process asks for: its CPU (and `resources.custom`, which pins trials to
+    the node type that has it)."""
     r = sweep.resources
+    custom = {"custom_resources": dict(r.custom)} if r.custom else {}
     if r.workers > 1 or r.gpus_per_worker > 0:
         # The trial only drives a TorchTrainer, whose workers hold the CPUs and GPUs (Tune needs
         # a non-empty request, so the driver asks for a sliver of a CPU).
-        return {"cpu": 0.01}
-    return {"cpu": r.cpus_per_worker}
+        return {"cpu": 0.01, **custom}
+    return {"cpu": r.cpus_per_worker, **custom}
 
 
 def max_concurrent(sweep: SweepConfig) -> int:
@@ -241,8 +288,49 @@ def max_concurrent(sweep: SweepConfig) -> int:
     return max(1, min(limits))
 
 
-def run_sweep(sweep: SweepConfig, run_dir: Path, *, resume: bool, log: Log) -> None:
-    prepared = prepare_stage(sweep, run_dir, log)
+def study_file(sweep: SweepConfig, storage: Storage) -> Path:
+    """The Optuna study's sqlite file on the driver: in the run folder on a local storage, else in
+    `<cache_dir>/studies/<hash of the storage URI>/<sweep>/` (copied to the storage, `sync_study`)."""
+    if not storage.remote:
+        return Path(storage.uri) / sweep.name / "optuna.sqlite"
+    key = hashlib.sha256(storage.uri.encode()).hexdigest()[:16]
+    return Path(sweep.run.cache_dir).expanduser() / "studies" / key / sweep.name / "optuna.sqlite"
+
+
+def sync_study(study: Path, storage: Storage, name: str) -> None:
+    """Copy the driver's study file to `<run>/optuna.sqlite` on a remote storage (a snapshot taken
+    with sqlite's backup API, so a write in progress is never copied half-done)."""
+    if not storage.remote or not study.is_file():
+        return
+    import sqlite3
+
+    snapshot = study.with_name(".optuna-snapshot.sqlite")
+    with sqlite3.connect(study) as source, sqlite3.connect(snapshot) as target:
+        source.backup(target)
+    storage.upload_file(snapshot, name, "optuna.sqlite")
+    snapshot.unlink()
+
+
+def pin_autoscaling_coordinator() -> None:
+    """Ray Data and Ray Train create one detached `AutoscalingCoordinator` actor per cluster, on
+    the node of whoever asks first; created by a trial it would sit on a worker node forever and
+    keep the autoscaler from ever removing that node. Asked for here, it lives on the driver's
+    node (the head on a cluster)."""
+    try:
+        from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
+    except ImportError:  # a Ray without it has nothing to pin
+        return
+    get_or_create_autoscaling_coordinator()
+
+
+def run_sweep(sweep: SweepConfig, storage: Storage, *, resume: bool, log: Log) -> Path:
+    """Run the sweep into `<storage>/<sweep name>/`; returns the driver's Optuna study file."""
+    pin_autoscaling_coordinator()
+    study = study_file(sweep, storage)
+    study.parent.mkdir(parents=True, exist_ok=True)
+    if storage.remote and resume and not study.is_file() and storage.is_file(sweep.name, "optuna.sqlite"):
+        storage.download_file(study, sweep.name, "optuna.sqlite")
+    prepared = prepare_stage(sweep, storage, log)
     log(
         f"[prepare] Original FQ {prepared['original_metrics']['forget_quality']:.3g} "
         f"MU {prepared['original_metrics']['model_utility']:.3f} | Retrain "
@@ -256,11 +344,13 @@ def run_sweep(sweep: SweepConfig, run_dir: Path, *, resume: bool, log: Log) -> N
         ),
         trial_resources(sweep),
     )
-    experiment = run_dir / "tune"
-    progress = Progress(sweep.search.num_trials, log)
-    if resume and tune.Tuner.can_restore(str(experiment)):
+    experiment = storage.join(sweep.name, "tune")
+    progress = Progress(
+        sweep.search.num_trials, log, after_trial=lambda: sync_study(study, storage, sweep.name)
+    )
+    if resume and tune.Tuner.can_restore(experiment):
         log(f"[sweep] resuming {experiment}")
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=False)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=False)
     else:
         objectives = sweep.search.objectives
         search = OptunaSearch(
@@ -269,7 +359,7 @@ def run_sweep(sweep: SweepConfig, run_dir: Path, *, resume: bool, log: Log) -> N
             mode=[o.mode for o in objectives],
             sampler=sampler_for(sweep.search),
             study_name=sweep.name,
-            storage=optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.sqlite'}"),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{study}"),
         )
         tuner = tune.Tuner(
             trainable,
@@ -281,14 +371,16 @@ def run_sweep(sweep: SweepConfig, run_dir: Path, *, resume: bool, log: Log) -> N
             ),
             run_config=tune.RunConfig(
                 name="tune",
-                storage_path=str(run_dir),
+                storage_path=storage.join(sweep.name),
                 failure_config=tune.FailureConfig(max_failures=sweep.fault_tolerance.trial_retries),
                 callbacks=[progress],
                 verbose=0,
             ),
         )
     tuner.fit()
-    mark_interrupted(run_dir / "optuna.sqlite", sweep.name, log)
+    mark_interrupted(study, sweep.name, log)
+    sync_study(study, storage, sweep.name)
+    return study
 
 
 def mark_interrupted(study_path: Path, study_name: str, log: Log) -> None:
