@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -66,15 +67,17 @@ EPOCHS = 12
 
 
 def kill_a_worker_after_the_first_epoch_state(run_folder: Path, killed: list[int]) -> None:
-    """Wait for the second epoch's training state in Ray Train's run folder (so the first one has
-    been registered with the controller), then SIGKILL one of the run's Ray Train worker processes
-    (as a lost node or an OOM kill would)."""
+    """Wait until Ray Train's controller has registered an epoch's training state (its checkpoint
+    manager snapshot in the run folder names it), then SIGKILL one of the run's Ray Train worker
+    processes (as a lost node or an OOM kill would)."""
     from ray._private import state as gcs_state
 
+    snapshot = run_folder / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not any(
-        (run_folder / f"epoch-{n}").exists() for n in range(2, EPOCHS)
-    ):
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if "epoch-" in snapshot.read_text():
+                break
         time.sleep(0.05)
     for actor in gcs_state.actors().values():
         if actor.get("ActorClassName") == "RayTrainWorker" and actor["State"] == "ALIVE" and actor["Pid"]:
@@ -87,8 +90,8 @@ def kill_a_worker_after_the_first_epoch_state(run_folder: Path, killed: list[int
 def test_two_workers_survive_a_killed_worker_and_write_a_loadable_checkpoint(
     ray_cluster: None, tmp_path: Path
 ) -> None:
-    """Two FSDP2 workers unlearn for 12 epochs; one worker is SIGKILLed after the second epoch's
-    training state is saved. Ray Train restarts the group, the new workers resume from the last saved
+    """Two FSDP2 workers unlearn for 12 epochs; one worker is SIGKILLed once an epoch's training
+    state is registered. Ray Train restarts the group, the new workers resume from the last saved
     epoch, and the gathered checkpoint equals a single-process run that was never interrupted."""
     base = run_config(tmp_path / "cache")
     config = base.model_copy(update={"unlearn": base.unlearn.model_copy(update={"epochs": EPOCHS})})
