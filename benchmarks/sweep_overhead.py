@@ -207,19 +207,103 @@ def trial_walls(run: dict[str, Any]) -> list[float]:
 
 
 def compare_metrics(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Same hyperparameters in the same order (random sampler, same seed) -> same metrics."""
+    """Trials with the same hyperparameters (random sampler, same seed: the same set of trials,
+    in an order that concurrency may change) must give the same metrics."""
     diffs: list[float] = []
-    same_params = True
-    for ta, tb in zip(a["trials"], b["trials"], strict=False):
-        same_params &= ta["params_json"] == tb["params_json"]
+    by_params = {t["params_json"]: t for t in b["trials"]}
+    matched = 0
+    for ta in a["trials"]:
+        tb = by_params.get(ta["params_json"])
+        if tb is None:
+            continue
+        matched += 1
         for key, value in ta["metrics"].items():
             if key in tb["metrics"]:
                 diffs.append(abs(value - tb["metrics"][key]))
     return {
-        "same_params": same_params,
+        "trials_matched": matched,
         "max_abs_diff": max(diffs) if diffs else float("nan"),
-        "n": len(diffs),
+        "values_compared": len(diffs),
     }
+
+
+def base_variant(label: str) -> str:
+    return label.split("_")[0]
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per variant, every repeat's trials together: medians per trial and shares of the summed time."""
+    out: dict[str, dict[str, float]] = {}
+    for variant in dict.fromkeys(base_variant(r["label"]) for r in runs):
+        mine = [r for r in runs if base_variant(r["label"]) == variant]
+        trials = [t for r in mine for t in r["trials"]]
+        walls = [w for r in mine for w in trial_walls(r)]
+        compute = sum(t["phases"].get(p, 0.0) for t in trials for p in COMPUTE)
+        row: dict[str, float] = {"trials": float(len(trials))}
+        row["trial wall s (median)"] = harness.median(walls)
+        for phase in PHASES:
+            row[f"{phase} s (median)"] = harness.median([t["phases"].get(phase, 0.0) for t in trials])
+        for name, phases in (
+            ("Ray start-up", RAY_STARTUP),
+            ("checkpoint I/O", CHECKPOINT_IO),
+            ("data loading", DATA),
+        ):
+            row[f"{name} share of trial wall"] = sum(
+                t["phases"].get(p, 0.0) for t in trials for p in phases
+            ) / sum(walls)
+        row["compute share of trial wall"] = compute / sum(walls)
+        row["compute share of sweep wall x concurrency"] = compute / sum(
+            r["wall_seconds"]
+            * max(1, int(round(r["breakdown"]["trial functions, total"] / covered_seconds(r["trials"]))))
+            for r in mine
+        )
+        row["sweep start s (median)"] = harness.median(
+            [
+                r["breakdown"]["sweep start: prepare stage (cached), Tune start, first trial start"]
+                for r in mine
+            ]
+        )
+        row["steady trials/min (median)"] = harness.median(
+            [r["shares"]["steady_trials_per_minute"] for r in mine]
+        )
+        out[variant] = row
+    return out
+
+
+def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Print every table; return the metric agreement and the pooled summary."""
+    labels = [r["label"] for r in runs]
+    rows = [[bucket, *[r["breakdown"][bucket] for r in runs]] for bucket in runs[0]["breakdown"]]
+    print(harness.markdown_table(["seconds (sum over trials)", *labels], rows))
+    share_rows = [[key, *[r["shares"][key] for r in runs]] for key in runs[0]["shares"]]
+    print(harness.markdown_table(["", *labels], share_rows))
+    phase_rows = [
+        [
+            r["label"],
+            t["method"],
+            t["start"],
+            t["function_seconds"],
+            *[t["phases"].get(p, 0.0) for p in PHASES],
+        ]
+        for r in runs
+        for t in r["trials"]
+    ]
+    print(harness.markdown_table(["run", "method", "start s", "function s", *PHASES], phase_rows))
+    summary = pooled(runs)
+    variants = list(summary)
+    print(
+        harness.markdown_table(
+            ["pooled over repeats", *variants],
+            [[key, *[summary[v][key] for v in variants]] for key in summary[variants[0]]],
+        )
+    )
+    agreement = {}
+    by_label = {r["label"]: r for r in runs}
+    for other in by_label:
+        if other != "before" and "before" in by_label:
+            agreement[other] = compare_metrics(by_label["before"], by_label[other])
+            print(f"before vs {other} metrics: {agreement[other]}")
+    return {"metric_agreement_with_before": agreement, "pooled": summary}
 
 
 def main() -> None:
@@ -232,7 +316,17 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--summarize", action="store_true", help="only re-print the tables of the last result file"
+    )
     args = parser.parse_args()
+    if args.summarize:
+        path = harness.RESULTS_DIR / f"{NAME}.json"
+        payload = json.loads(path.read_text())
+        payload.update(report(payload["runs"]))
+        payload.pop("metric_agreement_before_after", None)
+        harness.write_result(NAME, payload)
+        return
     storage = Path(args.storage)
     storage.mkdir(parents=True, exist_ok=True)
     machine = harness.machine()
@@ -265,29 +359,7 @@ def main() -> None:
         runs.append(run)
         print(f"[{label}] wall {run['wall_seconds']:.1f} s, shares {run['shares']}", flush=True)
 
-    labels = [r["label"] for r in runs]
-    rows = [[bucket, *[r["breakdown"][bucket] for r in runs]] for bucket in runs[0]["breakdown"]]
-    print(harness.markdown_table(["seconds (sum over trials)", *labels], rows))
-    share_rows = [[key, *[r["shares"][key] for r in runs]] for key in runs[0]["shares"]]
-    print(harness.markdown_table(["", *labels], share_rows))
-    phase_rows = [
-        [
-            r["label"],
-            t["method"],
-            t["start"],
-            t["function_seconds"],
-            *[t["phases"].get(p, 0.0) for p in PHASES],
-        ]
-        for r in runs
-        for t in r["trials"]
-    ]
-    print(harness.markdown_table(["run", "method", "start s", "function s", *PHASES], phase_rows))
-    agreement = {}
-    by_variant = {r["label"]: r for r in runs}
-    for other in by_variant:
-        if other != "before" and "before" in by_variant:
-            agreement[other] = compare_metrics(by_variant["before"], by_variant[other])
-            print(f"before vs {other} metrics: {agreement[other]}")
+    summary = report(runs)
     path = harness.write_result(
         NAME,
         {
@@ -297,7 +369,7 @@ def main() -> None:
             "trials": args.trials,
             "overrides": args.overrides,
             "target_compute_share": TARGET_COMPUTE_SHARE,
-            "metric_agreement_before_after": agreement,
+            **summary,
             "runs": runs,
         },
     )

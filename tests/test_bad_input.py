@@ -298,7 +298,7 @@ CASES = [
     Case(
         "run-evaluation-engine",
         lambda t, _: run_yaml(t, {"evaluation": {"engine": "spark"}}),
-        ("evaluation.engine: Input should be 'ray_data' or 'in_process'",),
+        ("evaluation.engine: Input should be 'auto', 'ray_data' or 'in_process'",),
     ),
     # ---- run CLI flags
     Case("set-empty-key", lambda t, _: ["tofu", "--set", "=5"], ("--set '=5': expected key=value",)),

@@ -122,6 +122,19 @@ def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: 
     assert set(metrics.column_names) >= {"trial_id", "stage", "epoch", "metric", "value", "schema_version"}
     finals = [m for m in metrics.to_pylist() if m["stage"] == "final" and m["metric"] == "model_utility"]
     assert len(finals) == 5
+    for t in done:  # each phase's wall time (PhaseClock); engine auto evaluated the model in memory
+        phases = {
+            m["metric"]: m["value"]
+            for m in metrics.to_pylist()
+            if m["stage"] == "timing" and m["trial_id"] == t["trial_id"]
+        }
+        assert (
+            phases["unlearn_seconds"] > 0
+            and phases["evaluate_seconds"] > 0
+            and phases["workspace_seconds"] > 0
+        )
+        assert "eval_startup_seconds" not in phases and phases["load_checkpoint_seconds"] < 0.01
+        assert sum(phases.values()) <= t["total_seconds"] + 1e-3
 
     examples = results.read_table(root, "examples")
     # forget (6) + retain_perturbed (12) + real_authors (8) + world_facts (8) per evaluated model
@@ -197,6 +210,14 @@ def test_trial_with_two_fsdp2_workers(tmp_path: Path, ray_cluster: None) -> None
     assert os.path.isfile(os.path.join(trial["checkpoint"], "model.safetensors"))
     epochs = [m for m in results.read_table(root, "metrics").to_pylist() if m["stage"] == "epoch"]
     assert {m["metric"] for m in epochs} >= {"forget_loss", "retain_loss"}
+    # engine auto after TorchTrainer workers: Ray Data actors load the gathered checkpoint
+    phases = {
+        m["metric"]: m["value"]
+        for m in results.read_table(root, "metrics").to_pylist()
+        if m["stage"] == "timing"
+    }
+    for phase in ("trainer_startup", "unlearn", "eval_startup", "load_checkpoint", "evaluate"):
+        assert phases[f"{phase}_seconds"] > 0, phase
 
 
 # Ray Data's cluster-wide coordinator: a detached, zero-CPU named actor that Ray Data creates once per
