@@ -6,10 +6,12 @@
    full set, so it does not depend on the split). Measured in this process, `--threads` torch
    threads: the unlearning loop (`TrainingSummary.seconds`) and the full evaluation
    (`recipe.evaluate`: forget, retain, real authors, world facts). Rounds rotate the split order.
-   The fitted line: seconds = intercept + slope x forget examples (least squares over every round).
+   The fitted line: seconds = intercept + slope x forget examples (least squares over every round),
+   for wall seconds and for the process's CPU seconds — the latter barely moves with other users'
+   load on a shared machine, so its fit is the one to read there.
 2. Concurrent trials: the same trial body (forget10: load the Original, unlearn, evaluate) as Ray
    tasks of 1 CPU and 1 thread each, 2 trials run one after the other vs both at once, alternating.
-   Per-trial unlearn and evaluation seconds, and the makespan of the 2 trials. This box has 2 cores
+   Per-trial unlearn and evaluation seconds (wall and CPU), and the makespan of the 2 trials. This box has 2 cores
    (shared with other users), so 2 is the most concurrent trials a default sweep runs here
    (`max_concurrent_trials` = CPUs // cpus_per_worker).
 
@@ -35,6 +37,7 @@ from raysimnpo.config import RunConfig, load_sweep_config
 
 NAME = "scaling"
 SPLITS = ("forget01", "forget05", "forget10")
+PHASES = ("unlearn", "evaluate", "unlearn_cpu", "evaluate_cpu")
 
 
 def free_port() -> int:
@@ -53,21 +56,25 @@ def split_config(base: RunConfig, split: str, epochs: int) -> RunConfig:
 
 
 def trial_body(run_json: str, original: str, threads: int) -> dict[str, float]:
-    """Load the Original, unlearn with the run's method, evaluate: the compute of one sweep trial."""
+    """Load the Original, unlearn with the run's method, evaluate: the compute of one sweep trial.
+    Wall seconds and this process's CPU seconds (all threads) of each phase."""
     import torch
 
     torch.set_num_threads(threads)
     run = RunConfig.model_validate_json(run_json)
     ws = recipe.workspace(run)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     model, summary = recipe.unlearn_model(ws, Path(original))
-    evaluated = time.perf_counter()
+    evaluated, cpu_evaluated = time.perf_counter(), time.process_time()
     recipe.evaluate(ws, model, None)
+    ended, cpu_ended = time.perf_counter(), time.process_time()
     # (no `harness` here: a Ray task pickles this function by value and cannot import benchmarks/)
     return {
         "unlearn": summary.seconds,
-        "evaluate": time.perf_counter() - evaluated,
-        "trial": time.perf_counter() - started,
+        "evaluate": ended - evaluated,
+        "trial": ended - started,
+        "unlearn_cpu": cpu_evaluated - cpu_started,  # includes loading the Original (~0.2 s)
+        "evaluate_cpu": cpu_ended - cpu_evaluated,
         "forget": len(ws.data.forget),
     }
 
@@ -94,15 +101,11 @@ def forget_size_scaling(
             out = trial_body(split_config(base, split, epochs).model_dump_json(), str(original), threads)
             samples.append({"split": split, "round": r, **out})
             print(f"round {r + 1} {split}: {out}", flush=True)
-    fits = {
-        phase: fit_line([s["forget"] for s in samples], [s[phase] for s in samples])
-        for phase in ("unlearn", "evaluate")
-    }
+    fits = {phase: fit_line([s["forget"] for s in samples], [s[phase] for s in samples]) for phase in PHASES}
     table = {
         split: {
             "forget": next(s["forget"] for s in samples if s["split"] == split),
-            "unlearn": harness.median([s["unlearn"] for s in samples if s["split"] == split]),
-            "evaluate": harness.median([s["evaluate"] for s in samples if s["split"] == split]),
+            **{phase: harness.median([s[phase] for s in samples if s["split"] == split]) for phase in PHASES},
         }
         for split in SPLITS
     }
@@ -141,9 +144,7 @@ def concurrency_scaling(base: RunConfig, original: Path, rounds: int, epochs: in
     ray.shutdown()
     summary = {
         c: {
-            "unlearn": harness.median([s["unlearn"] for s in samples[c]]),
-            "evaluate": harness.median([s["evaluate"] for s in samples[c]]),
-            "trial": harness.median([s["trial"] for s in samples[c]]),
+            **{phase: harness.median([s[phase] for s in samples[c]]) for phase in (*PHASES, "trial")},
             "makespan_2_trials": harness.median(makespans[c]),
             "trials_per_minute": 2 / harness.median(makespans[c]) * 60,
         }
@@ -161,9 +162,13 @@ def plot(size: dict[str, Any], concurrency: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     xs = np.array([size["table"][s]["forget"] for s in SPLITS], float)
     line = np.linspace(0, xs.max() * 1.05, 20)
-    for phase, colour in (("unlearn", "tab:blue"), ("evaluate", "tab:orange")):
+    for phase, colour in (("unlearn_cpu", "tab:blue"), ("evaluate_cpu", "tab:orange")):
         pts = size["samples"]
+        wall = phase.removesuffix("_cpu")
         left.scatter([p["forget"] for p in pts], [p[phase] for p in pts], color=colour, s=14)
+        left.scatter(
+            [p["forget"] for p in pts], [p[wall] for p in pts], color=colour, s=14, marker="x", alpha=0.5
+        )
         fit = size["fits"][phase]
         left.plot(
             line,
@@ -174,7 +179,7 @@ def plot(size: dict[str, Any], concurrency: dict[str, Any], path: Path) -> None:
     for x, s in zip(xs, SPLITS, strict=True):
         left.annotate(s, (x, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
     left.set_xlabel("forget examples")
-    left.set_ylabel("seconds (1 thread)")
+    left.set_ylabel("CPU seconds (dots, fitted), wall (x), 1 thread")
     left.set_title("time vs forget-set size")
     left.legend(fontsize=7)
     summary = concurrency["summary"]
@@ -213,29 +218,15 @@ def main() -> None:
         raise SystemExit(f"no prepared Original at {original}; run benchmarks/sweep_overhead.py first")
 
     size = forget_size_scaling(base, original, args.rounds, args.epochs, args.threads)
-    rows = [[s, t["forget"], t["unlearn"], t["evaluate"]] for s, t in size["table"].items()]
-    print(harness.markdown_table(["split", "forget examples", "unlearn s", "evaluate s"], rows))
+    rows = [[s, t["forget"], *[t[p] for p in PHASES]] for s, t in size["table"].items()]
+    print(harness.markdown_table(["split", "forget examples", *[f"{p} s" for p in PHASES]], rows))
     for phase, fit in size["fits"].items():
         print(f"{phase}: {fit['intercept']:.3f} s + {fit['slope']:.4f} s/example (R² {fit['r2']:.4f})")
     load_mid = harness.machine()["load_average"]
     concurrency = concurrency_scaling(base, original, args.rounds, args.epochs)
-    rows = [
-        [c, s["unlearn"], s["evaluate"], s["trial"], s["makespan_2_trials"], s["trials_per_minute"]]
-        for c, s in concurrency["summary"].items()
-    ]
-    print(
-        harness.markdown_table(
-            [
-                "concurrent",
-                "unlearn s / trial",
-                "evaluate s / trial",
-                "trial s",
-                "2 trials wall s",
-                "trials/min",
-            ],
-            rows,
-        )
-    )
+    keys = [*PHASES, "trial", "makespan_2_trials", "trials_per_minute"]
+    rows = [[c, *[s[k] for k in keys]] for c, s in concurrency["summary"].items()]
+    print(harness.markdown_table(["concurrent", *keys], rows))
     png = harness.RESULTS_DIR / f"{NAME}.png"
     plot(size, concurrency, png)
     path = harness.write_result(
