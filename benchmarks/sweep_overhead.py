@@ -3,10 +3,10 @@
 Runs the default sweep (sweeps/tofu.yaml) through the product's own driver (`tuner.run_sweep`) on a
 private local Ray (explicit free ports, `address="local"`), several times side by side:
 
-* `before`: `evaluation.engine=ray_data`, the previous default — every trial saves its checkpoint and
+* `before`: `evaluation.engine=ray_data`, the config default and what sweeps/tofu.yaml used before — every trial saves its checkpoint and
   streams the evaluation through a fresh Ray Data actor that starts a process, imports torch and
   transformers, and loads the checkpoint again;
-* `after`:  `evaluation.engine=auto`, the new default — a trial that unlearned in its own process on
+* `after`:  `evaluation.engine=auto`, what sweeps/tofu.yaml sets now — a trial that unlearned in its own process on
   CPU evaluates the model still in memory (no actor, no reload); the checkpoint is still written.
 
 Both use the random sampler with the same seed, so they run the same hyperparameters; the trials'

@@ -105,7 +105,10 @@ def test_bad_input_exits_2_before_ray(
 
 @pytest.mark.ray
 def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: None) -> None:
-    path = write_sweep(tmp_path)
+    evaluation = {"batch_size": 32, "max_new_tokens": 8, "engine": "auto"}  # SMALL_RUN's, in memory
+    path = write_sweep(
+        tmp_path, run=dict(SMALL_RUN, cache_dir=str(tmp_path / "cache"), evaluation=evaluation)
+    )
     assert sweep.main([str(path)]) == 0
     root = results.results_root(str(tmp_path / "runs"), "citest")
 
@@ -210,7 +213,7 @@ def test_trial_with_two_fsdp2_workers(tmp_path: Path, ray_cluster: None) -> None
     assert os.path.isfile(os.path.join(trial["checkpoint"], "model.safetensors"))
     epochs = [m for m in results.read_table(root, "metrics").to_pylist() if m["stage"] == "epoch"]
     assert {m["metric"] for m in epochs} >= {"forget_loss", "retain_loss"}
-    # engine auto after TorchTrainer workers: Ray Data actors load the gathered checkpoint
+    # the default engine (ray_data): Ray Data actors load the gathered checkpoint
     phases = {
         m["metric"]: m["value"]
         for m in results.read_table(root, "metrics").to_pylist()
