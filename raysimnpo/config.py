@@ -70,8 +70,10 @@ class EvalSettings(Frozen):
     generation_limit: int | None = Field(
         None, gt=0, description="generate for the first N questions of each split (None = all)"
     )
-    engine: Literal["ray_data", "in_process"] = Field(
-        "ray_data", description="sweeps: stream evaluation through Ray Data actors, or run it in the trial"
+    engine: Literal["auto", "ray_data", "in_process"] = Field(
+        "ray_data",
+        description="sweeps: stream evaluation through Ray Data actors, or run it in the trial; auto: in the "
+        "trial when it unlearned in its own process on CPU (model already in memory), else Ray Data",
     )
 
 

@@ -6,7 +6,8 @@ trial so that a trial only ever touches its own files::
 
     trials/trial_id=<id>/part-0.parquet      one row per trial: ids, method, hyperparameters, seed,
                                              status, error, timings, checkpoint, headline objectives
-    metrics/trial_id=<id>/part-0.parquet     long format: stage, epoch, metric, value
+    metrics/trial_id=<id>/part-0.parquet     long format: stage, epoch, metric, value (stage "timing":
+                                             wall seconds per trial phase)
     examples/trial_id=<id>/part-0.parquet    per-example statistics (ℓ, |y|, P̃, truth ratio R, ROUGE-L)
                                              from which every TOFU aggregate of §6 can be recomputed
     weights/trial_id=<id>/part-0.parquet     NPO / SimNPO only: each forget example's closed-form gradient
@@ -70,7 +71,7 @@ TABLE_NAMES: tuple[TableName, ...] = ("trials", "metrics", "examples", "weights"
 RELEARN_ATTACKS = ("shortest", "random")
 TRIAL_KINDS = ("trial", "original", "retrain")
 TRIAL_STATUSES = ("completed", "failed")
-METRIC_STAGES = ("final", "epoch", "relearn")
+METRIC_STAGES = ("final", "epoch", "relearn", "timing")
 # Hyperparameters with their own `trials` column; all of them are also in params_json.
 FLAT_HYPERPARAMETERS = ("beta", "gamma", "retain_weight", "alpha", "learning_rate", "epochs", "batch_size")
 
@@ -347,8 +348,9 @@ def trials_table(rows: Rows) -> pa.Table:
 def metrics_table(rows: Rows) -> pa.Table:
     """The long-format `metrics` table: (sweep, trial_id, stage, epoch, metric, value) per row.
 
-    stage is "final" (after unlearning), "epoch" (after an unlearning epoch; epoch required) or
-    "relearn" (after a relearning attack, DESIGN §7). A (trial_id, stage, epoch, metric) key may appear
+    stage is "final" (after unlearning), "epoch" (after an unlearning epoch; epoch required),
+    "relearn" (after a relearning attack, DESIGN §7) or "timing" (wall seconds of one phase of the
+    trial, metric `<phase>_seconds`: see `orchestration.trial.PhaseClock`). A (trial_id, stage, epoch, metric) key may appear
     once, so the table pivots without ambiguity.
     """
     table = _build("metrics", rows)

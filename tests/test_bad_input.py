@@ -247,9 +247,9 @@ CASES = [
         "sweep",
     ),
     Case(
-        "sweep-remote-storage",
-        lambda t, _: sweep_yaml(t, storage="s3://bucket/runs"),
-        ("storage: s3://bucket/runs - only local folders are supported",),
+        "sweep-storage-uri-with-credentials",
+        lambda t, _: sweep_yaml(t, storage="s3://AKIAEXAMPLE:secret@bucket/runs"),
+        ("storage: s3://... holds credentials; give them in the environment",),
         "sweep",
     ),
     # ---- sweep CLI flags
@@ -298,7 +298,7 @@ CASES = [
     Case(
         "run-evaluation-engine",
         lambda t, _: run_yaml(t, {"evaluation": {"engine": "spark"}}),
-        ("evaluation.engine: Input should be 'ray_data' or 'in_process'",),
+        ("evaluation.engine: Input should be 'auto', 'ray_data' or 'in_process'",),
     ),
     # ---- run CLI flags
     Case("set-empty-key", lambda t, _: ["tofu", "--set", "=5"], ("--set '=5': expected key=value",)),

@@ -10,6 +10,7 @@ in-process path), and the caller computes the metrics from the collected example
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -36,6 +37,7 @@ class ExampleScorer:
     ) -> None:
         import torch
 
+        started = time.perf_counter()
         if threads > 0:
             torch.set_num_threads(threads)
         loaded = load_model_and_tokenizer(
@@ -46,8 +48,11 @@ class ExampleScorer:
         self.settings = EvalSettings.model_validate_json(settings_json)
         self.max_length = max_length
         self.specs = {s["name"]: EvalSplitSpec(**s) for s in json.loads(specs_json)}
+        # Reported once, with this actor's first batch (see `evaluate_with_ray_data`'s timings).
+        self.load_seconds: float | None = time.perf_counter() - started
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
         by_split: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
         for split, index, row in zip(batch["split"], batch["index"], batch["row"], strict=True):
             by_split[str(split)].append((int(index), json.loads(row)))
@@ -64,7 +69,13 @@ class ExampleScorer:
                 indices=[index for index, _ in items],
             )
             out.extend(json.dumps(example) for example in stats)
-        return {"example": np.array(out, dtype=object)}
+        # The batch's wall time and (first batch only) the model load, on the batch's first row.
+        timing = [""] * len(out)
+        timing[0] = json.dumps(
+            {"evaluate": time.perf_counter() - started, "load_checkpoint": self.load_seconds or 0.0}
+        )
+        self.load_seconds = None
+        return {"example": np.array(out, dtype=object), "timing": np.array(timing, dtype=object)}
 
 
 def evaluate_with_ray_data(
@@ -77,8 +88,13 @@ def evaluate_with_ray_data(
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
     threads: int = 0,
+    timings: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-example statistics of every split, computed by a pool of `ExampleScorer` actors."""
+    """Per-example statistics of every split, computed by a pool of `ExampleScorer` actors.
+
+    `timings`, when given, receives the actors' own seconds summed over actors: `load_checkpoint`
+    (loading the model folder) and `evaluate` (scoring and generating the batches); the rest of the
+    call's wall time is Ray Data's planning, the actor process start-up and its imports."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the sweep prints its own progress line
     context.print_on_execution_start = False
@@ -97,7 +113,13 @@ def evaluate_with_ray_data(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
     )
-    return [json.loads(r["example"]) for r in dataset.take_all()]
+    rows_out = dataset.take_all()
+    if timings is not None:
+        for row in rows_out:
+            if row["timing"]:
+                for name, seconds in json.loads(row["timing"]).items():
+                    timings[name] = timings.get(name, 0.0) + float(seconds)
+    return [json.loads(r["example"]) for r in rows_out]
 
 
 class SequenceScorer:

@@ -3,14 +3,20 @@
 Unlearning runs in the trial's own process when the trial has one CPU worker (Ray's per-trial
 start-up would dwarf a tiny model's training on CPU), and on a TorchTrainer with FSDP2 workers
 otherwise. Evaluation streams the evaluation questions through Ray Data actors that load the
-unlearned checkpoint once, or runs in-process when `evaluation_engine` says so.
+unlearned checkpoint once, or runs in-process (`evaluation.engine`; `auto`, which sweeps/tofu.yaml
+sets, evaluates the model still in memory when the trial unlearned it in its own process on CPU,
+since starting an evaluation actor and reloading the checkpoint cost more than evaluating the tiny
+model).
+Each phase's wall time goes to the `metrics` table as stage "timing" rows (`PhaseClock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +64,50 @@ def trial_row(sweep: SweepConfig, trial_id: str, run: Any, **fields: Any) -> dic
     return row
 
 
+class PhaseClock:
+    """Wall seconds of each phase of one trial, written to the `metrics` table as stage "timing"
+    rows (metric `<phase>_seconds`), so a sweep's users can see where its time goes:
+
+    workspace          data loading, tokenizer and encoding (`recipe.workspace`)
+    load_original      loading the Original and the cached reference NLLs, building the unlearning inputs
+    trainer_startup    TorchTrainer trials only: worker start-up, FSDP set-up, gathering (Ray overhead)
+    unlearn            the unlearning loop itself (`TrainingSummary.seconds`): compute
+    save_checkpoint    writing the unlearned model folder
+    eval_startup       Ray Data engine only: dataset planning, actor process start and imports
+    load_checkpoint    loading the unlearned model again for evaluation (0 when evaluated in memory)
+    evaluate           scoring and generation: compute
+    metrics            aggregating the per-example statistics into the TOFU metrics
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add (or, for a part measured inside a phase, subtract) seconds to a phase."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - started)
+
+    def rows(self, sweep: str, trial_id: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "sweep": sweep,
+                "trial_id": trial_id,
+                "stage": "timing",
+                "epoch": None,
+                "metric": f"{name}_seconds",
+                "value": max(0.0, float(value)),
+            }
+            for name, value in self.seconds.items()
+        ]
+
+
 def metric_rows(
     sweep: str, trial_id: str, final: dict[str, float], epochs: list[dict[str, float]]
 ) -> list[dict]:
@@ -96,6 +146,16 @@ def load_reference_nll(location: str) -> tuple[np.ndarray, np.ndarray] | None:
     return table["forget_nll"].to_numpy(), table["refusal_nll"].to_numpy()
 
 
+def evaluation_engine(sweep: SweepConfig, run: Any) -> str:
+    """The engine a trial evaluates with: `auto` is in-process when the trial unlearned in its own
+    process on CPU (the model is already in memory: no actor start, no reload), Ray Data otherwise."""
+    engine = str(run.evaluation.engine)
+    if engine != "auto":
+        return engine
+    in_trial = sweep.resources.workers == 1 and sweep.resources.gpus_per_worker == 0
+    return "in_process" if in_trial else "ray_data"
+
+
 def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: str) -> None:
     """The Tune function trainable (define-by-run params: `method` plus dotted run settings)."""
     sweep = SweepConfig.model_validate_json(sweep_json)
@@ -107,6 +167,7 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
     started = now()
     threads = max(1, int(sweep.resources.cpus_per_worker))
     torch.set_num_threads(threads)
+    clock = PhaseClock()
 
     earlier = results.read_trial_row(root, trial_id)  # Tune re-runs a trial whose process died
     if (
@@ -116,7 +177,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
     ):
         raise TrialFailed(f"trial {trial_id} {earlier['error']} (not re-run: divergence repeats)")
 
-    ws = recipe.workspace(run)
+    with clock.phase("workspace"):
+        ws = recipe.workspace(run)
     retrain_ratios = np.array(prepared["retrain_forget_truth_ratios"], dtype=np.float64)
     # The checkpoint is written on this node's disk: in the run folder on a local storage, else in
     # the node's cache, then uploaded to `<run>/checkpoints/<trial id>` (where the row points).
@@ -126,68 +188,98 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         else Path(storage.uri) / sweep.name / "checkpoints" / trial_id
     )
     stored_checkpoint = storage.join(sweep.name, "checkpoints", trial_id)
+    engine = evaluation_engine(sweep, run)
     epochs: list[dict[str, float]] = []
     recorder = GradientWeightLog(run.method) if run.method.name in CLOSED_FORM_WEIGHTS else None
+    model = None
     try:
         t0 = time.perf_counter()
         if sweep.resources.workers > 1 or sweep.resources.gpus_per_worker > 0:
             from ..orchestration.trainer import unlearn_with_torch_trainer
 
-            reference = load_reference_nll(prepared["reference_nll"])
-            outcome = unlearn_with_torch_trainer(
-                run,
-                str(local_copy(prepared["original"], sweep.run.cache_dir)),
-                str(checkpoint),
-                num_workers=sweep.resources.workers,
-                use_gpu=sweep.resources.gpus_per_worker > 0,
-                reference_nll=None if reference is None else [r.tolist() for r in reference],
-                storage_path=storage.join(sweep.name, "train"),
-                name=trial_id,
-                max_failures=sweep.fault_tolerance.worker_restarts,
-                cpus_per_worker=sweep.resources.cpus_per_worker,
-                gpus_per_worker=sweep.resources.gpus_per_worker,
-            )
+            with clock.phase("load_original"):
+                reference = load_reference_nll(prepared["reference_nll"])
+                original = local_copy(prepared["original"], sweep.run.cache_dir)
+            with clock.phase("trainer_startup"):
+                outcome = unlearn_with_torch_trainer(
+                    run,
+                    str(original),
+                    str(checkpoint),
+                    num_workers=sweep.resources.workers,
+                    use_gpu=sweep.resources.gpus_per_worker > 0,
+                    reference_nll=None if reference is None else [r.tolist() for r in reference],
+                    storage_path=storage.join(sweep.name, "train"),
+                    name=trial_id,
+                    max_failures=sweep.fault_tolerance.worker_restarts,
+                    cpus_per_worker=sweep.resources.cpus_per_worker,
+                    gpus_per_worker=sweep.resources.gpus_per_worker,
+                )
+            loop_seconds = float(outcome.get("metrics", {}).get("training_seconds", 0.0))
+            clock.add("trainer_startup", -loop_seconds)
+            clock.add("unlearn", loop_seconds)
             epochs = outcome.get("epochs", [])
             if recorder is not None:
                 recorder.rows = outcome["weights"]
             if storage.remote:  # rank 0's node wrote it; Ray Train uploaded it into its run folder
                 stored_checkpoint = f"{storage.uri.split('://', 1)[0]}://{outcome['checkpoint_path']}"
         else:
-            reference = load_reference_nll(prepared["reference_nll"])
-            model, summary = recipe.unlearn_model(
-                ws,
-                local_copy(prepared["original"], sweep.run.cache_dir),
-                report=epochs.append,
-                reference_nll=reference,
-                on_forget_batch=recorder,
-            )
-            recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
-            del model
+            with clock.phase("load_original"):
+                reference = load_reference_nll(prepared["reference_nll"])
+                model, summary = recipe.unlearn_model(
+                    ws,
+                    local_copy(prepared["original"], sweep.run.cache_dir),
+                    report=epochs.append,
+                    reference_nll=reference,
+                    on_forget_batch=recorder,
+                )
+            clock.add("load_original", -summary.seconds)
+            clock.add("unlearn", summary.seconds)
+            with clock.phase("save_checkpoint"):
+                recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
+            if engine != "in_process":
+                del model
+                model = None
         train_seconds = time.perf_counter() - t0
         if storage.remote and checkpoint.is_dir() and stored_checkpoint.endswith(f"/checkpoints/{trial_id}"):
-            storage.upload_folder(checkpoint, sweep.name, "checkpoints", trial_id)
+            with clock.phase("save_checkpoint"):
+                storage.upload_folder(checkpoint, sweep.name, "checkpoints", trial_id)
 
         t1 = time.perf_counter()
-        if run.evaluation.engine == "ray_data":
+        gpu = sweep.resources.gpus_per_worker > 0
+        if engine == "ray_data":
             from ..orchestration.eval_pipeline import evaluate_with_ray_data
 
-            gpu = sweep.resources.gpus_per_worker > 0
-            stats = evaluate_with_ray_data(
-                stored_checkpoint,
-                list(ws.data.eval_splits),
-                run.evaluation,
-                run.prepare.max_length,
-                num_actors=sweep.resources.workers if gpu else 1,
-                # In-process CPU trials lend their own CPU to the evaluation actor.
-                num_cpus=0 if not gpu else sweep.resources.cpus_per_worker,
-                num_gpus=1 if gpu else 0,
-                threads=threads,
-            )
+            actor: dict[str, float] = {}
+            with clock.phase("eval_startup"):
+                stats = evaluate_with_ray_data(
+                    stored_checkpoint,
+                    list(ws.data.eval_splits),
+                    run.evaluation,
+                    run.prepare.max_length,
+                    num_actors=sweep.resources.workers if gpu else 1,
+                    # In-process CPU trials lend their own CPU to the evaluation actor.
+                    num_cpus=0 if not gpu else sweep.resources.cpus_per_worker,
+                    num_gpus=1 if gpu else 0,
+                    threads=threads,
+                    timings=actor,
+                )
+            for name in ("load_checkpoint", "evaluate"):
+                clock.add("eval_startup", -actor.get(name, 0.0))
+                clock.add(name, actor.get(name, 0.0))
         else:
-            local = checkpoint if checkpoint.is_dir() else local_copy(stored_checkpoint, sweep.run.cache_dir)
-            model = recipe.load_prepared_model(local, run)
-            stats = recipe.evaluate(ws, model, None).examples
-        metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
+            with clock.phase("load_checkpoint"):
+                if model is None:  # unlearned on TorchTrainer workers: read their checkpoint
+                    local = (
+                        checkpoint
+                        if checkpoint.is_dir()
+                        else local_copy(stored_checkpoint, sweep.run.cache_dir)
+                    )
+                    model = recipe.load_prepared_model(local, run)
+            with clock.phase("evaluate"):
+                stats = recipe.evaluate(ws, model, None).examples
+            del model
+        with clock.phase("metrics"):
+            metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
         eval_seconds = time.perf_counter() - t1
     except TrainingDiverged as exc:
         row = trial_row(
@@ -204,7 +296,7 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
             root,
             trial_id,
             trials=[row],
-            metrics=metric_rows(sweep.name, trial_id, {}, epochs),
+            metrics=metric_rows(sweep.name, trial_id, {}, epochs) + clock.rows(sweep.name, trial_id),
             weights=None
             if recorder is None
             else [dict(w, sweep=sweep.name, trial_id=trial_id) for w in recorder.rows],
@@ -230,7 +322,7 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         root,
         trial_id,
         trials=[row],
-        metrics=metric_rows(sweep.name, trial_id, metrics, epochs),
+        metrics=metric_rows(sweep.name, trial_id, metrics, epochs) + clock.rows(sweep.name, trial_id),
         examples=example_rows,
         weights=None
         if recorder is None

@@ -105,10 +105,16 @@ def test_bad_input_exits_2_before_ray(
 
 @pytest.mark.ray
 def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: None) -> None:
-    """Three trials, then the `relearn:` step: each method's selected trial is attacked (shortest
-    20% once, random 20% with two seeds, 2 relearning epochs) through Ray Data actors."""
+    """Three trials evaluated in memory (`engine: auto`), then the `relearn:` step: each method's
+    selected trial is attacked (shortest 20% once, random 20% with two seeds, 2 relearning epochs)
+    through Ray Data actors."""
+    evaluation = {"batch_size": 32, "max_new_tokens": 8, "engine": "auto"}  # SMALL_RUN's, in memory
     relearn = {"seeds": [0, 1], "epochs": 2, "learning_rate": 3.0e-3, "batch_size": 2}
-    path = write_sweep(tmp_path, relearn=relearn)
+    path = write_sweep(
+        tmp_path,
+        run=dict(SMALL_RUN, cache_dir=str(tmp_path / "cache"), evaluation=evaluation),
+        relearn=relearn,
+    )
     assert sweep.main([str(path)]) == 0
     root = results.results_root(str(tmp_path / "runs"), "citest")
 
@@ -125,6 +131,19 @@ def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: 
     assert set(metrics.column_names) >= {"trial_id", "stage", "epoch", "metric", "value", "schema_version"}
     finals = [m for m in metrics.to_pylist() if m["stage"] == "final" and m["metric"] == "model_utility"]
     assert len(finals) == 5
+    for t in done:  # each phase's wall time (PhaseClock); engine auto evaluated the model in memory
+        phases = {
+            m["metric"]: m["value"]
+            for m in metrics.to_pylist()
+            if m["stage"] == "timing" and m["trial_id"] == t["trial_id"]
+        }
+        assert (
+            phases["unlearn_seconds"] > 0
+            and phases["evaluate_seconds"] > 0
+            and phases["workspace_seconds"] > 0
+        )
+        assert "eval_startup_seconds" not in phases and phases["load_checkpoint_seconds"] < 0.01
+        assert sum(phases.values()) <= t["total_seconds"] + 1e-3
 
     examples = results.read_table(root, "examples")
     # forget (6) + retain_perturbed (12) + real_authors (8) + world_facts (8) per evaluated model
@@ -228,6 +247,14 @@ def test_trial_with_two_fsdp2_workers(tmp_path: Path, ray_cluster: None) -> None
     assert os.path.isfile(os.path.join(trial["checkpoint"], "model.safetensors"))
     epochs = [m for m in results.read_table(root, "metrics").to_pylist() if m["stage"] == "epoch"]
     assert {m["metric"] for m in epochs} >= {"forget_loss", "retain_loss"}
+    # the default engine (ray_data): Ray Data actors load the gathered checkpoint
+    phases = {
+        m["metric"]: m["value"]
+        for m in results.read_table(root, "metrics").to_pylist()
+        if m["stage"] == "timing"
+    }
+    for phase in ("trainer_startup", "unlearn", "eval_startup", "load_checkpoint", "evaluate"):
+        assert phases[f"{phase}_seconds"] > 0, phase
 
 
 # Ray Data's cluster-wide coordinator: a detached, zero-CPU named actor that Ray Data creates once per
