@@ -191,7 +191,7 @@ def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: st
     if data.get("benchmark", "tofu") != "tofu":
         raise UserInputError(
             f"{path}: benchmark {data['benchmark']!r} runs as a sweep (python -m raysimnpo.sweep); "
-            "python -m raysimnpo.run takes a sweep file whose run: section is tofu, muse or wmdp"
+            "python -m raysimnpo.run takes: tofu, muse, wmdp (the run: benchmark of a sweep file)"
         )
     run = data.get("run") or {}
     if not isinstance(run, dict):

@@ -110,7 +110,14 @@ def resolve_device(config: RunConfig) -> torch.device:
 
 
 _EVALUATION_ONLY = {
-    "muse": ("verbmem_max_new_tokens", "knowmem_max_new_tokens", "min_k", "auc_retrain", "retrain_model"),
+    "muse": (
+        "verbmem_max_new_tokens",
+        "knowmem_max_new_tokens",
+        "knowmem_icl_shots",
+        "min_k",
+        "auc_retrain",
+        "retrain_model",
+    ),
     "wmdp": ("choice_format", "question_limit"),
 }
 

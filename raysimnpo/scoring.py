@@ -60,9 +60,9 @@ def score_token_logprobs(
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logp, mask = token_logprobs(logits.float(), batch["labels"])
-        logp, mask = logp.double().cpu().numpy(), mask.cpu().numpy()
+        values, keep = logp.double().cpu().numpy(), mask.cpu().numpy()
         for row, i in enumerate(index):
-            out[i] = logp[row][mask[row]]
+            out[i] = values[row][keep[row]]
     model.train(was_training)
     return out
 

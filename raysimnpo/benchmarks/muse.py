@@ -76,6 +76,9 @@ class MuseSettings(BaseModel):
     chunk_length: int = Field(128, ge=8, description="tokens per raw-text training chunk (MUSE: 2048)")
     verbmem_max_new_tokens: int = Field(muse_metrics.VERBMEM_MAX_NEW_TOKENS, gt=0)
     knowmem_max_new_tokens: int = Field(muse_metrics.KNOWMEM_MAX_NEW_TOKENS, gt=0)
+    knowmem_icl_shots: int | None = Field(
+        None, ge=0, description="in-context QA pairs of KnowMem prompts: the first N of *_qa_icl (None: all)"
+    )
     min_k: float = Field(muse_metrics.MIN_K, gt=0, le=1, description="K of the Min-K% Prob score")
     auc_retrain: Literal["retrain", "published"] = Field(
         "retrain", description="PrivLeak's AUC_retrain: our Retrain model's, or MUSE's published constant"
@@ -123,7 +126,7 @@ class MuseRunData:
         return len(self.raw["forget"])
 
 
-_FIELDS: dict[str, dict[str, type]] = {
+_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "raw": {"text": str},
     "verbmem": {"prompt": str, "gt": str},
     "knowmem": {"question": str, "answer": str},
@@ -239,7 +242,7 @@ def evaluate_muse(
     ]
 
     for name, qa, icl in (("forget", "forget_qa", "forget_qa_icl"), ("retain", "retain_qa", "retain_qa_icl")):
-        shots = [(r["question"], r["answer"]) for r in data.knowmem[icl]]
+        shots = [(r["question"], r["answer"]) for r in data.knowmem[icl]][: settings.knowmem_icl_shots]
         rows = _limited(data.knowmem[qa], generation_limit)
         prompts = [muse_metrics.few_shot_prompt(shots, r["question"]) for r in rows]
         answers = [muse_metrics.cut_answer(g) for g in generate(prompts, settings.knowmem_max_new_tokens)]

@@ -79,7 +79,7 @@ class WmdpSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: WmdpSource = WmdpSource()
-    subsets: list[Subset] = Field(default_factory=lambda: ["bio", "cyber"], min_length=1)
+    subsets: list[Subset] = Field(default_factory=lambda: list[Subset](["bio", "cyber"]), min_length=1)
     choice_format: Literal["letter", "text"] = "letter"
     chunk_length: int = Field(128, ge=8, description="tokens per raw-text training chunk")
     corpus_limit: int | None = Field(None, gt=0, description="documents per corpus (None: all)")

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from ray import tune
 
 from .. import recipe, results
+from ..benchmarks.tofu import TofuRunData
 from ..config import SweepConfig
 from ..evaluation import tofu_metrics
 from ..methods import CLOSED_FORM_WEIGHTS, MethodParams, StepTerms, gradient_weights
@@ -129,7 +131,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
     torch.set_num_threads(threads)
 
     ws = recipe.workspace(run)
-    retrain_ratios = np.array(prepared["retrain_forget_truth_ratios"], dtype=np.float64)
+    reference = prepared["retrain_reference"]
+    retrain_ratios = np.array(reference, dtype=np.float64) if run.benchmark == "tofu" else None
     checkpoint = run_dir / "checkpoints" / trial_id
     epochs: list[dict[str, float]] = []
     # Weights are recorded when unlearning runs in this process (not on TorchTrainer workers).
@@ -169,10 +172,19 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         train_seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        if run.evaluation.engine == "ray_data":
+        if run.benchmark != "tofu":
+            # MUSE / WMDP evaluate in the trial (their generation and choice scoring have no Ray Data
+            # pipeline yet); the per-example table goes next to the checkpoint.
+            model = recipe.load_prepared_model(checkpoint, run)
+            evaluation = recipe.evaluate(ws, model, reference)
+            metrics, examples = evaluation.metrics, list[dict[str, Any]]()
+            pq.write_table(pa.Table.from_pylist(evaluation.examples), checkpoint / "examples.parquet")
+            del model
+        elif run.evaluation.engine == "ray_data":
             from ..orchestration.eval_pipeline import evaluate_with_ray_data
 
             gpu = sweep.resources.gpus_per_worker > 0
+            assert isinstance(ws.data, TofuRunData)
             stats = evaluate_with_ray_data(
                 str(checkpoint),
                 list(ws.data.eval_splits),
@@ -187,7 +199,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         else:
             model = recipe.load_prepared_model(checkpoint, run)
             stats = recipe.evaluate(ws, model, None).examples
-        metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
+        if isinstance(ws.data, TofuRunData):
+            metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
         eval_seconds = time.perf_counter() - t1
     except TrainingDiverged as exc:
         row = trial_row(
@@ -220,8 +233,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
         checkpoint=str(checkpoint),
-        forget_quality=metrics["forget_quality"],
-        model_utility=metrics["model_utility"],
+        forget_quality=metrics.get("forget_quality"),
+        model_utility=metrics.get("model_utility"),
     )
     example_rows = [dict(e, sweep=sweep.name, trial_id=trial_id) for e in examples]
     results.write_trial_results(

@@ -115,14 +115,19 @@ def _prepare_remote(run_json: str, root: str) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     ws = recipe.workspace(run)
     prepared = recipe.prepare(ws, log=lambda m: print(m, flush=True), root=Path(root))
+    retrain = prepared.retrain
+    reference = recipe.retrain_reference(ws, retrain)
     return {
         "original": str(prepared.original.path),
-        "retrain": str(prepared.retrain.path),
+        "retrain": None if retrain is None else str(retrain.path),
         "original_metrics": prepared.original.metrics,
-        "retrain_metrics": prepared.retrain.metrics,
+        "retrain_metrics": None if retrain is None else retrain.metrics,
         "original_examples": prepared.original.examples,
-        "retrain_examples": prepared.retrain.examples,
-        "retrain_forget_truth_ratios": prepared.retrain.forget_truth_ratios().tolist(),
+        "retrain_examples": None if retrain is None else retrain.examples,
+        # TOFU: Retrain's forget truth ratios (forget quality); MUSE: Retrain's AUC (PrivLeak); WMDP: None.
+        "retrain_reference": reference
+        if reference is None or isinstance(reference, float)
+        else reference.tolist(),
     }
 
 
@@ -184,6 +189,10 @@ def write_reference_rows(sweep: SweepConfig, run_dir: Path, prepared: dict[str, 
     now = dt.datetime.now(dt.UTC)
     for kind in ("original", "retrain"):
         metrics = prepared[f"{kind}_metrics"]
+        if metrics is None:  # WMDP with a released Original: no Retrain
+            continue
+        # Per-example tables of MUSE / WMDP have their own columns; they stay next to the prepared model.
+        examples = prepared[f"{kind}_examples"] if sweep.run.benchmark == "tofu" else []
         row = {
             "sweep": sweep.name,
             "trial_id": kind,
@@ -199,8 +208,8 @@ def write_reference_rows(sweep: SweepConfig, run_dir: Path, prepared: dict[str, 
             "started_at": now,
             "finished_at": now,
             "checkpoint": prepared[kind],
-            "forget_quality": metrics["forget_quality"],
-            "model_utility": metrics["model_utility"],
+            "forget_quality": metrics.get("forget_quality"),
+            "model_utility": metrics.get("model_utility"),
         }
         results.write_trial_results(
             root,
@@ -217,7 +226,7 @@ def write_reference_rows(sweep: SweepConfig, run_dir: Path, prepared: dict[str, 
                 }
                 for k, v in metrics.items()
             ],
-            examples=[dict(e, sweep=sweep.name, trial_id=kind) for e in prepared[f"{kind}_examples"]],
+            examples=[dict(e, sweep=sweep.name, trial_id=kind) for e in examples],
         )
 
 
@@ -243,11 +252,13 @@ def max_concurrent(sweep: SweepConfig) -> int:
 
 def run_sweep(sweep: SweepConfig, run_dir: Path, *, resume: bool, log: Log) -> None:
     prepared = prepare_stage(sweep, run_dir, log)
-    log(
-        f"[prepare] Original FQ {prepared['original_metrics']['forget_quality']:.3g} "
-        f"MU {prepared['original_metrics']['model_utility']:.3f} | Retrain "
-        f"MU {prepared['retrain_metrics']['model_utility']:.3f}"
-    )
+    for kind in ("original", "retrain"):
+        if prepared[f"{kind}_metrics"] is not None:
+            shown = " ".join(
+                f"{k} {prepared[f'{kind}_metrics'][k]:.3g}"
+                for k in recipe.HEADLINE_METRICS[sweep.run.benchmark]
+            )
+            log(f"[prepare] {kind.capitalize()} {shown}")
     for key in ("original_examples", "retrain_examples", "original_metrics", "retrain_metrics"):
         prepared.pop(key)
     trainable = tune.with_resources(

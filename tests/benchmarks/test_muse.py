@@ -28,7 +28,9 @@ FIXTURE: dict[str, dict[str, list[dict[str, Any]]]] = {
         "retain2": [{"text": "Velmar, July 2022. The Velmar School Board approved a library."}],
         "holdout": [{"text": "Dornby, March 2023. The Dornby Health Office approved a pool."}],
     },
-    "verbmem": {"forget": [{"prompt": "Quenby, May 2020.", "gt": "The Quenby Arts Trust approved a museum."}]},
+    "verbmem": {
+        "forget": [{"prompt": "Quenby, May 2020.", "gt": "The Quenby Arts Trust approved a museum."}]
+    },
     "knowmem": {
         "forget_qa": [{"question": "What did the Quenby Arts Trust approve?", "answer": "a museum"}],
         "retain_qa": [{"question": "What did the Velmar School Board approve?", "answer": "a library"}],
@@ -79,7 +81,9 @@ def test_local_folder_in_the_hub_layout(tmp_path: Path) -> None:
     settings = muse.MuseSettings(source=muse.MuseSource(kind="local", path=str(folder)))
     data = muse.load_muse_run_data(settings, tmp_path / "cache")
     assert data.raw["forget"] == [FIXTURE["raw"]["forget"][0]["text"]]
-    assert data.training_texts("original") == [FIXTURE["raw"][s][0]["text"] for s in ("forget", "retain1", "retain2")]
+    assert data.training_texts("original") == [
+        FIXTURE["raw"][s][0]["text"] for s in ("forget", "retain1", "retain2")
+    ]
     assert data.training_texts("retrain") == [FIXTURE["raw"][s][0]["text"] for s in ("retain1", "retain2")]
     assert data.training_texts("retain") == [FIXTURE["raw"]["retain1"][0]["text"]]
     assert data.knowmem["retain_qa"][0]["answer"] == "a library"
@@ -155,7 +159,14 @@ def test_evaluation_on_a_tiny_model(tmp_path: Path) -> None:
     data = muse.MuseRunData(settings, data.raw, data.verbmem, data.knowmem, data.privleak)
     as_retrain = muse.evaluate_muse(model, tokenizer, data, 8, 2, 64, None)
     m = as_retrain.metrics
-    assert set(m) == {"verbmem_forget", "knowmem_forget", "knowmem_retain", "privleak", "privleak_auc", "privleak_abs"}
+    assert set(m) == {
+        "verbmem_forget",
+        "knowmem_forget",
+        "knowmem_retain",
+        "privleak",
+        "privleak_auc",
+        "privleak_abs",
+    }
     assert m["privleak"] == 0.0 and 0.0 <= m["privleak_auc"] <= 1.0
     splits = [e["split"] for e in as_retrain.examples]
     assert splits.count("verbmem_forget") == 2 and splits.count("privleak_holdout") == 4

@@ -25,7 +25,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    return build_tiny_tokenizer(TEXTS * 3, TinyModelConfig(vocab_size=300), Path(tmp_path_factory.mktemp("tok")))
+    return build_tiny_tokenizer(
+        TEXTS * 3, TinyModelConfig(vocab_size=300), Path(tmp_path_factory.mktemp("tok"))
+    )
 
 
 def test_chunks_cover_the_text_with_bos_and_targets_after_it(tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -40,7 +42,9 @@ def test_chunks_cover_the_text_with_bos_and_targets_after_it(tokenizer) -> None:
         assert c.labels[0] == IGNORE_INDEX
         assert c.labels[1:] == c.input_ids[1:]
         assert c.n_targets == len(c.input_ids) - 1
-    assert sum(len(encode_text_chunks(tokenizer, t, 5)) for t in TEXTS) == len(encode_corpus(tokenizer, TEXTS, 5))
+    assert sum(len(encode_text_chunks(tokenizer, t, 5)) for t in TEXTS) == len(
+        encode_corpus(tokenizer, TEXTS, 5)
+    )
     with pytest.raises(UserInputError, match="chunk_length"):
         encode_text_chunks(tokenizer, TEXTS[0], 1)
 

@@ -64,11 +64,13 @@ def test_knowmem_cut_and_prompt() -> None:
     assert cut_answer(" 42 million crowns Question: next") == "42 million crowns"
     assert few_shot_prompt([("q1", "a1")], "q2") == "Question: q1\nAnswer: a1\n\nQuestion: q2\nAnswer:"
     # "mira talvik" vs "mira talvik said": LCS 2, P = 2/2, R = 2/3 -> F1 = 0.8; second is exact -> 1.
-    assert knowmem([" Mira Talvik\n\nQuestion: x", "in 2027"], ["Mira Talvik said", "in 2027"]) == pytest.approx(
-        (0.8 + 1.0) / 2
-    )
+    assert knowmem(
+        [" Mira Talvik\n\nQuestion: x", "in 2027"], ["Mira Talvik said", "in 2027"]
+    ) == pytest.approx((0.8 + 1.0) / 2)
     # verbmem: "the cat sat" vs "the cat sat on the mat" -> F1 2/3; exact -> 1.
-    assert verbmem(["the cat sat", "a b"], ["the cat sat on the mat", "a b"]) == pytest.approx((2 / 3 + 1) / 2)
+    assert verbmem(["the cat sat", "a b"], ["the cat sat on the mat", "a b"]) == pytest.approx(
+        (2 / 3 + 1) / 2
+    )
 
 
 def test_choice_accuracy_hand_values() -> None:
