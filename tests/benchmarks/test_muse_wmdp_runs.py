@@ -35,11 +35,15 @@ def call_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
 def test_muse_run_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     small = "muse.source.generator={seed: 0, forget_articles: 4, retain_articles: 4, holdout_articles: 4, icl_shots: 1}"
     argv = ["muse-news-generated", "--method", "npo", *sets(*TINY, small, f"cache_dir={tmp_path}")]
-    argv += sets("muse.verbmem_max_new_tokens=8", "muse.knowmem_max_new_tokens=4", "evaluation.generation_limit=2")
+    argv += sets(
+        "muse.verbmem_max_new_tokens=8", "muse.knowmem_max_new_tokens=4", "evaluation.generation_limit=2"
+    )
     out = call_json(capsys, *argv)
     assert list(out["metrics"]) == ["Original", "Retrain", "npo"]
     for metrics in out["metrics"].values():
-        assert {"verbmem_forget", "knowmem_forget", "knowmem_retain", "privleak", "privleak_auc"} <= set(metrics)
+        assert {"verbmem_forget", "knowmem_forget", "knowmem_retain", "privleak", "privleak_auc"} <= set(
+            metrics
+        )
     assert out["metrics"]["Retrain"]["privleak"] == 0.0
     auc_retrain = out["metrics"]["Retrain"]["privleak_auc"]
     for name in ("Original", "npo"):
@@ -56,7 +60,9 @@ def test_muse_run_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 def test_wmdp_run_end_to_end_with_rmu(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     small = "wmdp.source.generator={seed: 0, bio_entities: 3, cyber_entities: 3, retain_entities: 4}"
     rmu = ["method.layer=1", "method.trainable_layers=1", "method.steering_coeff=10"]
-    out = call_json(capsys, "wmdp-generated", "--method", "rmu", *sets(*TINY, small, *rmu, f"cache_dir={tmp_path}"))
+    out = call_json(
+        capsys, "wmdp-generated", "--method", "rmu", *sets(*TINY, small, *rmu, f"cache_dir={tmp_path}")
+    )
     assert list(out["metrics"]) == ["Original", "Retrain", "rmu"]
     for metrics in out["metrics"].values():
         assert {"wmdp_bio", "wmdp_cyber", "mmlu", "wmdp_forget"} <= set(metrics)
@@ -71,7 +77,10 @@ def test_wmdp_run_end_to_end_with_rmu(capsys: pytest.CaptureFixture[str], tmp_pa
     [
         (["muse-news-generated", "--method", "idk_dpo"], "needs a QA benchmark"),
         (["wmdp-generated", "--method", "idk_nll"], "needs a QA benchmark"),
-        (["muse-news-generated", "--set", "muse.corpus=poems"], "muse.corpus: Input should be 'news' or 'books'"),
+        (
+            ["muse-news-generated", "--set", "muse.corpus=poems"],
+            "muse.corpus: Input should be 'news' or 'books'",
+        ),
         (["wmdp-generated", "--set", "wmdp.subsets=[bio, physics]"], "wmdp.subsets.1: Input should be"),
         (["muse-news-generated", "--set", "muse.source.kind=local"], "kind=local needs path"),
     ],
