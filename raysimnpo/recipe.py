@@ -330,7 +330,13 @@ def _finetune_and_store(
         from .models import resolve_dtype
 
         log(f"[prepare] {name}: using {released} as it is")
-        model = AutoModelForCausalLM.from_pretrained(released, dtype=resolve_dtype(config.model.dtype))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(released, dtype=resolve_dtype(config.model.dtype))
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(
+                f"{config.benchmark}: could not load the released {name} {released!r} ({first})"
+            ) from exc
         model = model.to(resolve_device(config))
         staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
         save_model(model, ws.tokenizer, ws.prompt_format, staging)
