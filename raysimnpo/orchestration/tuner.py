@@ -150,7 +150,9 @@ def write_reference_nll(sweep: SweepConfig, original: str, out: Path, gpus: floa
         threads=int(cpus),
     )
     tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(pa.table({"forget_nll": nll["forget"], "refusal_nll": nll["refusal"]}), tmp)
+    # Raw-text benchmarks (MUSE, WMDP) have no refusals: that column is NaN (IdkDPO is refused there).
+    refusal = nll["refusal"] if refusals else [float("nan")] * len(forget)
+    pq.write_table(pa.table({"forget_nll": nll["forget"], "refusal_nll": refusal}), tmp)
     tmp.rename(out)
 
 
