@@ -131,8 +131,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
     torch.set_num_threads(threads)
 
     ws = recipe.workspace(run)
-    reference = prepared["retrain_reference"]
-    retrain_ratios = np.array(reference, dtype=np.float64) if run.benchmark == "tofu" else None
+    retrain_reference = prepared["retrain_reference"]
+    retrain_ratios = np.array(retrain_reference, dtype=np.float64) if run.benchmark == "tofu" else None
     checkpoint = run_dir / "checkpoints" / trial_id
     epochs: list[dict[str, float]] = []
     # Weights are recorded when unlearning runs in this process (not on TorchTrainer workers).
@@ -176,7 +176,7 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
             # MUSE / WMDP evaluate in the trial (their generation and choice scoring have no Ray Data
             # pipeline yet); the per-example table goes next to the checkpoint.
             model = recipe.load_prepared_model(checkpoint, run)
-            evaluation = recipe.evaluate(ws, model, reference)
+            evaluation = recipe.evaluate(ws, model, retrain_reference)
             metrics, examples = evaluation.metrics, list[dict[str, Any]]()
             pq.write_table(pa.Table.from_pylist(evaluation.examples), checkpoint / "examples.parquet")
             del model
