@@ -284,6 +284,10 @@ class SweepConfig(Frozen):
         unknown = [m for m in self.search.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"search.methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
+        if self.run.benchmark != "tofu" and {"idk_nll", "idk_dpo"} & set(self.search.methods):
+            raise ValueError(
+                f"search.methods: idk_nll / idk_dpo need QA pairs; benchmark {self.run.benchmark} unlearns raw text"
+            )
         extra = [m for m in self.search.space if m not in self.search.methods]
         if extra:
             raise ValueError(f"search.space: {extra} not in search.methods {self.search.methods}")

@@ -99,3 +99,23 @@ def test_missing_local_muse_folder(capsys: pytest.CaptureFixture[str], tmp_path:
     argv = ["muse-news-generated", *sets("muse.source.kind=local", f"muse.source.path={tmp_path / 'none'}")]
     assert run.main([*argv, "--set", f"cache_dir={tmp_path / 'cache'}"]) == 2
     assert "data folder does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["muse-news", "muse-books", "wmdp", "muse-news-generated", "wmdp-generated"])
+def test_sweep_files_load(name: str) -> None:
+    from raysimnpo.config import load_sweep_config
+
+    loaded = load_sweep_config(name)
+    assert loaded.run.benchmark == name.split("-")[0]
+    assert [o.metric for o in loaded.search.objectives] in (
+        ["privleak_abs", "knowmem_retain"],
+        ["wmdp_forget", "mmlu"],
+    )
+
+
+def test_sweep_refuses_idk_methods_on_raw_text() -> None:
+    from raysimnpo.config import load_sweep_config
+    from raysimnpo.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="search.methods: idk_nll / idk_dpo need QA pairs"):
+        load_sweep_config("wmdp-generated", ["search.methods=[rmu, idk_dpo]"])
