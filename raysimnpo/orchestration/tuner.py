@@ -69,13 +69,15 @@ class DefineByRun:
 
 
 class Progress(tune.Callback):
-    """One line per finished trial: done / running / failed, best FQ and MU so far, time left."""
+    """One line per finished trial: done / running / failed, the best value of each objective so far
+    (TOFU: FQ and MU), time left."""
 
-    def __init__(self, total: int, log: Log) -> None:
+    def __init__(self, total: int, log: Log, objectives: list[tuple[str, str]] | None = None) -> None:
         self.total, self.log = total, log
         self.started = time.monotonic()
         self.done = self.failed = 0
-        self.best_fq = self.best_mu = float("nan")
+        self.objectives = objectives or [("forget_quality", "max"), ("model_utility", "max")]
+        self.best = {metric: float("nan") for metric, _ in self.objectives}
 
     def _line(self, trials: list[Any], finished_now: Any = None) -> None:
         running = sum(1 for t in trials if t.status == "RUNNING" and t is not finished_now)
@@ -84,17 +86,21 @@ class Progress(tune.Callback):
         eta = elapsed / finished * (self.total - finished) if finished else float("nan")
         self.log(
             f"[sweep] {self.done}/{self.total} done, {running} running, {self.failed} failed | "
-            f"best FQ {self.best_fq:.3g} best MU {self.best_mu:.3f} | "
+            f"{self._best()} | "
             f"elapsed {elapsed / 60:.1f} min, left ~{eta / 60:.1f} min"
         )
+
+    def _best(self) -> str:
+        short = {"forget_quality": "FQ", "model_utility": "MU"}
+        return " ".join(f"best {short.get(k, k)} {v:.3g}" for k, v in self.best.items())
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.done += 1
         result = trial.last_result or {}
-        for key, attr in (("forget_quality", "best_fq"), ("model_utility", "best_mu")):
+        for key, mode in self.objectives:
             if key in result:
-                current = getattr(self, attr)
-                setattr(self, attr, result[key] if current != current else max(current, result[key]))
+                current, pick = self.best[key], max if mode == "max" else min
+                self.best[key] = result[key] if current != current else pick(current, result[key])
         self._line(trials, trial)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -270,7 +276,7 @@ def run_sweep(sweep: SweepConfig, run_dir: Path, *, resume: bool, log: Log) -> N
         trial_resources(sweep),
     )
     experiment = run_dir / "tune"
-    progress = Progress(sweep.search.num_trials, log)
+    progress = Progress(sweep.search.num_trials, log, [(o.metric, o.mode) for o in sweep.search.objectives])
     if resume and tune.Tuner.can_restore(str(experiment)):
         log(f"[sweep] resuming {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=False)
