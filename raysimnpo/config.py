@@ -15,6 +15,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .benchmarks.muse import MuseSettings
+from .benchmarks.wmdp import WmdpSettings
 from .cache import default_cache_dir
 from .data.sources import TofuSource
 from .errors import UserInputError
@@ -80,7 +82,7 @@ class EvalSettings(Frozen):
 class RunConfig(Frozen):
     """One unlearning run: what to prepare, which method, how to evaluate."""
 
-    benchmark: Literal["tofu"] = "tofu"
+    benchmark: Literal["tofu", "muse", "wmdp"] = "tofu"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: str = Field(default_factory=lambda: str(default_cache_dir()))
@@ -90,6 +92,8 @@ class RunConfig(Frozen):
     unlearn: TrainSettings = TrainSettings(epochs=10, learning_rate=1e-5, batch_size=32)
     method: AnyMethodParams = SimNPOParams()
     evaluation: EvalSettings = EvalSettings()
+    muse: MuseSettings = Field(MuseSettings(), description="data and metrics of benchmark: muse")
+    wmdp: WmdpSettings = Field(WmdpSettings(), description="data and metrics of benchmark: wmdp")
 
 
 def content_hash(*parts: BaseModel | Mapping[str, Any] | str) -> str:
@@ -189,7 +193,7 @@ def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: st
     if data.get("benchmark", "tofu") != "tofu":
         raise UserInputError(
             f"{path}: benchmark {data['benchmark']!r} runs as a sweep (python -m raysimnpo.sweep); "
-            "python -m raysimnpo.run takes: tofu"
+            "python -m raysimnpo.run takes: tofu, muse, wmdp (the run: benchmark of a sweep file)"
         )
     run = data.get("run") or {}
     if not isinstance(run, dict):
@@ -337,6 +341,14 @@ class SweepConfig(Frozen):
             unknown = [m for m in self.relearn.methods if m not in self.search.methods]
             if unknown:
                 raise ValueError(f"relearn.methods: {unknown} not in search.methods {self.search.methods}")
+        if self.relearn is not None and self.run.benchmark != "tofu":
+            raise ValueError(
+                f"relearn: attacks are scored with TOFU forget quality; benchmark {self.run.benchmark} has none"
+            )
+        if self.run.benchmark != "tofu" and {"idk_nll", "idk_dpo"} & set(self.search.methods):
+            raise ValueError(
+                f"search.methods: idk_nll / idk_dpo need QA pairs; benchmark {self.run.benchmark} unlearns raw text"
+            )
         extra = [m for m in self.search.space if m not in self.search.methods]
         if extra:
             raise ValueError(f"search.space: {extra} not in search.methods {self.search.methods}")

@@ -6,6 +6,12 @@
 Prepared models are cached under `<cache_dir>/prepared/<content hash>/` by what produced them (data
 source, model, fine-tuning recipe, seed, and for Retrain the forget split), each as a Hugging Face
 folder (safetensors) with its evaluation: `metrics.json` and `examples.parquet`.
+
+The benchmark (`config.benchmark`: tofu, muse, wmdp) decides only three things here: which rows train
+Original / Retrain and feed the forget and retain terms (`training_examples`: TOFU's QA pairs, or
+MUSE/WMDP raw-text chunks), how a model is evaluated (`evaluate`), and what of Retrain's evaluation
+the others are measured against (`retrain_reference`: TOFU's forget truth ratios for forget quality,
+MUSE's AUC for PrivLeak, nothing for WMDP). The loop, the caching and the unlearning are shared.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .benchmarks import muse, wmdp
 from .benchmarks.tofu import TofuRunData, load_tofu_run_data
 from .config import RunConfig, content_hash
 from .data.formatting import EncodedExample, PromptFormat, encode_qa
@@ -36,6 +43,14 @@ from .scoring import score_sequences
 from .training import ForgetBatchHook, TrainingSummary, UnlearnInputs, train
 
 Log = Callable[[str], None]
+RunData = TofuRunData | muse.MuseRunData | wmdp.WmdpRunData
+TrainingKind = str
+"""original | retrain | forget | retain"""
+HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
+    "tofu": ("forget_quality", "model_utility"),
+    "muse": muse.HEADLINE_METRICS,
+    "wmdp": wmdp.HEADLINE_METRICS,
+}
 
 
 def _quiet(_: str) -> None:
@@ -47,7 +62,7 @@ class Workspace:
     """Everything a run needs in memory: data, tokenizer and encoded training sets."""
 
     config: RunConfig
-    data: TofuRunData
+    data: RunData
     tokenizer: PreTrainedTokenizerBase
     prompt_format: PromptFormat
     pad_id: int
@@ -74,14 +89,14 @@ class PreparedModel:
 @dataclass
 class Prepared:
     original: PreparedModel
-    retrain: PreparedModel
+    retrain: PreparedModel | None  # None: WMDP with a released Original used as it is
 
 
 @dataclass
 class RunResult:
     original: PreparedModel
-    retrain: PreparedModel
-    unlearned: TofuEvaluation
+    retrain: PreparedModel | None
+    unlearned: TofuEvaluation | muse.MuseEvaluation | wmdp.WmdpEvaluation
     training: TrainingSummary
     evaluation_seconds: float
 
@@ -94,7 +109,38 @@ def resolve_device(config: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
+_EVALUATION_ONLY = {
+    "muse": (
+        "verbmem_max_new_tokens",
+        "knowmem_max_new_tokens",
+        "knowmem_icl_shots",
+        "min_k",
+        "auc_retrain",
+        "retrain_model",
+    ),
+    "wmdp": ("choice_format", "question_limit"),
+}
+
+
+def benchmark_settings(config: RunConfig, training_only: bool = False) -> dict[str, Any]:
+    """The `muse:` / `wmdp:` section of a non-TOFU run (without the evaluation-only fields when
+    `training_only`), for cache keys."""
+    settings = getattr(config, config.benchmark).model_dump(mode="json")
+    if training_only:
+        settings = {k: v for k, v in settings.items() if k not in _EVALUATION_ONLY[config.benchmark]}
+    return settings
+
+
 def original_key(config: RunConfig) -> str:
+    if config.benchmark != "tofu":
+        return content_hash(
+            "original",
+            config.benchmark,
+            benchmark_settings(config, True),
+            config.model,
+            config.prepare,
+            str(config.seed),
+        )
     return content_hash(
         "original",
         config.data.source,
@@ -106,12 +152,47 @@ def original_key(config: RunConfig) -> str:
 
 
 def retrain_key(config: RunConfig) -> str:
+    if config.benchmark == "muse":
+        return content_hash(original_key(config), "retrain", str(config.muse.retrain_model))
+    if config.benchmark == "wmdp":
+        return content_hash(original_key(config), "retrain")
     return content_hash(original_key(config), "retrain", config.data.forget_split)
+
+
+def load_run_data(config: RunConfig) -> RunData:
+    """The benchmark's rows; a method the benchmark cannot run is a UserInputError."""
+    cache = Path(config.cache_dir)
+    if config.benchmark == "muse":
+        muse.check_method(config.method.name)
+        return muse.load_muse_run_data(config.muse, cache)
+    if config.benchmark == "wmdp":
+        wmdp.check_method(config.method.name)
+        return wmdp.load_wmdp_run_data(config.wmdp, cache)
+    return load_tofu_run_data(config.data.source, config.data.forget_split, cache)
+
+
+def training_examples(
+    ws: Workspace, kind: TrainingKind, max_length: int | None = None
+) -> list[EncodedExample]:
+    """What trains Original (`original`) and Retrain (`retrain`), and the forget / retain sets of
+    unlearning: TOFU's QA pairs, or the raw-text chunks of MUSE and WMDP."""
+    length = ws.config.prepare.max_length if max_length is None else max_length
+    data = ws.data
+    if not isinstance(data, TofuRunData):
+        return data.training_examples(kind, ws.tokenizer, length)
+    utility = data.utility_train_rows if ws.config.data.train_on_utility_splits else []
+    rows = {
+        "original": data.full + utility,
+        "retrain": data.retain + utility,
+        "forget": data.forget,
+        "retain": data.retain,
+    }[kind]
+    return ws.encode(rows, length)
 
 
 def workspace(config: RunConfig) -> Workspace:
     cache = Path(config.cache_dir)
-    data = load_tofu_run_data(config.data.source, config.data.forget_split, cache)
+    data = load_run_data(config)
     loaded = load_model_and_tokenizer(
         config.model.name,
         dtype=config.model.dtype,
@@ -126,8 +207,11 @@ def workspace(config: RunConfig) -> Workspace:
     ws = Workspace(config, data, tok, prompt_format, int(pad_id))
     # Encode everything now: a prompt that leaves no target tokens is a user error, reported
     # before any model is trained or written.
-    ws.encode(data.full + data.utility_train_rows)
-    ws.encode(data.full, config.unlearn.max_length)
+    if isinstance(data, TofuRunData):
+        ws.encode(data.full + data.utility_train_rows)
+        ws.encode(data.full, config.unlearn.max_length)
+    elif not training_examples(ws, "forget", config.unlearn.max_length):
+        raise UserInputError(f"{config.benchmark}: the forget corpus of {data.source_name} has no tokens")
     return ws
 
 
@@ -150,7 +234,27 @@ def write_examples(examples: list[dict[str, Any]], path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(examples), path)
 
 
-def evaluate(ws: Workspace, model: PreTrainedModel, retrain_truth_ratios: Any | None) -> TofuEvaluation:
+def evaluate(
+    ws: Workspace, model: PreTrainedModel, retrain_reference: Any | None
+) -> TofuEvaluation | muse.MuseEvaluation | wmdp.WmdpEvaluation:
+    """The benchmark's evaluation of `model`. `retrain_reference` (`retrain_reference`): TOFU's
+    Retrain forget truth ratios, MUSE's Retrain AUC; None when `model` is Retrain itself."""
+    settings = ws.config.evaluation
+    if isinstance(ws.data, muse.MuseRunData):
+        return muse.evaluate_muse(
+            model,
+            ws.tokenizer,
+            ws.data,
+            settings.batch_size,
+            settings.generation_limit,
+            ws.config.prepare.max_length,
+            retrain_reference,
+        )
+    if isinstance(ws.data, wmdp.WmdpRunData):
+        return wmdp.evaluate_wmdp(
+            model, ws.tokenizer, ws.data, settings.batch_size, ws.config.prepare.max_length
+        )
+    retrain_truth_ratios = retrain_reference
     return evaluate_tofu(
         model,
         ws.tokenizer,
@@ -164,16 +268,39 @@ def evaluate(ws: Workspace, model: PreTrainedModel, retrain_truth_ratios: Any | 
 
 def evaluation_key(config: RunConfig) -> str:
     """What a prepared model's stored evaluation depends on besides its weights."""
+    if config.benchmark != "tofu":
+        return content_hash(
+            "evaluation", config.evaluation, benchmark_settings(config), str(config.prepare.max_length)
+        )
     return content_hash(
         "evaluation", config.evaluation, config.data.forget_split, str(config.prepare.max_length)
     )
+
+
+def retrain_reference(ws: Workspace, retrain: PreparedModel | None) -> Any | None:
+    """What of Retrain's evaluation the other models are measured against: TOFU's forget truth
+    ratios (forget quality), MUSE's forget/holdout AUC (PrivLeak), nothing for WMDP."""
+    if retrain is None or ws.config.benchmark == "wmdp":
+        return None
+    if ws.config.benchmark == "muse":
+        return float(retrain.metrics["privleak_auc"])
+    return retrain.forget_truth_ratios()
+
+
+def as_is_model(config: RunConfig, name: str) -> str | None:
+    """The released model to use as the prepared `name` (Original / Retrain) instead of fine-tuning."""
+    if config.benchmark == "muse":
+        return config.muse.target_model if name == "Original" else config.muse.retrain_model
+    if config.benchmark == "wmdp" and config.wmdp.original_as_is and name == "Original":
+        return config.model.name
+    return None
 
 
 def _finetune_and_store(
     ws: Workspace,
     name: str,
     final: Path,
-    rows: list[dict[str, Any]],
+    kind: TrainingKind,
     retrain_truth_ratios: Any | None,
     log: Log,
 ) -> PreparedModel:
@@ -191,9 +318,29 @@ def _finetune_and_store(
         examples = pq.read_table(eval_dir / "examples.parquet").to_pylist()
         return PreparedModel(final / "model", metrics, examples)
     final.mkdir(parents=True, exist_ok=True)
+    released = as_is_model(config, name)
     if (final / "model" / "config.json").is_file():
         log(f"[prepare] {name}: weights cached at {final}; evaluating")
         model = load_prepared_model(final / "model", config)
+    elif released is not None:
+        # A released model (MUSE's target/retrain, WMDP's Zephyr) is the prepared model as it is; it is
+        # saved with the run's tokenizer, since some releases ship weights only.
+        from transformers import AutoModelForCausalLM
+
+        from .models import resolve_dtype
+
+        log(f"[prepare] {name}: using {released} as it is")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(released, dtype=resolve_dtype(config.model.dtype))
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(
+                f"{config.benchmark}: could not load the released {name} {released!r} ({first})"
+            ) from exc
+        model = model.to(resolve_device(config))
+        staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
+        save_model(model, ws.tokenizer, ws.prompt_format, staging)
+        staging.rename(final / "model")
     else:
         loaded = load_model_and_tokenizer(
             config.model.name,
@@ -205,8 +352,9 @@ def _finetune_and_store(
             tiny=config.model.tiny,
         )
         model = loaded.model.to(resolve_device(config))
-        examples = ws.encode(rows)
-        log(f"[prepare] {name}: fine-tuning on {len(examples)} QA for {config.prepare.epochs} epochs")
+        examples = training_examples(ws, kind)
+        unit = "QA" if isinstance(ws.data, TofuRunData) else "text chunks"
+        log(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs")
 
         def show(row: dict[str, Any]) -> None:
             log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
@@ -227,9 +375,8 @@ def _finetune_and_store(
     if eval_dir.exists():
         shutil.rmtree(eval_dir)
     staging.rename(eval_dir)
-    log(
-        f"[prepare] {name}: FQ {evaluation.metrics['forget_quality']:.3g} MU {evaluation.metrics['model_utility']:.3f}"
-    )
+    shown = " ".join(f"{k} {evaluation.metrics[k]:.3g}" for k in HEADLINE_METRICS[config.benchmark])
+    log(f"[prepare] {name}: {shown}")
     return PreparedModel(final / "model", evaluation.metrics, evaluation.examples)
 
 
@@ -240,13 +387,16 @@ def prepared_dirs(config: RunConfig, root: Path | None = None) -> tuple[Path, Pa
 
 
 def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepared:
-    """Fine-tune Retrain (on retainXX) first, so the Original's forget quality can be measured
-    against Retrain's truth ratios; both are cached by content hash."""
-    utility = ws.data.utility_train_rows if ws.config.data.train_on_utility_splits else []
+    """Fine-tune Retrain (on retainXX, or the retain texts) first, so the Original can be measured
+    against it (TOFU's forget quality, MUSE's PrivLeak); both are cached by content hash. WMDP with
+    a released Original used as it is has no Retrain."""
     original_dir, retrain_dir = prepared_dirs(ws.config, root)
-    retrain = _finetune_and_store(ws, "Retrain", retrain_dir, ws.data.retain + utility, None, log)
+    config = ws.config
+    retrain = None
+    if not (config.benchmark == "wmdp" and config.wmdp.original_as_is):
+        retrain = _finetune_and_store(ws, "Retrain", retrain_dir, "retrain", None, log)
     original = _finetune_and_store(
-        ws, "Original", original_dir, ws.data.full + utility, retrain.forget_truth_ratios(), log
+        ws, "Original", original_dir, "original", retrain_reference(ws, retrain), log
     )
     return Prepared(original=original, retrain=retrain)
 
@@ -254,8 +404,10 @@ def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepa
 def reference_examples(ws: Workspace) -> tuple[list[EncodedExample], list[EncodedExample]]:
     """The forget answers and the forget questions' refusals, in forget order: what the
     reference NLLs of NPO and IdkDPO are computed on."""
-    refusals = [dict(r, answer=refusal_for(i, ws.config.seed)) for i, r in enumerate(ws.data.forget)]
     length = ws.config.unlearn.max_length
+    if not isinstance(ws.data, TofuRunData):  # raw text: no questions to refuse (IDK methods are refused)
+        return training_examples(ws, "forget", length), []
+    refusals = [dict(r, answer=refusal_for(i, ws.config.seed)) for i, r in enumerate(ws.data.forget)]
     return ws.encode(ws.data.forget, length), ws.encode(refusals, length)
 
 
@@ -269,7 +421,9 @@ def unlearn_inputs(
     ℓ_ref (eq. 2) of the forget answers and refusals, computed once by the Original (or passed in
     as `reference_nll`, precomputed for a whole sweep)."""
     forget, refusals = reference_examples(ws)
-    inputs = UnlearnInputs(forget=forget, retain=ws.encode(ws.data.retain, ws.config.unlearn.max_length))
+    inputs = UnlearnInputs(
+        forget=forget, retain=training_examples(ws, "retain", ws.config.unlearn.max_length)
+    )
     needs = needs_of(params)
     if "idk" in needs:
         inputs.idk = refusals
@@ -279,7 +433,7 @@ def unlearn_inputs(
             batch = ws.config.evaluation.batch_size
             reference_nll = (
                 score_sequences(reference, forget, batch, ws.pad_id)[0],
-                score_sequences(reference, refusals, batch, ws.pad_id)[0],
+                score_sequences(reference, refusals, batch, ws.pad_id)[0] if refusals else [],
             )
         inputs.forget_ref_nll = torch.tensor(reference_nll[0], dtype=torch.float32)
         inputs.idk_ref_nll = torch.tensor(reference_nll[1], dtype=torch.float32)
@@ -321,9 +475,12 @@ def unlearn_model(
 def run(config: RunConfig, log: Log = _quiet) -> RunResult:
     ws = workspace(config)
     prepared = prepare(ws, log)
-    log(
-        f"[unlearn] {config.method.name}: {config.unlearn.epochs} epochs over {len(ws.data.forget)} forget QA"
+    forget = (
+        f"{len(ws.data.forget)} forget QA"
+        if isinstance(ws.data, TofuRunData)
+        else f"{ws.data.forget_count} forget texts"
     )
+    log(f"[unlearn] {config.method.name}: {config.unlearn.epochs} epochs over {forget}")
 
     def show(row: dict[str, Any]) -> None:
         log(
@@ -333,5 +490,5 @@ def run(config: RunConfig, log: Log = _quiet) -> RunResult:
 
     model, summary = unlearn_model(ws, prepared.original.path, report=show)
     started = time.perf_counter()
-    evaluation = evaluate(ws, model, prepared.retrain.forget_truth_ratios())
+    evaluation = evaluate(ws, model, retrain_reference(ws, prepared.retrain))
     return RunResult(prepared.original, prepared.retrain, evaluation, summary, time.perf_counter() - started)

@@ -32,11 +32,20 @@ TABLE_METRICS = (
     "world_facts_truth_ratio",
     "forget_quality_ks_statistic",
 )
+BENCHMARK_TABLE_METRICS: dict[str, tuple[str, ...]] = {
+    "tofu": TABLE_METRICS,
+    "muse": ("verbmem_forget", "knowmem_forget", "knowmem_retain", "privleak", "privleak_auc"),
+    "wmdp": ("wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu", "wmdp_forget"),
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raysimnpo.run", description=__doc__)
-    parser.add_argument("benchmark", help="benchmark or sweep file: tofu, or a path to a sweep YAML")
+    parser.add_argument(
+        "benchmark",
+        help="a sweep name whose run: section is used (tofu, muse-news-generated, wmdp-generated, ...) "
+        "or a path to a sweep YAML",
+    )
     parser.add_argument("--method", help="unlearning method (ga, grad_diff, npo, simnpo, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -51,11 +60,12 @@ def format_value(value: float) -> str:
     return f"{value:.4f}"
 
 
-def format_table(columns: dict[str, dict[str, float]]) -> str:
+def format_table(columns: dict[str, dict[str, float]], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
     names = list(columns)
-    width = max(len(m) for m in TABLE_METRICS) + 2
+    metrics = tuple(m for m in metrics if any(m in c for c in columns.values())) or metrics
+    width = max(len(m) for m in metrics) + 2
     lines = ["metric".ljust(width) + "".join(n.rjust(14) for n in names)]
-    for metric in TABLE_METRICS:
+    for metric in metrics:
         cells = "".join(format_value(columns[n].get(metric, float("nan"))).rjust(14) for n in names)
         lines.append(metric.ljust(width) + cells)
     return "\n".join(lines)
@@ -71,11 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    columns = {
-        "Original": result.original.metrics,
-        "Retrain": result.retrain.metrics,
-        config.method.name: result.unlearned.metrics,
-    }
+    columns = {"Original": result.original.metrics}
+    if result.retrain is not None:
+        columns["Retrain"] = result.retrain.metrics
+    columns[config.method.name] = result.unlearned.metrics
     if args.json:
         payload = {
             "config": config.model_dump(mode="json"),
@@ -85,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(json.dumps(payload, indent=None))
     else:
-        print(format_table(columns))
+        print(format_table(columns, BENCHMARK_TABLE_METRICS[config.benchmark]))
     return 0
 
 

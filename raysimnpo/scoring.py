@@ -1,4 +1,4 @@
-"""Batch scorers: summed answer NLL per sequence, and greedy generation.
+"""Batch scorers: summed answer NLL per sequence, per-token log-probs, and greedy generation.
 
 Both sort their inputs by length so a batch carries little padding, run one forward (or one
 `generate`) per batch, and return results in the caller's order.
@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data.collate import pad_left_prompts, pad_right
 from .data.formatting import EncodedExample
-from .logprobs import sequence_nll
+from .logprobs import sequence_nll, token_logprobs
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -42,6 +42,29 @@ def score_sequences(
         tokens[index] = batch_tokens.double().cpu().numpy()
     model.train(was_training)
     return nll, tokens
+
+
+@torch.no_grad()
+def score_token_logprobs(
+    model: PreTrainedModel, examples: Sequence[EncodedExample], batch_size: int, pad_id: int
+) -> list[np.ndarray]:
+    """log π_θ of every target token of every example (for Min-K% Prob), in the caller's order."""
+    out: list[np.ndarray] = [np.zeros(0)] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        batch = pad_right([examples[i] for i in index], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp, mask = token_logprobs(logits.float(), batch["labels"])
+        values, keep = logp.double().cpu().numpy(), mask.cpu().numpy()
+        for row, i in enumerate(index):
+            out[i] = values[row][keep[row]]
+    model.train(was_training)
+    return out
 
 
 @torch.no_grad()

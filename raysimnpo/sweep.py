@@ -51,6 +51,9 @@ def print_front(root: str, sweep: SweepConfig) -> None:
     done = [t for t in trials if t["kind"] == "trial" and t["status"] == "completed"]
     failed = [t for t in trials if t["kind"] == "trial" and t["status"] == "failed"]
     print(f"\n{len(done)} trials completed, {len(failed)} failed")
+    if sweep.run.benchmark != "tofu":
+        print_objective_front(root, sweep, trials)
+        return
     reference = {t["kind"]: t for t in trials if t["kind"] != "trial"}
     for kind in ("original", "retrain"):
         if kind in reference:
@@ -75,6 +78,46 @@ def print_front(root: str, sweep: SweepConfig) -> None:
             f"{num(t['retain_weight'], '.3g'):>8}{t['epochs']:>7}{t['learning_rate']:>10.2e}"
             f"{t['forget_quality']:>11.3g}{t['model_utility']:>8.3f}"
         )
+
+
+def print_objective_front(root: str, sweep: SweepConfig, trials: list[dict]) -> None:
+    """MUSE / WMDP: Original, Retrain and the Pareto front of the sweep's objectives, with the
+    benchmark's headline metrics, from the `metrics` table."""
+    import numpy as np
+
+    from . import results
+    from .pareto import non_dominated_mask
+    from .recipe import HEADLINE_METRICS
+
+    final: dict[str, dict[str, float]] = {}
+    for row in results.read_table(root, "metrics").to_pylist():
+        if row["stage"] == "final":
+            final.setdefault(row["trial_id"], {})[row["metric"]] = row["value"]
+    objectives = [(o.metric, o.mode) for o in sweep.search.objectives]
+    shown = list(dict.fromkeys([*HEADLINE_METRICS[sweep.run.benchmark], *(m for m, _ in objectives)]))
+    header = f"  {'trial':<18}{'method':<12}" + "".join(f"{m:>16}" for m in shown)
+
+    def line(trial_id: str, method: str) -> str:
+        values = final.get(trial_id, {})
+        return f"  {trial_id:<18}{method:<12}" + "".join(
+            f"{values.get(m, float('nan')):>16.4g}" for m in shown
+        )
+
+    print(header)
+    for kind in ("original", "retrain"):
+        if kind in final:
+            print(line(kind, kind))
+    done = [
+        t for t in trials if t["kind"] == "trial" and t["status"] == "completed" and t["trial_id"] in final
+    ]
+    if not done:
+        return
+    values = np.array([[final[t["trial_id"]].get(m, np.nan) for m, _ in objectives] for t in done])
+    mask = non_dominated_mask(values, [mode for _, mode in objectives])
+    print(f"\nPareto front ({', '.join(f'{m} {mode}' for m, mode in objectives)}):")
+    for t, keep in zip(done, mask, strict=True):
+        if keep:
+            print(line(t["trial_id"], t["method"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from ray import tune
 
 from .. import recipe, results
+from ..benchmarks.tofu import TofuRunData
 from ..config import SweepConfig
 from ..evaluation import tofu_metrics
 from ..methods import CLOSED_FORM_WEIGHTS
@@ -179,7 +181,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
 
     with clock.phase("workspace"):
         ws = recipe.workspace(run)
-    retrain_ratios = np.array(prepared["retrain_forget_truth_ratios"], dtype=np.float64)
+    retrain_reference = prepared["retrain_reference"]
+    retrain_ratios = np.array(retrain_reference, dtype=np.float64) if run.benchmark == "tofu" else None
     # The checkpoint is written on this node's disk: in the run folder on a local storage, else in
     # the node's cache, then uploaded to `<run>/checkpoints/<trial id>` (where the row points).
     checkpoint = (
@@ -246,9 +249,30 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
 
         t1 = time.perf_counter()
         gpu = sweep.resources.gpus_per_worker > 0
-        if engine == "ray_data":
+        if run.benchmark != "tofu":
+            # MUSE / WMDP evaluate in the trial (their generation and choice scoring have no Ray Data
+            # pipeline yet); the per-example table goes next to the checkpoint.
+            with clock.phase("load_checkpoint"):
+                if model is None:
+                    local = (
+                        checkpoint
+                        if checkpoint.is_dir()
+                        else local_copy(stored_checkpoint, sweep.run.cache_dir)
+                    )
+                    model = recipe.load_prepared_model(local, run)
+            with clock.phase("evaluate"):
+                evaluation = recipe.evaluate(ws, model, retrain_reference)
+            metrics, examples = evaluation.metrics, list[dict[str, Any]]()
+            pq.write_table(pa.Table.from_pylist(evaluation.examples), checkpoint / "examples.parquet")
+            if storage.remote:
+                storage.upload_file(
+                    checkpoint / "examples.parquet", sweep.name, "checkpoints", trial_id, "examples.parquet"
+                )
+            del model
+        elif engine == "ray_data":
             from ..orchestration.eval_pipeline import evaluate_with_ray_data
 
+            assert isinstance(ws.data, TofuRunData)
             actor: dict[str, float] = {}
             with clock.phase("eval_startup"):
                 stats = evaluate_with_ray_data(
@@ -278,8 +302,9 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
             with clock.phase("evaluate"):
                 stats = recipe.evaluate(ws, model, None).examples
             del model
-        with clock.phase("metrics"):
-            metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
+        if isinstance(ws.data, TofuRunData):
+            with clock.phase("metrics"):
+                metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
         eval_seconds = time.perf_counter() - t1
     except TrainingDiverged as exc:
         row = trial_row(
@@ -314,8 +339,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
         checkpoint=stored_checkpoint,
-        forget_quality=metrics["forget_quality"],
-        model_utility=metrics["model_utility"],
+        forget_quality=metrics.get("forget_quality"),
+        model_utility=metrics.get("model_utility"),
     )
     example_rows = [dict(e, sweep=sweep.name, trial_id=trial_id) for e in examples]
     results.write_trial_results(

@@ -78,13 +78,21 @@ class DefineByRun:
 
 
 class Progress(tune.Callback):
-    """One line per finished trial: done / running / failed, best FQ and MU so far, time left."""
+    """One line per finished trial: done / running / failed, the best value of each objective so far
+    (TOFU: FQ and MU), time left."""
 
-    def __init__(self, total: int, log: Log, after_trial: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        log: Log,
+        objectives: list[tuple[str, str]] | None = None,
+        after_trial: Callable[[], None] | None = None,
+    ) -> None:
         self.total, self.log, self.after_trial = total, log, after_trial
         self.started = time.monotonic()
         self.done = self.failed = 0
-        self.best_fq = self.best_mu = float("nan")
+        self.objectives = objectives or [("forget_quality", "max"), ("model_utility", "max")]
+        self.best = {metric: float("nan") for metric, _ in self.objectives}
 
     def _line(self, trials: list[Any], finished_now: Any = None) -> None:
         running = sum(1 for t in trials if t.status == "RUNNING" and t is not finished_now)
@@ -93,17 +101,21 @@ class Progress(tune.Callback):
         eta = elapsed / finished * (self.total - finished) if finished else float("nan")
         self.log(
             f"[sweep] {self.done}/{self.total} done, {running} running, {self.failed} failed | "
-            f"best FQ {self.best_fq:.3g} best MU {self.best_mu:.3f} | "
+            f"{self._best()} | "
             f"elapsed {elapsed / 60:.1f} min, left ~{eta / 60:.1f} min"
         )
+
+    def _best(self) -> str:
+        short = {"forget_quality": "FQ", "model_utility": "MU"}
+        return " ".join(f"best {short.get(k, k)} {v:.3g}" for k, v in self.best.items())
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.done += 1
         result = trial.last_result or {}
-        for key, attr in (("forget_quality", "best_fq"), ("model_utility", "best_mu")):
+        for key, mode in self.objectives:
             if key in result:
-                current = getattr(self, attr)
-                setattr(self, attr, result[key] if current != current else max(current, result[key]))
+                current, pick = self.best[key], max if mode == "max" else min
+                self.best[key] = result[key] if current != current else pick(current, result[key])
         self._line(trials, trial)
         if self.after_trial is not None:
             self.after_trial()
@@ -149,6 +161,8 @@ def _prepare_remote(run_json: str, storage_uri: str) -> dict[str, Any]:
     prepared = recipe.prepare(ws, log=lambda m: print(m, flush=True), root=root)
     if storage.remote:
         _sync_prepared(storage, local_dirs, marker, upload=True)
+    retrain = prepared.retrain
+    reference = recipe.retrain_reference(ws, retrain)
 
     def location(model: recipe.PreparedModel) -> str:
         folder = model.path.parent.name
@@ -156,12 +170,15 @@ def _prepare_remote(run_json: str, storage_uri: str) -> dict[str, Any]:
 
     return {
         "original": location(prepared.original),
-        "retrain": location(prepared.retrain),
+        "retrain": None if retrain is None else location(retrain),
         "original_metrics": prepared.original.metrics,
-        "retrain_metrics": prepared.retrain.metrics,
+        "retrain_metrics": None if retrain is None else retrain.metrics,
         "original_examples": prepared.original.examples,
-        "retrain_examples": prepared.retrain.examples,
-        "retrain_forget_truth_ratios": prepared.retrain.forget_truth_ratios().tolist(),
+        "retrain_examples": None if retrain is None else retrain.examples,
+        # TOFU: Retrain's forget truth ratios (forget quality); MUSE: Retrain's AUC (PrivLeak); WMDP: None.
+        "retrain_reference": reference
+        if reference is None or isinstance(reference, float)
+        else reference.tolist(),
     }
 
 
@@ -183,7 +200,9 @@ def write_reference_nll(sweep: SweepConfig, original: str, out: str, gpus: float
         num_gpus=gpus,
         threads=int(cpus),
     )
-    table = pa.table({"forget_nll": nll["forget"], "refusal_nll": nll["refusal"]})
+    # Raw-text benchmarks (MUSE, WMDP) have no refusals: that column is NaN (IdkDPO is refused there).
+    refusal = nll["refusal"] if refusals else [float("nan")] * len(forget)
+    table = pa.table({"forget_nll": nll["forget"], "refusal_nll": refusal})
     if "://" in out:  # an object store's put is whole
         pq.write_table(table, out)
         return
@@ -228,6 +247,10 @@ def write_reference_rows(sweep: SweepConfig, storage: Storage, prepared: dict[st
     now = dt.datetime.now(dt.UTC)
     for kind in ("original", "retrain"):
         metrics = prepared[f"{kind}_metrics"]
+        if metrics is None:  # WMDP with a released Original: no Retrain
+            continue
+        # Per-example tables of MUSE / WMDP have their own columns; they stay next to the prepared model.
+        examples = prepared[f"{kind}_examples"] if sweep.run.benchmark == "tofu" else []
         row = {
             "sweep": sweep.name,
             "trial_id": kind,
@@ -243,8 +266,8 @@ def write_reference_rows(sweep: SweepConfig, storage: Storage, prepared: dict[st
             "started_at": now,
             "finished_at": now,
             "checkpoint": prepared[kind],
-            "forget_quality": metrics["forget_quality"],
-            "model_utility": metrics["model_utility"],
+            "forget_quality": metrics.get("forget_quality"),
+            "model_utility": metrics.get("model_utility"),
         }
         results.write_trial_results(
             root,
@@ -261,7 +284,7 @@ def write_reference_rows(sweep: SweepConfig, storage: Storage, prepared: dict[st
                 }
                 for k, v in metrics.items()
             ],
-            examples=[dict(e, sweep=sweep.name, trial_id=kind) for e in prepared[f"{kind}_examples"]],
+            examples=[dict(e, sweep=sweep.name, trial_id=kind) for e in examples],
         )
 
 
@@ -331,11 +354,13 @@ def run_sweep(sweep: SweepConfig, storage: Storage, *, resume: bool, log: Log) -
     if storage.remote and resume and not study.is_file() and storage.is_file(sweep.name, "optuna.sqlite"):
         storage.download_file(study, sweep.name, "optuna.sqlite")
     prepared = prepare_stage(sweep, storage, log)
-    log(
-        f"[prepare] Original FQ {prepared['original_metrics']['forget_quality']:.3g} "
-        f"MU {prepared['original_metrics']['model_utility']:.3f} | Retrain "
-        f"MU {prepared['retrain_metrics']['model_utility']:.3f}"
-    )
+    for kind in ("original", "retrain"):
+        if prepared[f"{kind}_metrics"] is not None:
+            shown = " ".join(
+                f"{k} {prepared[f'{kind}_metrics'][k]:.3g}"
+                for k in recipe.HEADLINE_METRICS[sweep.run.benchmark]
+            )
+            log(f"[prepare] {kind.capitalize()} {shown}")
     for key in ("original_examples", "retrain_examples", "original_metrics", "retrain_metrics"):
         prepared.pop(key)
     trainable = tune.with_resources(
@@ -346,7 +371,10 @@ def run_sweep(sweep: SweepConfig, storage: Storage, *, resume: bool, log: Log) -
     )
     experiment = storage.join(sweep.name, "tune")
     progress = Progress(
-        sweep.search.num_trials, log, after_trial=lambda: sync_study(study, storage, sweep.name)
+        sweep.search.num_trials,
+        log,
+        [(o.metric, o.mode) for o in sweep.search.objectives],
+        after_trial=lambda: sync_study(study, storage, sweep.name),
     )
     if resume and tune.Tuner.can_restore(experiment):
         log(f"[sweep] resuming {experiment}")

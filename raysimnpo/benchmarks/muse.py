@@ -1,0 +1,279 @@
+"""The MUSE benchmark (Shi et al. 2024; the SimNPO paper's Table 3 / Table A1 setting).
+
+* Data: `muse-bench/MUSE-News` or `muse-bench/MUSE-Books` (configs raw / verbmem / knowmem /
+  privleak, `raysimnpo.data.muse_generator.MUSE_LAYOUT`), a local folder of the same layout, or the
+  generated fictitious-news analog.
+* Training and unlearning are on raw text: each text is cut into fixed-length chunks
+  (`chunk_length` tokens, BOS first) with the loss on every token after BOS. Original = forget +
+  retain1 + retain2, Retrain = retain1 + retain2; unlearning forgets `raw/forget` and regularises on
+  `raw/retain1`. With `target_model` / `retrain_model` set (the released `muse-bench/MUSE-News_target`
+  and `..._retrain`), those models are used as they are instead of being fine-tuned here.
+* Metrics (`raysimnpo.metrics.muse`): VerbMem on D_f, KnowMem on D_f and D_r, PrivLeak against the
+  AUC of Retrain (ours, or MUSE's published constant with `auc_retrain: published`).
+* Default sweep objectives: |PrivLeak| (closest to 0) min, KnowMem on D_r max.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..data.benchmark_sources import Rows, check_fields, generated_folder, read_hub_rows, read_local_rows
+from ..data.formatting import EncodedExample
+from ..data.muse_generator import GENERATOR_VERSION, MuseGeneratorConfig, generate_muse_dataset
+from ..data.text_encoding import encode_corpus, encode_prompt_text, encode_scored_text
+from ..errors import UserInputError
+from ..metrics import muse as muse_metrics
+from ..metrics.mia import auc, min_k_percent_scores
+from ..metrics.text import rouge_l_f1_batch
+from ..scoring import generate_greedy, score_token_logprobs
+
+NAME = "muse"
+HUB_IDS: dict[str, str] = {"news": "muse-bench/MUSE-News", "books": "muse-bench/MUSE-Books"}
+RELEASED_MODELS: dict[str, tuple[str, str]] = {
+    "news": ("muse-bench/MUSE-News_target", "muse-bench/MUSE-News_retrain"),
+    "books": ("muse-bench/MUSE-Books_target", "muse-bench/MUSE-Books_retrain"),
+}
+"""corpus -> (target, retrain) hub ids of the models MUSE released."""
+DEFAULT_OBJECTIVES: tuple[tuple[str, Literal["max", "min"]], ...] = (
+    ("privleak_abs", "min"),
+    ("knowmem_retain", "max"),
+)
+HEADLINE_METRICS = ("verbmem_forget", "knowmem_forget", "knowmem_retain", "privleak")
+
+
+class MuseSource(BaseModel):
+    """Where MUSE rows come from: `hub` (`hub_id`, default by corpus), `local` (`path` with
+    `<config>/<split>.jsonl|.json|.parquet`) or `generated` (`generator`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["hub", "local", "generated"] = "generated"
+    hub_id: str | None = Field(None, description="None: muse-bench/MUSE-News or MUSE-Books by corpus")
+    path: str | None = None
+    generator: MuseGeneratorConfig = MuseGeneratorConfig()
+
+    @model_validator(mode="after")
+    def _path_for_local(self) -> MuseSource:
+        if self.kind == "local" and not self.path:
+            raise ValueError("kind=local needs path: a folder with <config>/<split>.jsonl files")
+        return self
+
+
+class MuseSettings(BaseModel):
+    """The `muse:` section of a run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    corpus: Literal["news", "books"] = "news"
+    source: MuseSource = MuseSource()
+    chunk_length: int = Field(128, ge=8, description="tokens per raw-text training chunk (MUSE: 2048)")
+    verbmem_max_new_tokens: int = Field(muse_metrics.VERBMEM_MAX_NEW_TOKENS, gt=0)
+    knowmem_max_new_tokens: int = Field(muse_metrics.KNOWMEM_MAX_NEW_TOKENS, gt=0)
+    knowmem_icl_shots: int | None = Field(
+        None, ge=0, description="in-context QA pairs of KnowMem prompts: the first N of *_qa_icl (None: all)"
+    )
+    min_k: float = Field(muse_metrics.MIN_K, gt=0, le=1, description="K of the Min-K% Prob score")
+    auc_retrain: Literal["retrain", "published"] = Field(
+        "retrain", description="PrivLeak's AUC_retrain: our Retrain model's, or MUSE's published constant"
+    )
+    target_model: str | None = Field(None, description="use this model as the Original, without fine-tuning")
+    retrain_model: str | None = Field(None, description="use this model as Retrain, without fine-tuning")
+
+
+@dataclass(frozen=True)
+class MuseRunData:
+    """Every text and QA set one MUSE run needs."""
+
+    settings: MuseSettings
+    raw: dict[str, list[str]]
+    verbmem: Rows
+    knowmem: dict[str, Rows]
+    privleak: dict[str, list[str]]
+    source_name: str = ""
+
+    def training_texts(self, kind: str) -> list[str]:
+        """original: forget + retain1 + retain2; retrain: retain1 + retain2; forget; retain: retain1."""
+        raw = self.raw
+        return {
+            "original": raw["forget"] + raw["retain1"] + raw["retain2"],
+            "retrain": raw["retain1"] + raw["retain2"],
+            "forget": raw["forget"],
+            "retain": raw["retain1"],
+        }[kind]
+
+    def training_examples(
+        self, kind: str, tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> list[EncodedExample]:
+        return encode_corpus(
+            tokenizer, self.training_texts(kind), min(self.settings.chunk_length, max_length)
+        )
+
+    def corpus(self) -> list[str]:
+        texts = [t for split in self.raw.values() for t in split]
+        texts += [r["prompt"] for r in self.verbmem] + [r["gt"] for r in self.verbmem]
+        texts += [r[k] for rows in self.knowmem.values() for r in rows for k in ("question", "answer")]
+        return list(dict.fromkeys(texts))
+
+    @property
+    def forget_count(self) -> int:
+        return len(self.raw["forget"])
+
+
+_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "raw": {"text": str},
+    "verbmem": {"prompt": str, "gt": str},
+    "knowmem": {"question": str, "answer": str},
+    "privleak": {"text": str},
+}
+
+
+def _reader(settings: MuseSettings, cache_dir: str | os.PathLike[str] | None) -> tuple[Any, str]:
+    source = settings.source
+    if source.kind == "hub":
+        hub_id = source.hub_id or HUB_IDS[settings.corpus]
+        return (lambda config, split: read_hub_rows(hub_id, config, split)), f"hub dataset {hub_id}"
+    if source.kind == "local":
+        assert source.path is not None
+        folder = Path(source.path).expanduser()
+    else:
+        folder = generated_folder(
+            "muse",
+            source.generator,
+            GENERATOR_VERSION,
+            lambda out: generate_muse_dataset(out, source.generator),
+            cache_dir,
+        )
+    return (lambda config, split: read_local_rows(folder, config, split)), f"folder {folder}"
+
+
+def load_muse_run_data(
+    settings: MuseSettings, cache_dir: str | os.PathLike[str] | None = None
+) -> MuseRunData:
+    """Read every MUSE config/split a run needs from `settings.source`, checking the fields."""
+    read, name = _reader(settings, cache_dir)
+
+    def rows(config: str, split: str) -> Rows:
+        found, where = read(config, split)
+        check_fields(found, _FIELDS[config], where)
+        return found
+
+    raw = {s: [r["text"] for r in rows("raw", s)] for s in ("forget", "retain1", "retain2", "holdout")}
+    knowmem = {s: rows("knowmem", s) for s in ("forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl")}
+    privleak = {s: [r["text"] for r in rows("privleak", s)] for s in ("forget", "holdout")}
+    return MuseRunData(
+        settings=settings,
+        raw=raw,
+        verbmem=rows("verbmem", "forget"),
+        knowmem=knowmem,
+        privleak=privleak,
+        source_name=name,
+    )
+
+
+def check_method(method: str) -> None:
+    if method in ("idk_nll", "idk_dpo"):
+        raise UserInputError(
+            f"method: {method} replaces QA answers by refusals and needs a QA benchmark; MUSE unlearns raw "
+            "text; allowed: ga, grad_diff, npo, simnpo, w_grad_diff, rmu, task_vector"
+        )
+
+
+@dataclass
+class MuseEvaluation:
+    metrics: dict[str, float]
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _limited(rows: list[Any], limit: int | None) -> list[Any]:
+    return rows if limit is None else rows[:limit]
+
+
+def _example(split: str, index: int, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "split": split,
+        "index": index,
+        "prompt": None,
+        "reference": None,
+        "generation": None,
+        "rouge_l_f1": None,
+        "min_k_score": None,
+        "n_tokens": None,
+    }
+    row.update(values)
+    return row
+
+
+def evaluate_muse(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: MuseRunData,
+    batch_size: int,
+    generation_limit: int | None,
+    max_length: int,
+    auc_retrain: float | None,
+) -> MuseEvaluation:
+    """VerbMem, KnowMem f/r and PrivLeak of `model`, with per-example values. `auc_retrain` None: this
+    model is Retrain (PrivLeak 0 by definition); otherwise PrivLeak is measured against it."""
+    settings = data.settings
+    metrics: dict[str, float] = {}
+    examples: list[dict[str, Any]] = []
+
+    def generate(texts: list[str], new_tokens: int) -> list[str]:
+        room = max(1, int(getattr(model.config, "max_position_embeddings", 10**9)) - new_tokens)
+        prompts = [encode_prompt_text(tokenizer, t)[-room:] for t in texts]
+        return generate_greedy(model, tokenizer, prompts, new_tokens, batch_size)
+
+    verb = _limited(data.verbmem, generation_limit)
+    outputs = generate([r["prompt"] for r in verb], settings.verbmem_max_new_tokens)
+    scores = rouge_l_f1_batch(outputs, [r["gt"] for r in verb])
+    metrics["verbmem_forget"] = float(np.mean(scores))
+    examples += [
+        _example(
+            "verbmem_forget", i, prompt=r["prompt"], reference=r["gt"], generation=o, rouge_l_f1=float(s)
+        )
+        for i, (r, o, s) in enumerate(zip(verb, outputs, scores, strict=True))
+    ]
+
+    for name, qa, icl in (("forget", "forget_qa", "forget_qa_icl"), ("retain", "retain_qa", "retain_qa_icl")):
+        shots = [(r["question"], r["answer"]) for r in data.knowmem[icl]][: settings.knowmem_icl_shots]
+        rows = _limited(data.knowmem[qa], generation_limit)
+        prompts = [muse_metrics.few_shot_prompt(shots, r["question"]) for r in rows]
+        answers = [muse_metrics.cut_answer(g) for g in generate(prompts, settings.knowmem_max_new_tokens)]
+        scores = rouge_l_f1_batch(answers, [r["answer"] for r in rows])
+        metrics[f"knowmem_{name}"] = float(np.mean(scores))
+        examples += [
+            _example(
+                f"knowmem_{name}",
+                i,
+                prompt=r["question"],
+                reference=r["answer"],
+                generation=a,
+                rouge_l_f1=float(s),
+            )
+            for i, (r, a, s) in enumerate(zip(rows, answers, scores, strict=True))
+        ]
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    min_k = {}
+    for split in ("forget", "holdout"):
+        encoded = [encode_scored_text(tokenizer, t, max_length) for t in data.privleak[split]]
+        logprobs = score_token_logprobs(model, encoded, batch_size, int(pad_id))
+        min_k[split] = min_k_percent_scores(logprobs, settings.min_k)
+        examples += [
+            _example(f"privleak_{split}", i, min_k_score=float(s), n_tokens=int(lp.size))
+            for i, (s, lp) in enumerate(zip(min_k[split], logprobs, strict=True))
+        ]
+    model_auc = auc(min_k["holdout"], min_k["forget"])
+    metrics["privleak_auc"] = model_auc
+    if settings.auc_retrain == "published":
+        auc_retrain = muse_metrics.PUBLISHED_AUC_RETRAIN[settings.corpus]
+    metrics["privleak"] = 0.0 if auc_retrain is None else muse_metrics.privleak(model_auc, auc_retrain)
+    metrics["privleak_abs"] = abs(metrics["privleak"])
+    return MuseEvaluation(metrics=metrics, examples=examples)
