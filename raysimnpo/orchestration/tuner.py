@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -369,6 +370,10 @@ def run_sweep(sweep: SweepConfig, storage: Storage, *, resume: bool, log: Log) -
         ),
         trial_resources(sweep),
     )
+    # Tune saves its experiment state (what `--resume` restores) at most every 10 s by default; a
+    # driver killed in between would forget trials that already wrote their rows and told Optuna,
+    # and `--resume` would run them again. Saved after every controller event instead (a few KB).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     experiment = storage.join(sweep.name, "tune")
     progress = Progress(
         sweep.search.num_trials,

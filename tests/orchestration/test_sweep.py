@@ -182,9 +182,12 @@ def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: 
         )
 
 
+TRIALS = 5
+
+
 @pytest.mark.ray
 def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path, ray_cluster: None) -> None:
-    """SIGKILL the driver after its first trial is on disk; `--resume` finishes the sweep with every
+    """SIGKILL the driver once two trials are on disk; `--resume` finishes the sweep with every
     trial exactly once in the Parquet tables and in the Optuna study. Secrets in the driver's
     environment (a hub token, cloud keys) appear in no file of the run: results, study, Tune state."""
     import signal
@@ -192,7 +195,13 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path, ray_cluster:
     import sys
     import time
 
-    path = write_sweep(tmp_path)
+    # In-memory evaluation makes trials finish within seconds: the kill lands right after a trial
+    # completed, which Tune's experiment state must already hold.
+    evaluation = {"batch_size": 32, "max_new_tokens": 8, "engine": "auto"}
+    search = {"methods": ["simnpo"], "num_trials": TRIALS, "max_concurrent_trials": 1, "sampler": "random"}
+    path = write_sweep(
+        tmp_path, run=dict(SMALL_RUN, cache_dir=str(tmp_path / "cache"), evaluation=evaluation), search=search
+    )
     secrets = {
         "HF_TOKEN": "hf_SECRETsentinel0123456789",
         "AWS_ACCESS_KEY_ID": "AKIASECRETSENTINEL01",
@@ -209,22 +218,22 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path, ray_cluster:
     root = results.results_root(str(tmp_path / "runs"), "citest")
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and len(results.trial_ids(root) - {"original", "retrain"}) < 1:
+        while time.monotonic() < deadline and len(results.trial_ids(root) - {"original", "retrain"}) < 2:
             assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(1)
+            time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
-    assert len(results.trial_ids(root) - {"original", "retrain"}) < 3
+    assert len(results.trial_ids(root) - {"original", "retrain"}) < TRIALS
 
     assert sweep.main([str(path), "--resume"]) == 0
     trials = [t for t in results.read_table(root, "trials").to_pylist() if t["kind"] == "trial"]
-    assert len(trials) == len({t["trial_id"] for t in trials}) == 3
+    assert len(trials) == len({t["trial_id"] for t in trials}) == TRIALS
     with sqlite3.connect(tmp_path / "runs" / "citest" / "optuna.sqlite") as db:
         states = [row[0] for row in db.execute("SELECT state FROM trials")]
     # A suggestion asked just before the kill may be left over: it is marked FAIL, never run.
-    assert states.count("COMPLETE") == 3 and "RUNNING" not in states
-    assert sum(t["status"] == "completed" for t in trials) == 3
+    assert states.count("COMPLETE") == TRIALS and "RUNNING" not in states
+    assert sum(t["status"] == "completed" for t in trials) == TRIALS
     files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
     assert len(files) > 20
     leaked = [(p, k) for p in files for k, v in secrets.items() if v.encode() in p.read_bytes()]
