@@ -6,10 +6,11 @@ Both sort their inputs by length so a batch carries little padding, run one forw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data.collate import pad_left_prompts, pad_right
@@ -21,6 +22,26 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _length_sorted_logits(
+    model: PreTrainedModel, examples: Sequence[EncodedExample], batch_size: int, pad_id: int
+) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """(positions in `examples`, float logits, labels) per batch, longest first so padding stays
+    small; the model is in eval mode meanwhile and gets its mode back at the end."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = pad_right([examples[i] for i in index], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            yield index, logits.float(), batch["labels"]
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def score_sequences(
     model: PreTrainedModel, examples: Sequence[EncodedExample], batch_size: int, pad_id: int
@@ -28,19 +49,10 @@ def score_sequences(
     """(ℓ_i, |y_i|) for every example: summed NLL of its answer targets and their count."""
     nll = np.zeros(len(examples), dtype=np.float64)
     tokens = np.zeros(len(examples), dtype=np.float64)
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        batch = pad_right([examples[i] for i in index], pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        batch_nll, batch_tokens = sequence_nll(logits.float(), batch["labels"])
+    for index, logits, labels in _length_sorted_logits(model, examples, batch_size, pad_id):
+        batch_nll, batch_tokens = sequence_nll(logits, labels)
         nll[index] = batch_nll.double().cpu().numpy()
         tokens[index] = batch_tokens.double().cpu().numpy()
-    model.train(was_training)
     return nll, tokens
 
 
@@ -50,20 +62,11 @@ def score_token_logprobs(
 ) -> list[np.ndarray]:
     """log π_θ of every target token of every example (for Min-K% Prob), in the caller's order."""
     out: list[np.ndarray] = [np.zeros(0)] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        batch = pad_right([examples[i] for i in index], pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, mask = token_logprobs(logits.float(), batch["labels"])
+    for index, logits, labels in _length_sorted_logits(model, examples, batch_size, pad_id):
+        logp, mask = token_logprobs(logits, labels)
         values, keep = logp.double().cpu().numpy(), mask.cpu().numpy()
         for row, i in enumerate(index):
             out[i] = values[row][keep[row]]
-    model.train(was_training)
     return out
 
 

@@ -249,17 +249,19 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
 
         t1 = time.perf_counter()
         gpu = sweep.resources.gpus_per_worker > 0
-        if run.benchmark != "tofu":
-            # MUSE / WMDP evaluate in the trial (their generation and choice scoring have no Ray Data
-            # pipeline yet); the per-example table goes next to the checkpoint.
-            with clock.phase("load_checkpoint"):
-                if model is None:
+        in_trial = run.benchmark != "tofu" or engine != "ray_data"
+        if in_trial:
+            with clock.phase("load_checkpoint"):  # ~0 s when the model is still in memory
+                if model is None:  # unlearned on TorchTrainer workers: read their checkpoint
                     local = (
                         checkpoint
                         if checkpoint.is_dir()
                         else local_copy(stored_checkpoint, sweep.run.cache_dir)
                     )
                     model = recipe.load_prepared_model(local, run)
+        if run.benchmark != "tofu":
+            # MUSE / WMDP evaluate in the trial (their generation and choice scoring have no Ray Data
+            # pipeline yet); the per-example table goes next to the checkpoint.
             with clock.phase("evaluate"):
                 evaluation = recipe.evaluate(ws, model, retrain_reference)
             metrics, examples = evaluation.metrics, list[dict[str, Any]]()
@@ -291,14 +293,6 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
                 clock.add("eval_startup", -actor.get(name, 0.0))
                 clock.add(name, actor.get(name, 0.0))
         else:
-            with clock.phase("load_checkpoint"):
-                if model is None:  # unlearned on TorchTrainer workers: read their checkpoint
-                    local = (
-                        checkpoint
-                        if checkpoint.is_dir()
-                        else local_copy(stored_checkpoint, sweep.run.cache_dir)
-                    )
-                    model = recipe.load_prepared_model(local, run)
             with clock.phase("evaluate"):
                 stats = recipe.evaluate(ws, model, None).examples
             del model
