@@ -24,9 +24,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.benchmark_sources import Rows, check_fields, generated_folder, read_hub_rows, read_local_rows
+from ..data.benchmark_sources import Rows, check_fields, read_hub_rows, read_local_rows
 from ..data.formatting import EncodedExample
 from ..data.muse_generator import GENERATOR_VERSION, MuseGeneratorConfig, generate_muse_dataset
+from ..data.sources import generated_folder
 from ..data.text_encoding import encode_corpus, encode_prompt_text, encode_scored_text
 from ..errors import UserInputError
 from ..metrics import muse as muse_metrics

@@ -29,8 +29,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.benchmark_sources import Rows, check_fields, generated_folder, read_hub_rows, read_local_rows
+from ..data.benchmark_sources import Rows, check_fields, read_hub_rows, read_local_rows
 from ..data.formatting import EncodedExample
+from ..data.sources import generated_folder
 from ..data.text_encoding import encode_continuation, encode_corpus
 from ..data.wmdp_generator import GENERATOR_VERSION, WmdpGeneratorConfig, generate_wmdp_dataset
 from ..errors import UserInputError

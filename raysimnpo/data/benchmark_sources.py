@@ -10,18 +10,10 @@ it as a local folder. Rows are checked for the fields a split needs; every probl
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from ..cache import default_cache_dir
 from ..errors import UserInputError
 from .sources import SPLIT_SUFFIXES, read_json, read_jsonl, read_parquet
 
@@ -81,38 +73,3 @@ def read_hub_rows(hub_id: str, config: str | None, split: str) -> tuple[Rows, st
             "and access to gated datasets, or use source.kind=local/generated"
         ) from None
     return [dict(row) for row in loaded], where
-
-
-def config_hash(config: BaseModel, version: int) -> str:
-    payload = {"version": version, "config": config.model_dump(mode="json")}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def generated_folder(
-    name: str,
-    config: BaseModel,
-    version: int,
-    write: Callable[[Path], object],
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> Path:
-    """`<cache>/<name>-generated/<hash of config and version>/`, written by `write(folder)` on first use
-    (into a temporary sibling that is renamed into place, so concurrent trials never read half a set)."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / f"{name}-generated" / config_hash(config, version)
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        write(staging)
-        manifest = {"generator_version": version, "config": config.model_dump(mode="json")}
-        (staging / ".generator.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        try:
-            staging.rename(final)
-        except OSError:
-            if not final.is_dir():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return final

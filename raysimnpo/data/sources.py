@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -266,28 +266,29 @@ def load_hub_split(hub_id: str, split: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def generator_key(config: TofuGeneratorConfig) -> str:
-    """A short hash of the generator config and version: the name of its cache folder."""
-    payload = {"version": GENERATOR_VERSION, "config": config.model_dump(mode="json")}
+def config_hash(config: BaseModel, version: int) -> str:
+    payload = {"version": version, "config": config.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def generated_dataset_dir(
-    config: TofuGeneratorConfig, cache_dir: str | os.PathLike[str] | None = None
+def generated_folder(
+    name: str,
+    config: BaseModel,
+    version: int,
+    write: Callable[[Path], object],
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """The folder of the generated dataset for `config`, written on first use.
-
-    The files are generated into a temporary sibling folder and renamed into place, so concurrent
-    trials never read a half-written dataset; a writer that loses the race drops its copy."""
+    """`<cache>/<name>-generated/<hash of config and version>/`, written by `write(folder)` on first use
+    (into a temporary sibling that is renamed into place, so concurrent trials never read half a set)."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / GENERATED_SUBDIR / generator_key(config)
+    final = root / f"{name}-generated" / config_hash(config, version)
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        generate_tofu_dataset(staging, config)
-        manifest = {"generator_version": GENERATOR_VERSION, "config": config.model_dump(mode="json")}
+        write(staging)
+        manifest = {"generator_version": version, "config": config.model_dump(mode="json")}
         (staging / GENERATOR_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         try:
             staging.rename(final)
@@ -298,6 +299,20 @@ def generated_dataset_dir(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def generator_key(config: TofuGeneratorConfig) -> str:
+    """A short hash of the generator config and version: the name of its cache folder."""
+    return config_hash(config, GENERATOR_VERSION)
+
+
+def generated_dataset_dir(
+    config: TofuGeneratorConfig, cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """The folder of the generated TOFU dataset for `config` (`generated_folder`)."""
+    return generated_folder(
+        "tofu", config, GENERATOR_VERSION, lambda folder: generate_tofu_dataset(folder, config), cache_dir
+    )
 
 
 def local_folder(source: TofuSource, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
