@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.benchmark_sources import Rows, check_fields, read_hub_rows, read_local_rows
+from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
 from ..data.formatting import EncodedExample
 from ..data.muse_generator import GENERATOR_VERSION, MuseGeneratorConfig, generate_muse_dataset
 from ..data.sources import generated_folder
@@ -49,22 +49,12 @@ DEFAULT_OBJECTIVES: tuple[tuple[str, Literal["max", "min"]], ...] = (
 HEADLINE_METRICS = ("verbmem_forget", "knowmem_forget", "knowmem_retain", "privleak")
 
 
-class MuseSource(BaseModel):
+class MuseSource(BenchmarkSource):
     """Where MUSE rows come from: `hub` (`hub_id`, default by corpus), `local` (`path` with
     `<config>/<split>.jsonl|.json|.parquet`) or `generated` (`generator`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["hub", "local", "generated"] = "generated"
     hub_id: str | None = Field(None, description="None: muse-bench/MUSE-News or MUSE-Books by corpus")
-    path: str | None = None
     generator: MuseGeneratorConfig = MuseGeneratorConfig()
-
-    @model_validator(mode="after")
-    def _path_for_local(self) -> MuseSource:
-        if self.kind == "local" and not self.path:
-            raise ValueError("kind=local needs path: a folder with <config>/<split>.jsonl files")
-        return self
 
 
 class MuseSettings(BaseModel):

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.benchmark_sources import Rows, check_fields, read_hub_rows, read_local_rows
+from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
 from ..data.formatting import EncodedExample
 from ..data.sources import generated_folder
 from ..data.text_encoding import encode_continuation, encode_corpus
@@ -58,20 +58,10 @@ LOCAL_LAYOUT: dict[str, str] = {name: split for name, (_, _, split) in HUB_LAYOU
 _QUESTION_FIELDS: dict[str, type | tuple[type, ...]] = {"question": str, "choices": list, "answer": int}
 
 
-class WmdpSource(BaseModel):
+class WmdpSource(BenchmarkSource):
     """`hub` (the ids of `HUB_LAYOUT`), `local` (`path`) or `generated` (`generator`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["hub", "local", "generated"] = "generated"
-    path: str | None = None
     generator: WmdpGeneratorConfig = WmdpGeneratorConfig()
-
-    @model_validator(mode="after")
-    def _path_for_local(self) -> WmdpSource:
-        if self.kind == "local" and not self.path:
-            raise ValueError("kind=local needs path: a folder with <config>/<split>.jsonl files")
-        return self
 
 
 class WmdpSettings(BaseModel):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ..errors import UserInputError
 from .sources import SPLIT_SUFFIXES, read_json, read_jsonl, read_parquet
@@ -73,3 +75,19 @@ def read_hub_rows(hub_id: str, config: str | None, split: str) -> tuple[Rows, st
             "and access to gated datasets, or use source.kind=local/generated"
         ) from None
     return [dict(row) for row in loaded], where
+
+
+class BenchmarkSource(BaseModel):
+    """Where a benchmark's rows come from: `hub`, `local` (`path` with `<config>/<split>.jsonl|.json|
+    .parquet`, the hub's layout) or `generated` (the subclass's `generator`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["hub", "local", "generated"] = "generated"
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _path_for_local(self) -> BenchmarkSource:
+        if self.kind == "local" and not self.path:
+            raise ValueError("kind=local needs path: a folder with <config>/<split>.jsonl files")
+        return self
