@@ -25,7 +25,6 @@ import argparse
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import harness
@@ -40,8 +39,7 @@ from raysimnpo.data.formatting import EncodedExample, PromptFormat, encode_promp
 from raysimnpo.evaluation import evaluate_tofu
 from raysimnpo.logprobs import sequence_nll
 from raysimnpo.metrics import text, tofu
-from raysimnpo.models import load_model_and_tokenizer
-from raysimnpo.recipe import Workspace, workspace
+from raysimnpo.recipe import Workspace, initial_model, workspace
 from raysimnpo.scoring import score_sequences
 from raysimnpo.training import train
 
@@ -155,18 +153,6 @@ def evaluate_per_example(
 # ----------------------------------------------------------------------------------- the setup
 
 
-def load_tiny(ws: Workspace) -> PreTrainedModel:
-    config = ws.config
-    return load_model_and_tokenizer(
-        config.model.name,
-        dtype=config.model.dtype,
-        cache_dir=Path(config.cache_dir),
-        tokenizer_corpus=ws.data.corpus(),
-        seed=config.seed,
-        tiny=config.model.tiny,
-    ).model
-
-
 def forget_truth_ratios(ws: Workspace, model: PreTrainedModel) -> np.ndarray:
     """The forget split's truth ratios (paraphrase vs perturbed answers), through the batch scorer."""
     split = ws.data.eval_split("forget")
@@ -220,7 +206,7 @@ def main() -> None:
 
     config = load_run_config("tofu")
     ws = workspace(config)
-    model = load_tiny(ws)
+    model = initial_model(ws.config, ws.data.corpus()).model
     stand_in_retrain = forget_truth_ratios(ws, model)  # the untrained model's forget truth ratios
     settings = config.prepare.model_copy(update={"epochs": args.train_epochs})
     examples = ws.encode(ws.data.full + ws.data.utility_train_rows)

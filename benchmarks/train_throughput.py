@@ -29,8 +29,8 @@ import torch
 from raysimnpo import objectives
 from raysimnpo.config import load_run_config
 from raysimnpo.logprobs import sequence_nll
-from raysimnpo.models import SMOLLM2_FOLDER, load_model_and_tokenizer
-from raysimnpo.recipe import workspace
+from raysimnpo.models import SMOLLM2_FOLDER
+from raysimnpo.recipe import initial_model, workspace
 
 NAME = "train_throughput"
 TARGET_MFU = {"smollm2-135m": 0.5}
@@ -53,14 +53,7 @@ def dense_batch(preset: str, batch: int, length: int) -> tuple[torch.nn.Module, 
     overrides = ["model.name=smollm2-135m"] if preset != "tiny" else []
     config = load_run_config("tofu", overrides)
     ws = workspace(config)
-    loaded = load_model_and_tokenizer(
-        config.model.name,
-        dtype=config.model.dtype,
-        cache_dir=Path(config.cache_dir),
-        tokenizer_corpus=ws.data.corpus(),
-        seed=config.seed,
-        tiny=config.model.tiny,
-    )
+    loaded = initial_model(config, ws.data.corpus())
     stream: list[int] = []
     for row in ws.data.full:
         stream += list(loaded.tokenizer(f"{row['question']} {row['answer']}")["input_ids"])

@@ -60,8 +60,8 @@ from raysimnpo.methods import (
     RMUParams,
     SimNPOParams,
 )
-from raysimnpo.models import SMOLLM2_FOLDER, load_model_and_tokenizer
-from raysimnpo.recipe import Workspace, reference_examples, unlearn_inputs, workspace
+from raysimnpo.models import SMOLLM2_FOLDER
+from raysimnpo.recipe import Workspace, initial_model, reference_examples, unlearn_inputs, workspace
 from raysimnpo.scoring import score_sequences
 from raysimnpo.training import (
     UnlearnInputs,
@@ -113,18 +113,6 @@ def params_of(row: str) -> MethodParams:
 
 def needs_frozen(row: str) -> bool:
     return row in ("npo_online", "rmu")
-
-
-def load_model(ws: Workspace) -> torch.nn.Module:
-    config = ws.config
-    return load_model_and_tokenizer(
-        config.model.name,
-        dtype=config.model.dtype,
-        cache_dir=Path(config.cache_dir),
-        tokenizer_corpus=ws.data.corpus(),
-        seed=config.seed,
-        tiny=config.model.tiny,
-    ).model
 
 
 def fixed_batches(ws: Workspace) -> tuple[list[int], list[int]]:
@@ -374,7 +362,7 @@ def rss_worker(preset: str, row: str, steps: int, reference_file: Path) -> dict[
     reference = json.loads(reference_file.read_text())
     harness.trim_heap()
     before_model = harness.rss_bytes()
-    model = load_model(ws)
+    model = initial_model(ws.config, ws.data.corpus()).model
     frozen = copy.deepcopy(model).eval().requires_grad_(False) if needs_frozen(row) else None
     stepper = make_stepper(row, ws, model, (reference[0], reference[1]), frozen)
     before_steps = harness.rss_bytes()
@@ -454,7 +442,7 @@ def main() -> None:
         rounds = args.rounds or (12 if small else 3)
         focus_rounds = args.focus_rounds if args.focus_rounds >= 0 else (24 if small else 4)
         ws = workspace(config)
-        model = load_model(ws)
+        model = initial_model(ws.config, ws.data.corpus()).model
         reference = reference_nlls(ws, model)  # ℓ_ref under the Original, once, as a sweep caches it
         timing = time_steps(ws, model, reference, rows, rounds, focus_rounds, warmup=2 if small else 1)
         del model

@@ -20,7 +20,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from .data.refusals import refusal_for
 from .errors import UserInputError
 from .evaluation import TofuEvaluation, evaluate_tofu
 from .methods import MethodParams, apply_task_vector, needs_of
-from .models import load_model_and_tokenizer, write_prompt_format
+from .models import LoadedModel, load_model_and_tokenizer, write_prompt_format
 from .scoring import score_sequences
 from .training import ForgetBatchHook, TrainingSummary, UnlearnInputs, train
 
@@ -190,18 +190,23 @@ def training_examples(
     return ws.encode(rows, length)
 
 
-def workspace(config: RunConfig) -> Workspace:
-    cache = Path(config.cache_dir)
-    data = load_run_data(config)
-    loaded = load_model_and_tokenizer(
+def initial_model(config: RunConfig, corpus: Iterable[str]) -> LoadedModel:
+    """The run's starting model and tokenizer (on CPU): a preset built from the run's seed (the
+    `tiny` tokenizer trained on `corpus`, the run's texts), a local folder or a hub id."""
+    return load_model_and_tokenizer(
         config.model.name,
         dtype=config.model.dtype,
-        cache_dir=cache,
-        tokenizer_corpus=data.corpus(),
+        cache_dir=Path(config.cache_dir),
+        tokenizer_corpus=corpus,
         seed=config.seed,
         trust_remote_code=config.model.trust_remote_code,
         tiny=config.model.tiny,
     )
+
+
+def workspace(config: RunConfig) -> Workspace:
+    data = load_run_data(config)
+    loaded = initial_model(config, data.corpus())
     tok, prompt_format = loaded.tokenizer, loaded.prompt_format
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ws = Workspace(config, data, tok, prompt_format, int(pad_id))
@@ -342,16 +347,7 @@ def _finetune_and_store(
         save_model(model, ws.tokenizer, ws.prompt_format, staging)
         staging.rename(final / "model")
     else:
-        loaded = load_model_and_tokenizer(
-            config.model.name,
-            dtype=config.model.dtype,
-            cache_dir=Path(config.cache_dir),
-            tokenizer_corpus=ws.data.corpus(),
-            seed=config.seed,
-            trust_remote_code=config.model.trust_remote_code,
-            tiny=config.model.tiny,
-        )
-        model = loaded.model.to(resolve_device(config))
+        model = initial_model(config, ws.data.corpus()).model.to(resolve_device(config))
         examples = training_examples(ws, kind)
         unit = "QA" if isinstance(ws.data, TofuRunData) else "text chunks"
         log(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs")
