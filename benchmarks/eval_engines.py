@@ -22,7 +22,6 @@ to 1e-5 (`evaluation.tofu_metrics` on each engine's examples).
 from __future__ import annotations
 
 import argparse
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,6 @@ from raysimnpo.evaluation import tofu_metrics
 
 NAME = "eval_engines"
 TOLERANCE = 1e-5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -58,15 +51,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        object_store_memory=256 * 1024**2,
-        include_dashboard=False,
-        dashboard_port=free_port(),
-        _metrics_export_port=free_port(),
-        log_to_driver=False,
-    )
+    harness.start_ray()
     from raysimnpo.orchestration.eval_pipeline import evaluate_with_ray_data
 
     sweep = load_sweep_config("tofu", [f"storage={args.storage}", *args.overrides])

@@ -176,3 +176,28 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     partial.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     partial.replace(path)
     return path
+
+
+def start_ray(num_cpus: int = 2, object_store_mib: int = 256) -> float:
+    """A fresh local Ray of this script's own (never one found on the host), with free ports;
+    returns the seconds ray.init took."""
+    import socket
+
+    import ray
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    started = time.perf_counter()
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        object_store_memory=object_store_mib * 1024**2,
+        include_dashboard=False,
+        dashboard_port=free_port(),
+        _metrics_export_port=free_port(),
+        log_to_driver=False,
+    )
+    return time.perf_counter() - started

@@ -24,7 +24,6 @@ Writes benchmarks/results/scaling.json and benchmarks/results/scaling.png (needs
 from __future__ import annotations
 
 import argparse
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -38,12 +37,6 @@ from raysimnpo.config import RunConfig, load_sweep_config
 NAME = "scaling"
 SPLITS = ("forget01", "forget05", "forget10")
 PHASES = ("unlearn", "evaluate", "unlearn_cpu", "evaluate_cpu")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def split_config(base: RunConfig, split: str, epochs: int) -> RunConfig:
@@ -115,15 +108,7 @@ def forget_size_scaling(
 def concurrency_scaling(base: RunConfig, original: Path, rounds: int, epochs: int) -> dict[str, Any]:
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        object_store_memory=256 * 1024**2,
-        include_dashboard=False,
-        dashboard_port=free_port(),
-        _metrics_export_port=free_port(),
-        log_to_driver=False,
-    )
+    harness.start_ray()
     task = ray.remote(num_cpus=1)(trial_body)
     run_json = split_config(base, "forget10", epochs).model_dump_json()
     ray.get([task.remote(run_json, str(original), 1) for _ in range(2)])  # start and warm both workers

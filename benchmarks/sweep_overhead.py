@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -50,28 +49,6 @@ COMPUTE = ("unlearn", "evaluate")
 CHECKPOINT_IO = ("load_original", "save_checkpoint", "load_checkpoint")
 RAY_STARTUP = ("eval_startup", "trainer_startup")
 DATA = ("workspace",)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_ray(num_cpus: int) -> float:
-    import ray
-
-    started = time.perf_counter()
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        object_store_memory=512 * 1024**2,
-        include_dashboard=False,
-        dashboard_port=free_port(),
-        _metrics_export_port=free_port(),
-        log_to_driver=False,
-    )
-    return time.perf_counter() - started
 
 
 def run_variant(
@@ -330,7 +307,7 @@ def main() -> None:
     storage = Path(args.storage)
     storage.mkdir(parents=True, exist_ok=True)
     machine = harness.machine()
-    ray_init_seconds = start_ray(args.num_cpus)
+    ray_init_seconds = harness.start_ray(args.num_cpus, object_store_mib=512)
     print(f"ray.init: {ray_init_seconds:.1f} s")
 
     # Prepare (or find cached) Original, Retrain and reference NLLs once, untimed.
