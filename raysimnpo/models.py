@@ -53,7 +53,7 @@ from transformers import (
 )
 
 from .cache import default_cache_dir
-from .errors import UserInputError
+from .errors import UserInputError, first_line
 
 # Same literal as `raysimnpo.data.formatting.PromptFormat`.
 PromptFormat = Literal["plain", "llama2-chat", "chat-template"]
@@ -294,7 +294,7 @@ def _load_pretrained(
     except (OSError, ValueError) as exc:
         # transformers raises OSError for missing files and ValueError for an unknown model_type
         # or a folder without tokenizer files: both are a folder or id the user named.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if part == "tokenizer" and folder.is_dir():
             hint += "; a model folder needs the tokenizer files save_pretrained writes (tokenizer.json, ...)"
         raise UserInputError(

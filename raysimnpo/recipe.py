@@ -35,7 +35,7 @@ from .benchmarks.tofu import TofuRunData, load_tofu_run_data
 from .config import RunConfig, content_hash
 from .data.formatting import EncodedExample, PromptFormat, encode_qa
 from .data.refusals import refusal_for
-from .errors import UserInputError
+from .errors import UserInputError, first_line
 from .evaluation import TofuEvaluation, evaluate_tofu
 from .methods import MethodParams, apply_task_vector, needs_of
 from .models import LoadedModel, load_model_and_tokenizer, write_prompt_format
@@ -338,7 +338,7 @@ def _finetune_and_store(
         try:
             model = AutoModelForCausalLM.from_pretrained(released, dtype=resolve_dtype(config.model.dtype))
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UserInputError(
                 f"{config.benchmark}: could not load the released {name} {released!r} ({first})"
             ) from exc

@@ -59,7 +59,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import UserInputError
+from .errors import UserInputError, first_line
 
 SCHEMA_VERSION = 1
 VERSION_KEY = "raysimnpo.schema_version"
@@ -243,7 +243,7 @@ def _to_array(name: str, field: pa.Field, values: list[Any]) -> pa.Array:
     try:
         return pa.array(values, type=field.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-        raise ValueError(f"{name}.{field.name}: {_first_line(exc)}") from exc
+        raise ValueError(f"{name}.{field.name}: {first_line(exc)}") from exc
 
 
 def _build(name: TableName, rows: Rows) -> pa.Table:
@@ -458,11 +458,6 @@ class _Location:
         return f"{self.shown_prefix}{path}"
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _locate(root: str | os.PathLike[str]) -> _Location:
     text = os.fspath(root)
     if "://" not in text:
@@ -472,7 +467,7 @@ def _locate(root: str | os.PathLike[str]) -> _Location:
         fs, path = pafs.FileSystem.from_uri(text)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UserInputError(
-            f"{text}: not a usable results location ({_first_line(exc)}); "
+            f"{text}: not a usable results location ({first_line(exc)}); "
             "give a local path or a pyarrow filesystem URI such as s3://bucket/prefix"
         ) from exc
     scheme = text.split("://", 1)[0]
@@ -638,7 +633,7 @@ def _read_fragment(
         return None  # removed by a concurrent rewrite of that trial after the folder was listed
     except unreadable as exc:
         raise UserInputError(
-            f"{shown}: not a readable Parquet file ({_first_line(exc)}); delete it and re-run that trial"
+            f"{shown}: not a readable Parquet file ({first_line(exc)}); delete it and re-run that trial"
         ) from exc
     version = (found.metadata or {}).get(VERSION_KEY.encode())
     if version is None:
@@ -662,7 +657,7 @@ def _read_fragment(
         return None
     except unreadable as exc:
         raise UserInputError(
-            f"{shown}: not a readable Parquet file ({_first_line(exc)}); delete it and re-run that trial"
+            f"{shown}: not a readable Parquet file ({first_line(exc)}); delete it and re-run that trial"
         ) from exc
     partition = ds.get_partition_keys(fragment.partition_expression).get(PARTITION_KEY)
     if partition is not None:

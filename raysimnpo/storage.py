@@ -23,18 +23,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import UserInputError
+from .errors import UserInputError, first_line
 
 COMPLETE = ".complete"  # written last into a local copy of a folder: the copy is whole
 
 
 def is_uri(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -156,7 +151,7 @@ def open_storage(location: str) -> Storage:
         fs, base = pafs.FileSystem.from_uri(location)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UserInputError(
-            f"storage: {location} is not a usable filesystem URI ({_first_line(exc)}); "
+            f"storage: {location} is not a usable filesystem URI ({first_line(exc)}); "
             "give a local folder or a URI such as s3://bucket/prefix or gs://bucket/prefix"
         ) from None
     scheme = location.split("://", 1)[0]
@@ -175,7 +170,7 @@ def check_writable(storage: Storage) -> None:
         storage.fs.delete_file(probe)
     except (pa.ArrowException, OSError) as exc:
         shown = storage.uri if storage.remote else storage.base
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         reason = reason.replace(storage.base, "").strip(" :'\"") or type(exc).__name__
         raise UserInputError(f"storage: {shown} is not writable ({reason})") from None
 
