@@ -190,7 +190,10 @@ def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: st
     """The `run:` section of a sweep file, with `--method` and `--set` applied."""
     path = sweep_file(name_or_path)
     data = load_yaml(path)
-    if data.get("benchmark", "tofu") != "tofu":
+    from .benchmarks.registry import BENCHMARKS
+
+    own_sweep = BENCHMARKS.get(str(data.get("benchmark")))
+    if own_sweep is not None and own_sweep.own_sweep:
         raise UserInputError(
             f"{path}: benchmark {data['benchmark']!r} runs as a sweep (python -m raysimnpo.sweep); "
             "python -m raysimnpo.run takes: tofu, muse, wmdp (the run: benchmark of a sweep file)"
@@ -323,6 +326,35 @@ class FaultTolerance(Frozen):
     )
 
 
+def check_objectives(objectives: list[Objective], benchmark_name: str) -> None:
+    """Each objective names a metric the benchmark reports (`Benchmark.metrics`, all in
+    `metrics.METRICS`) with the mode of that metric's direction; else one ValueError naming
+    `search.objectives[i].metric` or `.mode` and what is allowed."""
+    from .benchmarks.registry import BENCHMARKS
+    from .metrics import METRICS
+
+    bench = BENCHMARKS[benchmark_name]
+    for i, objective in enumerate(objectives):
+        metric = objective.metric
+        if metric not in bench.metrics or metric not in METRICS:
+            raise ValueError(
+                f"search.objectives[{i}].metric: {metric!r} is not a metric of benchmark {bench.name}; "
+                f"allowed: {', '.join(bench.metrics)}"
+            )
+        direction = METRICS[metric].direction
+        if direction == "zero":
+            usable = [m for m in bench.metrics if METRICS[m].direction != "zero"]
+            raise ValueError(
+                f"search.objectives[{i}].mode: {metric} is best closest to 0, which neither max nor min "
+                f"expresses; allowed metrics of benchmark {bench.name}: {', '.join(usable)}"
+            )
+        if objective.mode != direction:
+            raise ValueError(
+                f"search.objectives[{i}].mode: {objective.mode!r} contradicts {metric}, where "
+                f"{'higher' if direction == 'max' else 'lower'} is better; allowed: {direction}"
+            )
+
+
 class SweepConfig(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     storage: str = Field("runs", description="a local folder or a pyarrow filesystem URI (s3://, gs://)")
@@ -331,6 +363,28 @@ class SweepConfig(Frozen):
     resources: TrialResources = TrialResources()
     fault_tolerance: FaultTolerance = FaultTolerance()
     relearn: RelearnSettings | None = Field(None, description="relearning attacks after the sweep (Fig. A3)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_objectives(cls, data: Any) -> Any:
+        """Without `search.objectives`, the benchmark's default objectives (directions from METRICS)."""
+        if not isinstance(data, dict):
+            return data
+        search, run = data.get("search"), data.get("run")
+        if isinstance(search, dict) and "objectives" in search:
+            return data
+        if isinstance(search, SearchSettings) and "objectives" in search.model_fields_set:
+            return data
+        name = run.get("benchmark") if isinstance(run, dict) else getattr(run, "benchmark", None)
+        from .benchmarks.registry import BENCHMARKS
+
+        bench = BENCHMARKS.get(str(name or RunConfig.model_fields["benchmark"].default))
+        if bench is None or not isinstance(search, dict | None):
+            return data  # an unknown benchmark or a malformed search: the field validation reports it
+        from .benchmarks.base import objectives
+
+        defaults = [{"metric": m, "mode": d} for m, d in objectives(bench)]
+        return dict(data, search=dict(search or {}, objectives=defaults))
 
     @model_validator(mode="after")
     def _check_search(self) -> SweepConfig:
@@ -341,14 +395,20 @@ class SweepConfig(Frozen):
             unknown = [m for m in self.relearn.methods if m not in self.search.methods]
             if unknown:
                 raise ValueError(f"relearn.methods: {unknown} not in search.methods {self.search.methods}")
-        if self.relearn is not None and self.run.benchmark != "tofu":
+        from .benchmarks.registry import BENCHMARKS
+
+        bench = BENCHMARKS[self.run.benchmark]
+        if self.relearn is not None and not bench.relearning:
             raise ValueError(
                 f"relearn: attacks are scored with TOFU forget quality; benchmark {self.run.benchmark} has none"
             )
-        if self.run.benchmark != "tofu" and {"idk_nll", "idk_dpo"} & set(self.search.methods):
+        unsupported = [m for m in self.search.methods if m not in bench.methods]
+        if unsupported:
             raise ValueError(
-                f"search.methods: idk_nll / idk_dpo need QA pairs; benchmark {self.run.benchmark} unlearns raw text"
+                f"search.methods: {unsupported} cannot run on benchmark {bench.name}; "
+                f"allowed: {', '.join(bench.methods)}"
             )
+        check_objectives(self.search.objectives, self.run.benchmark)
         extra = [m for m in self.search.space if m not in self.search.methods]
         if extra:
             raise ValueError(f"search.space: {extra} not in search.methods {self.search.methods}")

@@ -7,21 +7,22 @@ Prepared models are cached under `<cache_dir>/prepared/<content hash>/` by what 
 source, model, fine-tuning recipe, seed, and for Retrain the forget split), each as a Hugging Face
 folder (safetensors) with its evaluation: `metrics.json` and `examples.parquet`.
 
-The benchmark (`config.benchmark`: tofu, muse, wmdp) decides only three things here: which rows train
-Original / Retrain and feed the forget and retain terms (`training_examples`: TOFU's QA pairs, or
-MUSE/WMDP raw-text chunks), how a model is evaluated (`evaluate`), and what of Retrain's evaluation
-the others are measured against (`retrain_reference`: TOFU's forget truth ratios for forget quality,
-MUSE's AUC for PrivLeak, nothing for WMDP). The loop, the caching and the unlearning are shared.
+Everything that differs between benchmarks is asked of the run's `Benchmark` (`ws.benchmark`, from
+`raysimnpo.benchmarks.registry`): which rows train Original / Retrain and feed the forget and retain
+terms (`training_examples`), how a model is evaluated (`evaluate`), what of Retrain's evaluation the
+others are measured against (`retrain_reference`), released models and cache-key parts. The loop, the
+caching and the unlearning are shared.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +31,18 @@ import pyarrow.parquet as pq
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .benchmarks import muse, wmdp
-from .benchmarks.tofu import TofuRunData, load_tofu_run_data
+from .benchmarks import base
+from .benchmarks.base import Benchmark, Evaluation, TrainingKind
+from .benchmarks.registry import benchmark
 from .config import RunConfig, content_hash
 from .data.formatting import EncodedExample, PromptFormat, encode_qa
-from .data.refusals import refusal_for
 from .errors import UserInputError, first_line
-from .evaluation import TofuEvaluation, evaluate_tofu
 from .methods import MethodParams, apply_task_vector, needs_of
 from .models import LoadedModel, load_model_and_tokenizer, write_prompt_format
 from .scoring import score_sequences
 from .training import ForgetBatchHook, TrainingSummary, UnlearnInputs, train
 
 Log = Callable[[str], None]
-RunData = TofuRunData | muse.MuseRunData | wmdp.WmdpRunData
-TrainingKind = str
-"""original | retrain | forget | retain"""
-HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
-    "tofu": ("forget_quality", "model_utility"),
-    "muse": muse.HEADLINE_METRICS,
-    "wmdp": wmdp.HEADLINE_METRICS,
-}
 
 
 def _quiet(_: str) -> None:
@@ -59,13 +51,29 @@ def _quiet(_: str) -> None:
 
 @dataclass
 class Workspace:
-    """Everything a run needs in memory: data, tokenizer and encoded training sets."""
+    """Everything a run needs in memory: data, tokenizer and encoded training sets.
+
+    Built once per sweep (`workspace`) and handed to the trials as it is (`for_run`): what it holds
+    depends only on the parts of the config in `workspace_key`."""
 
     config: RunConfig
-    data: RunData
+    data: Any
     tokenizer: PreTrainedTokenizerBase
     prompt_format: PromptFormat
     pad_id: int
+    key: str = ""
+    encoded: dict[tuple[str, int], list[EncodedExample]] = field(default_factory=dict)
+
+    @property
+    def benchmark(self) -> Benchmark:
+        return benchmark(self.config.benchmark)
+
+    def for_run(self, config: RunConfig) -> Workspace:
+        """This workspace for another run of the same data and model (a trial's sampled method and
+        training settings); a run whose `workspace_key` differs gets a workspace of its own."""
+        if workspace_key(config) != self.key:
+            return workspace(config)
+        return dataclasses.replace(self, config=config)
 
     def encode(self, rows: list[dict[str, Any]], max_length: int | None = None) -> list[EncodedExample]:
         length = self.config.prepare.max_length if max_length is None else max_length
@@ -89,14 +97,14 @@ class PreparedModel:
 @dataclass
 class Prepared:
     original: PreparedModel
-    retrain: PreparedModel | None  # None: WMDP with a released Original used as it is
+    retrain: PreparedModel | None  # None: the benchmark has no Retrain (WMDP's released Original)
 
 
 @dataclass
 class RunResult:
     original: PreparedModel
     retrain: PreparedModel | None
-    unlearned: TofuEvaluation | muse.MuseEvaluation | wmdp.WmdpEvaluation
+    unlearned: Evaluation
     training: TrainingSummary
     evaluation_seconds: float
 
@@ -109,85 +117,46 @@ def resolve_device(config: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
-_EVALUATION_ONLY = {
-    "muse": (
-        "verbmem_max_new_tokens",
-        "knowmem_max_new_tokens",
-        "knowmem_icl_shots",
-        "min_k",
-        "auc_retrain",
-        "retrain_model",
-    ),
-    "wmdp": ("choice_format", "question_limit"),
-}
-
-
-def benchmark_settings(config: RunConfig, training_only: bool = False) -> dict[str, Any]:
-    """The `muse:` / `wmdp:` section of a non-TOFU run (without the evaluation-only fields when
-    `training_only`), for cache keys."""
-    settings = getattr(config, config.benchmark).model_dump(mode="json")
-    if training_only:
-        settings = {k: v for k, v in settings.items() if k not in _EVALUATION_ONLY[config.benchmark]}
-    return settings
-
-
 def original_key(config: RunConfig) -> str:
-    if config.benchmark != "tofu":
-        return content_hash(
-            "original",
-            config.benchmark,
-            benchmark_settings(config, True),
-            config.model,
-            config.prepare,
-            str(config.seed),
-        )
-    return content_hash(
-        "original",
-        config.data.source,
-        config.model,
-        config.prepare,
-        str(config.data.train_on_utility_splits),
-        str(config.seed),
-    )
+    return content_hash("original", *benchmark(config.benchmark).cache_key_parts(config, "original"))
 
 
 def retrain_key(config: RunConfig) -> str:
-    if config.benchmark == "muse":
-        return content_hash(original_key(config), "retrain", str(config.muse.retrain_model))
-    if config.benchmark == "wmdp":
-        return content_hash(original_key(config), "retrain")
-    return content_hash(original_key(config), "retrain", config.data.forget_split)
+    return content_hash(
+        original_key(config), "retrain", *benchmark(config.benchmark).cache_key_parts(config, "retrain")
+    )
 
 
-def load_run_data(config: RunConfig) -> RunData:
+def workspace_key(config: RunConfig) -> str:
+    """What a workspace depends on: the benchmark's data settings, the model (its tokenizer), the
+    seed (the tiny tokenizer's), the cache and the encoding lengths; not the method or optimiser."""
+    return content_hash(
+        "workspace",
+        config.model_dump(
+            mode="json", include={"benchmark", "seed", "cache_dir", "data", "model", "muse", "wmdp"}
+        ),
+        str(config.prepare.max_length),
+        str(config.unlearn.max_length),
+    )
+
+
+def load_run_data(config: RunConfig) -> Any:
     """The benchmark's rows; a method the benchmark cannot run is a UserInputError."""
-    cache = Path(config.cache_dir)
-    if config.benchmark == "muse":
-        muse.check_method(config.method.name)
-        return muse.load_muse_run_data(config.muse, cache)
-    if config.benchmark == "wmdp":
-        wmdp.check_method(config.method.name)
-        return wmdp.load_wmdp_run_data(config.wmdp, cache)
-    return load_tofu_run_data(config.data.source, config.data.forget_split, cache)
+    bench = benchmark(config.benchmark)
+    bench.check_method(config.method.name)
+    return bench.load(config)
 
 
 def training_examples(
     ws: Workspace, kind: TrainingKind, max_length: int | None = None
 ) -> list[EncodedExample]:
     """What trains Original (`original`) and Retrain (`retrain`), and the forget / retain sets of
-    unlearning: TOFU's QA pairs, or the raw-text chunks of MUSE and WMDP."""
+    unlearning (the benchmark's: TOFU's QA pairs, MUSE's and WMDP's raw-text chunks), encoded once
+    per workspace."""
     length = ws.config.prepare.max_length if max_length is None else max_length
-    data = ws.data
-    if not isinstance(data, TofuRunData):
-        return data.training_examples(kind, ws.tokenizer, length)
-    utility = data.utility_train_rows if ws.config.data.train_on_utility_splits else []
-    rows = {
-        "original": data.full + utility,
-        "retrain": data.retain + utility,
-        "forget": data.forget,
-        "retain": data.retain,
-    }[kind]
-    return ws.encode(rows, length)
+    if (kind, length) not in ws.encoded:
+        ws.encoded[(kind, length)] = ws.benchmark.training_examples(ws, kind, length)
+    return ws.encoded[(kind, length)]
 
 
 def initial_model(config: RunConfig, corpus: Iterable[str]) -> LoadedModel:
@@ -205,18 +174,20 @@ def initial_model(config: RunConfig, corpus: Iterable[str]) -> LoadedModel:
 
 
 def workspace(config: RunConfig) -> Workspace:
+    """Load the data, train or load the tokenizer and encode what unlearning trains on; built once
+    per sweep and handed to the trials (`Workspace.for_run`)."""
+    bench = benchmark(config.benchmark)
     data = load_run_data(config)
-    loaded = initial_model(config, data.corpus())
+    loaded = initial_model(config, bench.corpus(data))
     tok, prompt_format = loaded.tokenizer, loaded.prompt_format
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ws = Workspace(config, data, tok, prompt_format, int(pad_id))
+    ws = Workspace(config, data, tok, prompt_format, int(pad_id), key=workspace_key(config))
     # Encode everything now: a prompt that leaves no target tokens is a user error, reported
-    # before any model is trained or written.
-    if isinstance(data, TofuRunData):
-        ws.encode(data.full + data.utility_train_rows)
-        ws.encode(data.full, config.unlearn.max_length)
-    elif not training_examples(ws, "forget", config.unlearn.max_length):
-        raise UserInputError(f"{config.benchmark}: the forget corpus of {data.source_name} has no tokens")
+    # before any model is trained or written. The unlearning sets are kept for the trials.
+    bench.check_encoding(ws)
+    for kind in ("forget", "retain"):
+        training_examples(ws, kind, config.unlearn.max_length)
+    reference_examples(ws)
     return ws
 
 
@@ -239,66 +210,34 @@ def write_examples(examples: list[dict[str, Any]], path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(examples), path)
 
 
-def evaluate(
-    ws: Workspace, model: PreTrainedModel, retrain_reference: Any | None
-) -> TofuEvaluation | muse.MuseEvaluation | wmdp.WmdpEvaluation:
-    """The benchmark's evaluation of `model`. `retrain_reference` (`retrain_reference`): TOFU's
-    Retrain forget truth ratios, MUSE's Retrain AUC; None when `model` is Retrain itself."""
-    settings = ws.config.evaluation
-    if isinstance(ws.data, muse.MuseRunData):
-        return muse.evaluate_muse(
-            model,
-            ws.tokenizer,
-            ws.data,
-            settings.batch_size,
-            settings.generation_limit,
-            ws.config.prepare.max_length,
-            retrain_reference,
-        )
-    if isinstance(ws.data, wmdp.WmdpRunData):
-        return wmdp.evaluate_wmdp(
-            model, ws.tokenizer, ws.data, settings.batch_size, ws.config.prepare.max_length
-        )
-    retrain_truth_ratios = retrain_reference
-    return evaluate_tofu(
-        model,
-        ws.tokenizer,
-        ws.prompt_format,
-        ws.data.eval_splits,
-        ws.config.evaluation,
-        ws.config.prepare.max_length,
-        retrain_truth_ratios,
-    )
+def evaluate(ws: Workspace, model: PreTrainedModel, retrain_reference: Any | None) -> Evaluation:
+    """The benchmark's evaluation of `model`. `retrain_reference` (`retrain_reference`): what of
+    Retrain's evaluation it is measured against; None when `model` is Retrain itself."""
+    return base.evaluate(ws.benchmark, model, ws, retrain_reference)
 
 
 def evaluation_key(config: RunConfig) -> str:
     """What a prepared model's stored evaluation depends on besides its weights."""
-    if config.benchmark != "tofu":
-        return content_hash(
-            "evaluation", config.evaluation, benchmark_settings(config), str(config.prepare.max_length)
-        )
     return content_hash(
-        "evaluation", config.evaluation, config.data.forget_split, str(config.prepare.max_length)
+        "evaluation",
+        config.evaluation,
+        *benchmark(config.benchmark).cache_key_parts(config, "evaluation"),
+        str(config.prepare.max_length),
     )
 
 
 def retrain_reference(ws: Workspace, retrain: PreparedModel | None) -> Any | None:
-    """What of Retrain's evaluation the other models are measured against: TOFU's forget truth
-    ratios (forget quality), MUSE's forget/holdout AUC (PrivLeak), nothing for WMDP."""
-    if retrain is None or ws.config.benchmark == "wmdp":
+    """What of Retrain's evaluation the other models are measured against (the benchmark's: TOFU's
+    forget truth ratios for forget quality, MUSE's AUC for PrivLeak, nothing for WMDP)."""
+    if retrain is None:
         return None
-    if ws.config.benchmark == "muse":
-        return float(retrain.metrics["privleak_auc"])
-    return retrain.forget_truth_ratios()
+    return ws.benchmark.retrain_reference(Evaluation(retrain.metrics, retrain.examples))
 
 
 def as_is_model(config: RunConfig, name: str) -> str | None:
     """The released model to use as the prepared `name` (Original / Retrain) instead of fine-tuning."""
-    if config.benchmark == "muse":
-        return config.muse.target_model if name == "Original" else config.muse.retrain_model
-    if config.benchmark == "wmdp" and config.wmdp.original_as_is and name == "Original":
-        return config.model.name
-    return None
+    role = "original" if name == "Original" else "retrain"
+    return benchmark(config.benchmark).released_model(config, role)
 
 
 def _finetune_and_store(
@@ -347,9 +286,9 @@ def _finetune_and_store(
         save_model(model, ws.tokenizer, ws.prompt_format, staging)
         staging.rename(final / "model")
     else:
-        model = initial_model(config, ws.data.corpus()).model.to(resolve_device(config))
+        model = initial_model(config, ws.benchmark.corpus(ws.data)).model.to(resolve_device(config))
         examples = training_examples(ws, kind)
-        unit = "QA" if isinstance(ws.data, TofuRunData) else "text chunks"
+        unit = ws.benchmark.training_unit
         log(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs")
 
         def show(row: dict[str, Any]) -> None:
@@ -371,7 +310,7 @@ def _finetune_and_store(
     if eval_dir.exists():
         shutil.rmtree(eval_dir)
     staging.rename(eval_dir)
-    shown = " ".join(f"{k} {evaluation.metrics[k]:.3g}" for k in HEADLINE_METRICS[config.benchmark])
+    shown = " ".join(f"{k} {evaluation.metrics[k]:.3g}" for k in ws.benchmark.headline_metrics)
     log(f"[prepare] {name}: {shown}")
     return PreparedModel(final / "model", evaluation.metrics, evaluation.examples)
 
@@ -384,12 +323,11 @@ def prepared_dirs(config: RunConfig, root: Path | None = None) -> tuple[Path, Pa
 
 def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepared:
     """Fine-tune Retrain (on retainXX, or the retain texts) first, so the Original can be measured
-    against it (TOFU's forget quality, MUSE's PrivLeak); both are cached by content hash. WMDP with
-    a released Original used as it is has no Retrain."""
+    against it (TOFU's forget quality, MUSE's PrivLeak); both are cached by content hash. A benchmark
+    may have no Retrain (WMDP with a released Original used as it is)."""
     original_dir, retrain_dir = prepared_dirs(ws.config, root)
-    config = ws.config
     retrain = None
-    if not (config.benchmark == "wmdp" and config.wmdp.original_as_is):
+    if ws.benchmark.has_retrain(ws.config):
         retrain = _finetune_and_store(ws, "Retrain", retrain_dir, "retrain", None, log)
     original = _finetune_and_store(
         ws, "Original", original_dir, "original", retrain_reference(ws, retrain), log
@@ -401,10 +339,10 @@ def reference_examples(ws: Workspace) -> tuple[list[EncodedExample], list[Encode
     """The forget answers and the forget questions' refusals, in forget order: what the
     reference NLLs of NPO and IdkDPO are computed on."""
     length = ws.config.unlearn.max_length
-    if not isinstance(ws.data, TofuRunData):  # raw text: no questions to refuse (IDK methods are refused)
-        return training_examples(ws, "forget", length), []
-    refusals = [dict(r, answer=refusal_for(i, ws.config.seed)) for i, r in enumerate(ws.data.forget)]
-    return ws.encode(ws.data.forget, length), ws.encode(refusals, length)
+    if ("reference", length) not in ws.encoded:
+        forget, refusals = ws.benchmark.reference_examples(ws, length)
+        ws.encoded[("reference", length)], ws.encoded[("refusal", length)] = forget, refusals
+    return ws.encoded[("reference", length)], ws.encoded[("refusal", length)]
 
 
 def unlearn_inputs(
@@ -471,11 +409,7 @@ def unlearn_model(
 def run(config: RunConfig, log: Log = _quiet) -> RunResult:
     ws = workspace(config)
     prepared = prepare(ws, log)
-    forget = (
-        f"{len(ws.data.forget)} forget QA"
-        if isinstance(ws.data, TofuRunData)
-        else f"{ws.data.forget_count} forget texts"
-    )
+    forget = ws.benchmark.forget_description(ws.data)
     log(f"[unlearn] {config.method.name}: {config.unlearn.epochs} epochs over {forget}")
 
     def show(row: dict[str, Any]) -> None:

@@ -8,8 +8,10 @@ trial so that a trial only ever touches its own files::
                                              status, error, timings, checkpoint, headline objectives
     metrics/trial_id=<id>/part-0.parquet     long format: stage, epoch, metric, value (stage "timing":
                                              wall seconds per trial phase)
-    examples/trial_id=<id>/part-0.parquet    per-example statistics (ℓ, |y|, P̃, truth ratio R, ROUGE-L)
-                                             from which every TOFU aggregate of §6 can be recomputed
+    examples/trial_id=<id>/part-0.parquet    per-example statistics of every benchmark, from which each
+                                             aggregate of §6 can be recomputed: TOFU's ℓ, |y|, P̃, truth
+                                             ratio R, ROUGE-L; MUSE's generations, ROUGE-L F1, Min-K%;
+                                             WMDP's per-choice log-likelihoods and predicted choice
     weights/trial_id=<id>/part-0.parquet     NPO / SimNPO only: each forget example's closed-form gradient
                                              weight (eq. 3 / eq. 5) and |y| per unlearning epoch
     relearn/trial_id=<id>/part-0.parquet     relearning attacks on the trial's checkpoint (paper Fig. A3):
@@ -17,7 +19,9 @@ trial so that a trial only ever touches its own files::
 
 Every file carries the schema version twice: a `schema_version` int32 column (so a query over many
 files can filter on it) and the Parquet key-value metadata entry `raysimnpo.schema_version`, which
-`read_table` checks for every file before reading it.
+`read_table` checks for every file before reading it. Files of an older version that this one
+can still read (`READABLE_VERSIONS`) are upgraded on reading: version 1's `examples` (TOFU columns
+only, all required) reads with the columns added in version 2 as nulls.
 
 Writes are atomic per file and idempotent per trial (`write_trial_results`):
 
@@ -61,7 +65,8 @@ import pyarrow.parquet as pq
 
 from .errors import UserInputError, first_line
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 VERSION_KEY = "raysimnpo.schema_version"
 PART_NAME = "part-0.parquet"
 PARTITION_KEY = "trial_id"
@@ -82,11 +87,11 @@ _ATOMIC_RENAME = frozenset({"local", "hdfs"})
 _NO_RESULTS = "no results found (expected trials/, metrics/, examples/ written by python -m raysimnpo.sweep)"
 
 
-def _schema(*fields: tuple[str, pa.DataType, bool]) -> pa.Schema:
+def _schema(*fields: tuple[str, pa.DataType, bool], version: int = SCHEMA_VERSION) -> pa.Schema:
     """A table schema: `schema_version` first, then (name, type, nullable) fields, version metadata."""
     columns = [pa.field("schema_version", pa.int32(), nullable=False)]
     columns += [pa.field(name, dtype, nullable=nullable) for name, dtype, nullable in fields]
-    return pa.schema(columns, metadata={VERSION_KEY: str(SCHEMA_VERSION)})
+    return pa.schema(columns, metadata={VERSION_KEY: str(version)})
 
 
 _REQUIRED, _NULLABLE = False, True
@@ -126,24 +131,47 @@ METRICS_SCHEMA = _schema(
     ("value", pa.float64(), _REQUIRED),
 )
 
-EXAMPLES_SCHEMA = _schema(
-    ("sweep", pa.string(), _REQUIRED),
-    ("trial_id", pa.string(), _REQUIRED),
+_TOFU_EXAMPLE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("question", pa.string()),
+    ("answer", pa.string()),
+    ("answer_tokens", pa.int32()),
+    ("answer_nll", pa.float64()),
+    ("reference_nll", pa.float64()),
+    ("reference_tokens", pa.int32()),
+    # "element": the item name Parquet's list encoding uses, so that a read-back schema is identical.
+    ("perturbed_nll", pa.list_(pa.field("element", pa.float64()))),
+    ("perturbed_tokens", pa.list_(pa.field("element", pa.int32()))),
+    ("prob", pa.float64()),
+    ("truth_ratio", pa.float64()),
+)
+_KEY_FIELDS = (("sweep", pa.string(), _REQUIRED), ("trial_id", pa.string(), _REQUIRED))
+EXAMPLES_SCHEMA_V1 = _schema(
+    *_KEY_FIELDS,
     ("split", pa.string(), _REQUIRED),
     ("index", pa.int32(), _REQUIRED),
-    ("question", pa.string(), _REQUIRED),
-    ("answer", pa.string(), _REQUIRED),
-    ("answer_tokens", pa.int32(), _REQUIRED),
-    ("answer_nll", pa.float64(), _REQUIRED),
-    ("reference_nll", pa.float64(), _REQUIRED),
-    ("reference_tokens", pa.int32(), _REQUIRED),
-    # "element": the item name Parquet's list encoding uses, so that a read-back schema is identical.
-    ("perturbed_nll", pa.list_(pa.field("element", pa.float64())), _REQUIRED),
-    ("perturbed_tokens", pa.list_(pa.field("element", pa.int32())), _REQUIRED),
-    ("prob", pa.float64(), _REQUIRED),
-    ("truth_ratio", pa.float64(), _REQUIRED),
+    *((name, dtype, _REQUIRED) for name, dtype in _TOFU_EXAMPLE_FIELDS),
     ("generation", pa.string(), _NULLABLE),
     ("rouge_l", pa.float64(), _NULLABLE),
+    version=1,
+)
+# Version 2: every benchmark's rows. A row fills the columns of its benchmark and leaves the others
+# null: TOFU the version-1 columns; MUSE prompt / reference / generation with rouge_l_f1 (VerbMem,
+# KnowMem) or min_k_score / n_tokens (PrivLeak); WMDP question, answer_index, predicted, choice_loglik.
+EXAMPLES_SCHEMA = _schema(
+    *_KEY_FIELDS,
+    ("split", pa.string(), _REQUIRED),
+    ("index", pa.int32(), _REQUIRED),
+    *((name, dtype, _NULLABLE) for name, dtype in _TOFU_EXAMPLE_FIELDS),
+    ("generation", pa.string(), _NULLABLE),
+    ("rouge_l", pa.float64(), _NULLABLE),
+    ("prompt", pa.string(), _NULLABLE),
+    ("reference", pa.string(), _NULLABLE),
+    ("rouge_l_f1", pa.float64(), _NULLABLE),
+    ("min_k_score", pa.float64(), _NULLABLE),
+    ("n_tokens", pa.int32(), _NULLABLE),
+    ("answer_index", pa.int32(), _NULLABLE),
+    ("predicted", pa.int32(), _NULLABLE),
+    ("choice_loglik", pa.list_(pa.field("element", pa.float64())), _NULLABLE),
 )
 
 # Added after version 1 was released, as a new table: a run written without it reads as zero rows.
@@ -178,6 +206,23 @@ SCHEMAS: dict[TableName, pa.Schema] = {
     "weights": WEIGHTS_SCHEMA,
     "relearn": RELEARN_SCHEMA,
 }
+
+
+def _schema_of_version(name: TableName, version: int) -> pa.Schema:
+    """The columns table `name` had in `version` (only `examples` changed, in version 2)."""
+    if version == 1 and name == "examples":
+        return EXAMPLES_SCHEMA_V1
+    return SCHEMAS[name].with_metadata({VERSION_KEY: str(version)})
+
+
+def _upgrade(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A table read from an older version, with the columns it lacks as nulls, in `schema`'s form."""
+    columns = [
+        table[f.name] if f.name in table.column_names else pa.nulls(table.num_rows, type=f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
 
 _PARTITIONING = ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive")
 
@@ -370,8 +415,16 @@ def examples_table(rows: Rows) -> pa.Table:
     answer_nll / answer_tokens are ℓ and |y| of the answer (DESIGN §5), reference_* those of the truth
     ratio's reference (the paraphrased answer on forget/retain, the answer itself on real_authors /
     world_facts), perturbed_* one entry per perturbed answer; prob and truth_ratio are the §6 values
-    P̃ (or the normalised choice probability) and R. One row per (trial_id, split, index).
+    P̃ (or the normalised choice probability) and R. MUSE and WMDP rows fill their own columns
+    (`EXAMPLES_SCHEMA`). A TOFU row (one with `answer_nll`) gives every TOFU column. One row per
+    (trial_id, split, index).
     """
+    rows = list(rows)
+    for i, row in enumerate(rows):
+        if isinstance(row, Mapping) and row.get("answer_nll") is not None:
+            for column, _ in _TOFU_EXAMPLE_FIELDS:
+                if row.get(column) is None:
+                    raise ValueError(f"examples.{column}: required column missing from row {i}")
     table = _build("examples", rows)
     nll_lengths = pc.list_value_length(table["perturbed_nll"]).to_pylist()
     token_lengths = pc.list_value_length(table["perturbed_tokens"]).to_pylist()
@@ -621,9 +674,7 @@ def _schema_difference(found: pa.Schema, expected: pa.Schema) -> str:
     return "; ".join(parts)
 
 
-def _read_fragment(
-    fragment: ds.ParquetFileFragment, schema: pa.Schema, location: _Location
-) -> pa.Table | None:
+def _read_fragment(fragment: ds.ParquetFileFragment, name: TableName, location: _Location) -> pa.Table | None:
     """One file's rows after checking its version, columns and partition; None if it vanished."""
     shown = location.show(fragment.path)
     unreadable = (pa.ArrowException, OSError)
@@ -636,20 +687,23 @@ def _read_fragment(
             f"{shown}: not a readable Parquet file ({first_line(exc)}); delete it and re-run that trial"
         ) from exc
     version = (found.metadata or {}).get(VERSION_KEY.encode())
+    readable = ", ".join(map(str, READABLE_VERSIONS))
     if version is None:
         raise UserInputError(
             f"{shown}: no results schema version in its metadata ({VERSION_KEY}); "
-            f"this raysimnpo reads version {SCHEMA_VERSION}"
+            f"this raysimnpo reads versions {readable}"
         )
-    if version != str(SCHEMA_VERSION).encode():
+    if version.decode(errors="replace") not in {str(v) for v in READABLE_VERSIONS}:
         raise UserInputError(
             f"{shown}: results schema version {version.decode(errors='replace')} is not supported; "
-            f"this raysimnpo reads version {SCHEMA_VERSION}"
+            f"this raysimnpo reads versions {readable}"
         )
-    if not found.equals(schema, check_metadata=False):
+    schema = SCHEMAS[name]
+    written = _schema_of_version(name, int(version))
+    if not found.equals(written, check_metadata=False):
         raise UserInputError(
-            f"{shown}: columns do not match results schema version {SCHEMA_VERSION} "
-            f"({_schema_difference(found, schema)}); delete it and re-run that trial"
+            f"{shown}: columns do not match results schema version {int(version)} "
+            f"({_schema_difference(found, written)}); delete it and re-run that trial"
         )
     try:
         table = fragment.to_table(schema=found)
@@ -667,6 +721,8 @@ def _read_fragment(
                 f"{shown}: holds rows of trial(s) {others} in the folder of trial {partition}; "
                 "each trial's rows belong in its own trial_id=<id> folder"
             )
+    if not written.equals(schema, check_metadata=False):
+        return _upgrade(table, schema)
     return table.cast(schema)  # same columns and types; the canonical names of list items and metadata
 
 
@@ -702,7 +758,7 @@ def read_table(root: str | os.PathLike[str], name: str) -> pa.Table:
     )
     tables = []
     for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
-        table = _read_fragment(fragment, schema, location)
+        table = _read_fragment(fragment, cast(TableName, name), location)
         if table is not None:
             tables.append(table)
     if not tables:
@@ -752,5 +808,5 @@ def read_trial_row(root: str | os.PathLike[str], trial_id: str) -> dict[str, Any
     if location.fs.get_file_info(path).type != pafs.FileType.File:
         return None
     fragment = ds.dataset(path, format="parquet", filesystem=location.fs).get_fragments()
-    table = _read_fragment(next(iter(fragment)), TRIALS_SCHEMA, location)
+    table = _read_fragment(next(iter(fragment)), "trials", location)
     return None if table is None or table.num_rows == 0 else table.to_pylist()[0]

@@ -32,11 +32,6 @@ TABLE_METRICS = (
     "world_facts_truth_ratio",
     "forget_quality_ks_statistic",
 )
-BENCHMARK_TABLE_METRICS: dict[str, tuple[str, ...]] = {
-    "tofu": TABLE_METRICS,
-    "muse": ("verbmem_forget", "knowmem_forget", "knowmem_retain", "privleak", "privleak_auc"),
-    "wmdp": ("wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu", "wmdp_forget"),
-}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -94,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(json.dumps(payload, indent=None))
     else:
-        print(format_table(columns, BENCHMARK_TABLE_METRICS[config.benchmark]))
+        from .benchmarks.registry import benchmark
+
+        print(format_table(columns, benchmark(config.benchmark).metrics))
     return 0
 
 

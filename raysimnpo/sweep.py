@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from .config import SweepConfig, load_sweep_config
 from .errors import UserInputError
@@ -34,90 +35,71 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def validate_inputs(sweep: SweepConfig) -> None:
-    """Load data and tokenizer, encode every example: data mistakes surface before any trial."""
+def validate_inputs(sweep: SweepConfig) -> Any:
+    """Load data and tokenizer, encode every example: data mistakes surface before any trial. The
+    workspace built here is the sweep's: the prepare stage and every trial get it."""
     from . import recipe
 
-    recipe.workspace(sweep.run)
+    return recipe.workspace(sweep.run)
 
 
 def print_front(root: str, sweep: SweepConfig) -> None:
+    """Original, Retrain and the Pareto front of the sweep's objectives, with the benchmark's headline
+    metrics and each trial's hyperparameters, from the `trials` and `metrics` tables. Dominance uses
+    each objective metric's direction in `metrics.METRICS` (max, min, or closest to 0)."""
     import numpy as np
 
     from . import results
+    from .benchmarks.registry import benchmark
+    from .metrics import metric_direction
     from .pareto import non_dominated_mask
 
     trials = results.read_table(root, "trials").to_pylist()
     done = [t for t in trials if t["kind"] == "trial" and t["status"] == "completed"]
     failed = [t for t in trials if t["kind"] == "trial" and t["status"] == "failed"]
     print(f"\n{len(done)} trials completed, {len(failed)} failed")
-    if sweep.run.benchmark != "tofu":
-        print_objective_front(root, sweep, trials)
-        return
-    reference = {t["kind"]: t for t in trials if t["kind"] != "trial"}
-    for kind in ("original", "retrain"):
-        if kind in reference:
-            t = reference[kind]
-            print(f"  {kind:<9} FQ {t['forget_quality']:.3g}  MU {t['model_utility']:.3f}")
-    if not done:
-        return
-    values = np.array([[t["forget_quality"], t["model_utility"]] for t in done])
-    front = [t for t, keep in zip(done, non_dominated_mask(values, ["max", "max"]), strict=True) if keep]
-    front.sort(key=lambda t: -t["forget_quality"])
-    print("\nPareto front (forget_quality max, model_utility max):")
-    print(
-        f"  {'trial':<18}{'method':<12}{'beta':>7}{'gamma':>7}{'lambda':>8}{'epochs':>7}{'lr':>10}{'FQ':>11}{'MU':>8}"
-    )
-    for t in front:
-
-        def num(v: float | None, fmt: str) -> str:
-            return "-" if v is None else format(v, fmt)
-
-        print(
-            f"  {t['trial_id']:<18}{t['method']:<12}{num(t['beta'], '.3g'):>7}{num(t['gamma'], '.3g'):>7}"
-            f"{num(t['retain_weight'], '.3g'):>8}{t['epochs']:>7}{t['learning_rate']:>10.2e}"
-            f"{t['forget_quality']:>11.3g}{t['model_utility']:>8.3f}"
-        )
-
-
-def print_objective_front(root: str, sweep: SweepConfig, trials: list[dict]) -> None:
-    """MUSE / WMDP: Original, Retrain and the Pareto front of the sweep's objectives, with the
-    benchmark's headline metrics, from the `metrics` table."""
-    import numpy as np
-
-    from . import results
-    from .pareto import non_dominated_mask
-    from .recipe import HEADLINE_METRICS
-
     final: dict[str, dict[str, float]] = {}
     for row in results.read_table(root, "metrics").to_pylist():
         if row["stage"] == "final":
             final.setdefault(row["trial_id"], {})[row["metric"]] = row["value"]
-    objectives = [(o.metric, o.mode) for o in sweep.search.objectives]
-    shown = list(dict.fromkeys([*HEADLINE_METRICS[sweep.run.benchmark], *(m for m, _ in objectives)]))
-    header = f"  {'trial':<18}{'method':<12}" + "".join(f"{m:>16}" for m in shown)
+    objectives = [o.metric for o in sweep.search.objectives]
+    directions = [metric_direction(m) for m in objectives]
+    headline = benchmark(sweep.run.benchmark).headline_metrics
+    shown = list(dict.fromkeys([*headline, *objectives]))
 
-    def line(trial_id: str, method: str) -> str:
-        values = final.get(trial_id, {})
-        return f"  {trial_id:<18}{method:<12}" + "".join(
-            f"{values.get(m, float('nan')):>16.4g}" for m in shown
-        )
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
 
-    print(header)
-    for kind in ("original", "retrain"):
-        if kind in final:
-            print(line(kind, kind))
+    def values(trial_id: str) -> str:
+        got = final.get(trial_id, {})
+        return "".join(f"{num(got.get(m), '.4g'):>{max(12, len(m) + 2)}}" for m in shown)
+
+    header = "".join(f"{m:>{max(12, len(m) + 2)}}" for m in shown)
+    for t in trials:
+        if t["kind"] != "trial" and t["trial_id"] in final:
+            print(f"  {t['kind']:<9}{values(t['trial_id'])}")
     done = [
-        t for t in trials if t["kind"] == "trial" and t["status"] == "completed" and t["trial_id"] in final
+        t for t in done if all(np.isfinite(final.get(t["trial_id"], {}).get(m, np.nan)) for m in objectives)
     ]
     if not done:
         return
-    values = np.array([[final[t["trial_id"]].get(m, np.nan) for m, _ in objectives] for t in done])
-    mask = non_dominated_mask(values, [mode for _, mode in objectives])
-    print(f"\nPareto front ({', '.join(f'{m} {mode}' for m, mode in objectives)}):")
-    for t, keep in zip(done, mask, strict=True):
-        if keep:
-            print(line(t["trial_id"], t["method"]))
+    matrix = np.array([[final[t["trial_id"]][m] for m in objectives] for t in done])
+    front = [t for t, keep in zip(done, non_dominated_mask(matrix, directions), strict=True) if keep]
+    first, direction = objectives[0], directions[0]
+    sign = {"max": -1.0, "min": 1.0, "zero": 1.0}[direction]
+    front.sort(
+        key=lambda t: (
+            sign * (abs(final[t["trial_id"]][first]) if direction == "zero" else final[t["trial_id"]][first])
+        )
+    )
+    print(f"\nPareto front ({', '.join(f'{m} {d}' for m, d in zip(objectives, directions, strict=True))}):")
+    print(f"  {'trial':<18}{'method':<12}{'beta':>7}{'gamma':>7}{'lambda':>8}{'epochs':>7}{'lr':>10}{header}")
+    for t in front:
+        print(
+            f"  {t['trial_id']:<18}{t['method']:<12}{num(t['beta'], '.3g'):>7}{num(t['gamma'], '.3g'):>7}"
+            f"{num(t['retain_weight'], '.3g'):>8}{t['epochs']:>7}{t['learning_rate']:>10.2e}"
+            f"{values(t['trial_id'])}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
                 "--set name=... for a new one"
             )
-        validate_inputs(sweep)
+        ws = validate_inputs(sweep)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -159,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(
         f"[sweep] {sweep.name}: {sweep.search.num_trials} trials of {', '.join(sweep.search.methods)} -> {run_dir}"
     )
-    study = run_sweep(sweep, storage, resume=args.resume, log=log)
+    study = run_sweep(sweep, storage, resume=args.resume, log=log, ws=ws)
     root = results.results_root(storage.uri, sweep.name)
     print_front(root, sweep)
     if sweep.relearn is not None:

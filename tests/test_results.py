@@ -105,7 +105,7 @@ def test_trials_round_trip_fills_flat_hyperparameters_and_version(tmp_path: Path
     table = read_table(root, "trials")
     assert table.schema.equals(TRIALS_SCHEMA, check_metadata=True)
     (row,) = table.to_pylist()
-    assert row["schema_version"] == SCHEMA_VERSION == 1
+    assert row["schema_version"] == SCHEMA_VERSION == 2
     assert (row["beta"], row["gamma"], row["learning_rate"]) == (2.5, 0.0, 1e-5)  # from params_json
     assert (row["epochs"], row["batch_size"]) == (10, 32)
     assert row["retain_weight"] is None and row["alpha"] is None and row["error"] is None
@@ -113,7 +113,7 @@ def test_trials_round_trip_fills_flat_hyperparameters_and_version(tmp_path: Path
     assert row["started_at"] == T0
     assert json.loads(row["params_json"]) == PARAMS
     file_metadata = pq.read_metadata(part(root, "trials", "t1")).metadata
-    assert file_metadata[VERSION_KEY.encode()] == b"1"
+    assert file_metadata[VERSION_KEY.encode()] == b"2"
 
 
 def test_metrics_and_examples_round_trip(tmp_path: Path) -> None:
@@ -140,7 +140,11 @@ def test_metrics_and_examples_round_trip(tmp_path: Path) -> None:
     read = read_table(tmp_path, "examples")
     assert read.schema.equals(EXAMPLES_SCHEMA, check_metadata=True)
     first, second = read.to_pylist()
-    assert first == {"schema_version": 1, **example_row(index=0)}
+    assert {k: v for k, v in first.items() if k in example_row() or k == "schema_version"} == {
+        "schema_version": 2,
+        **example_row(index=0),
+    }
+    assert all(first[k] is None for k in first if k not in example_row() and k != "schema_version")
     assert second["answer_tokens"] == 12
     assert second["perturbed_nll"] == [1.5, 2.5, 3.5]
     assert second["perturbed_tokens"] == [3, 4, 5]
@@ -178,8 +182,8 @@ def test_weights_round_trip_and_runs_without_the_table(tmp_path: Path) -> None:
         (1, 3, 0.5378828, 12),
         (2, 0, 0.25, 6),
     ]
-    assert read.to_pylist()[0]["schema_version"] == SCHEMA_VERSION == 1
-    assert pq.read_metadata(part(root, "weights", "t1")).metadata[VERSION_KEY.encode()] == b"1"
+    assert read.to_pylist()[0]["schema_version"] == SCHEMA_VERSION == 2
+    assert pq.read_metadata(part(root, "weights", "t1")).metadata[VERSION_KEY.encode()] == b"2"
     # A retried trial without weights removes its old file.
     write_trial_results(root, "t1", trials=[trial_row()])
     assert not part(root, "weights", "t1").exists() and read_table(root, "weights").num_rows == 0
@@ -343,8 +347,54 @@ def test_unknown_schema_version_is_rejected(tmp_path: Path) -> None:
         read_table(tmp_path, "trials")
     assert (
         str(info.value)
-        == f"{path}: results schema version 7 is not supported; this raysimnpo reads version 1"
+        == f"{path}: results schema version 7 is not supported; this raysimnpo reads versions 1, 2"
     )
+
+
+def test_version_1_examples_read_with_the_version_2_columns_as_nulls(tmp_path: Path) -> None:
+    from raysimnpo.results import EXAMPLES_SCHEMA_V1
+
+    write_trial_results(tmp_path, "t1", trials=[trial_row()])
+    path = part(tmp_path, "examples", "t1")
+    path.parent.mkdir(parents=True)
+    old = pa.Table.from_pylist([{"schema_version": 1, **example_row()}], schema=EXAMPLES_SCHEMA_V1)
+    pq.write_table(old, path)
+    read = read_table(tmp_path, "examples")
+    assert read.schema.equals(EXAMPLES_SCHEMA, check_metadata=True)
+    (row,) = read.to_pylist()
+    assert row["schema_version"] == 1 and row["truth_ratio"] == example_row()["truth_ratio"]
+    assert row["min_k_score"] is None and row["choice_loglik"] is None
+
+
+def test_muse_and_wmdp_examples_land_in_the_examples_table(tmp_path: Path) -> None:
+    key = {"sweep": "demo", "trial_id": "t1"}
+    rows = [
+        {
+            **key,
+            "split": "verbmem_forget",
+            "index": 0,
+            "prompt": "Once",
+            "reference": "upon",
+            "generation": "upon a",
+            "rouge_l_f1": 0.8,
+        },
+        {**key, "split": "privleak_holdout", "index": 0, "min_k_score": -2.5, "n_tokens": 40},
+        {
+            **key,
+            "split": "wmdp_bio",
+            "index": 0,
+            "question": "Q?",
+            "answer_index": 2,
+            "predicted": 1,
+            "choice_loglik": [-1.0, -0.5, -2.0, -3.0],
+        },
+    ]
+    write_trial_results(tmp_path, "t1", trials=[trial_row()], examples=rows)
+    read = {r["split"]: r for r in read_table(tmp_path, "examples").to_pylist()}
+    assert read["verbmem_forget"]["rouge_l_f1"] == 0.8 and read["verbmem_forget"]["answer_nll"] is None
+    assert (read["privleak_holdout"]["min_k_score"], read["privleak_holdout"]["n_tokens"]) == (-2.5, 40)
+    assert read["wmdp_bio"]["choice_loglik"] == [-1.0, -0.5, -2.0, -3.0]
+    assert (read["wmdp_bio"]["answer_index"], read["wmdp_bio"]["predicted"]) == (2, 1)
 
 
 def test_file_without_version_or_with_other_columns_is_rejected(tmp_path: Path) -> None:
@@ -359,7 +409,7 @@ def test_file_without_version_or_with_other_columns_is_rejected(tmp_path: Path) 
     with pytest.raises(UserInputError) as info:
         read_table(tmp_path, "metrics")
     assert str(info.value) == (
-        f"{path}: columns do not match results schema version 1 (missing ['value']; unexpected ['val']); "
+        f"{path}: columns do not match results schema version 2 (missing ['value']; unexpected ['val']); "
         "delete it and re-run that trial"
     )
 

@@ -587,3 +587,113 @@ def unlearn_trajectory(
                 f"F1 {last['forget1_kl']:.4f} F2 {last['forget2_kl']:.4f} retain {last['retain_kl']:.4f}"
             )
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# The Benchmark protocol (`raysimnpo.benchmarks.base`)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarkovWorkspace:
+    """What the protocol's calls read for one experiment: its config, the experiment and its data."""
+
+    config: MarkovConfig
+    experiment: MarkovExperiment
+    data: dict[str, ChainSplit]
+
+
+class MarkovBenchmark:
+    """The Markov study behind the `Benchmark` protocol. Its run config is a `MarkovConfig` with one
+    experiment (`load` takes `(config, experiment name)`); its examples are state sequences, its
+    metrics the KL of each chain's test sequences, and Retrain is a model to compare with, not a
+    reference the metrics are computed against."""
+
+    name = NAME
+    headline_metrics: tuple[str, ...] = ("markov_forget1_kl", "markov_forget2_kl", "markov_retain_kl")
+    metrics = headline_metrics
+    default_objectives: tuple[str, ...] = ("markov_forget1_kl", "markov_retain_kl")
+    methods: tuple[str, ...] = METHODS
+    relearning = False
+    own_sweep = True
+    training_unit = "sequences"
+
+    def check_method(self, method: str) -> None:
+        if method not in METHODS:
+            raise UserInputError(f"method {method!r}: unknown; allowed: {', '.join(METHODS)}")
+
+    def load(self, config: tuple[MarkovConfig, str]) -> MarkovWorkspace:
+        markov, name = config
+        experiment = markov.experiments[name]
+        return MarkovWorkspace(markov, experiment, sample_data(markov, experiment))
+
+    def corpus(self, data: MarkovWorkspace) -> list[str]:
+        """The states are the vocabulary: there is no tokenizer to train."""
+        return []
+
+    def training_examples(self, ws: MarkovWorkspace, kind: str, max_length: int) -> torch.Tensor:
+        """Padded train sequences: Original's and Retrain's pretraining chains, the Forget1+Forget2
+        mixture, or retain."""
+        chains = {
+            "original": pretraining_chains(ws.experiment, "original"),
+            "retrain": pretraining_chains(ws.experiment, "retrain"),
+            "forget": ("forget1", "forget2"),
+            "retain": ("retain",),
+        }[kind]
+        return pad([ws.data[c].train for c in chains])
+
+    def reference_examples(self, ws: MarkovWorkspace, max_length: int) -> tuple[torch.Tensor, list[Any]]:
+        return self.training_examples(ws, "forget", max_length), []
+
+    def check_encoding(self, ws: MarkovWorkspace) -> None:
+        """Sequence lengths are checked against the model's positions by `MarkovConfig`."""
+
+    def forget_description(self, data: MarkovWorkspace) -> str:
+        return f"{sum(data.data[c].train.shape[0] for c in ('forget1', 'forget2'))} forget sequences"
+
+    def evaluation_items(self, ws: MarkovWorkspace) -> list[dict[str, Any]]:
+        return [
+            {"split": chain, "index": i, "states": [int(s) for s in row]}
+            for chain in ("forget1", "forget2", "retain")
+            for i, row in enumerate(ws.data[chain].test)
+        ]
+
+    def score_items(self, model: Any, ws: MarkovWorkspace, items: Any) -> list[dict[str, Any]]:
+        """Each test sequence's KL(true ‖ model) (`metrics.markov.sequence_kl`)."""
+        by_chain: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            by_chain.setdefault(item["split"], []).append(item)
+        out: list[dict[str, Any]] = []
+        for chain, group in by_chain.items():
+            sequences = np.array([item["states"] for item in group], dtype=np.int64)
+            kl = per_sequence_kl(
+                model, sequences, paper_chain(chain, ws.config.data.epsilon), ws.config.eval_batch_size
+            )
+            out += [
+                {"split": chain, "index": item["index"], "kl": float(v)}
+                for item, v in zip(group, kl, strict=True)
+            ]
+        return out
+
+    def aggregate(self, ws: MarkovWorkspace, examples: list[dict[str, Any]], reference: Any) -> Any:
+        from .base import Evaluation
+
+        metrics = {
+            f"markov_{chain}_kl": float(np.mean([e["kl"] for e in examples if e["split"] == chain]))
+            for chain in ("forget1", "forget2", "retain")
+        }
+        return Evaluation(metrics=metrics, examples=examples)
+
+    def retrain_reference(self, retrain: Any) -> None:
+        return None
+
+    def has_retrain(self, config: Any) -> bool:
+        return True
+
+    def released_model(self, config: Any, role: str) -> str | None:
+        return None
+
+    def cache_key_parts(self, config: tuple[MarkovConfig, str], part: str) -> tuple[Any, ...]:
+        markov, name = config
+        role: Role = "retrain" if part == "retrain" else "original"
+        return (model_key(markov, markov.experiments[name], role),)

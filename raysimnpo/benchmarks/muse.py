@@ -201,6 +201,124 @@ def _example(split: str, index: int, **values: Any) -> dict[str, Any]:
     return row
 
 
+def evaluation_items(data: MuseRunData, generation_limit: int | None) -> list[dict[str, Any]]:
+    """One item per evaluated text: VerbMem's forget prompts, KnowMem's forget and retain questions
+    (with the in-context QA pairs already in `prompt`), and PrivLeak's forget and holdout texts."""
+    settings = data.settings
+    items: list[dict[str, Any]] = [
+        {"split": "verbmem_forget", "index": i, "prompt": r["prompt"], "reference": r["gt"]}
+        for i, r in enumerate(_limited(data.verbmem, generation_limit))
+    ]
+    for name, qa, icl in (("forget", "forget_qa", "forget_qa_icl"), ("retain", "retain_qa", "retain_qa_icl")):
+        shots = [(r["question"], r["answer"]) for r in data.knowmem[icl]][: settings.knowmem_icl_shots]
+        items += [
+            {
+                "split": f"knowmem_{name}",
+                "index": i,
+                "prompt": muse_metrics.few_shot_prompt(shots, r["question"]),
+                "question": r["question"],
+                "reference": r["answer"],
+            }
+            for i, r in enumerate(_limited(data.knowmem[qa], generation_limit))
+        ]
+    for split in ("forget", "holdout"):
+        items += [
+            {"split": f"privleak_{split}", "index": i, "text": t} for i, t in enumerate(data.privleak[split])
+        ]
+    return items
+
+
+def score_items(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: MuseSettings,
+    items: list[dict[str, Any]],
+    batch_size: int,
+    max_length: int,
+) -> list[dict[str, Any]]:
+    """Per-example rows of some items, one batch per split (in the order met): the greedy
+    continuation or answer and its ROUGE-L F1, or a text's Min-K% score."""
+
+    def generate(texts: list[str], new_tokens: int) -> list[str]:
+        room = max(1, int(getattr(model.config, "max_position_embeddings", 10**9)) - new_tokens)
+        prompts = [encode_prompt_text(tokenizer, t)[-room:] for t in texts]
+        return generate_greedy(model, tokenizer, prompts, new_tokens, batch_size)
+
+    by_split: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        by_split.setdefault(item["split"], []).append(item)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples: list[dict[str, Any]] = []
+    for split, rows in by_split.items():
+        if split == "verbmem_forget":
+            outputs = generate([r["prompt"] for r in rows], settings.verbmem_max_new_tokens)
+            scores = rouge_l_f1_batch(outputs, [r["reference"] for r in rows])
+            examples += [
+                _example(
+                    split,
+                    r["index"],
+                    prompt=r["prompt"],
+                    reference=r["reference"],
+                    generation=o,
+                    rouge_l_f1=float(s),
+                )
+                for r, o, s in zip(rows, outputs, scores, strict=True)
+            ]
+        elif split.startswith("knowmem_"):
+            generated = generate([r["prompt"] for r in rows], settings.knowmem_max_new_tokens)
+            answers = [muse_metrics.cut_answer(g) for g in generated]
+            scores = rouge_l_f1_batch(answers, [r["reference"] for r in rows])
+            examples += [
+                _example(
+                    split,
+                    r["index"],
+                    prompt=r["question"],
+                    reference=r["reference"],
+                    generation=a,
+                    rouge_l_f1=float(s),
+                )
+                for r, a, s in zip(rows, answers, scores, strict=True)
+            ]
+        else:
+            encoded = [encode_scored_text(tokenizer, r["text"], max_length) for r in rows]
+            logprobs = score_token_logprobs(model, encoded, batch_size, int(pad_id))
+            min_k = min_k_percent_scores(logprobs, settings.min_k)
+            examples += [
+                _example(split, r["index"], min_k_score=float(s), n_tokens=int(lp.size))
+                for r, s, lp in zip(rows, min_k, logprobs, strict=True)
+            ]
+    return examples
+
+
+def aggregate(
+    settings: MuseSettings, examples: list[dict[str, Any]], auc_retrain: float | None
+) -> MuseEvaluation:
+    """VerbMem, KnowMem f/r and PrivLeak from per-example rows. `auc_retrain` None: this model is
+    Retrain (PrivLeak 0 by definition); otherwise PrivLeak is measured against it."""
+    by_split: dict[str, list[dict[str, Any]]] = {}
+    for e in sorted(examples, key=lambda e: e["index"]):
+        by_split.setdefault(e["split"], []).append(e)
+    metrics: dict[str, float] = {}
+    for split in ("verbmem_forget", "knowmem_forget", "knowmem_retain"):
+        metrics[split] = float(np.mean([e["rouge_l_f1"] for e in by_split.get(split, [])]))
+    min_k = {
+        s: np.array([e["min_k_score"] for e in by_split.get(f"privleak_{s}", [])])
+        for s in ("forget", "holdout")
+    }
+    model_auc = auc(min_k["holdout"], min_k["forget"])
+    metrics["privleak_auc"] = model_auc
+    if settings.auc_retrain == "published":
+        auc_retrain = muse_metrics.PUBLISHED_AUC_RETRAIN[settings.corpus]
+    metrics["privleak"] = 0.0 if auc_retrain is None else muse_metrics.privleak(model_auc, auc_retrain)
+    metrics["privleak_abs"] = abs(metrics["privleak"])
+    order = {s: i for i, s in enumerate(_SPLITS)}
+    ordered = sorted(examples, key=lambda e: (order[e["split"]], e["index"]))
+    return MuseEvaluation(metrics=metrics, examples=ordered)
+
+
+_SPLITS = ("verbmem_forget", "knowmem_forget", "knowmem_retain", "privleak_forget", "privleak_holdout")
+
+
 def evaluate_muse(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -212,59 +330,100 @@ def evaluate_muse(
 ) -> MuseEvaluation:
     """VerbMem, KnowMem f/r and PrivLeak of `model`, with per-example values. `auc_retrain` None: this
     model is Retrain (PrivLeak 0 by definition); otherwise PrivLeak is measured against it."""
-    settings = data.settings
-    metrics: dict[str, float] = {}
-    examples: list[dict[str, Any]] = []
+    items = evaluation_items(data, generation_limit)
+    examples = score_items(model, tokenizer, data.settings, items, batch_size, max_length)
+    return aggregate(data.settings, examples, auc_retrain)
 
-    def generate(texts: list[str], new_tokens: int) -> list[str]:
-        room = max(1, int(getattr(model.config, "max_position_embeddings", 10**9)) - new_tokens)
-        prompts = [encode_prompt_text(tokenizer, t)[-room:] for t in texts]
-        return generate_greedy(model, tokenizer, prompts, new_tokens, batch_size)
 
-    verb = _limited(data.verbmem, generation_limit)
-    outputs = generate([r["prompt"] for r in verb], settings.verbmem_max_new_tokens)
-    scores = rouge_l_f1_batch(outputs, [r["gt"] for r in verb])
-    metrics["verbmem_forget"] = float(np.mean(scores))
-    examples += [
-        _example(
-            "verbmem_forget", i, prompt=r["prompt"], reference=r["gt"], generation=o, rouge_l_f1=float(s)
+# --------------------------------------------------------------------------------------------
+# The Benchmark protocol (`raysimnpo.benchmarks.base`)
+# --------------------------------------------------------------------------------------------
+
+EVALUATION_ONLY: tuple[str, ...] = (
+    "verbmem_max_new_tokens",
+    "knowmem_max_new_tokens",
+    "knowmem_icl_shots",
+    "min_k",
+    "auc_retrain",
+    "retrain_model",
+)
+"""Settings of the `muse:` section that change the evaluation but not what Original trains on."""
+
+
+class MuseBenchmark:
+    """MUSE behind the `Benchmark` protocol: raw-text chunks, PrivLeak against Retrain's AUC."""
+
+    name = NAME
+    headline_metrics = HEADLINE_METRICS
+    metrics: tuple[str, ...] = (*HEADLINE_METRICS, "privleak_abs", "privleak_auc")
+    default_objectives: tuple[str, ...] = tuple(m for m, _ in DEFAULT_OBJECTIVES)
+    relearning = False
+    own_sweep = False
+    training_unit = "text chunks"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        from .base import raw_text_methods
+
+        return raw_text_methods()
+
+    def check_method(self, method: str) -> None:
+        check_method(method)
+
+    def load(self, config: Any) -> MuseRunData:
+        return load_muse_run_data(config.muse, Path(config.cache_dir))
+
+    def corpus(self, data: MuseRunData) -> list[str]:
+        return data.corpus()
+
+    def training_examples(self, ws: Any, kind: str, max_length: int) -> list[EncodedExample]:
+        return ws.data.training_examples(kind, ws.tokenizer, max_length)
+
+    def reference_examples(
+        self, ws: Any, max_length: int
+    ) -> tuple[list[EncodedExample], list[EncodedExample]]:
+        """Raw text has no questions to refuse (the IDK methods are refused)."""
+        return self.training_examples(ws, "forget", max_length), []
+
+    def check_encoding(self, ws: Any) -> None:
+        if not self.training_examples(ws, "forget", ws.config.unlearn.max_length):
+            raise UserInputError(f"{NAME}: the forget corpus of {ws.data.source_name} has no tokens")
+
+    def forget_description(self, data: MuseRunData) -> str:
+        return f"{data.forget_count} forget texts"
+
+    def evaluation_items(self, ws: Any) -> list[dict[str, Any]]:
+        return evaluation_items(ws.data, ws.config.evaluation.generation_limit)
+
+    def score_items(self, model: PreTrainedModel, ws: Any, items: Any) -> list[dict[str, Any]]:
+        return score_items(
+            model,
+            ws.tokenizer,
+            ws.data.settings,
+            list(items),
+            ws.config.evaluation.batch_size,
+            ws.config.prepare.max_length,
         )
-        for i, (r, o, s) in enumerate(zip(verb, outputs, scores, strict=True))
-    ]
 
-    for name, qa, icl in (("forget", "forget_qa", "forget_qa_icl"), ("retain", "retain_qa", "retain_qa_icl")):
-        shots = [(r["question"], r["answer"]) for r in data.knowmem[icl]][: settings.knowmem_icl_shots]
-        rows = _limited(data.knowmem[qa], generation_limit)
-        prompts = [muse_metrics.few_shot_prompt(shots, r["question"]) for r in rows]
-        answers = [muse_metrics.cut_answer(g) for g in generate(prompts, settings.knowmem_max_new_tokens)]
-        scores = rouge_l_f1_batch(answers, [r["answer"] for r in rows])
-        metrics[f"knowmem_{name}"] = float(np.mean(scores))
-        examples += [
-            _example(
-                f"knowmem_{name}",
-                i,
-                prompt=r["question"],
-                reference=r["answer"],
-                generation=a,
-                rouge_l_f1=float(s),
-            )
-            for i, (r, a, s) in enumerate(zip(rows, answers, scores, strict=True))
-        ]
+    def aggregate(self, ws: Any, examples: list[dict[str, Any]], reference: Any) -> MuseEvaluation:
+        return aggregate(ws.data.settings, examples, reference)
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    min_k = {}
-    for split in ("forget", "holdout"):
-        encoded = [encode_scored_text(tokenizer, t, max_length) for t in data.privleak[split]]
-        logprobs = score_token_logprobs(model, encoded, batch_size, int(pad_id))
-        min_k[split] = min_k_percent_scores(logprobs, settings.min_k)
-        examples += [
-            _example(f"privleak_{split}", i, min_k_score=float(s), n_tokens=int(lp.size))
-            for i, (s, lp) in enumerate(zip(min_k[split], logprobs, strict=True))
-        ]
-    model_auc = auc(min_k["holdout"], min_k["forget"])
-    metrics["privleak_auc"] = model_auc
-    if settings.auc_retrain == "published":
-        auc_retrain = muse_metrics.PUBLISHED_AUC_RETRAIN[settings.corpus]
-    metrics["privleak"] = 0.0 if auc_retrain is None else muse_metrics.privleak(model_auc, auc_retrain)
-    metrics["privleak_abs"] = abs(metrics["privleak"])
-    return MuseEvaluation(metrics=metrics, examples=examples)
+    def retrain_reference(self, retrain: Any) -> float | None:
+        """Retrain's forget/holdout AUC: PrivLeak's AUC_retrain."""
+        return None if retrain is None else float(retrain.metrics["privleak_auc"])
+
+    def has_retrain(self, config: Any) -> bool:
+        return True
+
+    def released_model(self, config: Any, role: str) -> str | None:
+        """MUSE's released target / retrain models, used as Original / Retrain when set."""
+        return config.muse.target_model if role == "original" else config.muse.retrain_model
+
+    def cache_key_parts(self, config: Any, part: str) -> tuple[Any, ...]:
+        settings = config.muse.model_dump(mode="json")
+        if part == "original":
+            training = {k: v for k, v in settings.items() if k not in EVALUATION_ONLY}
+            return (NAME, training, config.model, config.prepare, str(config.seed))
+        if part == "retrain":
+            return (str(config.muse.retrain_model),)
+        return (settings,)

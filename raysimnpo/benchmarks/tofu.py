@@ -217,3 +217,139 @@ def load_tofu_run_data(
         holdout=read(p.holdout),
         eval_splits=eval_splits,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The Benchmark protocol (`raysimnpo.benchmarks.base`)
+# --------------------------------------------------------------------------------------------
+
+TOFU_METRICS: tuple[str, ...] = (
+    "forget_quality",
+    "model_utility",
+    *(
+        f"{s}_{m}"
+        for s in ("forget", "retain", "real_authors", "world_facts")
+        for m in ("prob", "rouge", "truth_ratio")
+    ),
+    "forget_quality_ks_statistic",
+)
+"""Every metric of a TOFU evaluation an objective may name, in the order tables show them."""
+
+
+class TofuBenchmark:
+    """TOFU behind the `Benchmark` protocol: QA pairs, forget quality against Retrain's truth ratios."""
+
+    name = NAME
+    headline_metrics: tuple[str, ...] = ("forget_quality", "model_utility")
+    metrics = TOFU_METRICS
+    default_objectives: tuple[str, ...] = tuple(m for m, _ in DEFAULT_OBJECTIVES)
+    relearning = True
+    own_sweep = False
+    training_unit = "QA"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        from .base import all_methods
+
+        return all_methods()
+
+    def check_method(self, method: str) -> None:
+        """Every method runs on QA pairs (an unknown name is refused by the method's own config)."""
+
+    def load(self, config: Any) -> TofuRunData:
+        return load_tofu_run_data(config.data.source, config.data.forget_split, Path(config.cache_dir))
+
+    def corpus(self, data: TofuRunData) -> list[str]:
+        return data.corpus()
+
+    def training_examples(self, ws: Any, kind: str, max_length: int) -> list[Any]:
+        """Original: full (+ the utility QA when `data.train_on_utility_splits`), Retrain: retainXX (+ the
+        same), unlearning: forgetXX and retainXX."""
+        data: TofuRunData = ws.data
+        utility = data.utility_train_rows if ws.config.data.train_on_utility_splits else []
+        rows = {
+            "original": data.full + utility,
+            "retrain": data.retain + utility,
+            "forget": data.forget,
+            "retain": data.retain,
+        }[kind]
+        return ws.encode(rows, max_length)
+
+    def reference_examples(self, ws: Any, max_length: int) -> tuple[list[Any], list[Any]]:
+        from ..data.refusals import refusal_for
+
+        data: TofuRunData = ws.data
+        refusals = [dict(r, answer=refusal_for(i, ws.config.seed)) for i, r in enumerate(data.forget)]
+        return ws.encode(data.forget, max_length), ws.encode(refusals, max_length)
+
+    def check_encoding(self, ws: Any) -> None:
+        data: TofuRunData = ws.data
+        ws.encode(data.full + data.utility_train_rows)
+        ws.encode(data.full, ws.config.unlearn.max_length)
+
+    def forget_description(self, data: TofuRunData) -> str:
+        return f"{len(data.forget)} forget QA"
+
+    def evaluation_items(self, ws: Any) -> list[dict[str, Any]]:
+        """One item per evaluation question: its split (forget, retain, real_authors, world_facts),
+        its position in the split and its row."""
+        return [
+            {"split": s.name, "index": i, "row": r} for s in ws.data.eval_splits for i, r in enumerate(s.rows)
+        ]
+
+    def score_items(self, model: Any, ws: Any, items: Any) -> list[dict[str, Any]]:
+        """`evaluation.example_statistics` of the items, one call per split (in the order met)."""
+        from ..evaluation import example_statistics
+
+        by_split: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            by_split.setdefault(item["split"], []).append(item)
+        out: list[dict[str, Any]] = []
+        for split, group in by_split.items():
+            out += example_statistics(
+                model,
+                ws.tokenizer,
+                ws.prompt_format,
+                ws.data.eval_split(split),
+                [item["row"] for item in group],
+                ws.config.evaluation,
+                ws.config.prepare.max_length,
+                indices=[item["index"] for item in group],
+            )
+        return out
+
+    def aggregate(self, ws: Any, examples: list[dict[str, Any]], reference: Any) -> Any:
+        """TOFU's metrics (`evaluation.tofu_metrics`); `reference`: Retrain's forget truth ratios
+        (None: this model is Retrain)."""
+        import numpy as np
+
+        from ..evaluation import TofuEvaluation, tofu_metrics
+
+        ratios = None if reference is None else np.asarray(reference, dtype=np.float64)
+        metrics, done = tofu_metrics(examples, ws.data.eval_splits, ratios)
+        return TofuEvaluation(metrics=metrics, examples=done)
+
+    def retrain_reference(self, retrain: Any) -> list[float] | None:
+        """Retrain's per-example forget truth ratios: forget quality is a KS test against them."""
+        if retrain is None:
+            return None
+        return [float(e["truth_ratio"]) for e in retrain.examples if e["split"] == "forget"]
+
+    def has_retrain(self, config: Any) -> bool:
+        return True
+
+    def released_model(self, config: Any, role: str) -> str | None:
+        return None
+
+    def cache_key_parts(self, config: Any, part: str) -> tuple[Any, ...]:
+        if part == "original":
+            return (
+                config.data.source,
+                config.model,
+                config.prepare,
+                str(config.data.train_on_utility_splits),
+                str(config.seed),
+            )
+        if part == "retrain":
+            return (config.data.forget_split,)
+        return (config.data.forget_split,)

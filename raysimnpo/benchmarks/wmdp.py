@@ -208,6 +208,75 @@ class WmdpEvaluation:
     examples: list[dict[str, Any]] = field(default_factory=list)
 
 
+def evaluation_items(data: WmdpRunData) -> list[dict[str, Any]]:
+    """One item per question of every set (wmdp_bio, wmdp_cyber, ..., mmlu)."""
+    return [
+        {
+            "split": name,
+            "index": i,
+            "question": r["question"],
+            "choices": list(r["choices"]),
+            "answer": int(r["answer"]),
+        }
+        for name, rows in data.questions.items()
+        for i, r in enumerate(rows)
+    ]
+
+
+def score_items(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    settings: WmdpSettings,
+    items: list[dict[str, Any]],
+    batch_size: int,
+    max_length: int,
+) -> list[dict[str, Any]]:
+    """Per-question summed log-likelihood of each choice and the predicted choice, one scoring pass
+    per set (in the order met)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    by_split: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        by_split.setdefault(item["split"], []).append(item)
+    examples: list[dict[str, Any]] = []
+    for name, rows in by_split.items():
+        encoded = [choice_examples(tokenizer, r, settings.choice_format, max_length) for r in rows]
+        flat = [e for per_row in encoded for e in per_row]
+        nll, _ = score_sequences(model, flat, batch_size, int(pad_id))
+        start = 0
+        for r, per_row in zip(rows, encoded, strict=True):
+            values = -nll[start : start + len(per_row)]
+            start += len(per_row)
+            examples.append(
+                {
+                    "split": name,
+                    "index": r["index"],
+                    "question": r["question"],
+                    "answer_index": int(r["answer"]),
+                    "predicted": int(predicted_choices(values[None, :])[0]),
+                    "choice_loglik": [float(v) for v in values],
+                }
+            )
+    return examples
+
+
+def aggregate(data: WmdpRunData, examples: list[dict[str, Any]]) -> WmdpEvaluation:
+    """Accuracy on every question set, and `wmdp_forget` = 1 − mean accuracy over the WMDP subsets."""
+    metrics: dict[str, float] = {}
+    ordered: list[dict[str, Any]] = []
+    for name in data.questions:
+        rows = sorted((e for e in examples if e["split"] == name), key=lambda e: e["index"])
+        width = max(len(e["choice_loglik"]) for e in rows)
+        # Rows with fewer choices are padded with -inf so argmax never picks a missing one.
+        matrix = np.full((len(rows), width), -np.inf)
+        for i, e in enumerate(rows):
+            matrix[i, : len(e["choice_loglik"])] = e["choice_loglik"]
+        metrics[name] = choice_accuracy(matrix, [e["answer_index"] for e in rows])
+        ordered += rows
+    forget = [metrics[k] for k in metrics if k.startswith("wmdp_")]
+    metrics["wmdp_forget"] = 1.0 - float(np.mean(forget))
+    return WmdpEvaluation(metrics=metrics, examples=ordered)
+
+
 def evaluate_wmdp(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -216,39 +285,94 @@ def evaluate_wmdp(
     max_length: int,
 ) -> WmdpEvaluation:
     """Accuracy on every question set, and `wmdp_forget` = 1 − mean accuracy over the WMDP subsets."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    metrics: dict[str, float] = {}
-    examples: list[dict[str, Any]] = []
-    for name, rows in data.questions.items():
-        encoded = [choice_examples(tokenizer, r, data.settings.choice_format, max_length) for r in rows]
-        flat = [e for per_row in encoded for e in per_row]
-        nll, _ = score_sequences(model, flat, batch_size, int(pad_id))
-        widths = {len(e) for e in encoded}
-        loglik: list[np.ndarray] = []
-        start = 0
-        for per_row in encoded:
-            loglik.append(-nll[start : start + len(per_row)])
-            start += len(per_row)
-        answers = [r["answer"] for r in rows]
-        if len(widths) == 1:
-            matrix = np.stack(loglik)
-        else:  # rows with fewer choices: pad with -inf so argmax never picks a missing one
-            matrix = np.full((len(rows), max(widths)), -np.inf)
-            for i, values in enumerate(loglik):
-                matrix[i, : len(values)] = values
-        metrics[name] = choice_accuracy(matrix, answers)
-        predicted = predicted_choices(matrix)
-        examples += [
-            {
-                "split": name,
-                "index": i,
-                "question": r["question"],
-                "answer": int(r["answer"]),
-                "predicted": int(p),
-                "choice_loglik": [float(v) for v in values],
-            }
-            for i, (r, p, values) in enumerate(zip(rows, predicted, loglik, strict=True))
-        ]
-    forget = [metrics[k] for k in metrics if k.startswith("wmdp_")]
-    metrics["wmdp_forget"] = 1.0 - float(np.mean(forget))
-    return WmdpEvaluation(metrics=metrics, examples=examples)
+    items = evaluation_items(data)
+    return aggregate(data, score_items(model, tokenizer, data.settings, items, batch_size, max_length))
+
+
+# --------------------------------------------------------------------------------------------
+# The Benchmark protocol (`raysimnpo.benchmarks.base`)
+# --------------------------------------------------------------------------------------------
+
+EVALUATION_ONLY: tuple[str, ...] = ("choice_format", "question_limit")
+"""Settings of the `wmdp:` section that change the evaluation but not what Original trains on."""
+
+
+class WmdpBenchmark:
+    """WMDP behind the `Benchmark` protocol: raw-text corpora, multiple-choice accuracy, no reference."""
+
+    name = NAME
+    headline_metrics = HEADLINE_METRICS
+    metrics: tuple[str, ...] = ("wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu", "wmdp_forget")
+    default_objectives: tuple[str, ...] = tuple(m for m, _ in DEFAULT_OBJECTIVES)
+    relearning = False
+    own_sweep = False
+    training_unit = "text chunks"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        from .base import raw_text_methods
+
+        return raw_text_methods()
+
+    def check_method(self, method: str) -> None:
+        check_method(method)
+
+    def load(self, config: Any) -> WmdpRunData:
+        return load_wmdp_run_data(config.wmdp, Path(config.cache_dir))
+
+    def corpus(self, data: WmdpRunData) -> list[str]:
+        return data.corpus()
+
+    def training_examples(self, ws: Any, kind: str, max_length: int) -> list[EncodedExample]:
+        return ws.data.training_examples(kind, ws.tokenizer, max_length)
+
+    def reference_examples(
+        self, ws: Any, max_length: int
+    ) -> tuple[list[EncodedExample], list[EncodedExample]]:
+        """Raw text has no questions to refuse (the IDK methods are refused)."""
+        return self.training_examples(ws, "forget", max_length), []
+
+    def check_encoding(self, ws: Any) -> None:
+        if not self.training_examples(ws, "forget", ws.config.unlearn.max_length):
+            raise UserInputError(f"{NAME}: the forget corpus of {ws.data.source_name} has no tokens")
+
+    def forget_description(self, data: WmdpRunData) -> str:
+        return f"{data.forget_count} forget texts"
+
+    def evaluation_items(self, ws: Any) -> list[dict[str, Any]]:
+        return evaluation_items(ws.data)
+
+    def score_items(self, model: PreTrainedModel, ws: Any, items: Any) -> list[dict[str, Any]]:
+        return score_items(
+            model,
+            ws.tokenizer,
+            ws.data.settings,
+            list(items),
+            ws.config.evaluation.batch_size,
+            ws.config.prepare.max_length,
+        )
+
+    def aggregate(self, ws: Any, examples: list[dict[str, Any]], reference: Any) -> WmdpEvaluation:
+        return aggregate(ws.data, examples)
+
+    def retrain_reference(self, retrain: Any) -> None:
+        """Accuracy needs no reference model."""
+        return None
+
+    def has_retrain(self, config: Any) -> bool:
+        """No Retrain when a released Original is used as it is (there is no retain-only twin of it)."""
+        return not config.wmdp.original_as_is
+
+    def released_model(self, config: Any, role: str) -> str | None:
+        """`original_as_is`: `model.name` (e.g. Zephyr-7B-beta) is the Original, not fine-tuned here."""
+        return str(config.model.name) if config.wmdp.original_as_is and role == "original" else None
+
+    def cache_key_parts(self, config: Any, part: str) -> tuple[Any, ...]:
+        settings = config.wmdp.model_dump(mode="json")
+        if part == "original":
+            training = {k: v for k, v in settings.items() if k not in EVALUATION_ONLY}
+            return (NAME, training, config.model, config.prepare, str(config.seed))
+        if part == "retrain":
+            return ()
+        # "examples-2": evaluations stored before the examples' `answer_index` column are redone.
+        return (settings, "examples-2")

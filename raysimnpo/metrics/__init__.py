@@ -47,6 +47,7 @@ METRICS: dict[str, MetricInfo] = {
     "privleak_auc": MetricInfo("zero", "MUSE forget_holdout Min-40% AUC (holdout positive) of this model"),
     "wmdp_bio": MetricInfo("min", "WMDP-Bio multiple-choice accuracy"),
     "wmdp_cyber": MetricInfo("min", "WMDP-Cyber multiple-choice accuracy"),
+    "wmdp_chem": MetricInfo("min", "WMDP-Chem multiple-choice accuracy"),
     "mmlu": MetricInfo("max", "MMLU multiple-choice accuracy"),
     "wmdp_forget": MetricInfo("max", "1 - mean of the WMDP-Bio and WMDP-Cyber accuracies"),
     "markov_forget1_kl": MetricInfo("max", "Markov KL(true || model) on Forget1 test sequences"),

@@ -1,17 +1,15 @@
 """Ray Data scoring: rows stream through actors that load a model once.
 
-Evaluation: evaluation questions stream through an actor that loads a model once.
-
-Each row is one evaluation question (its split, index and fields); `ExampleScorer` turns a batch
-of rows into per-example statistics with `evaluation.example_statistics` (the same code as the
-in-process path), and the caller computes the metrics from the collected examples.
+Evaluation: each row is one evaluation item of the run's benchmark (`Benchmark.evaluation_items`: a
+TOFU question, a MUSE text or question, a WMDP question); `ExampleScorer` turns a batch of items into
+per-example rows with `Benchmark.score_items` (the same code as the in-process path), and the caller
+computes the metrics from the collected rows (`Benchmark.aggregate`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -19,22 +17,18 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
-from ..benchmarks.tofu import EvalSplit, EvalSplitSpec
 from ..cache import default_cache_dir
-from ..config import EvalSettings
 from ..data.formatting import EncodedExample
-from ..evaluation import example_statistics
 from ..models import load_model_and_tokenizer
 from ..scoring import score_sequences
 from ..storage import local_copy
 
 
 class ExampleScorer:
-    """Loads a saved model folder once; each call scores a batch of evaluation questions."""
+    """Loads a saved model folder once; each call scores a batch of evaluation items with the
+    benchmark's `score_items` (the same code as the in-process evaluation)."""
 
-    def __init__(
-        self, model_path: str, settings_json: str, max_length: int, specs_json: str, threads: int
-    ) -> None:
+    def __init__(self, model_path: str, workspace: Any, threads: int) -> None:
         import torch
 
         started = time.perf_counter()
@@ -44,31 +38,15 @@ class ExampleScorer:
             str(local_copy(model_path, default_cache_dir())), cache_dir=default_cache_dir()
         )
         self.model = loaded.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-        self.tokenizer, self.prompt_format = loaded.tokenizer, loaded.prompt_format
-        self.settings = EvalSettings.model_validate_json(settings_json)
-        self.max_length = max_length
-        self.specs = {s["name"]: EvalSplitSpec(**s) for s in json.loads(specs_json)}
+        self.ws = ray.get(workspace) if isinstance(workspace, ray.ObjectRef) else workspace
         # Reported once, with this actor's first batch (see `evaluate_with_ray_data`'s timings).
         self.load_seconds: float | None = time.perf_counter() - started
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
-        by_split: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
-        for split, index, row in zip(batch["split"], batch["index"], batch["row"], strict=True):
-            by_split[str(split)].append((int(index), json.loads(row)))
-        out: list[str] = []
-        for split, items in by_split.items():
-            stats = example_statistics(
-                self.model,
-                self.tokenizer,
-                self.prompt_format,
-                self.specs[split],
-                [row for _, row in items],
-                self.settings,
-                self.max_length,
-                indices=[index for index, _ in items],
-            )
-            out.extend(json.dumps(example) for example in stats)
+        items = [json.loads(item) for item in batch["item"]]
+        stats = self.ws.benchmark.score_items(self.model, self.ws, items)
+        out = [json.dumps(example) for example in stats]
         # The batch's wall time and (first batch only) the model load, on the batch's first row.
         timing = [""] * len(out)
         timing[0] = json.dumps(
@@ -80,9 +58,7 @@ class ExampleScorer:
 
 def evaluate_with_ray_data(
     model_path: str,
-    splits: list[EvalSplit],
-    settings: EvalSettings,
-    max_length: int,
+    workspace: Any,
     *,
     num_actors: int = 1,
     num_cpus: float = 1.0,
@@ -90,7 +66,9 @@ def evaluate_with_ray_data(
     threads: int = 0,
     timings: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-example statistics of every split, computed by a pool of `ExampleScorer` actors.
+    """Per-example rows of every evaluation item of the workspace's benchmark
+    (`Benchmark.evaluation_items`), computed by a pool of `ExampleScorer` actors; the caller
+    aggregates them (`Benchmark.aggregate`). `workspace`: a `recipe.Workspace` or its object ref.
 
     `timings`, when given, receives the actors' own seconds summed over actors: `load_checkpoint`
     (loading the model folder) and `evaluate` (scoring and generating the batches); the rest of the
@@ -98,17 +76,12 @@ def evaluate_with_ray_data(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the sweep prints its own progress line
     context.print_on_execution_start = False
-    rows = [{"split": s.name, "index": i, "row": json.dumps(r)} for s in splits for i, r in enumerate(s.rows)]
-    specs = json.dumps(
-        [
-            {k: getattr(s, k) for k in ("name", "split", "reference_field", "choice_prob", "n_perturbed")}
-            for s in splits
-        ]
-    )
+    ws = ray.get(workspace) if isinstance(workspace, ray.ObjectRef) else workspace
+    rows = [{"item": json.dumps(item)} for item in ws.benchmark.evaluation_items(ws)]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, num_actors * 2)).map_batches(
         ExampleScorer,
-        fn_constructor_args=(model_path, settings.model_dump_json(), max_length, specs, threads),
-        batch_size=settings.batch_size,
+        fn_constructor_args=(model_path, workspace, threads),
+        batch_size=ws.config.evaluation.batch_size,
         compute=ActorPoolStrategy(size=num_actors),
         num_cpus=num_cpus,
         num_gpus=num_gpus,

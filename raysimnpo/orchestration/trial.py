@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel, ConfigDict
 from ray import tune
 
 from .. import recipe, results
-from ..benchmarks.tofu import TofuRunData
 from ..config import SweepConfig
-from ..evaluation import tofu_metrics
 from ..methods import CLOSED_FORM_WEIGHTS
 from ..storage import exists, local_copy, open_storage
 from ..training import GradientWeightLog, TrainingDiverged
@@ -42,6 +40,23 @@ class TrialFailed(RuntimeError):
 
 
 DIVERGED = "diverged: "  # prefix of the trials table's `error` for a trial stopped by TrainingDiverged
+
+
+class PreparedModels(BaseModel):
+    """What the prepare stage hands to every trial: where the Original and Retrain folders and the
+    reference NLLs are, and the Retrain reference the trials' metrics are measured against (the
+    benchmark's `retrain_reference`: TOFU's forget truth ratios, MUSE's AUC, None)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    storage: str
+    run_dir: str
+    original: str
+    retrain: str | None
+    reference_nll: str
+    retrain_reference: list[float] | float | None
+    original_metrics: dict[str, float]
+    retrain_metrics: dict[str, float] | None
 
 
 def now() -> dt.datetime:
@@ -70,7 +85,9 @@ class PhaseClock:
     """Wall seconds of each phase of one trial, written to the `metrics` table as stage "timing"
     rows (metric `<phase>_seconds`), so a sweep's users can see where its time goes:
 
-    workspace          data loading, tokenizer and encoding (`recipe.workspace`)
+    workspace          the sweep's workspace (data, tokenizer, encoded examples) for this trial's run:
+                       handed over through the object store; rebuilt only when the trial's settings
+                       change what it holds (`recipe.Workspace.for_run`)
     load_original      loading the Original and the cached reference NLLs, building the unlearning inputs
     trainer_startup    TorchTrainer trials only: worker start-up, FSDP set-up, gathering (Ray overhead)
     unlearn            the unlearning loop itself (`TrainingSummary.seconds`): compute
@@ -78,7 +95,7 @@ class PhaseClock:
     eval_startup       Ray Data engine only: dataset planning, actor process start and imports
     load_checkpoint    loading the unlearned model again for evaluation (0 when evaluated in memory)
     evaluate           scoring and generation: compute
-    metrics            aggregating the per-example statistics into the TOFU metrics
+    metrics            aggregating the per-example statistics into the benchmark's metrics
     """
 
     def __init__(self) -> None:
@@ -158,13 +175,15 @@ def evaluation_engine(sweep: SweepConfig, run: Any) -> str:
     return "in_process" if in_trial else "ray_data"
 
 
-def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: str) -> None:
-    """The Tune function trainable (define-by-run params: `method` plus dotted run settings)."""
+def unlearning_trial(
+    params: dict[str, Any], *, sweep_json: str, prepared: PreparedModels, workspace: recipe.Workspace
+) -> None:
+    """The Tune function trainable (define-by-run params: `method` plus dotted run settings).
+    `workspace` is the sweep's, built once by the driver and handed over through the object store."""
     sweep = SweepConfig.model_validate_json(sweep_json)
-    prepared = json.loads(prepared_json)
     run = sweep.trial_run_config(params)
     trial_id = tune.get_context().get_trial_id()
-    storage = open_storage(prepared["storage"])
+    storage = open_storage(prepared.storage)
     root = results.results_root(storage.uri, sweep.name)
     started = now()
     threads = max(1, int(sweep.resources.cpus_per_worker))
@@ -180,9 +199,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
         raise TrialFailed(f"trial {trial_id} {earlier['error']} (not re-run: divergence repeats)")
 
     with clock.phase("workspace"):
-        ws = recipe.workspace(run)
-    retrain_reference = prepared["retrain_reference"]
-    retrain_ratios = np.array(retrain_reference, dtype=np.float64) if run.benchmark == "tofu" else None
+        ws = workspace.for_run(run)
+    retrain_reference = prepared.retrain_reference
     # The checkpoint is written on this node's disk: in the run folder on a local storage, else in
     # the node's cache, then uploaded to `<run>/checkpoints/<trial id>` (where the row points).
     checkpoint = (
@@ -201,8 +219,8 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
             from ..orchestration.trainer import unlearn_with_torch_trainer
 
             with clock.phase("load_original"):
-                reference = load_reference_nll(prepared["reference_nll"])
-                original = local_copy(prepared["original"], sweep.run.cache_dir)
+                reference = load_reference_nll(prepared.reference_nll)
+                original = local_copy(prepared.original, sweep.run.cache_dir)
             with clock.phase("trainer_startup"):
                 outcome = unlearn_with_torch_trainer(
                     run,
@@ -227,10 +245,10 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
                 stored_checkpoint = f"{storage.uri.split('://', 1)[0]}://{outcome['checkpoint_path']}"
         else:
             with clock.phase("load_original"):
-                reference = load_reference_nll(prepared["reference_nll"])
+                reference = load_reference_nll(prepared.reference_nll)
                 model, summary = recipe.unlearn_model(
                     ws,
-                    local_copy(prepared["original"], sweep.run.cache_dir),
+                    local_copy(prepared.original, sweep.run.cache_dir),
                     report=epochs.append,
                     reference_nll=reference,
                     on_forget_batch=recorder,
@@ -249,39 +267,15 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
 
         t1 = time.perf_counter()
         gpu = sweep.resources.gpus_per_worker > 0
-        in_trial = run.benchmark != "tofu" or engine != "ray_data"
-        if in_trial:
-            with clock.phase("load_checkpoint"):  # ~0 s when the model is still in memory
-                if model is None:  # unlearned on TorchTrainer workers: read their checkpoint
-                    local = (
-                        checkpoint
-                        if checkpoint.is_dir()
-                        else local_copy(stored_checkpoint, sweep.run.cache_dir)
-                    )
-                    model = recipe.load_prepared_model(local, run)
-        if run.benchmark != "tofu":
-            # MUSE / WMDP evaluate in the trial (their generation and choice scoring have no Ray Data
-            # pipeline yet); the per-example table goes next to the checkpoint.
-            with clock.phase("evaluate"):
-                evaluation = recipe.evaluate(ws, model, retrain_reference)
-            metrics, examples = evaluation.metrics, list[dict[str, Any]]()
-            pq.write_table(pa.Table.from_pylist(evaluation.examples), checkpoint / "examples.parquet")
-            if storage.remote:
-                storage.upload_file(
-                    checkpoint / "examples.parquet", sweep.name, "checkpoints", trial_id, "examples.parquet"
-                )
-            del model
-        elif engine == "ray_data":
+        if engine == "ray_data":
             from ..orchestration.eval_pipeline import evaluate_with_ray_data
 
-            assert isinstance(ws.data, TofuRunData)
+            del model
             actor: dict[str, float] = {}
             with clock.phase("eval_startup"):
                 stats = evaluate_with_ray_data(
                     stored_checkpoint,
-                    list(ws.data.eval_splits),
-                    run.evaluation,
-                    run.prepare.max_length,
+                    ws,
                     num_actors=sweep.resources.workers if gpu else 1,
                     # In-process CPU trials lend their own CPU to the evaluation actor.
                     num_cpus=0 if not gpu else sweep.resources.cpus_per_worker,
@@ -293,12 +287,20 @@ def unlearning_trial(params: dict[str, Any], *, sweep_json: str, prepared_json: 
                 clock.add("eval_startup", -actor.get(name, 0.0))
                 clock.add(name, actor.get(name, 0.0))
         else:
+            with clock.phase("load_checkpoint"):  # ~0 s when the model is still in memory
+                if model is None:  # unlearned on TorchTrainer workers: read their checkpoint
+                    local = (
+                        checkpoint
+                        if checkpoint.is_dir()
+                        else local_copy(stored_checkpoint, sweep.run.cache_dir)
+                    )
+                    model = recipe.load_prepared_model(local, run)
             with clock.phase("evaluate"):
-                stats = recipe.evaluate(ws, model, None).examples
+                stats = ws.benchmark.score_items(model, ws, ws.benchmark.evaluation_items(ws))
             del model
-        if isinstance(ws.data, TofuRunData):
-            with clock.phase("metrics"):
-                metrics, examples = tofu_metrics(stats, ws.data.eval_splits, retrain_ratios)
+        with clock.phase("metrics"):
+            evaluation = ws.benchmark.aggregate(ws, stats, retrain_reference)
+        metrics, examples = evaluation.metrics, evaluation.examples
         eval_seconds = time.perf_counter() - t1
     except TrainingDiverged as exc:
         row = trial_row(

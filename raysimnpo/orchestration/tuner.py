@@ -34,7 +34,8 @@ from ray.tune.search.optuna import OptunaSearch
 from .. import recipe, results
 from ..config import ParamRange, SearchSettings, SweepConfig
 from ..methods import needs_of
-from ..orchestration.trial import unlearning_trial
+from ..metrics import metric_direction
+from ..orchestration.trial import PreparedModels, unlearning_trial
 from ..storage import Storage, exists, open_storage
 
 Log = Callable[[str], None]
@@ -92,7 +93,7 @@ class Progress(tune.Callback):
         self.total, self.log, self.after_trial = total, log, after_trial
         self.started = time.monotonic()
         self.done = self.failed = 0
-        self.objectives = objectives or [("forget_quality", "max"), ("model_utility", "max")]
+        self.objectives = objectives or []
         self.best = {metric: float("nan") for metric, _ in self.objectives}
 
     def _line(self, trials: list[Any], finished_now: Any = None) -> None:
@@ -113,10 +114,13 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.done += 1
         result = trial.last_result or {}
-        for key, mode in self.objectives:
+        for key, _ in self.objectives:
             if key in result:
-                current, pick = self.best[key], max if mode == "max" else min
-                self.best[key] = result[key] if current != current else pick(current, result[key])
+                # Best by the metric's own direction (`METRICS`): max, min, or closest to 0.
+                current, value = self.best[key], float(result[key])
+                better = {"max": value > current, "min": value < current, "zero": abs(value) < abs(current)}
+                if current != current or better[metric_direction(key)]:
+                    self.best[key] = value
         self._line(trials, trial)
         if self.after_trial is not None:
             self.after_trial()
@@ -144,12 +148,10 @@ def _sync_prepared(storage: Storage, local_dirs: tuple[Path, Path], marker: str,
 
 
 @ray.remote
-def _prepare_remote(run_json: str, storage_uri: str) -> dict[str, Any]:
+def _prepare_remote(ws: recipe.Workspace, storage_uri: str) -> dict[str, Any]:
     import torch
 
-    from ..config import RunConfig
-
-    run = RunConfig.model_validate_json(run_json)
+    run = ws.config
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     storage = open_storage(storage_uri)
     # A remote storage's prepared models are made (or fetched) in this node's cache, then uploaded.
@@ -158,7 +160,6 @@ def _prepare_remote(run_json: str, storage_uri: str) -> dict[str, Any]:
     marker = f"eval-{recipe.evaluation_key(run)}"
     if storage.remote:
         _sync_prepared(storage, local_dirs, marker, upload=False)
-    ws = recipe.workspace(run)
     prepared = recipe.prepare(ws, log=lambda m: print(m, flush=True), root=root)
     if storage.remote:
         _sync_prepared(storage, local_dirs, marker, upload=True)
@@ -176,14 +177,14 @@ def _prepare_remote(run_json: str, storage_uri: str) -> dict[str, Any]:
         "retrain_metrics": None if retrain is None else retrain.metrics,
         "original_examples": prepared.original.examples,
         "retrain_examples": None if retrain is None else retrain.examples,
-        # TOFU: Retrain's forget truth ratios (forget quality); MUSE: Retrain's AUC (PrivLeak); WMDP: None.
-        "retrain_reference": reference
-        if reference is None or isinstance(reference, float)
-        else reference.tolist(),
+        # The benchmark's: TOFU's Retrain forget truth ratios, MUSE's Retrain AUC, WMDP's None.
+        "retrain_reference": reference,
     }
 
 
-def write_reference_nll(sweep: SweepConfig, original: str, out: str, gpus: float, cpus: float) -> None:
+def write_reference_nll(
+    sweep: SweepConfig, ws: recipe.Workspace, original: str, out: str, gpus: float, cpus: float
+) -> None:
     """NPO / IdkDPO reference NLLs of the forget answers and refusals, once per sweep, scored by the
     Original in a Ray Data actor and stored next to it as Parquet (`out`: a path or a URI)."""
     import pyarrow as pa
@@ -191,7 +192,6 @@ def write_reference_nll(sweep: SweepConfig, original: str, out: str, gpus: float
 
     from ..orchestration.eval_pipeline import reference_nll_with_ray_data
 
-    ws = recipe.workspace(sweep.run)
     forget, refusals = recipe.reference_examples(ws)
     nll = reference_nll_with_ray_data(
         original,
@@ -212,9 +212,13 @@ def write_reference_nll(sweep: SweepConfig, original: str, out: str, gpus: float
     tmp.rename(out)
 
 
-def prepare_stage(sweep: SweepConfig, storage: Storage, log: Log) -> dict[str, Any]:
+def prepare_stage(
+    sweep: SweepConfig, storage: Storage, log: Log, ws: recipe.Workspace | None = None
+) -> PreparedModels:
     """Original and Retrain (cached by content hash under `<storage>/prepared`), their result rows,
-    and the reference NLLs when a searched method needs them."""
+    and the reference NLLs when a searched method needs them. `ws`: the sweep's workspace (built
+    here when not given)."""
+    ws = recipe.workspace(sweep.run) if ws is None else ws
     root = storage.join("prepared")
     gpus = 1 if sweep.resources.gpus_per_worker > 0 else 0
     # Nothing else runs while preparing: on CPU, one node's cores (at most 8) go to it.
@@ -224,22 +228,26 @@ def prepare_stage(sweep: SweepConfig, storage: Storage, log: Log) -> dict[str, A
         else float(min(8, ray.cluster_resources().get("CPU", 1)))
     )
     log(f"[prepare] Original and Retrain under {root}")
-    prepared = ray.get(
-        _prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(sweep.run.model_dump_json(), storage.uri)
-    )
-    prepared["storage"] = storage.uri
-    prepared["run_dir"] = storage.join(sweep.name)
+    prepared = ray.get(_prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(ws, storage.uri))
     reference = f"{prepared['original'].rsplit('/', 1)[0]}/reference-nll-seed{sweep.run.seed}.parquet"
-    prepared["reference_nll"] = reference
     needs_reference = any(
         "reference_nll" in needs_of(sweep.trial_run_config({"method": m}).method)
         for m in sweep.search.methods
     )
     if needs_reference and not exists(reference):
         log("[prepare] reference log-probs of the forget set (NPO / IdkDPO), Ray Data")
-        write_reference_nll(sweep, prepared["original"], reference, gpus, cpus)
+        write_reference_nll(sweep, ws, prepared["original"], reference, gpus, cpus)
     write_reference_rows(sweep, storage, prepared)
-    return prepared
+    return PreparedModels(
+        storage=storage.uri,
+        run_dir=storage.join(sweep.name),
+        original=prepared["original"],
+        retrain=prepared["retrain"],
+        reference_nll=reference,
+        retrain_reference=prepared["retrain_reference"],
+        original_metrics=prepared["original_metrics"],
+        retrain_metrics=prepared["retrain_metrics"],
+    )
 
 
 def write_reference_rows(sweep: SweepConfig, storage: Storage, prepared: dict[str, Any]) -> None:
@@ -248,10 +256,9 @@ def write_reference_rows(sweep: SweepConfig, storage: Storage, prepared: dict[st
     now = dt.datetime.now(dt.UTC)
     for kind in ("original", "retrain"):
         metrics = prepared[f"{kind}_metrics"]
-        if metrics is None:  # WMDP with a released Original: no Retrain
+        if metrics is None:  # a benchmark without Retrain (WMDP with a released Original)
             continue
-        # Per-example tables of MUSE / WMDP have their own columns; they stay next to the prepared model.
-        examples = prepared[f"{kind}_examples"] if sweep.run.benchmark == "tofu" else []
+        examples = prepared[f"{kind}_examples"]
         row = {
             "sweep": sweep.name,
             "trial_id": kind,
@@ -347,26 +354,27 @@ def pin_autoscaling_coordinator() -> None:
     get_or_create_autoscaling_coordinator()
 
 
-def run_sweep(sweep: SweepConfig, storage: Storage, *, resume: bool, log: Log) -> Path:
-    """Run the sweep into `<storage>/<sweep name>/`; returns the driver's Optuna study file."""
+def run_sweep(
+    sweep: SweepConfig, storage: Storage, *, resume: bool, log: Log, ws: recipe.Workspace | None = None
+) -> Path:
+    """Run the sweep into `<storage>/<sweep name>/`; returns the driver's Optuna study file. `ws`: the
+    sweep's workspace when the caller has built it already (the sweep CLI, while validating)."""
     pin_autoscaling_coordinator()
     study = study_file(sweep, storage)
     study.parent.mkdir(parents=True, exist_ok=True)
     if storage.remote and resume and not study.is_file() and storage.is_file(sweep.name, "optuna.sqlite"):
         storage.download_file(study, sweep.name, "optuna.sqlite")
-    prepared = prepare_stage(sweep, storage, log)
-    for kind in ("original", "retrain"):
-        if prepared[f"{kind}_metrics"] is not None:
-            shown = " ".join(
-                f"{k} {prepared[f'{kind}_metrics'][k]:.3g}"
-                for k in recipe.HEADLINE_METRICS[sweep.run.benchmark]
-            )
-            log(f"[prepare] {kind.capitalize()} {shown}")
-    for key in ("original_examples", "retrain_examples", "original_metrics", "retrain_metrics"):
-        prepared.pop(key)
+    ws = recipe.workspace(sweep.run) if ws is None else ws
+    prepared = prepare_stage(sweep, storage, log, ws)
+    headline = ws.benchmark.headline_metrics
+    for kind, metrics in (("original", prepared.original_metrics), ("retrain", prepared.retrain_metrics)):
+        if metrics is not None:
+            log(f"[prepare] {kind.capitalize()} {' '.join(f'{k} {metrics[k]:.3g}' for k in headline)}")
+    # The workspace and the handoff go through the object store once (`with_parameters`); every
+    # trial gets them from there instead of loading, tokenizing and encoding the data again.
     trainable = tune.with_resources(
         tune.with_parameters(
-            unlearning_trial, sweep_json=sweep.model_dump_json(), prepared_json=json.dumps(prepared)
+            unlearning_trial, sweep_json=sweep.model_dump_json(), prepared=prepared, workspace=ws
         ),
         trial_resources(sweep),
     )

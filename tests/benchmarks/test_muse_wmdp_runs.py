@@ -117,5 +117,5 @@ def test_sweep_refuses_idk_methods_on_raw_text() -> None:
     from raysimnpo.config import load_sweep_config
     from raysimnpo.errors import UserInputError
 
-    with pytest.raises(UserInputError, match="search.methods: idk_nll / idk_dpo need QA pairs"):
+    with pytest.raises(UserInputError, match=r"search.methods: \['idk_dpo'\] cannot run on benchmark wmdp; allowed: ga, "):
         load_sweep_config("wmdp-generated", ["search.methods=[rmu, idk_dpo]"])

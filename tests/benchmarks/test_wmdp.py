@@ -152,7 +152,7 @@ def test_accuracy_from_the_model_log_likelihoods(tiny, tmp_path: Path) -> None: 
         assert row["predicted"] == int(np.argmax(by_hand))
     for name in ("wmdp_bio", "wmdp_cyber", "mmlu"):
         rows = [r for r in result.examples if r["split"] == name]
-        assert result.metrics[name] == np.mean([r["predicted"] == r["answer"] for r in rows])
+        assert result.metrics[name] == np.mean([r["predicted"] == r["answer_index"] for r in rows])
     assert result.metrics["wmdp_forget"] == pytest.approx(
         1 - (result.metrics["wmdp_bio"] + result.metrics["wmdp_cyber"]) / 2
     )
