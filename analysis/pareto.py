@@ -17,10 +17,12 @@ import numpy as np
 import polars as pl
 
 from analysis.load import FORGET_QUALITY, MODEL_UTILITY
+from raysimnpo.metrics import metric_direction
 from raysimnpo.pareto import Direction, hypervolume_2d, pareto_ranks
 
 OBJECTIVES: tuple[str, str] = (FORGET_QUALITY, MODEL_UTILITY)
-DIRECTIONS: tuple[Direction, Direction] = ("max", "max")
+# Each objective's direction is its metric's in `raysimnpo.metrics.METRICS` (both "max").
+DIRECTIONS: tuple[Direction, Direction] = (metric_direction(FORGET_QUALITY), metric_direction(MODEL_UTILITY))
 HV_REFERENCE: tuple[float, float] = (0.0, 0.0)  # (FQ, MU)
 ALL_METHODS = "all methods"
 

@@ -65,16 +65,13 @@ def main() -> None:
         retrain, {}, pq.read_table(retrain_eval).to_pylist()
     ).forget_truth_ratios()
     folder = original / "model"
-    splits = list(ws.data.eval_splits)
     memory_model = recipe.load_prepared_model(folder, run)
 
     def ray_data() -> tuple[list[dict[str, Any]], dict[str, float]]:
         timings: dict[str, float] = {}
         stats = evaluate_with_ray_data(
             str(folder),
-            splits,
-            run.evaluation,
-            run.prepare.max_length,
+            ws,
             num_actors=1,
             num_cpus=0,
             threads=args.threads,

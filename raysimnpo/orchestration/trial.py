@@ -13,6 +13,7 @@ Each phase's wall time goes to the `metrics` table as stage "timing" rows (`Phas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import ray
 import torch
 from pydantic import BaseModel, ConfigDict
 from ray import tune
@@ -57,6 +59,17 @@ class PreparedModels(BaseModel):
     retrain_reference: list[float] | float | None
     original_metrics: dict[str, float]
     retrain_metrics: dict[str, float] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedWorkspace:
+    """The sweep's workspace in the object store (put there once by the driver). Trials fetch it in
+    their `workspace` phase, so the phase's seconds show what handing it over costs."""
+
+    ref: ray.ObjectRef
+
+    def get(self) -> recipe.Workspace:
+        return ray.get(self.ref)
 
 
 def now() -> dt.datetime:
@@ -176,7 +189,7 @@ def evaluation_engine(sweep: SweepConfig, run: Any) -> str:
 
 
 def unlearning_trial(
-    params: dict[str, Any], *, sweep_json: str, prepared: PreparedModels, workspace: recipe.Workspace
+    params: dict[str, Any], *, sweep_json: str, prepared: PreparedModels, workspace: SharedWorkspace
 ) -> None:
     """The Tune function trainable (define-by-run params: `method` plus dotted run settings).
     `workspace` is the sweep's, built once by the driver and handed over through the object store."""
@@ -199,7 +212,7 @@ def unlearning_trial(
         raise TrialFailed(f"trial {trial_id} {earlier['error']} (not re-run: divergence repeats)")
 
     with clock.phase("workspace"):
-        ws = workspace.for_run(run)
+        ws = workspace.get().for_run(run)
     retrain_reference = prepared.retrain_reference
     # The checkpoint is written on this node's disk: in the run folder on a local storage, else in
     # the node's cache, then uploaded to `<run>/checkpoints/<trial id>` (where the row points).

@@ -35,7 +35,7 @@ from .. import recipe, results
 from ..config import ParamRange, SearchSettings, SweepConfig
 from ..methods import needs_of
 from ..metrics import metric_direction
-from ..orchestration.trial import PreparedModels, unlearning_trial
+from ..orchestration.trial import PreparedModels, SharedWorkspace, unlearning_trial
 from ..storage import Storage, exists, open_storage
 
 Log = Callable[[str], None]
@@ -213,12 +213,17 @@ def write_reference_nll(
 
 
 def prepare_stage(
-    sweep: SweepConfig, storage: Storage, log: Log, ws: recipe.Workspace | None = None
+    sweep: SweepConfig,
+    storage: Storage,
+    log: Log,
+    ws: recipe.Workspace | None = None,
+    shared: SharedWorkspace | None = None,
 ) -> PreparedModels:
     """Original and Retrain (cached by content hash under `<storage>/prepared`), their result rows,
     and the reference NLLs when a searched method needs them. `ws`: the sweep's workspace (built
     here when not given)."""
     ws = recipe.workspace(sweep.run) if ws is None else ws
+    shared = SharedWorkspace(ray.put(ws)) if shared is None else shared
     root = storage.join("prepared")
     gpus = 1 if sweep.resources.gpus_per_worker > 0 else 0
     # Nothing else runs while preparing: on CPU, one node's cores (at most 8) go to it.
@@ -228,7 +233,7 @@ def prepare_stage(
         else float(min(8, ray.cluster_resources().get("CPU", 1)))
     )
     log(f"[prepare] Original and Retrain under {root}")
-    prepared = ray.get(_prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(ws, storage.uri))
+    prepared = ray.get(_prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(shared.ref, storage.uri))
     reference = f"{prepared['original'].rsplit('/', 1)[0]}/reference-nll-seed{sweep.run.seed}.parquet"
     needs_reference = any(
         "reference_nll" in needs_of(sweep.trial_run_config({"method": m}).method)
@@ -365,7 +370,8 @@ def run_sweep(
     if storage.remote and resume and not study.is_file() and storage.is_file(sweep.name, "optuna.sqlite"):
         storage.download_file(study, sweep.name, "optuna.sqlite")
     ws = recipe.workspace(sweep.run) if ws is None else ws
-    prepared = prepare_stage(sweep, storage, log, ws)
+    shared = SharedWorkspace(ray.put(ws))
+    prepared = prepare_stage(sweep, storage, log, ws, shared)
     headline = ws.benchmark.headline_metrics
     for kind, metrics in (("original", prepared.original_metrics), ("retrain", prepared.retrain_metrics)):
         if metrics is not None:
@@ -374,7 +380,7 @@ def run_sweep(
     # trial gets them from there instead of loading, tokenizing and encoding the data again.
     trainable = tune.with_resources(
         tune.with_parameters(
-            unlearning_trial, sweep_json=sweep.model_dump_json(), prepared=prepared, workspace=ws
+            unlearning_trial, sweep_json=sweep.model_dump_json(), prepared=prepared, workspace=shared
         ),
         trial_resources(sweep),
     )

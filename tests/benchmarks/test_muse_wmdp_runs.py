@@ -117,5 +117,7 @@ def test_sweep_refuses_idk_methods_on_raw_text() -> None:
     from raysimnpo.config import load_sweep_config
     from raysimnpo.errors import UserInputError
 
-    with pytest.raises(UserInputError, match=r"search.methods: \['idk_dpo'\] cannot run on benchmark wmdp; allowed: ga, "):
+    with pytest.raises(
+        UserInputError, match=r"search.methods: \['idk_dpo'\] cannot run on benchmark wmdp; allowed: ga, "
+    ):
         load_sweep_config("wmdp-generated", ["search.methods=[rmu, idk_dpo]"])

@@ -1,12 +1,12 @@
 """A 2-trial MUSE sweep on generated data: Original/Retrain rows, trials evaluated with MUSE's
-metrics, the sweep's objectives in the Optuna study, per-example tables next to the checkpoints."""
+metrics through Ray Data actors, the sweep's objectives in the Optuna study, every model's per-example
+rows in the `examples` table."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -80,10 +80,24 @@ def test_two_trial_muse_sweep(tmp_path: Path, ray_cluster: None, capsys: pytest.
         m = finals[t["trial_id"]]
         assert m["privleak"] == pytest.approx((m["privleak_auc"] - auc_retrain) / auc_retrain * 100)
         assert m["privleak_abs"] == pytest.approx(abs(m["privleak"]))
-        examples = pq.read_table(Path(t["checkpoint"]) / "examples.parquet").to_pylist()
-        assert {e["split"] for e in examples} == {
+
+    # Every evaluated model's per-example rows are in the `examples` table; the trials were evaluated
+    # by Ray Data actors (the run's `evaluation.engine` default), the prepared models in-process.
+    examples = results.read_table(root, "examples").to_pylist()
+    timing = results.read_table(root, "metrics").to_pylist()
+    for t in trials:
+        mine = [e for e in examples if e["trial_id"] == t["trial_id"]]
+        assert {e["split"] for e in mine} == {
             "verbmem_forget", "knowmem_forget", "knowmem_retain", "privleak_forget", "privleak_holdout",
         }  # fmt: skip
+        assert len([e for e in mine if e["split"] == "knowmem_retain"]) == 2  # generation_limit
+        assert all(e["min_k_score"] is not None for e in mine if e["split"].startswith("privleak_"))
+        assert all(e["rouge_l_f1"] is not None for e in mine if not e["split"].startswith("privleak_"))
+        if t["kind"] == "trial":
+            phases = {
+                m["metric"] for m in timing if m["trial_id"] == t["trial_id"] and m["stage"] == "timing"
+            }
+            assert "eval_startup_seconds" in phases
 
     with sqlite3.connect(tmp_path / "runs" / "musetest" / "optuna.sqlite") as db:
         states = [row[0] for row in db.execute("SELECT state FROM trials")]
