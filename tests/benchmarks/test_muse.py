@@ -179,3 +179,23 @@ def test_evaluation_on_a_tiny_model(tmp_path: Path) -> None:
     scores = {s: np.array([e["min_k_score"] for e in as_retrain.examples if e["split"] == f"privleak_{s}"])
               for s in ("forget", "holdout")}  # fmt: skip
     assert auc(scores["holdout"], scores["forget"]) == pytest.approx(m["privleak_auc"])
+
+
+def test_items_scored_in_batches_aggregate_to_the_same_metrics(tmp_path: Path) -> None:
+    """What Ray Data evaluation does: items scored a few at a time, in any order, then aggregated."""
+    data = muse.load_muse_run_data(muse.MuseSettings(source=muse.MuseSource(generator=SMALL)), tmp_path)
+    config = TinyModelConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                             intermediate_size=32, vocab_size=400)  # fmt: skip
+    tokenizer = build_tiny_tokenizer(data.corpus(), config, tmp_path)
+    model = build_tiny_model(tokenizer, config, seed=0, dtype=__import__("torch").float32)
+    whole = muse.evaluate_muse(model, tokenizer, data, 8, 2, 64, 0.5)
+    items = muse.evaluation_items(data, 2)
+    assert len(items) == len(whole.examples)
+    batches = [items[i : i + 3] for i in range(0, len(items), 3)][::-1]
+    scored = [e for b in batches for e in muse.score_items(model, tokenizer, data.settings, b, 8, 64)]
+    batched = muse.aggregate(data.settings, scored, 0.5)
+    assert [(e["split"], e["index"]) for e in batched.examples] == [
+        (e["split"], e["index"]) for e in whole.examples
+    ]
+    for name, value in whole.metrics.items():
+        assert batched.metrics[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name

@@ -156,3 +156,20 @@ def test_accuracy_from_the_model_log_likelihoods(tiny, tmp_path: Path) -> None: 
     assert result.metrics["wmdp_forget"] == pytest.approx(
         1 - (result.metrics["wmdp_bio"] + result.metrics["wmdp_cyber"]) / 2
     )
+
+
+def test_items_scored_in_batches_aggregate_to_the_same_metrics(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What Ray Data evaluation does: items scored a few at a time, in any order, then aggregated."""
+    tokenizer, model = tiny
+    folder = write_fixture(tmp_path / "w")
+    settings = wmdp.WmdpSettings(source=wmdp.WmdpSource(kind="local", path=str(folder)), choice_format="text")
+    data = wmdp.load_wmdp_run_data(settings, tmp_path)
+    whole = wmdp.evaluate_wmdp(model, tokenizer, data, 3, 128)
+    items = wmdp.evaluation_items(data)
+    batches = [items[i : i + 2] for i in range(0, len(items), 2)][::-1]
+    scored = [e for batch in batches for e in wmdp.score_items(model, tokenizer, settings, batch, 3, 128)]
+    batched = wmdp.aggregate(data, scored)
+    assert batched.metrics == whole.metrics
+    for a, b in zip(batched.examples, whole.examples, strict=True):
+        assert (a["split"], a["index"], a["predicted"]) == (b["split"], b["index"], b["predicted"])
+        np.testing.assert_allclose(a["choice_loglik"], b["choice_loglik"], rtol=1e-5, atol=1e-5)
