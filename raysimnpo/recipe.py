@@ -32,7 +32,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .benchmarks import base
-from .benchmarks.base import Benchmark, Evaluation, TrainingKind
+from .benchmarks.base import Benchmark, Evaluation, Role, TrainingKind
 from .benchmarks.registry import benchmark
 from .config import RunConfig, content_hash
 from .data.formatting import EncodedExample, PromptFormat, encode_qa
@@ -236,7 +236,7 @@ def retrain_reference(ws: Workspace, retrain: PreparedModel | None) -> Any | Non
 
 def as_is_model(config: RunConfig, name: str) -> str | None:
     """The released model to use as the prepared `name` (Original / Retrain) instead of fine-tuning."""
-    role = "original" if name == "Original" else "retrain"
+    role: Role = "original" if name == "Original" else "retrain"
     return benchmark(config.benchmark).released_model(config, role)
 
 

@@ -75,14 +75,20 @@ def attack_targets(
 
 
 def attack_sweep(
-    sweep: SweepConfig, storage: Storage, trial_ids: Sequence[str] | None, log: Callable[[str], None]
+    sweep: SweepConfig,
+    storage: Storage,
+    trial_ids: Sequence[str] | None,
+    log: Callable[[str], None],
+    workspace: Any = None,
 ) -> list[dict[str, Any]]:
-    """Run the relearning attacks of a finished sweep (Ray must be started) and print the table."""
+    """Run the relearning attacks of a finished sweep (Ray must be started) and print the table.
+    `workspace`: the sweep's (`recipe.Workspace`), when the caller has built it already."""
     from . import results
     from .orchestration.relearn import run_relearn_attacks
 
     trials, ratios = attack_targets(storage.join(sweep.name), sweep.relearn or RelearnSettings(), trial_ids)
-    rows = run_relearn_attacks(sweep, results.results_root(storage.uri, sweep.name), trials, ratios, log)
+    root = results.results_root(storage.uri, sweep.name)
+    rows = run_relearn_attacks(sweep, root, trials, ratios, log, workspace)
     print_relearn_table(rows, sweep.relearn or RelearnSettings())
     return rows
 

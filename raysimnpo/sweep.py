@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sweep.relearn is not None:
         from .relearn import attack_sweep
 
-        attack_sweep(sweep, storage, None, log)
+        attack_sweep(sweep, storage, None, log, ws)
     print(f"\nresults:  {root}/{{trials,metrics,examples,weights,relearn}}")
     print(f"study:    optuna-dashboard sqlite:///{study}")
     if storage.remote:

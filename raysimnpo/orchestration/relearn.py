@@ -26,14 +26,22 @@ class RelearnAttacker:
     """Holds a run's workspace; each call attacks the checkpoints of a batch of plan rows."""
 
     def __init__(
-        self, run_json: str, settings_json: str, retrain_truth_ratios: list[float], threads: int
+        self,
+        run_json: str,
+        settings_json: str,
+        retrain_truth_ratios: list[float],
+        threads: int,
+        workspace: Any = None,
     ) -> None:
         import torch
 
         if threads > 0:
             torch.set_num_threads(threads)
         self.run = RunConfig.model_validate_json(run_json)
-        self.ws = recipe.workspace(self.run)
+        # The sweep's workspace from the object store when the caller has one; else built here.
+        if isinstance(workspace, ray.ObjectRef):
+            workspace = ray.get(workspace)
+        self.ws = recipe.workspace(self.run) if workspace is None else workspace.for_run(self.run)
         self.device = recipe.resolve_device(self.run)
         self.settings = RelearnSettings.model_validate_json(settings_json)
         self.retrain = np.asarray(retrain_truth_ratios, dtype=np.float64)
@@ -87,6 +95,7 @@ def run_relearn_attacks(
     trials: Sequence[dict[str, Any]],
     retrain_truth_ratios: Sequence[float],
     log: Callable[[str], None],
+    workspace: Any = None,
 ) -> list[dict[str, Any]]:
     """Attack every trial's checkpoint as `sweep.relearn` says (default: the paper's setting); write
     and return the `relearn` rows."""
@@ -107,6 +116,7 @@ def run_relearn_attacks(
             settings.model_dump_json(),
             [float(r) for r in retrain_truth_ratios],
             max(1, int(num_cpus)),
+            None if workspace is None else ray.put(workspace),
         ),
         batch_size=1,
         compute=ActorPoolStrategy(size=num_actors),
