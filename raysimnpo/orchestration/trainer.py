@@ -63,6 +63,7 @@ def unlearn_with_torch_trainer(
     max_failures: int = 0,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 1.0,
+    workspace: Any = None,
 ) -> dict[str, Any]:
     """Unlearn the Original at `original_path` with `config.method` on `num_workers` Ray Train
     workers (FSDP2 when more than one) and write the result as a Hugging Face folder at `output_path`.
@@ -111,6 +112,7 @@ def unlearn_with_torch_trainer(
             else [[float(x) for x in v] for v in reference_nll],
             "upload_checkpoint": not in_run_folder,
             "epoch_checkpoints": max_failures > 0,
+            "workspace": workspace,  # the sweep's workspace (an object ref), or None: built per worker
         },
         scaling_config=ScalingConfig(
             num_workers=num_workers,
@@ -209,7 +211,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
     rank, world_size = context.get_world_rank(), context.get_world_size()
     config = RunConfig.model_validate(loop_config["config"])
     params = config.method
-    ws = _workspace(config, first=context.get_local_rank() == 0)
+    ws = _workspace(config, first=context.get_local_rank() == 0, shared=loop_config.get("workspace"))
     model = recipe.load_prepared_model(Path(loop_config["original_path"]), config)
     loaded_dtype = model.dtype
     given = loop_config["reference_nll"]
@@ -278,8 +280,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
     return {"epochs": summary.epochs, "weights": weights.rows if weights is not None else []}
 
 
-def _workspace(config: RunConfig, *, first: bool) -> recipe.Workspace:
-    """The local rank 0 builds (and caches) data and tokenizer before the other ranks read them."""
+def _workspace(config: RunConfig, *, first: bool, shared: Any = None) -> recipe.Workspace:
+    """The sweep's workspace from the object store (`shared`), else: the local rank 0 builds (and
+    caches) data and tokenizer before the other ranks read them."""
+    if shared is not None:
+        return ray.get(shared).for_run(config)
     ws = recipe.workspace(config) if first else None
     if dist.is_initialized():
         dist.barrier()

@@ -247,6 +247,7 @@ def unlearning_trial(
                     max_failures=sweep.fault_tolerance.worker_restarts,
                     cpus_per_worker=sweep.resources.cpus_per_worker,
                     gpus_per_worker=sweep.resources.gpus_per_worker,
+                    workspace=workspace.ref,
                 )
             loop_seconds = float(outcome.get("metrics", {}).get("training_seconds", 0.0))
             clock.add("trainer_startup", -loop_seconds)
