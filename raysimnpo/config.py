@@ -192,11 +192,12 @@ def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: st
     data = load_yaml(path)
     from .benchmarks.registry import BENCHMARKS
 
-    own_sweep = BENCHMARKS.get(str(data.get("benchmark")))
-    if own_sweep is not None and own_sweep.own_sweep:
+    runnable = [name for name, b in BENCHMARKS.items() if not b.own_sweep]
+    top = data.get("benchmark")
+    if top is not None and (top not in BENCHMARKS or BENCHMARKS[top].own_sweep):
         raise UserInputError(
-            f"{path}: benchmark {data['benchmark']!r} runs as a sweep (python -m raysimnpo.sweep); "
-            "python -m raysimnpo.run takes: tofu, muse, wmdp (the run: benchmark of a sweep file)"
+            f"{path}: benchmark {top!r} runs as a sweep (python -m raysimnpo.sweep); "
+            f"python -m raysimnpo.run takes: {', '.join(runnable)} (the run: benchmark of a sweep file)"
         )
     run = data.get("run") or {}
     if not isinstance(run, dict):
