@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from raysimnpo import recipe
 from raysimnpo.config import DataSettings, ModelSettings, RunConfig, TrainSettings
+from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
 from raysimnpo.data.sources import TofuSource
 from raysimnpo.data.tofu_generator import TofuGeneratorConfig
 from raysimnpo.errors import UserInputError
@@ -138,7 +139,7 @@ def test_two_workers_survive_a_killed_worker_and_write_a_loadable_checkpoint(
 
     unlearned = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     copy = AutoModelForCausalLM.from_pretrained(tmp_path / "unlearned", dtype=torch.float32)
-    assert json.loads((checkpoint / "raysimnpo.json").read_text()) == {"prompt_format": "plain"}
+    assert json.loads((checkpoint / PROMPT_FORMAT_FILE).read_text()) == {"prompt_format": "plain"}
     assert AutoTokenizer.from_pretrained(checkpoint).get_vocab() == ws.tokenizer.get_vocab()
     before, after = original.state_dict(), unlearned.state_dict()
     assert after.keys() == before.keys()
