@@ -131,6 +131,11 @@ def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tens
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _width(examples: Sequence[EncodedExample], index: list[int]) -> int:
+    """The padded width of a batch: its longest sequence."""
+    return max(len(examples[i].input_ids) for i in index)
+
+
 def step_terms(
     model: PreTrainedModel,
     params: MethodParams,
@@ -140,17 +145,26 @@ def step_terms(
     pad_id: int,
     frozen: PreTrainedModel | None,
     forget_target: Tensor | None,
+    *,
+    global_forget: list[int] | None = None,
+    global_retain: list[int] | None = None,
 ) -> StepTerms:
     """Run the model on one forget batch and one retain batch and collect what the loss needs, one
     value per sequence (token-level terms summed per sequence, `objectives.sequence_kl` and
     `objectives.sequence_squared_error`). `frozen`: the Original, for the methods that need it;
-    `forget_target`: the method's `forget_target` vector (RMU's c·u)."""
+    `forget_target`: the method's `forget_target` vector (RMU's c·u). `global_forget` /
+    `global_retain`: the whole global batches this rank's indices are a slice of; every rank pads
+    its slice to the global batch's longest sequence, so each sequence is computed in the same shape
+    as in a single process."""
     device = next(model.parameters()).device
     needs = needs_of(params)
     method = METHODS[params.name]
     hidden_layer = method.hidden_layer(model, params) + 1 if method.hidden_layer is not None else None
 
-    forget = _to_device(pad_right([inputs.forget[i] for i in forget_index], pad_id), device)
+    forget_width = _width(inputs.forget, global_forget or forget_index)
+    forget = _to_device(
+        pad_right([inputs.forget[i] for i in forget_index], pad_id, pad_to_multiple_of=forget_width), device
+    )
     out = model(
         input_ids=forget["input_ids"],
         attention_mask=forget["attention_mask"],
@@ -171,14 +185,21 @@ def step_terms(
         terms.forget_ref_nll = inputs.forget_ref_nll[forget_index].to(device)
     if "idk" in needs:
         assert inputs.idk is not None
-        idk = _to_device(pad_right([inputs.idk[i] for i in forget_index], pad_id), device)
+        idk_width = _width(inputs.idk, global_forget or forget_index)
+        idk = _to_device(
+            pad_right([inputs.idk[i] for i in forget_index], pad_id, pad_to_multiple_of=idk_width), device
+        )
         idk_logits = model(input_ids=idk["input_ids"], attention_mask=idk["attention_mask"]).logits
         terms.idk_nll, terms.idk_tokens = sequence_nll(idk_logits.float(), idk["labels"])
         if inputs.idk_ref_nll is not None:
             terms.idk_ref_nll = inputs.idk_ref_nll[forget_index].to(device)
 
     if "retain_weight" in type(params).model_fields:  # a method with a retain term needs it even at λ = 0
-        retain = _to_device(pad_right([inputs.retain[i] for i in retain_index], pad_id), device)
+        retain_width = _width(inputs.retain, global_retain or retain_index)
+        retain = _to_device(
+            pad_right([inputs.retain[i] for i in retain_index], pad_id, pad_to_multiple_of=retain_width),
+            device,
+        )
         out = model(
             input_ids=retain["input_ids"],
             attention_mask=retain["attention_mask"],
@@ -305,7 +326,10 @@ def train(
                 break
             index = global_index[rank::world_size]
             if unlearn is None or params is None:
-                batch = _to_device(pad_right([primary[i] for i in index], pad_id), device)
+                width = _width(primary, global_index)  # the global batch's width on every rank
+                batch = _to_device(
+                    pad_right([primary[i] for i in index], pad_id, pad_to_multiple_of=width), device
+                )
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 nll, n = sequence_nll(logits.float(), batch["labels"])
                 # Every rank evaluates the loss on the whole global batch (sharding.gather_rows), so
@@ -316,8 +340,20 @@ def train(
                 summary.tokens += int(batch["attention_mask"].sum())
             else:
                 assert retain_stream is not None
-                retain_index = next(retain_stream)[rank::world_size]
-                terms = step_terms(model, params, unlearn, index, retain_index, pad_id, frozen, target)
+                global_retain = next(retain_stream)
+                retain_index = global_retain[rank::world_size]
+                terms = step_terms(
+                    model,
+                    params,
+                    unlearn,
+                    index,
+                    retain_index,
+                    pad_id,
+                    frozen,
+                    target,
+                    global_forget=global_index,
+                    global_retain=global_retain,
+                )
                 # the method's per-sequence terms of the whole global batch
                 terms = sharding.gather_step_terms(terms, METHODS[params.name].gathered)
                 if on_forget_batch is not None:  # gathered rows come rank by rank
