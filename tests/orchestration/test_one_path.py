@@ -71,7 +71,7 @@ def test_a_registered_method_runs_on_two_fsdp_workers(
     ray_cluster: None, tmp_path: Path, case: tuple[RunConfig, Path, np.ndarray], bounded_ascent: Method
 ) -> None:
     config, original, _ = case
-    params = BoundedAscentParams()
+    params = BoundedAscentParams(retain_weight=0.0)  # the forget term alone, so it shows
     with pytest.raises(ValueError, match="^method 'bounded_ascent' is already registered$"):
         register(bounded_ascent)
     out = unlearn_with_torch_trainer(

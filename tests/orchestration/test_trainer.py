@@ -236,13 +236,9 @@ def test_settings_the_workers_cannot_run_are_refused_before_starting(tmp_path: P
         UserInputError, match=r"^unlearn.batch_size: 4 cannot be split over 5 workers; allowed: >= 5$"
     ):
         check_trainer_settings(config, str(folder), num_workers=5, use_gpu=False)
+    # RMU's frozen copy is taken before sharding: any number of workers runs it.
     rmu = config.model_copy(update={"method": RMUParams()})
-    with pytest.raises(
-        UserInputError, match="method.name: rmu needs a frozen copy .* allowed with num_workers > 1: "
-    ):
-        check_trainer_settings(rmu, str(folder), num_workers=2, use_gpu=False)
-    # One unsharded worker keeps its frozen copy.
-    check_trainer_settings(rmu, str(folder), num_workers=1, use_gpu=False)
+    check_trainer_settings(rmu, str(folder), num_workers=2, use_gpu=False)
     with pytest.raises(UserInputError, match="device: cpu but use_gpu"):
         check_trainer_settings(config, str(folder), num_workers=2, use_gpu=True)
 
