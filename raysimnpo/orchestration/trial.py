@@ -2,11 +2,11 @@
 
 Unlearning is the one recipe (`recipe.unlearn_model`, see `unlearn`): run in the trial's own
 process when the trial has one CPU worker (Ray's per-trial start-up would dwarf a tiny model's
-training on CPU), and by every worker of a TorchTrainer (FSDP2) otherwise. Evaluation streams the evaluation questions through Ray Data actors that load the
-unlearned checkpoint once, or runs in-process (`evaluation.engine`; `auto`, which sweeps/tofu.yaml
-sets, evaluates the model still in memory when the trial unlearned it in its own process on CPU,
-since starting an evaluation actor and reloading the checkpoint cost more than evaluating the tiny
-model).
+training on CPU), and by every worker of a TorchTrainer (FSDP2) otherwise. Evaluation streams the
+evaluation questions through Ray Data actors that load the unlearned checkpoint once, or runs
+in-process (`evaluation.engine`; `auto`, which sweeps/tofu.yaml sets, evaluates the model still in
+memory when the trial unlearned it in its own process on CPU, since starting an evaluation actor and
+reloading the checkpoint cost more than evaluating the tiny model).
 Each phase's wall time goes to the `metrics` table as stage "timing" rows (`PhaseClock`).
 """
 
