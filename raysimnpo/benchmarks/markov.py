@@ -23,6 +23,12 @@ NPO (eq. 2; π_ref = the Original, ℓ_ref computed once for the forget train se
 (and at 0) the Markov KL (`raysimnpo.metrics.markov.sequence_kl`) is measured on the Forget1, Forget2
 and retain test sequences. All runs of an experiment see the same batches.
 
+Both pretraining and unlearning run through the one training loop, `raysimnpo.training.train`, with
+NPO and SimNPO taken from `raysimnpo.methods.METHODS` (their losses, eqs. 2 and 4): a constant
+learning rate, no gradient clipping, unlearning stopped after `iterations` steps and evaluated by
+the loop's per-step hook. Forget batches are consecutive slices of a shuffled pass over the forget
+train set drawn by the loop's seeded generator, each paired with an equal-sized retain batch.
+
 Experiments (appendix B, "Choice of hyperparameters"): (a) retain and Forget1 of length 20, Forget2
 of length 5, β_NPO = 0.2, β_SimNPO = 4; (b) all of length 20, Forget2 left out of pretraining,
 β_NPO = 1, β_SimNPO = 4.
