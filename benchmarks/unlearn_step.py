@@ -134,11 +134,11 @@ def reference_nlls(ws: Workspace, model: torch.nn.Module) -> tuple[list[float], 
     )
 
 
-def control_vector(model: torch.nn.Module, seed: int) -> Tensor:
-    """RMU's fixed random direction u, drawn as `train` draws it."""
-    hidden = int(model.config.hidden_size)  # type: ignore[union-attr, arg-type]
-    u = torch.rand(hidden, generator=torch.Generator().manual_seed(seed))
-    return u / u.norm()
+def control_vector(model: torch.nn.Module, params: MethodParams, seed: int) -> Tensor:
+    """RMU's forget target c·u (the method's `forget_target` hook), u drawn from the seed."""
+    target = METHODS[params.name].forget_target
+    assert target is not None
+    return target(model, params, torch.Generator().manual_seed(seed))
 
 
 def online_reference_nll(
@@ -231,7 +231,7 @@ def make_stepper(
         optimizer = torch.optim.AdamW(
             trainable, lr=config.unlearn.learning_rate, weight_decay=config.unlearn.weight_decay
         )
-    control = control_vector(model, config.seed) if isinstance(params, RMUParams) else None
+    control = control_vector(model, params, config.seed) if isinstance(params, RMUParams) else None
     if isinstance(params, RMUParams):
         rmu_layer(model, params)  # checks the layer exists
     return Stepper(

@@ -8,13 +8,14 @@ loop adds them with the method's λ (`retain_weight`). `needs` tells the loop wh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import objectives
 
@@ -96,7 +97,13 @@ AnyMethodParams = Annotated[
 
 @dataclass
 class StepTerms:
-    """What one unlearning step has computed; losses read it, they never run a model."""
+    """What one unlearning step has computed; losses read it, they never run a model.
+
+    Every field holds one value per sequence of the batch ([B]), so the terms of the ranks' slices
+    concatenate into the global batch's (`sharding.gather_step_terms`) and a loss evaluated on them is
+    the single-process loss: token-level quantities (GradDiff's KL, RMU's squared errors) are summed
+    per sequence here and divided by the summed counts in the loss (DESIGN §5).
+    """
 
     forget_nll: Tensor  # ℓ_i, summed NLL of each forget answer
     forget_tokens: Tensor  # |y_i|
@@ -106,27 +113,57 @@ class StepTerms:
     idk_nll: Tensor | None = None  # forget question -> refusal string
     idk_tokens: Tensor | None = None
     idk_ref_nll: Tensor | None = None
-    retain_logits: Tensor | None = None
-    retain_ref_logits: Tensor | None = None
-    retain_labels: Tensor | None = None
-    forget_hidden: Tensor | None = None
-    forget_mask: Tensor | None = None
-    retain_hidden: Tensor | None = None
-    retain_ref_hidden: Tensor | None = None
-    retain_mask: Tensor | None = None
-    control_vector: Tensor | None = None
+    retain_kl: Tensor | None = None  # Σ over the retain answer targets of KL(π_ref ‖ π_θ)
+    forget_hidden_se: Tensor | None = None  # Σ over answer positions of mean_h (h − c·u)², RMU
+    forget_hidden_positions: Tensor | None = None
+    retain_hidden_se: Tensor | None = None  # Σ over answer positions of mean_h (h − h_frozen)², RMU
+    retain_hidden_positions: Tensor | None = None
+
+
+def sequence_fields() -> tuple[str, ...]:
+    """Every `StepTerms` field (all hold one value per sequence)."""
+    return tuple(f.name for f in dataclasses.fields(StepTerms))
 
 
 LossFn = Callable[[StepTerms, MethodParams], tuple[Tensor, Tensor | None]]
+TrainableFn = Callable[[nn.Module, MethodParams], list[nn.Parameter]]
+# hidden_layer(model, params): the decoder layer whose output the loss reads (RMU's k)
+HiddenLayerFn = Callable[[nn.Module, MethodParams], int]
+# forget_target(model, params, generator): the fixed vector forget hidden states are pushed to (RMU's c·u)
+ForgetTargetFn = Callable[[nn.Module, MethodParams, torch.Generator], Tensor]
+# after_training(θ_o, θ_trained, params) -> θ returned (Task Vector's θ_o − α(θ_ft − θ_o)); works on
+# whole tensors or on a rank's FSDP shards alike (element-wise)
+AfterTrainingFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], MethodParams], dict[str, Tensor]]
+
+NLL_FIELDS: tuple[str, ...] = ("forget_nll", "forget_tokens", "retain_nll", "retain_tokens")
+
+
+def all_parameters(model: nn.Module, params: MethodParams) -> list[nn.Parameter]:
+    """Every parameter trains (the default of every method but RMU)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 @dataclass(frozen=True)
 class Method:
+    """One unlearning method and its hooks into the one training loop (`raysimnpo.training.train`).
+
+    `loss` turns the gathered `StepTerms` into (forget term, retain term); `needs` says what the loop
+    computes for it; `gathered` are the StepTerms fields the loss reads, concatenated over the ranks
+    of a data-parallel run; `trainable` picks the parameters AdamW updates; `hidden_layer` and
+    `forget_target` ask for hidden-state terms (RMU); `after_training` rewrites the trained weights
+    (Task Vector). A new method is one entry in `METHODS` (or `register`) plus its objectives.
+    """
+
     name: str
     params: type[MethodParams]
     loss: LossFn
     needs: frozenset[Need]
     paper: str
+    gathered: tuple[str, ...] = NLL_FIELDS
+    trainable: TrainableFn = all_parameters
+    hidden_layer: HiddenLayerFn | None = None
+    forget_target: ForgetTargetFn | None = None
+    after_training: AfterTrainingFn | None = None
 
     def retain_weight(self, params: MethodParams) -> float:
         return float(getattr(params, "retain_weight", 0.0))
@@ -144,8 +181,8 @@ def _ga(t: StepTerms, p: MethodParams) -> tuple[Tensor, Tensor | None]:
 def _grad_diff(t: StepTerms, p: MethodParams) -> tuple[Tensor, Tensor | None]:
     assert isinstance(p, GradDiffParams)
     if p.retain_loss == "kl":
-        assert t.retain_logits is not None and t.retain_ref_logits is not None and t.retain_labels is not None
-        retain = objectives.retain_kl_loss(t.retain_logits, t.retain_ref_logits, t.retain_labels)
+        assert t.retain_kl is not None and t.retain_tokens is not None
+        retain = objectives.token_mean(t.retain_kl, t.retain_tokens)
     else:
         retain = _retain_nll(t)
     return objectives.ga_loss(t.forget_nll, t.forget_tokens), retain
@@ -178,36 +215,95 @@ def _idk_dpo(t: StepTerms, p: MethodParams) -> tuple[Tensor, Tensor | None]:
 
 
 def _rmu(t: StepTerms, p: MethodParams) -> tuple[Tensor, Tensor | None]:
-    assert isinstance(p, RMUParams)
-    assert t.forget_hidden is not None and t.forget_mask is not None and t.control_vector is not None
-    assert t.retain_hidden is not None and t.retain_ref_hidden is not None and t.retain_mask is not None
-    forget = objectives.rmu_forget_loss(t.forget_hidden, p.steering_coeff * t.control_vector, t.forget_mask)
-    return forget, objectives.rmu_retain_loss(t.retain_hidden, t.retain_ref_hidden, t.retain_mask)
+    assert t.forget_hidden_se is not None and t.forget_hidden_positions is not None
+    assert t.retain_hidden_se is not None and t.retain_hidden_positions is not None
+    # objectives.rmu_forget_loss / rmu_retain_loss, from the per-sequence sums of the global batch
+    forget = objectives.token_mean(t.forget_hidden_se, t.forget_hidden_positions)
+    return forget, objectives.token_mean(t.retain_hidden_se, t.retain_hidden_positions)
+
+
+def rmu_layer(model: nn.Module, params: MethodParams) -> int:
+    """RMU's layer k: `params.layer`, or the middle decoder layer."""
+    assert isinstance(params, RMUParams)
+    n_layers = int(model.config.num_hidden_layers)  # type: ignore[union-attr, arg-type]
+    layer = params.layer if params.layer is not None else n_layers // 2
+    if layer >= n_layers:
+        raise ValueError(f"method.layer: {layer} but the model has {n_layers} decoder layers")
+    return layer
+
+
+def _rmu_trainable(model: nn.Module, params: MethodParams) -> list[nn.Parameter]:
+    """The MLPs of layers k-n+1..k (WMDP's recipe); every other parameter is frozen."""
+    assert isinstance(params, RMUParams)
+    k = rmu_layer(model, params)
+    chosen = {f"layers.{i}.mlp." for i in range(max(0, k - params.trainable_layers + 1), k + 1)}
+    selected = []
+    for name, p in model.named_parameters():
+        keep = any(tag in name for tag in chosen)
+        p.requires_grad_(keep)
+        if keep:
+            selected.append(p)
+    return selected
+
+
+def _rmu_target(model: nn.Module, params: MethodParams, generator: torch.Generator) -> Tensor:
+    """c·u, u a fixed random unit vector drawn from the run's generator (so runs repeat)."""
+    assert isinstance(params, RMUParams)
+    u = torch.rand(int(model.config.hidden_size), generator=generator)  # type: ignore[union-attr, arg-type]
+    return params.steering_coeff * u / u.norm()
 
 
 def _task_vector_finetune(t: StepTerms, p: MethodParams) -> tuple[Tensor, Tensor | None]:
-    # Task Vector first fine-tunes *towards* the forget set (plain NLL descent); the recipe then
-    # negates the resulting task vector with `apply_task_vector`.
+    # Task Vector first fine-tunes *towards* the forget set (plain NLL descent); `after_training`
+    # then negates the resulting task vector.
     return objectives.retain_nll_loss(t.forget_nll, t.forget_tokens), None
 
 
-METHODS: Mapping[str, Method] = {
+def _negate_task_vector(
+    original: Mapping[str, Tensor], finetuned: Mapping[str, Tensor], params: MethodParams
+) -> dict[str, Tensor]:
+    assert isinstance(params, TaskVectorParams)
+    with torch.no_grad():
+        return objectives.task_vector(dict(original), dict(finetuned), params.alpha)
+
+
+METHODS: MutableMapping[str, Method] = {
     m.name: m
     for m in (
         Method("ga", GAParams, _ga, frozenset(), "TOFU (Maini et al., 2024): gradient ascent"),
-        Method("grad_diff", GradDiffParams, _grad_diff, frozenset(), "TOFU: gradient difference, eq. 1"),
         Method(
-            "npo", NPOParams, _npo, frozenset({"reference_nll"}), "Zhang et al., 2024; SimNPO paper eq. 2"
+            "grad_diff",
+            GradDiffParams,
+            _grad_diff,
+            frozenset(),
+            "TOFU: gradient difference, eq. 1",
+            gathered=(*NLL_FIELDS, "retain_kl"),
+        ),
+        Method(
+            "npo",
+            NPOParams,
+            _npo,
+            frozenset({"reference_nll"}),
+            "Zhang et al., 2024; SimNPO paper eq. 2",
+            gathered=(*NLL_FIELDS, "forget_ref_nll"),
         ),
         Method("simnpo", SimNPOParams, _simnpo, frozenset(), "SimNPO paper eq. 4"),
         Method("w_grad_diff", WGradDiffParams, _w_grad_diff, frozenset(), "SimNPO paper, eq. 5 as β→0"),
-        Method("idk_nll", IdkNLLParams, _idk_nll, frozenset({"idk"}), "TOFU: IDK fine-tuning"),
+        Method(
+            "idk_nll",
+            IdkNLLParams,
+            _idk_nll,
+            frozenset({"idk"}),
+            "TOFU: IDK fine-tuning",
+            gathered=(*NLL_FIELDS, "idk_nll", "idk_tokens"),
+        ),
         Method(
             "idk_dpo",
             IdkDPOParams,
             _idk_dpo,
             frozenset({"idk", "reference_nll"}),
             "TOFU / Zhang et al., 2024: DPO towards refusals",
+            gathered=(*NLL_FIELDS, "forget_ref_nll", "idk_nll", "idk_tokens", "idk_ref_nll"),
         ),
         Method(
             "rmu",
@@ -215,9 +311,23 @@ METHODS: Mapping[str, Method] = {
             _rmu,
             frozenset({"frozen_model", "hidden_states"}),
             "Li et al., 2024 (WMDP): representation misdirection",
+            gathered=(
+                "forget_hidden_se",
+                "forget_hidden_positions",
+                "retain_hidden_se",
+                "retain_hidden_positions",
+            ),
+            trainable=_rmu_trainable,
+            hidden_layer=rmu_layer,
+            forget_target=_rmu_target,
         ),
         Method(
-            "task_vector", TaskVectorParams, _task_vector_finetune, frozenset(), "Ilharco et al., 2023 (MUSE)"
+            "task_vector",
+            TaskVectorParams,
+            _task_vector_finetune,
+            frozenset(),
+            "Ilharco et al., 2023 (MUSE)",
+            after_training=_negate_task_vector,
         ),
     )
 }
@@ -253,8 +363,21 @@ def gradient_weights(params: MethodParams, terms: StepTerms) -> Tensor | None:
 def apply_task_vector(
     original: Mapping[str, Tensor], finetuned: Mapping[str, Tensor], params: MethodParams
 ) -> dict[str, Tensor]:
-    """θ = θ_o − α(θ_ft − θ_o) for Task Vector; other methods keep the trained weights."""
-    if not isinstance(params, TaskVectorParams):
-        return dict(finetuned)
-    with torch.no_grad():
-        return objectives.task_vector(dict(original), dict(finetuned), params.alpha)
+    """The method's `after_training` step (θ = θ_o − α(θ_ft − θ_o) for Task Vector); methods without
+    one keep the trained weights."""
+    step = METHODS[params.name].after_training
+    return dict(finetuned) if step is None else step(original, finetuned, params)
+
+
+def register(method: Method) -> Method:
+    """Add a method to `METHODS` under its name (an existing name is refused). Its hyperparameter
+    model must have a `name` Literal equal to `method.name`; configs that go through
+    `AnyMethodParams` know only the built-in methods, so a registered method is run with its own
+    params object (`recipe.unlearn_model(..., method=params)`)."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    unknown = sorted(set(method.gathered) - set(sequence_fields()))
+    if unknown:
+        raise ValueError(f"method {method.name!r}: gathered names unknown StepTerms fields {unknown}")
+    METHODS[method.name] = method
+    return method

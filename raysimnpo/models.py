@@ -38,7 +38,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -53,12 +53,8 @@ from transformers import (
 )
 
 from .cache import default_cache_dir
+from .data.formatting import PROMPT_FORMAT_FILE, PROMPT_FORMATS, PromptFormat
 from .errors import UserInputError, first_line
-
-# Same literal as `raysimnpo.data.formatting.PromptFormat`.
-PromptFormat = Literal["plain", "llama2-chat", "chat-template"]
-PROMPT_FORMATS: tuple[PromptFormat, ...] = ("plain", "llama2-chat", "chat-template")
-PROMPT_FORMAT_FILE = "raysimnpo_prompt_format.json"
 
 PRESETS: dict[str, str] = {
     "tiny": "small Llama built in-process from TinyModelConfig + byte-level BPE tokenizer trained on the data",

@@ -86,12 +86,20 @@ def idk_dpo_loss(
     return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
 
 
-def retain_kl_loss(logits: Tensor, ref_logits: Tensor, labels: Tensor) -> Tensor:
-    """KL(π_ref ‖ π_θ) of the next-token distributions, token-mean over the retain answer targets.
+def token_mean(sums: Tensor, counts: Tensor) -> Tensor:
+    """Σ_i sums_i / Σ_i counts_i: a token-level mean over a batch from per-sequence sums and counts.
 
-    GradDiff's KL variant of L_retain (DESIGN §5): Σ_v π_ref(v) (log π_ref(v) − log π_θ(v)) at every
-    position t whose next label is a target (same causal shift as `logprobs.token_logprobs`), averaged
-    over all such positions of the batch. Computed in float32 or wider.
+    Per-sequence sums concatenate over data-parallel ranks, so the mean of the gathered global batch
+    is exactly the single-process one (eq. 1's retain NLL, GradDiff's KL, RMU's MSEs)."""
+    return sums.sum() / counts.sum()
+
+
+def sequence_kl(logits: Tensor, ref_logits: Tensor, labels: Tensor) -> Tensor:
+    """Per sequence, Σ over its answer targets of KL(π_ref ‖ π_θ) of the next-token distributions, [B].
+
+    Σ_v π_ref(v) (log π_ref(v) − log π_θ(v)) at every position t whose next label is a target (same
+    causal shift as `logprobs.token_logprobs`); computed in float32 or wider. Divided by the number
+    of targets (`token_mean` with |y_i|) it is GradDiff's KL retain term (`retain_kl_loss`).
     """
     if logits.shape != ref_logits.shape or logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
@@ -100,20 +108,37 @@ def retain_kl_loss(logits: Tensor, ref_logits: Tensor, labels: Tensor) -> Tensor
         )
     mask = labels[:, 1:] != IGNORE_INDEX
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    logp = torch.log_softmax(logits[:, :-1][mask].to(dtype), dim=-1)
-    ref_logp = torch.log_softmax(ref_logits.detach()[:, :-1][mask].to(dtype), dim=-1)
-    return F.kl_div(logp, ref_logp, log_target=True, reduction="sum") / logp.shape[0]
+    logp = torch.log_softmax(logits[:, :-1].to(dtype), dim=-1)
+    ref_logp = torch.log_softmax(ref_logits.detach()[:, :-1].to(dtype), dim=-1)
+    per_position = (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1)
+    return (per_position * mask.to(dtype)).sum(dim=-1)
 
 
-def _masked_mse(hidden: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+def retain_kl_loss(logits: Tensor, ref_logits: Tensor, labels: Tensor) -> Tensor:
+    """KL(π_ref ‖ π_θ) of the next-token distributions, token-mean over the retain answer targets.
+
+    GradDiff's KL variant of L_retain (DESIGN §5): `sequence_kl` summed over the batch and divided by
+    the number of target positions of the batch.
+    """
+    per_sequence = sequence_kl(logits, ref_logits, labels)
+    return token_mean(per_sequence, (labels[:, 1:] != IGNORE_INDEX).sum(dim=-1).to(per_sequence.dtype))
+
+
+def sequence_squared_error(hidden: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sequence, Σ over its masked positions of mean_h (hidden − target)², and the number of
+    masked positions: ([B], [B]). `token_mean` of the two is RMU's MSE over masked positions."""
     if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
         raise ValueError(
             f"hidden must be [B, T, H] and mask [B, T]; got {tuple(hidden.shape)}, {tuple(mask.shape)}"
         )
     dtype = torch.promote_types(hidden.dtype, torch.float32)
     weights = mask.to(dtype)
-    per_position = (hidden.to(dtype) - target.to(dtype)).pow(2).mean(dim=-1)
-    return (per_position * weights).sum() / weights.sum()
+    per_position = (hidden.to(dtype) - target.detach().to(dtype)).pow(2).mean(dim=-1)
+    return (per_position * weights).sum(dim=-1), weights.sum(dim=-1)
+
+
+def _masked_mse(hidden: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    return token_mean(*sequence_squared_error(hidden, target, mask))
 
 
 def rmu_forget_loss(hidden: Tensor, control: Tensor, mask: Tensor) -> Tensor:
@@ -125,7 +150,7 @@ def rmu_forget_loss(hidden: Tensor, control: Tensor, mask: Tensor) -> Tensor:
     """
     if control.shape != hidden.shape[-1:]:
         raise ValueError(f"control must be [H] = [{hidden.shape[-1]}]; got {tuple(control.shape)}")
-    return _masked_mse(hidden, control.detach(), mask)
+    return _masked_mse(hidden, control.detach().expand_as(hidden), mask)
 
 
 def rmu_retain_loss(hidden: Tensor, ref_hidden: Tensor, mask: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 """The single-run recipe: prepare Original and Retrain (cached), unlearn, evaluate.
 
 `python -m raysimnpo.run` calls `run`; the Ray trial calls the same pieces (`prepare`,
-`unlearn_model`, `evaluate`) so a CPU run and a cluster run share one path.
+`unlearn_model`, `evaluate`) and every TorchTrainer worker calls `unlearn_model`, so a CPU run and a
+cluster run share one path.
 
 Prepared models are cached under `<cache_dir>/prepared/<content hash>/` by what produced them (data
 source, model, fine-tuning recipe, seed, and for Retrain the forget split), each as a Hugging Face
@@ -31,16 +32,17 @@ import pyarrow.parquet as pq
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import sharding
 from .benchmarks import base
 from .benchmarks.base import Benchmark, Evaluation, Role, TrainingKind
 from .benchmarks.registry import benchmark
 from .config import RunConfig, content_hash
 from .data.formatting import EncodedExample, PromptFormat, encode_qa
 from .errors import UserInputError, first_line
-from .methods import MethodParams, apply_task_vector, needs_of
+from .methods import METHODS, MethodParams, apply_task_vector, needs_of
 from .models import LoadedModel, load_model_and_tokenizer, write_prompt_format
 from .scoring import score_sequences
-from .training import ForgetBatchHook, TrainingSummary, UnlearnInputs, train
+from .training import EpochEnd, ForgetBatchHook, TrainingSummary, UnlearnInputs, frozen_copy, train
 
 Log = Callable[[str], None]
 
@@ -353,7 +355,7 @@ def unlearn_inputs(
 ) -> UnlearnInputs:
     """Forget/retain examples plus what the method needs: refusals for IDK, and the reference NLLs
     ℓ_ref (eq. 2) of the forget answers and refusals, computed once by the Original (or passed in
-    as `reference_nll`, precomputed for a whole sweep)."""
+    as `reference_nll`, precomputed for a whole sweep: one value per forget answer and per refusal)."""
     forget, refusals = reference_examples(ws)
     inputs = UnlearnInputs(
         forget=forget, retain=training_examples(ws, "retain", ws.config.unlearn.max_length)
@@ -369,27 +371,70 @@ def unlearn_inputs(
                 score_sequences(reference, forget, batch, ws.pad_id)[0],
                 score_sequences(reference, refusals, batch, ws.pad_id)[0] if refusals else [],
             )
+        elif [len(v) for v in reference_nll] != [len(forget), len(refusals)]:
+            sizes = [len(v) for v in reference_nll]
+            raise UserInputError(
+                f"reference_nll: {sizes[0]} and {sizes[1]} values but {ws.config.data.forget_split} has "
+                f"{len(forget)} examples; allowed: one ℓ_ref per forget answer and per refusal, in order"
+            )
         inputs.forget_ref_nll = torch.tensor(reference_nll[0], dtype=torch.float32)
         inputs.idk_ref_nll = torch.tensor(reference_nll[1], dtype=torch.float32)
     return inputs
 
 
+def check_batches(inputs: UnlearnInputs, params: MethodParams, batch_size: int, world_size: int) -> None:
+    """Every rank must take a non-empty slice of every global batch (FSDP steps are collectives):
+    the last, partial batch of the forget set and of the retain stream must hold 0 or at least
+    `world_size` examples."""
+    sets = {"forget": len(inputs.forget)}
+    if METHODS[params.name].retain_weight(params) > 0:
+        sets["retain"] = len(inputs.retain)
+    for which, n in sets.items():
+        rest = n % batch_size
+        if world_size > 1 and 0 < rest < world_size:
+            raise UserInputError(
+                f"unlearn.batch_size: the {which} set's {n} examples leave a last batch of {rest} for "
+                f"{world_size} workers; allowed: a batch size that leaves 0 or at least {world_size} examples"
+            )
+
+
 def unlearn_model(
     ws: Workspace,
-    original_path: Path,
+    original: Path | str | PreTrainedModel,
+    method: MethodParams | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
+    *,
     reference_nll: tuple[Any, Any] | None = None,
     on_forget_batch: ForgetBatchHook | None = None,
+    epoch_end: EpochEnd | None = None,
+    resume_from: str | Path | None = None,
 ) -> tuple[PreTrainedModel, TrainingSummary]:
-    """Load the Original and unlearn it in this process with the config's method
-    (`on_forget_batch`: see `training.train`)."""
+    """The unlearning recipe: (workspace, Original weights, method, report) -> unlearned model.
+
+    The single-run CLI, an in-process trial and every TorchTrainer worker call this one function.
+    `original`: the Original's folder, or the model itself (unlearned in place). `method` defaults to
+    the config's. In a torch.distributed group of several ranks (FSDP2 workers) each rank calls it:
+    ℓ_ref and the method's frozen copy are taken from the whole Original, then both models are
+    sharded and `training.train` walks the same global batches on every rank, so the result equals
+    a single process's. The method's `after_training` step (Task Vector) runs at the end, shard by
+    shard when sharded. `report` gets one row per epoch; `on_forget_batch`, `epoch_end` and
+    `resume_from` as in `training.train`.
+    """
     config = ws.config
-    model = load_prepared_model(original_path, config)
-    inputs = unlearn_inputs(ws, config.method, model, reference_nll)
+    params = config.method if method is None else method
+    rank, world_size = sharding.rank_and_world_size()
+    loaded = isinstance(original, PreTrainedModel)
+    model = original if loaded else load_prepared_model(Path(original), config)  # type: ignore[arg-type]
+    inputs = unlearn_inputs(ws, params, model, reference_nll)
+    check_batches(inputs, params, config.unlearn.batch_size, world_size)
+    frozen = frozen_copy(model, params)
+    if world_size > 1:
+        sharding.shard_model(model)
+        if frozen is not None:
+            sharding.shard_model(frozen)
+    after_training = METHODS[params.name].after_training
     original_state = (
-        {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if config.method.name == "task_vector"
-        else None
+        {k: v.detach().clone() for k, v in model.state_dict().items()} if after_training is not None else None
     )
     summary = train(
         model,
@@ -397,12 +442,17 @@ def unlearn_model(
         pad_id=ws.pad_id,
         seed=config.seed,
         unlearn=inputs,
-        params=config.method,
+        params=params,
         report=report,
         on_forget_batch=on_forget_batch,
+        epoch_end=epoch_end,
+        resume_from=resume_from,
+        rank=rank,
+        world_size=world_size,
+        frozen=frozen,
     )
     if original_state is not None:
-        model.load_state_dict(apply_task_vector(original_state, model.state_dict(), config.method))
+        model.load_state_dict(apply_task_vector(original_state, model.state_dict(), params))
     return model, summary
 
 

@@ -9,20 +9,21 @@ Exact data parallelism: FSDP2 averages the ranks' gradients, which equals the si
 gradient only when each rank's loss is the global loss. The method losses are means over the
 sequences (eqs. 2 and 4) or over the tokens (eq. 1's retain NLL, GA) of a batch, so a rank that
 evaluates them on its own slice gets a different normaliser. `gather_rows` / `gather_step_terms`
-give every rank the per-sequence ℓ_i, |y_i| of the whole global batch (differentiable), so the
-method loss is evaluated once on the global batch, exactly as a single process would.
+give every rank the per-sequence terms of the whole global batch (differentiable: ℓ_i, |y_i|, and
+the token-level KL and squared errors summed per sequence with their counts), so the method loss is
+evaluated once on the global batch, exactly as a single process would.
 
 Checkpoints: `full_state_dict` gathers a full CPU state dict on rank 0 and `save_hf_checkpoint`
-writes it as a Hugging Face folder (safetensors, config, tokenizer, raysimnpo.json) that
+writes it as a Hugging Face folder (safetensors, config, tokenizer, prompt-format file) that
 `from_pretrained` loads; both are collectives that every rank must call.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,32 +35,9 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .methods import StepTerms
-
-PROMPT_FORMAT_FILE = "raysimnpo.json"
-"""Same name as `raysimnpo.recipe.PROMPT_FORMAT_FILE` (recipe imports training, which may import this)."""
-
-SEQUENCE_FIELDS: tuple[str, ...] = (
-    "forget_nll",
-    "forget_tokens",
-    "forget_ref_nll",
-    "retain_nll",
-    "retain_tokens",
-    "idk_nll",
-    "idk_tokens",
-    "idk_ref_nll",
-)
-"""`StepTerms` fields that hold one value per sequence of the batch, [B]."""
-
-_TOKEN_FIELDS: tuple[str, ...] = (  # retain_labels is always set and stays local (only KL reads it)
-    "retain_logits",
-    "retain_ref_logits",
-    "forget_hidden",
-    "forget_mask",
-    "retain_hidden",
-    "retain_ref_hidden",
-    "retain_mask",
-)
+from .data.formatting import PromptFormat
+from .methods import StepTerms, sequence_fields
+from .models import write_prompt_format
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -163,24 +141,16 @@ def gather_rows(local: Tensor) -> Tensor:
     return _GatherRows.apply(local)
 
 
-def gather_step_terms(terms: StepTerms) -> StepTerms:
-    """`terms` with every per-sequence field (`SEQUENCE_FIELDS`) gathered over the ranks, so a
-    method loss (`raysimnpo.methods`) evaluated on the result is the global-batch loss.
-
-    Token-level fields (logits, hidden states: GradDiff-KL, RMU) differ in length across ranks and
-    are not supported with more than one rank.
-    """
+def gather_step_terms(terms: StepTerms, fields: Iterable[str] | None = None) -> StepTerms:
+    """`terms` with the per-sequence `fields` (default: every field that is set; a method's
+    `Method.gathered`) concatenated over the ranks, so a method loss (`raysimnpo.methods`) evaluated
+    on the result is the global-batch loss. Every StepTerms field holds one value per sequence
+    (token-level terms are summed per sequence), so any of them can be gathered."""
     _, size = rank_and_world_size()
     if size == 1:
         return terms
-    present = [name for name in _TOKEN_FIELDS if getattr(terms, name) is not None]
-    if present:
-        raise ValueError(f"gather_step_terms: token-level terms {present} cannot be gathered across ranks")
-    updates = {
-        name: gather_rows(getattr(terms, name))
-        for name in SEQUENCE_FIELDS
-        if getattr(terms, name) is not None
-    }
+    names = sequence_fields() if fields is None else tuple(fields)
+    updates = {name: gather_rows(getattr(terms, name)) for name in names if getattr(terms, name) is not None}
     return dataclasses.replace(terms, **updates)
 
 
@@ -200,14 +170,14 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor] | None:
 def save_hf_checkpoint(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompt_format: str,
+    prompt_format: PromptFormat,
     path: str | Path,
     *,
     dtype: torch.dtype | None = None,
 ) -> None:
     """Write `model` as a Hugging Face folder at `path` from rank 0, as `recipe.save_model` does:
-    safetensors weights (from the gathered state dict), config, tokenizer and raysimnpo.json with
-    the prompt format. Floating tensors are cast to `dtype` when given (e.g. back to the bf16 the
+    safetensors weights (from the gathered state dict), config, tokenizer and the prompt-format
+    file (`models.write_prompt_format`, the one the loader reads). Floating tensors are cast to `dtype` when given (e.g. back to the bf16 the
     model was loaded in). The folder is written aside and renamed, so `path` is never half-written.
 
     A collective: every rank must call it; only rank 0 writes.
@@ -225,7 +195,7 @@ def save_hf_checkpoint(
     try:
         model.save_pretrained(staging, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / PROMPT_FORMAT_FILE).write_text(json.dumps({"prompt_format": prompt_format}))
+        write_prompt_format(staging, prompt_format)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)

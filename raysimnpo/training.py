@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
 from . import objectives, sharding
@@ -26,7 +27,8 @@ from .config import TrainSettings
 from .data.collate import pad_right
 from .data.formatting import EncodedExample
 from .logprobs import sequence_nll
-from .methods import METHODS, MethodParams, RMUParams, StepTerms, gradient_weights, needs_of
+from .methods import METHODS, MethodParams, StepTerms, all_parameters, gradient_weights, needs_of
+from .methods import rmu_layer as rmu_layer  # RMU's layer k (re-exported for the step benchmark)
 from .training_state import load_training_state
 
 Report = Callable[[dict[str, Any]], None]
@@ -36,6 +38,8 @@ EpochEnd = Callable[
 ]
 # on_forget_batch(epoch from 1, indices into the forget set, the StepTerms of that global batch)
 ForgetBatchHook = Callable[[int, list[int], StepTerms], None]
+# on_step(optimizer steps done, that step's loss), after the update
+StepHook = Callable[[int, float], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -115,31 +119,21 @@ def cycling_batches(
         yield from shuffled_batches(n, batch_size, generator, min_size)
 
 
-def rmu_layer(model: PreTrainedModel, params: RMUParams) -> int:
-    n_layers = int(model.config.num_hidden_layers)
-    layer = params.layer if params.layer is not None else n_layers // 2
-    if layer >= n_layers:
-        raise ValueError(f"method.layer: {layer} but the model has {n_layers} decoder layers")
-    return layer
-
-
 def trainable_parameters(model: PreTrainedModel, params: MethodParams | None) -> list[torch.nn.Parameter]:
-    """All parameters, except for RMU, which trains the MLPs of layers k-n+1..k (WMDP's recipe)."""
-    if not isinstance(params, RMUParams):
-        return [p for p in model.parameters() if p.requires_grad]
-    k = rmu_layer(model, params)
-    chosen = {f"layers.{i}.mlp." for i in range(max(0, k - params.trainable_layers + 1), k + 1)}
-    selected = []
-    for name, p in model.named_parameters():
-        keep = any(tag in name for tag in chosen)
-        p.requires_grad_(keep)
-        if keep:
-            selected.append(p)
-    return selected
+    """The parameters AdamW updates: all of them for fine-tuning, else the method's `trainable` hook
+    (all but RMU, which trains the MLPs of layers k-n+1..k)."""
+    if params is None:
+        return all_parameters(model, None)  # type: ignore[arg-type]
+    return METHODS[params.name].trainable(model, params)
 
 
 def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def _width(examples: Sequence[EncodedExample], index: list[int]) -> int:
+    """The padded width of a batch: its longest sequence."""
+    return max(len(examples[i].input_ids) for i in index)
 
 
 def step_terms(
@@ -150,14 +144,27 @@ def step_terms(
     retain_index: list[int],
     pad_id: int,
     frozen: PreTrainedModel | None,
-    control_vector: Tensor | None,
+    forget_target: Tensor | None,
+    *,
+    global_forget: list[int] | None = None,
+    global_retain: list[int] | None = None,
 ) -> StepTerms:
-    """Run the model on one forget batch and one retain batch and collect what the loss needs."""
+    """Run the model on one forget batch and one retain batch and collect what the loss needs, one
+    value per sequence (token-level terms summed per sequence, `objectives.sequence_kl` and
+    `objectives.sequence_squared_error`). `frozen`: the Original, for the methods that need it;
+    `forget_target`: the method's `forget_target` vector (RMU's c·u). `global_forget` /
+    `global_retain`: the whole global batches this rank's indices are a slice of; every rank pads
+    its slice to the global batch's longest sequence, so each sequence is computed in the same shape
+    as in a single process."""
     device = next(model.parameters()).device
     needs = needs_of(params)
-    hidden_layer = rmu_layer(model, params) + 1 if isinstance(params, RMUParams) else None
+    method = METHODS[params.name]
+    hidden_layer = method.hidden_layer(model, params) + 1 if method.hidden_layer is not None else None
 
-    forget = _to_device(pad_right([inputs.forget[i] for i in forget_index], pad_id), device)
+    forget_width = _width(inputs.forget, global_forget or forget_index)
+    forget = _to_device(
+        pad_right([inputs.forget[i] for i in forget_index], pad_id, pad_to_multiple_of=forget_width), device
+    )
     out = model(
         input_ids=forget["input_ids"],
         attention_mask=forget["attention_mask"],
@@ -166,9 +173,11 @@ def step_terms(
     forget_nll, forget_tokens = sequence_nll(out.logits.float(), forget["labels"])
     terms = StepTerms(forget_nll=forget_nll, forget_tokens=forget_tokens)
     if hidden_layer is not None:
-        terms.forget_hidden = out.hidden_states[hidden_layer].float()
-        terms.forget_mask = forget["labels"] != -100
-        terms.control_vector = control_vector
+        assert forget_target is not None, f"{params.name} needs its forget_target vector"
+        hidden = out.hidden_states[hidden_layer]
+        terms.forget_hidden_se, terms.forget_hidden_positions = objectives.sequence_squared_error(
+            hidden, forget_target.to(hidden.device).expand_as(hidden), forget["labels"] != -100
+        )
     del out
 
     if "reference_nll" in needs:
@@ -176,21 +185,27 @@ def step_terms(
         terms.forget_ref_nll = inputs.forget_ref_nll[forget_index].to(device)
     if "idk" in needs:
         assert inputs.idk is not None
-        idk = _to_device(pad_right([inputs.idk[i] for i in forget_index], pad_id), device)
+        idk_width = _width(inputs.idk, global_forget or forget_index)
+        idk = _to_device(
+            pad_right([inputs.idk[i] for i in forget_index], pad_id, pad_to_multiple_of=idk_width), device
+        )
         idk_logits = model(input_ids=idk["input_ids"], attention_mask=idk["attention_mask"]).logits
         terms.idk_nll, terms.idk_tokens = sequence_nll(idk_logits.float(), idk["labels"])
         if inputs.idk_ref_nll is not None:
             terms.idk_ref_nll = inputs.idk_ref_nll[forget_index].to(device)
 
     if "retain_weight" in type(params).model_fields:  # a method with a retain term needs it even at λ = 0
-        retain = _to_device(pad_right([inputs.retain[i] for i in retain_index], pad_id), device)
+        retain_width = _width(inputs.retain, global_retain or retain_index)
+        retain = _to_device(
+            pad_right([inputs.retain[i] for i in retain_index], pad_id, pad_to_multiple_of=retain_width),
+            device,
+        )
         out = model(
             input_ids=retain["input_ids"],
             attention_mask=retain["attention_mask"],
             output_hidden_states=hidden_layer is not None,
         )
         terms.retain_nll, terms.retain_tokens = sequence_nll(out.logits.float(), retain["labels"])
-        terms.retain_labels = retain["labels"]
         if frozen is not None:
             with torch.no_grad():
                 ref = frozen(
@@ -199,13 +214,20 @@ def step_terms(
                     output_hidden_states=hidden_layer is not None,
                 )
             if hidden_layer is not None:
-                terms.retain_hidden = out.hidden_states[hidden_layer].float()
-                terms.retain_ref_hidden = ref.hidden_states[hidden_layer].float()
-                terms.retain_mask = retain["labels"] != -100
+                terms.retain_hidden_se, terms.retain_hidden_positions = objectives.sequence_squared_error(
+                    out.hidden_states[hidden_layer], ref.hidden_states[hidden_layer], retain["labels"] != -100
+                )
             else:
-                terms.retain_logits = out.logits.float()
-                terms.retain_ref_logits = ref.logits.float()
+                terms.retain_kl = objectives.sequence_kl(out.logits, ref.logits, retain["labels"])
     return terms
+
+
+def frozen_copy(model: PreTrainedModel, params: MethodParams | None) -> PreTrainedModel | None:
+    """A frozen copy of the starting model for the methods that need one (RMU, GradDiff-KL), else
+    None. Take it before the model is sharded (FSDP2 modules cannot be deep-copied)."""
+    if params is None or "frozen_model" not in needs_of(params):
+        return None
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def train(
@@ -224,6 +246,10 @@ def train(
     resume_from: str | Path | None = None,
     rank: int = 0,
     world_size: int = 1,
+    frozen: PreTrainedModel | None = None,
+    max_steps: int | None = None,
+    on_step: StepHook | None = None,
+    lr_schedule: Literal["linear", "constant"] = "linear",
 ) -> TrainingSummary:
     """Fine-tune on `examples` (params None), or unlearn `unlearn.forget` with `params`.
 
@@ -240,6 +266,13 @@ def train(
 
     Data parallel (FSDP): every rank draws the same global batches from the shared seed and keeps
     its slice `index[rank::world_size]`, so the averaged gradients equal the single-process ones.
+    A method that needs a frozen copy of the starting model (`frozen_copy`) gets it from `frozen`
+    (required when `model` is already sharded), else the loop takes it here.
+
+    `max_steps` stops after that many optimizer steps (the last epoch may be partial; the schedule
+    spans the steps taken); `on_step(step, loss)` runs after every step (e.g. the Markov study's
+    evaluation every few iterations); `lr_schedule` "constant" keeps the learning rate fixed
+    (the Markov study's AdamW) instead of the paper's warm-up and linear decay.
     """
     if (params is None) != (unlearn is None) or (unlearn is None and examples is None):
         raise ValueError("pass `examples` to fine-tune, or `unlearn` and `params` to unlearn")
@@ -252,20 +285,24 @@ def train(
     if steps_per_epoch == 0:
         raise ValueError(f"{len(primary)} examples give no batch of at least {world_size} (one per rank)")
     total_steps = steps_per_epoch * settings.epochs
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
     trainable = trainable_parameters(model, params)
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     warmup = round(settings.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total_steps, warmup))
+    factor = schedule(total_steps, warmup) if lr_schedule == "linear" else (lambda _: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    frozen = control = None
+    target = None
     retain_stream: Iterator[list[int]] | None = None
     if unlearn is not None and params is not None:
-        if "frozen_model" in needs_of(params):
-            frozen = copy.deepcopy(model).eval().requires_grad_(False)
-        if isinstance(params, RMUParams):
-            # RMU's fixed random direction u, drawn from the seed so runs repeat.
-            u = torch.rand(int(model.config.hidden_size), generator=generator)
-            control = (u / u.norm()).to(device)
+        if frozen is None and "frozen_model" in needs_of(params):
+            if isinstance(model, FSDPModule):
+                raise ValueError(f"{params.name}: pass `frozen` (a copy taken before sharding)")
+            frozen = frozen_copy(model, params)
+        method = METHODS[params.name]
+        if method.forget_target is not None:  # e.g. RMU's c·u, drawn from the seed so runs repeat
+            target = method.forget_target(model, params, generator).to(device)
         retain_stream = cycling_batches(len(unlearn.retain), settings.batch_size, generator, world_size)
 
     summary = TrainingSummary()
@@ -278,12 +315,21 @@ def train(
                     next(retain_stream)
     started = time.perf_counter()
     model.train()
+    step = summary.resumed_from_epoch * steps_per_epoch
     for epoch in range(summary.resumed_from_epoch, settings.epochs):
+        if step >= total_steps:
+            break
         sums = {"loss": 0.0, "forget_loss": 0.0, "retain_loss": 0.0}
+        steps_done = 0
         for global_index in shuffled_batches(len(primary), settings.batch_size, generator, world_size):
+            if step >= total_steps:
+                break
             index = global_index[rank::world_size]
             if unlearn is None or params is None:
-                batch = _to_device(pad_right([primary[i] for i in index], pad_id), device)
+                width = _width(primary, global_index)  # the global batch's width on every rank
+                batch = _to_device(
+                    pad_right([primary[i] for i in index], pad_id, pad_to_multiple_of=width), device
+                )
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 nll, n = sequence_nll(logits.float(), batch["labels"])
                 # Every rank evaluates the loss on the whole global batch (sharding.gather_rows), so
@@ -294,9 +340,22 @@ def train(
                 summary.tokens += int(batch["attention_mask"].sum())
             else:
                 assert retain_stream is not None
-                retain_index = next(retain_stream)[rank::world_size]
-                terms = step_terms(model, params, unlearn, index, retain_index, pad_id, frozen, control)
-                terms = sharding.gather_step_terms(terms)  # per-sequence terms of the global batch
+                global_retain = next(retain_stream)
+                retain_index = global_retain[rank::world_size]
+                terms = step_terms(
+                    model,
+                    params,
+                    unlearn,
+                    index,
+                    retain_index,
+                    pad_id,
+                    frozen,
+                    target,
+                    global_forget=global_index,
+                    global_retain=global_retain,
+                )
+                # the method's per-sequence terms of the whole global batch
+                terms = sharding.gather_step_terms(terms, METHODS[params.name].gathered)
                 if on_forget_batch is not None:  # gathered rows come rank by rank
                     order = [i for r in range(world_size) for i in global_index[r::world_size]]
                     on_forget_batch(epoch + 1, order, terms)
@@ -320,7 +379,11 @@ def train(
             sums["loss"] += loss.item()
             sums["forget_loss"] += forget_term.item() if forget_term is not None else 0.0
             sums["retain_loss"] += retain_term.item() if retain_term is not None else 0.0
-        row = {k: v / steps_per_epoch for k, v in sums.items()}
+            step, steps_done = step + 1, steps_done + 1
+            if on_step is not None:
+                on_step(step, loss.item())
+                model.train()
+        row = {k: v / steps_done for k, v in sums.items()}
         row.update(epoch=epoch + 1, learning_rate=scheduler.get_last_lr()[0])
         if after_epoch is not None:
             row.update(after_epoch(epoch + 1))

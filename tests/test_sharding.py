@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from raysimnpo import sharding
-from raysimnpo.data.formatting import EncodedExample
+from raysimnpo.data.formatting import PROMPT_FORMAT_FILE, EncodedExample
 from raysimnpo.logprobs import IGNORE_INDEX
 from raysimnpo.methods import METHODS, SimNPOParams
 from raysimnpo.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer
@@ -174,7 +174,7 @@ def test_gathered_state_dict_round_trips_through_from_pretrained(fsdp_run: Path)
     folder = fsdp_run / "checkpoint"
     loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    assert json.loads((folder / "raysimnpo.json").read_text()) == {"prompt_format": "plain"}
+    assert json.loads((folder / PROMPT_FORMAT_FILE).read_text()) == {"prompt_format": "plain"}
     assert AutoTokenizer.from_pretrained(folder).get_vocab() == tokenizer.get_vocab()
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight  # tied, as before sharding
 

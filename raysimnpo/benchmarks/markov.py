@@ -23,6 +23,12 @@ NPO (eq. 2; π_ref = the Original, ℓ_ref computed once for the forget train se
 (and at 0) the Markov KL (`raysimnpo.metrics.markov.sequence_kl`) is measured on the Forget1, Forget2
 and retain test sequences. All runs of an experiment see the same batches.
 
+Both pretraining and unlearning run through the one training loop, `raysimnpo.training.train`, with
+NPO and SimNPO taken from `raysimnpo.methods.METHODS` (their losses, eqs. 2 and 4): a constant
+learning rate, no gradient clipping, unlearning stopped after `iterations` steps and evaluated by
+the loop's per-step hook. Forget batches are consecutive slices of a shuffled pass over the forget
+train set drawn by the loop's seeded generator, each paired with an equal-sized retain batch.
+
 Experiments (appendix B, "Choice of hyperparameters"): (a) retain and Forget1 of length 20, Forget2
 of length 5, β_NPO = 0.2, β_SimNPO = 4; (b) all of length 20, Forget2 left out of pretraining,
 β_NPO = 1, β_SimNPO = 4.
@@ -34,7 +40,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,16 +52,21 @@ from pydantic import Field, model_validator
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from ..config import Frozen, apply_overrides, content_hash, load_yaml, sweep_file, validate
+from ..config import Frozen, TrainSettings, apply_overrides, content_hash, load_yaml, sweep_file, validate
+from ..data.formatting import EncodedExample
 from ..errors import UserInputError
-from ..logprobs import IGNORE_INDEX, sequence_nll
+from ..logprobs import IGNORE_INDEX
+from ..methods import METHODS as UNLEARNING_METHODS
+from ..methods import MethodParams
 from ..metrics.markov import NUM_STATES, MarkovChain, paper_chain, sequence_kl
-from ..objectives import npo_loss, retain_nll_loss, simnpo_loss
+from ..scoring import score_sequences
+from ..training import UnlearnInputs, train
 
 NAME = "markov"
 SCHEMA_VERSION = 1
 CHAINS: tuple[str, ...] = ("retain", "forget1", "forget2")
-METHODS: tuple[str, ...] = ("npo", "simnpo")
+FIG6_METHODS: tuple[str, ...] = ("npo", "simnpo")
+"""The methods of Fig. 6: entries of `raysimnpo.methods.METHODS`, trained by `raysimnpo.training.train`."""
 Method = Literal["npo", "simnpo"]
 Role = Literal["original", "retrain"]
 Log = Callable[[str], None]
@@ -116,7 +127,18 @@ class MarkovUnlearnSettings(Frozen):
     eval_every: int = Field(5, gt=0, description="evaluate at 0, every N iterations and at the end")
     gamma: float = Field(0.0, ge=0, description="SimNPO's reward margin γ (paper eq. 4; 0 here)")
     retain_weight: float = Field(0.0, ge=0, description="λ of eq. 1; 0 = forget loss only, as the paper")
-    retain_batch_size: int = Field(4, gt=0, description="retain sequences per iteration when λ > 0")
+    retain_batch_size: int = Field(
+        4, gt=0, description="retain sequences per iteration; equal to batch_size (eq. 1's paired batches)"
+    )
+
+    @model_validator(mode="after")
+    def _paired_batches(self) -> MarkovUnlearnSettings:
+        if self.retain_batch_size != self.batch_size:
+            raise ValueError(
+                f"retain_batch_size: {self.retain_batch_size}; allowed: the batch_size ({self.batch_size}), "
+                "since the training loop pairs each forget batch with a retain batch of the same size"
+            )
+        return self
 
 
 class MethodBetas(Frozen):
@@ -132,7 +154,7 @@ class BetaGrid(Frozen):
 
     @model_validator(mode="after")
     def _positive(self) -> BetaGrid:
-        for method in METHODS:
+        for method in FIG6_METHODS:
             bad = [b for b in getattr(self, method) if not b > 0]
             if bad:
                 raise ValueError(f"{method}: every beta must be > 0; got {bad}")
@@ -211,7 +233,7 @@ class MarkovConfig(Frozen):
 
     def grid(self) -> list[tuple[str, str, float]]:
         """Every (experiment, method, β) unlearning run."""
-        return [(e, m, b) for e in self.experiments for m in METHODS for b in self.betas(e, m)]
+        return [(e, m, b) for e in self.experiments for m in FIG6_METHODS for b in self.betas(e, m)]
 
 
 class MarkovResources(Frozen):
@@ -352,43 +374,53 @@ def load_model(path: Path | str, device: torch.device) -> GPT2LMHeadModel:
     return model.to(device)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    order = torch.randperm(n, generator=generator)
-    yield from order.split(batch_size)
+def encoded(arrays: list[NDArray[np.int64]]) -> list[EncodedExample]:
+    """Sequences as the training loop's examples: the input is the whole sequence and every state
+    after the first is a target (labels[0] is IGNORE_INDEX; `logprobs.sequence_nll` shifts), so
+    |y| = L − 1. The loop right-pads with state 0 under an attention mask of 0."""
+    return [
+        EncodedExample(row.tolist(), [IGNORE_INDEX, *row[1:].tolist()]) for array in arrays for row in array
+    ]
+
+
+def loop_settings(epochs: int, batch_size: int, learning_rate: float, weight_decay: float) -> TrainSettings:
+    """The training loop's settings for a Markov run: AdamW without warm-up; gradients are not
+    clipped (appendix B's runs clip nothing; an infinite bound scales them by exactly 1)."""
+    return TrainSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup_epochs=0.0,
+        max_grad_norm=float("inf"),
+    )
 
 
 def pretrain(
     model: GPT2LMHeadModel,
-    sequences: torch.Tensor,
+    examples: list[EncodedExample],
     settings: MarkovPretrainSettings,
     seed: int,
     log: Log = _quiet,
     name: str = "model",
 ) -> list[float]:
-    """Train on padded `sequences` [N, L] (labels, −100 on padding): AdamW, every epoch a fresh
-    shuffle, loss = token-mean NLL of the batch's next-state predictions (eq. 1's L_retain form).
-    Returns the mean training loss of each epoch."""
-    device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    """Train on the `examples` with the one training loop (`training.train`): AdamW at a constant
+    learning rate, every epoch a fresh shuffle, loss = token-mean NLL of the batch's next-state
+    predictions (eq. 1's L_retain form). Returns the mean training loss of each epoch."""
+
+    def show(row: dict[str, Any]) -> None:
+        log(f"[prepare] {name} epoch {int(row['epoch'])}/{settings.epochs} loss {row['loss']:.4f}")
+
+    summary = train(
+        model,
+        loop_settings(settings.epochs, settings.batch_size, settings.learning_rate, settings.weight_decay),
+        pad_id=0,
+        seed=seed,
+        examples=examples,
+        report=show,
+        lr_schedule="constant",
     )
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    losses = []
-    for epoch in range(settings.epochs):
-        total, steps = 0.0, 0
-        for index in _batches(sequences.shape[0], settings.batch_size, generator):
-            labels = sequences[index].to(device)
-            nll, n = sequence_nll(model(input_ids=inputs(labels)).logits, labels)
-            loss = retain_nll_loss(nll, n)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-        losses.append(total / steps)
-        log(f"[prepare] {name} epoch {epoch + 1}/{settings.epochs} loss {losses[-1]:.4f}")
-    model.eval()
-    return losses
+    return [row["loss"] for row in summary.epochs]
 
 
 @torch.inference_mode()
@@ -453,13 +485,11 @@ def prepare_model(
     final.mkdir(parents=True, exist_ok=True)
     data = sample_data(config, experiment)
     chains = pretraining_chains(experiment, role)
-    sequences = pad([data[c].train for c in chains])
-    log(
-        f"[prepare] {role}: {sequences.shape[0]} sequences of {'+'.join(chains)}, {config.pretrain.epochs} epochs"
-    )
+    examples = encoded([data[c].train for c in chains])
+    log(f"[prepare] {role}: {len(examples)} sequences of {'+'.join(chains)}, {config.pretrain.epochs} epochs")
     model = build_model(config.model, config.seed).to(resolve_device(config))
     started = time.perf_counter()
-    losses = pretrain(model, sequences, config.pretrain, config.seed, log, role)
+    losses = pretrain(model, examples, config.pretrain, config.seed, log, role)
     staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
     hf_logging.disable_progress_bar()
     model.save_pretrained(staging, safe_serialization=True)
@@ -498,38 +528,13 @@ def _row(
     return {"experiment": experiment, "method": method, "beta": beta, "iteration": iteration, **kls}
 
 
-def _schedule(n: int, batch_size: int, iterations: int, rng: np.random.Generator) -> list[NDArray[np.int64]]:
-    """`iterations` batches of indices into n rows: consecutive slices of shuffled passes."""
-    order: list[int] = []
-    while len(order) < batch_size * iterations:
-        order.extend(rng.permutation(n).tolist())
-    flat = np.asarray(order[: batch_size * iterations], dtype=np.int64)
-    return list(flat.reshape(iterations, batch_size))
-
-
-@torch.inference_mode()
-def reference_nll(model: GPT2LMHeadModel, sequences: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """ℓ_ref of every sequence (summed NLL of its predicted states) under the reference model: NPO's
-    constant of the forget set, computed once."""
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for start in range(0, sequences.shape[0], batch_size):
-        labels = sequences[start : start + batch_size].to(device)
-        out.append(sequence_nll(model(input_ids=inputs(labels)).logits, labels)[0].cpu())
-    return torch.cat(out)
-
-
-def forget_loss(
-    method: str, nll: torch.Tensor, n: torch.Tensor, ref_nll: torch.Tensor | None, beta: float, gamma: float
-) -> torch.Tensor:
-    """NPO (eq. 2, ℓ − ℓ_ref summed over the sequence) or SimNPO (eq. 4, ℓ/|y| − γ/β)."""
-    if method == "npo":
-        assert ref_nll is not None
-        return npo_loss(nll, ref_nll, beta)
-    if method == "simnpo":
-        return simnpo_loss(nll, n, beta, gamma)
-    raise UserInputError(f"method {method!r}: unknown; allowed: {', '.join(METHODS)}")
+def method_params(method: str, beta: float, settings: MarkovUnlearnSettings) -> MethodParams:
+    """The hyperparameters of a Fig. 6 method in `raysimnpo.methods.METHODS`: β, SimNPO's γ, λ."""
+    if method not in FIG6_METHODS:
+        raise UserInputError(f"method {method!r}: unknown; allowed: {', '.join(FIG6_METHODS)}")
+    params = UNLEARNING_METHODS[method].params
+    values = {"beta": beta, "gamma": settings.gamma, "retain_weight": settings.retain_weight}
+    return params.model_validate({k: v for k, v in values.items() if k in params.model_fields})
 
 
 def unlearn_trajectory(
@@ -540,52 +545,52 @@ def unlearn_trajectory(
     original: Path | str,
     log: Log = _quiet,
 ) -> list[Row]:
-    """Unlearn the forget mixture from the Original with NPO or SimNPO at `beta`; returns one row
-    {experiment, method, beta, iteration, forget1_kl, forget2_kl, retain_kl} per evaluation
-    (iteration 0 = the Original, then every `eval_every` iterations and the last one)."""
+    """Unlearn the forget mixture from the Original with NPO or SimNPO at `beta` through the one
+    training loop (`training.train`, the method's loss from `raysimnpo.methods.METHODS`): batches of
+    `batch_size` forget sequences from a shuffled pass over the forget train set (paired with
+    equal-sized retain batches, which enter the loss only with λ > 0), `iterations` AdamW steps at
+    a constant learning rate. Returns one row {experiment, method, beta, iteration, forget1_kl,
+    forget2_kl, retain_kl} per evaluation (iteration 0 = the Original, then every `eval_every`
+    iterations and the last one, from the loop's per-step hook)."""
     if experiment_name not in config.experiments:
         raise UserInputError(
             f"experiment {experiment_name!r}: unknown; allowed: {', '.join(config.experiments)}"
         )
-    if method not in METHODS:
-        raise UserInputError(f"method {method!r}: unknown; allowed: {', '.join(METHODS)}")
     settings = config.unlearn
+    params = method_params(method, beta, settings)
     data = sample_data(config, config.experiments[experiment_name])
-    device = resolve_device(config)
-    model = load_model(original, device)
-    forget = pad([data["forget1"].train, data["forget2"].train])
-    retain = pad([data["retain"].train])
-    ref = reference_nll(model, forget, config.eval_batch_size) if method == "npo" else None
-    # The same batches for every method and β of an experiment (seeded by the config only).
-    rng = np.random.default_rng([config.seed, len(CHAINS)])
-    forget_batches = _schedule(forget.shape[0], settings.batch_size, settings.iterations, rng)
-    retain_batches = _schedule(retain.shape[0], settings.retain_batch_size, settings.iterations, rng)
+    model = load_model(original, resolve_device(config))
+    forget = encoded([data["forget1"].train, data["forget2"].train])
+    inputs = UnlearnInputs(forget=forget, retain=encoded([data["retain"].train]))
+    if "reference_nll" in UNLEARNING_METHODS[method].needs:  # NPO's ℓ_ref, once, by the Original
+        ref_nll = score_sequences(model, forget, config.eval_batch_size, 0)[0]
+        inputs.forget_ref_nll = torch.tensor(ref_nll, dtype=torch.float32)
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
     rows = [_row(experiment_name, method, beta, 0, evaluate(model, data, config))]
-    model.train()
-    for iteration in range(1, settings.iterations + 1):
-        index = torch.from_numpy(forget_batches[iteration - 1])
-        labels = forget[index].to(device)
-        nll, n = sequence_nll(model(input_ids=inputs(labels)).logits, labels)
-        batch_ref = ref[index].to(device) if ref is not None else None
-        loss = forget_loss(method, nll, n, batch_ref, beta, settings.gamma)
-        if settings.retain_weight > 0:
-            retain_labels = retain[torch.from_numpy(retain_batches[iteration - 1])].to(device)
-            r_nll, r_n = sequence_nll(model(input_ids=inputs(retain_labels)).logits, retain_labels)
-            loss = loss + settings.retain_weight * retain_nll_loss(r_nll, r_n)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if iteration % settings.eval_every == 0 or iteration == settings.iterations:
-            rows.append(_row(experiment_name, method, beta, iteration, evaluate(model, data, config)))
-            last = rows[-1]
-            log(
-                f"[unlearn] {experiment_name} {method} β={beta:g} it {iteration}: loss {loss.item():.4f} "
-                f"F1 {last['forget1_kl']:.4f} F2 {last['forget2_kl']:.4f} retain {last['retain_kl']:.4f}"
-            )
+
+    def evaluate_every(iteration: int, loss: float) -> None:
+        if iteration % settings.eval_every and iteration != settings.iterations:
+            return
+        rows.append(_row(experiment_name, method, beta, iteration, evaluate(model, data, config)))
+        last = rows[-1]
+        log(
+            f"[unlearn] {experiment_name} {method} β={beta:g} it {iteration}: loss {loss:.4f} "
+            f"F1 {last['forget1_kl']:.4f} F2 {last['forget2_kl']:.4f} retain {last['retain_kl']:.4f}"
+        )
+
+    # The same batches for every method and β of an experiment (seeded by the config only).
+    passes = -(-settings.iterations * settings.batch_size // len(forget))
+    train(
+        model,
+        loop_settings(passes, settings.batch_size, settings.learning_rate, settings.weight_decay),
+        pad_id=0,
+        seed=config.seed,
+        unlearn=inputs,
+        params=params,
+        max_steps=settings.iterations,
+        on_step=evaluate_every,
+        lr_schedule="constant",
+    )
     return rows
 
 
@@ -613,14 +618,14 @@ class MarkovBenchmark:
     headline_metrics: tuple[str, ...] = ("markov_forget1_kl", "markov_forget2_kl", "markov_retain_kl")
     metrics = headline_metrics
     default_objectives: tuple[str, ...] = ("markov_forget1_kl", "markov_retain_kl")
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = FIG6_METHODS
     relearning = False
     own_sweep = True
     training_unit = "sequences"
 
     def check_method(self, method: str) -> None:
-        if method not in METHODS:
-            raise UserInputError(f"method {method!r}: unknown; allowed: {', '.join(METHODS)}")
+        if method not in FIG6_METHODS:
+            raise UserInputError(f"method {method!r}: unknown; allowed: {', '.join(FIG6_METHODS)}")
 
     def load(self, config: tuple[MarkovConfig, str]) -> MarkovWorkspace:
         markov, name = config

@@ -29,7 +29,11 @@ from ..errors import UserInputError
 from ..logprobs import IGNORE_INDEX
 
 PromptFormat = Literal["plain", "llama2-chat", "chat-template"]
-PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
+"""How a question becomes a prompt (DESIGN §4); the one definition, models.py and recipes import it."""
+PROMPT_FORMATS: tuple[PromptFormat, ...] = get_args(PromptFormat)
+PROMPT_FORMAT_FILE = "raysimnpo_prompt_format.json"
+"""The file in a saved model folder that records its prompt format (written by
+`raysimnpo.models.write_prompt_format`, read back when the folder is loaded)."""
 
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the question."
 """The fixed system prompt of the chat-template format."""

@@ -56,7 +56,7 @@ SCHEMA = pa.schema(
         ("schema_version", pa.int32()),
     ]
 )
-METHOD_ORDER = {"original": 0, "retrain": 1, **{m: 2 + i for i, m in enumerate(mk.METHODS)}}
+METHOD_ORDER = {"original": 0, "retrain": 1, **{m: 2 + i for i, m in enumerate(mk.FIG6_METHODS)}}
 LABELS = {"npo": "NPO", "simnpo": "SimNPO"}
 COLORS = {"npo": "tab:blue", "simnpo": "tab:orange"}
 
@@ -207,7 +207,7 @@ def plot_fig6(rows: list[Row], config: mk.MarkovConfig, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(6.2 * len(names), 4.8), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         experiment = config.experiments[name]
-        for method in mk.METHODS:
+        for method in mk.FIG6_METHODS:
             beta = float(getattr(experiment.beta, method))
             path_rows = _trajectory(rows, name, method, beta)
             retain = [r["retain_kl"] for r in path_rows]
@@ -282,7 +282,7 @@ def summary_lines(rows: list[Row], config: mk.MarkovConfig) -> list[str]:
         lines.append(f"  {'run':<15}{heads}{'final':>24}")
         sub = f"{'iteration':>15}{'retain_kl':>15}" * 2
         lines.append(f"  {'':<15}{sub}{'F1':>8}{'F2':>8}{'retain':>8}")
-        for method in mk.METHODS:
+        for method in mk.FIG6_METHODS:
             paper_beta = float(getattr(experiment.beta, method))
             for beta in config.betas(name, method):
                 path = _trajectory(rows, name, method, beta)

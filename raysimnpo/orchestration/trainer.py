@@ -1,9 +1,10 @@
 """Unlearning on several workers: Ray Train's TorchTrainer around the one training loop (DESIGN §7).
 
 `unlearn_with_torch_trainer` starts `num_workers` Ray Train workers (torch.distributed on gloo for
-CPUs, NCCL for GPUs). Each worker rebuilds the run's `Workspace` from the config, loads the Original,
-shards it with FSDP2 (`raysimnpo.sharding`) and calls `raysimnpo.training.train` with its rank, so
-every rank walks the same global batches and trains on its slice of each. Per epoch every rank
+CPUs, NCCL for GPUs). Each worker rebuilds the run's `Workspace` from the config and calls the one
+unlearning recipe, `recipe.unlearn_model`, which shards the Original with FSDP2 (`raysimnpo.sharding`)
+and runs `raysimnpo.training.train` with the worker's rank, so every rank walks the same global
+batches and trains on its slice of each. Per epoch every rank
 reports the loop's row to Ray Train (rank 0's is kept); at the end the model is gathered on rank 0,
 written as a Hugging Face folder at `output_path` and reported as the run's checkpoint.
 
@@ -38,13 +39,12 @@ from ray.train.v2.api.config import RunConfig as TrainRunConfig
 from ray.train.v2.api.exceptions import TrainingFailedError
 from ray.train.v2.api.result import Result
 from ray.train.v2.torch.torch_trainer import TorchTrainer
-from transformers import PreTrainedModel
 
 from .. import recipe, sharding
 from ..config import RunConfig
 from ..errors import UserInputError
-from ..methods import CLOSED_FORM_WEIGHTS, METHODS, MethodParams, apply_task_vector, needs_of
-from ..training import GradientWeightLog, TrainingDiverged, UnlearnInputs, train
+from ..methods import CLOSED_FORM_WEIGHTS, METHODS, MethodParams, register
+from ..training import GradientWeightLog, TrainingDiverged
 from ..training_state import STATE_FILE, save_training_state, saved_extra
 
 CHECKPOINT_DIR_NAME = "model"
@@ -64,6 +64,7 @@ def unlearn_with_torch_trainer(
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 1.0,
     workspace: Any = None,
+    method: MethodParams | None = None,
 ) -> dict[str, Any]:
     """Unlearn the Original at `original_path` with `config.method` on `num_workers` Ray Train
     workers (FSDP2 when more than one) and write the result as a Hugging Face folder at `output_path`.
@@ -78,6 +79,9 @@ def unlearn_with_torch_trainer(
     into the run folder as `model/` (so a cloud `storage_path` receives it). On several nodes,
     `output_path` must be storage that rank 0's node writes and the caller reads. `max_failures`:
     worker-group restarts; restarted workers resume from the last epoch's training state.
+
+    `method`: the method's hyperparameters when they are not `config.method` (e.g. a method added
+    with `methods.register`, which a RunConfig does not know); its registry entry goes to the workers.
 
     Returns {"metrics": the last reported row (last epoch's losses, learning rate, epoch,
     training_seconds, resumed_from_epoch), "epochs": every epoch's row, "weights": NPO's / SimNPO's
@@ -113,6 +117,8 @@ def unlearn_with_torch_trainer(
             "upload_checkpoint": not in_run_folder,
             "epoch_checkpoints": max_failures > 0,
             "workspace": workspace,  # the sweep's workspace (an object ref), or None: built per worker
+            "params": method,
+            "method": None if method is None else METHODS[method.name],
         },
         scaling_config=ScalingConfig(
             num_workers=num_workers,
@@ -165,14 +171,6 @@ def check_trainer_settings(config: RunConfig, original_path: str, *, num_workers
             f"unlearn.batch_size: {config.unlearn.batch_size} cannot be split over {world_size} workers; "
             f"allowed: >= {world_size}"
         )
-    if "frozen_model" in needs_of(config.method):
-        allowed = sorted(
-            n for n, m in METHODS.items() if "frozen_model" not in m.needs and "hidden_states" not in m.needs
-        )
-        raise UserInputError(
-            f"method.name: {config.method.name} needs a frozen copy of the model, which FSDP workers do not "
-            f"keep; allowed with num_workers > 1: {', '.join(allowed)} (grad_diff with retain_loss=nll)"
-        )
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -202,29 +200,23 @@ def worker_cause(error: Exception) -> Exception:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """One Ray Train worker: Original -> FSDP2 -> `training.train` -> HF folder on rank 0.
+    """One Ray Train worker: `recipe.unlearn_model` (the one unlearning recipe; it shards the
+    model with FSDP2 when there are several ranks) -> HF folder gathered on rank 0.
 
     Returns {"epochs": the per-epoch rows, "weights": the gradient weight rows} (Ray Train keeps
     rank 0's as the run's return value).
     """
     context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank = context.get_world_rank()
     config = RunConfig.model_validate(loop_config["config"])
-    params = config.method
+    method = loop_config.get("method")
+    if method is not None and method.name not in METHODS:  # a method registered by the caller
+        register(method)
+    params = config.method if loop_config.get("params") is None else loop_config["params"]
     ws = _workspace(config, first=context.get_local_rank() == 0, shared=loop_config.get("workspace"))
-    model = recipe.load_prepared_model(Path(loop_config["original_path"]), config)
-    loaded_dtype = model.dtype
+    original = recipe.load_prepared_model(Path(loop_config["original_path"]), config)
+    loaded_dtype = original.dtype
     given = loop_config["reference_nll"]
-    inputs = _unlearn_inputs(ws, params, model, None if given is None else (given[0], given[1]))
-    check_batches(inputs, params, config.unlearn.batch_size, world_size)
-    sharded = world_size > 1
-    if sharded:
-        sharding.shard_model(model)  # torch.distributed is set up by Ray Train (gloo / NCCL)
-    original_state = (
-        {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if params.name == "task_vector"
-        else None
-    )
 
     def report(row: dict[str, Any]) -> None:
         ray.train.report(row)
@@ -235,7 +227,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
         extra = {"weights": weights.rows if weights is not None else []}
         with tempfile.TemporaryDirectory(prefix="raysimnpo-state-") as scratch:
             folder = Path(scratch) / "state"
-            save_training_state(folder, model, optimizer, scheduler, rows, extra)  # collective; rank 0 writes
+            # a collective (rank 0 writes); `original` is the model being trained, sharded in place
+            save_training_state(folder, original, optimizer, scheduler, rows, extra)
             ray.train.report(
                 rows[-1],
                 checkpoint=Checkpoint.from_directory(str(folder)) if rank == 0 else None,
@@ -247,23 +240,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
         resume = resume_dir if resume_dir is not None and (Path(resume_dir) / STATE_FILE).is_file() else None
         if resume is not None and weights is not None:
             weights.rows = list(saved_extra(resume)["weights"])
-        summary = train(
-            model,
-            config.unlearn,
-            pad_id=ws.pad_id,
-            seed=config.seed,
-            unlearn=inputs,
-            params=params,
+        model, summary = recipe.unlearn_model(
+            ws,
+            original,
+            params,
+            None if loop_config["epoch_checkpoints"] else report,
+            reference_nll=None if given is None else (given[0], given[1]),
             on_forget_batch=weights,
-            report=None if loop_config["epoch_checkpoints"] else report,
             epoch_end=report_with_state if loop_config["epoch_checkpoints"] else None,
             resume_from=resume,
-            rank=rank,
-            world_size=world_size,
         )
-    if original_state is not None:  # θ_o − α(θ_ft − θ_o), shard by shard under FSDP
-        model.load_state_dict(apply_task_vector(original_state, model.state_dict(), params))
     output = Path(loop_config["output_path"])
+    sharded = context.get_world_size() > 1
     sharding.save_hf_checkpoint(
         model, ws.tokenizer, ws.prompt_format, output, dtype=loaded_dtype if sharded else None
     )
@@ -289,38 +277,3 @@ def _workspace(config: RunConfig, *, first: bool, shared: Any = None) -> recipe.
     if dist.is_initialized():
         dist.barrier()
     return ws if ws is not None else recipe.workspace(config)
-
-
-def _unlearn_inputs(
-    ws: recipe.Workspace,
-    params: MethodParams,
-    original: PreTrainedModel,
-    reference_nll: tuple[list[float], list[float]] | None,
-) -> UnlearnInputs:
-    """`recipe.unlearn_inputs`; without `reference_nll` a method that needs ℓ_ref scores the forget
-    set and refusals with the (still unsharded) Original here, identically on every rank."""
-    inputs = recipe.unlearn_inputs(ws, params, original, reference_nll)
-    if reference_nll is not None and "reference_nll" in needs_of(params):
-        sizes = [len(values) for values in reference_nll]
-        if sizes != [len(inputs.forget)] * 2:
-            raise UserInputError(
-                f"reference_nll: {sizes[0]} and {sizes[1]} values but {ws.config.data.forget_split} has "
-                f"{len(inputs.forget)} examples; allowed: one ℓ_ref per forget answer and per refusal, in order"
-            )
-    return inputs
-
-
-def check_batches(inputs: UnlearnInputs, params: MethodParams, batch_size: int, world_size: int) -> None:
-    """Every rank must take a non-empty slice of every global batch (FSDP steps are collectives):
-    the last, partial batch of the forget set and of the retain stream must hold 0 or at least
-    `world_size` examples."""
-    sets = {"forget": len(inputs.forget)}
-    if METHODS[params.name].retain_weight(params) > 0:
-        sets["retain"] = len(inputs.retain)
-    for which, n in sets.items():
-        rest = n % batch_size
-        if world_size > 1 and 0 < rest < world_size:
-            raise UserInputError(
-                f"unlearn.batch_size: the {which} set's {n} examples leave a last batch of {rest} for "
-                f"{world_size} workers; allowed: a batch size that leaves 0 or at least {world_size} examples"
-            )

@@ -1,12 +1,12 @@
 """One Tune trial: build the trial's run -> unlearn -> evaluate -> write Parquet -> report.
 
-Unlearning runs in the trial's own process when the trial has one CPU worker (Ray's per-trial
-start-up would dwarf a tiny model's training on CPU), and on a TorchTrainer with FSDP2 workers
-otherwise. Evaluation streams the evaluation questions through Ray Data actors that load the
-unlearned checkpoint once, or runs in-process (`evaluation.engine`; `auto`, which sweeps/tofu.yaml
-sets, evaluates the model still in memory when the trial unlearned it in its own process on CPU,
-since starting an evaluation actor and reloading the checkpoint cost more than evaluating the tiny
-model).
+Unlearning is the one recipe (`recipe.unlearn_model`, see `unlearn`): run in the trial's own
+process when the trial has one CPU worker (Ray's per-trial start-up would dwarf a tiny model's
+training on CPU), and by every worker of a TorchTrainer (FSDP2) otherwise. Evaluation streams the
+evaluation questions through Ray Data actors that load the unlearned checkpoint once, or runs
+in-process (`evaluation.engine`; `auto`, which sweeps/tofu.yaml sets, evaluates the model still in
+memory when the trial unlearned it in its own process on CPU, since starting an evaluation actor and
+reloading the checkpoint cost more than evaluating the tiny model).
 Each phase's wall time goes to the `metrics` table as stage "timing" rows (`PhaseClock`).
 """
 
@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import ray
 import torch
 from pydantic import BaseModel, ConfigDict
 from ray import tune
+from transformers import PreTrainedModel
 
 from .. import recipe, results
 from ..config import SweepConfig
@@ -188,6 +190,83 @@ def evaluation_engine(sweep: SweepConfig, run: Any) -> str:
     return "in_process" if in_trial else "ray_data"
 
 
+@dataclass
+class Unlearned:
+    """A trial's unlearning outcome: the model (in memory when unlearned in this process), the
+    per-epoch rows, where a TorchTrainer stored the checkpoint (None: at the trial's own path), and
+    the seconds of the PhaseClock phases it took."""
+
+    model: PreTrainedModel | None
+    epochs: list[dict[str, float]]
+    stored_checkpoint: str | None
+    seconds: dict[str, float]
+
+
+def unlearn(
+    sweep: SweepConfig,
+    ws: recipe.Workspace,
+    original: Path,
+    checkpoint: Path,
+    storage: Any,
+    trial_id: str,
+    reference: tuple[np.ndarray, np.ndarray] | None,
+    recorder: GradientWeightLog | None,
+    epochs: list[dict[str, float]],
+    shared_workspace: Any = None,
+) -> Unlearned:
+    """The trial's one unlearning path: the recipe `recipe.unlearn_model`, run in this process when
+    the trial has one CPU worker (Ray's per-trial start-up would dwarf a tiny model's training on
+    CPU), else by every worker of a TorchTrainer (FSDP2 when several); both write the unlearned
+    model as a Hugging Face folder at `checkpoint`. `epochs` receives the per-epoch rows (also those
+    of a run that diverges in this process). `shared_workspace`: the sweep's workspace in the object
+    store, which the TorchTrainer workers take instead of building their own."""
+    run = ws.config
+    if sweep.resources.workers <= 1 and sweep.resources.gpus_per_worker == 0:
+        started = time.perf_counter()
+        model, summary = recipe.unlearn_model(
+            ws, original, report=epochs.append, reference_nll=reference, on_forget_batch=recorder
+        )
+        saving = time.perf_counter()
+        recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
+        seconds = {
+            # the recipe loads the Original and builds the inputs before its loop
+            "load_original": saving - started - summary.seconds,
+            "unlearn": summary.seconds,
+            "save_checkpoint": time.perf_counter() - saving,
+        }
+        return Unlearned(model, epochs, None, seconds)
+    from ..orchestration.trainer import unlearn_with_torch_trainer
+
+    started = time.perf_counter()
+    outcome = unlearn_with_torch_trainer(
+        run,
+        str(original),
+        str(checkpoint),
+        num_workers=sweep.resources.workers,
+        use_gpu=sweep.resources.gpus_per_worker > 0,
+        reference_nll=None if reference is None else [r.tolist() for r in reference],
+        storage_path=storage.join(sweep.name, "train"),
+        name=trial_id,
+        max_failures=sweep.fault_tolerance.worker_restarts,
+        cpus_per_worker=sweep.resources.cpus_per_worker,
+        gpus_per_worker=sweep.resources.gpus_per_worker,
+        workspace=shared_workspace,
+    )
+    loop_seconds = float(outcome.get("metrics", {}).get("training_seconds", 0.0))
+    epochs.extend(outcome.get("epochs", []))
+    if recorder is not None:
+        recorder.rows = outcome["weights"]
+    stored = None
+    if storage.remote:  # rank 0's node wrote it; Ray Train uploaded it into its run folder
+        stored = f"{storage.uri.split('://', 1)[0]}://{outcome['checkpoint_path']}"
+    return Unlearned(
+        None,
+        epochs,
+        stored,
+        {"trainer_startup": time.perf_counter() - started - loop_seconds, "unlearn": loop_seconds},
+    )
+
+
 def unlearning_trial(
     params: dict[str, Any], *, sweep_json: str, prepared: PreparedModels, workspace: SharedWorkspace
 ) -> None:
@@ -228,52 +307,17 @@ def unlearning_trial(
     model = None
     try:
         t0 = time.perf_counter()
-        if sweep.resources.workers > 1 or sweep.resources.gpus_per_worker > 0:
-            from ..orchestration.trainer import unlearn_with_torch_trainer
-
-            with clock.phase("load_original"):
-                reference = load_reference_nll(prepared.reference_nll)
-                original = local_copy(prepared.original, sweep.run.cache_dir)
-            with clock.phase("trainer_startup"):
-                outcome = unlearn_with_torch_trainer(
-                    run,
-                    str(original),
-                    str(checkpoint),
-                    num_workers=sweep.resources.workers,
-                    use_gpu=sweep.resources.gpus_per_worker > 0,
-                    reference_nll=None if reference is None else [r.tolist() for r in reference],
-                    storage_path=storage.join(sweep.name, "train"),
-                    name=trial_id,
-                    max_failures=sweep.fault_tolerance.worker_restarts,
-                    cpus_per_worker=sweep.resources.cpus_per_worker,
-                    gpus_per_worker=sweep.resources.gpus_per_worker,
-                    workspace=workspace.ref,
-                )
-            loop_seconds = float(outcome.get("metrics", {}).get("training_seconds", 0.0))
-            clock.add("trainer_startup", -loop_seconds)
-            clock.add("unlearn", loop_seconds)
-            epochs = outcome.get("epochs", [])
-            if recorder is not None:
-                recorder.rows = outcome["weights"]
-            if storage.remote:  # rank 0's node wrote it; Ray Train uploaded it into its run folder
-                stored_checkpoint = f"{storage.uri.split('://', 1)[0]}://{outcome['checkpoint_path']}"
-        else:
-            with clock.phase("load_original"):
-                reference = load_reference_nll(prepared.reference_nll)
-                model, summary = recipe.unlearn_model(
-                    ws,
-                    local_copy(prepared.original, sweep.run.cache_dir),
-                    report=epochs.append,
-                    reference_nll=reference,
-                    on_forget_batch=recorder,
-                )
-            clock.add("load_original", -summary.seconds)
-            clock.add("unlearn", summary.seconds)
-            with clock.phase("save_checkpoint"):
-                recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
-            if engine != "in_process":
-                del model
-                model = None
+        with clock.phase("load_original"):
+            reference = load_reference_nll(prepared.reference_nll)
+            original = local_copy(prepared.original, sweep.run.cache_dir)
+        unlearned = unlearn(
+            sweep, ws, original, checkpoint, storage, trial_id, reference, recorder, epochs, workspace.ref
+        )
+        for phase, seconds in unlearned.seconds.items():
+            clock.add(phase, seconds)
+        stored_checkpoint = unlearned.stored_checkpoint or stored_checkpoint
+        model = unlearned.model if engine == "in_process" else None
+        del unlearned
         train_seconds = time.perf_counter() - t0
         if storage.remote and checkpoint.is_dir() and stored_checkpoint.endswith(f"/checkpoints/{trial_id}"):
             with clock.phase("save_checkpoint"):

@@ -13,6 +13,7 @@ import yaml
 from raysimnpo.benchmarks import markov as mk
 from raysimnpo.config import SWEEPS_DIR
 from raysimnpo.errors import UserInputError
+from raysimnpo.methods import METHODS, StepTerms
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -117,11 +118,26 @@ def test_padding_and_cache_keys(tmp_path: Path) -> None:
 
 def test_initial_npo_loss_is_2ln2_over_beta() -> None:
     # At the first step θ = θ_ref, so ℓ = ℓ_ref and NPO's loss is −(2/β) log σ(0) = 2 ln 2 / β.
+    # The study's methods are the package's METHODS entries, with the study's β, γ and λ.
     nll = torch.tensor([3.0, 7.0])
-    loss = mk.forget_loss("npo", nll, torch.tensor([4.0, 19.0]), nll.clone(), 0.2, 0.0)
-    assert loss.item() == pytest.approx(2 * math.log(2) / 0.2)
+    params = mk.method_params("npo", 0.2, TINY.unlearn)
+    terms = StepTerms(
+        forget_nll=nll,
+        forget_tokens=torch.tensor([4.0, 19.0]),
+        forget_ref_nll=nll.clone(),
+        retain_nll=nll,
+        retain_tokens=torch.tensor([4.0, 19.0]),
+    )
+    forget_term, _ = METHODS["npo"].loss(terms, params)
+    assert forget_term.item() == pytest.approx(2 * math.log(2) / 0.2)
+    assert mk.method_params("simnpo", 4.0, TINY.unlearn).model_dump() == {
+        "name": "simnpo",
+        "beta": 4.0,
+        "gamma": TINY.unlearn.gamma,
+        "retain_weight": TINY.unlearn.retain_weight,
+    }
     with pytest.raises(UserInputError, match="allowed: npo, simnpo"):
-        mk.forget_loss("ga", nll, nll, None, 1.0, 0.0)
+        mk.method_params("ga", 1.0, TINY.unlearn)
 
 
 def test_prepare_caches_and_unlearning_rows(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from raysimnpo import recipe
 from raysimnpo.config import DataSettings, ModelSettings, RunConfig, TrainSettings
+from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
 from raysimnpo.data.sources import TofuSource
 from raysimnpo.data.tofu_generator import TofuGeneratorConfig
 from raysimnpo.errors import UserInputError
@@ -138,7 +139,7 @@ def test_two_workers_survive_a_killed_worker_and_write_a_loadable_checkpoint(
 
     unlearned = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     copy = AutoModelForCausalLM.from_pretrained(tmp_path / "unlearned", dtype=torch.float32)
-    assert json.loads((checkpoint / "raysimnpo.json").read_text()) == {"prompt_format": "plain"}
+    assert json.loads((checkpoint / PROMPT_FORMAT_FILE).read_text()) == {"prompt_format": "plain"}
     assert AutoTokenizer.from_pretrained(checkpoint).get_vocab() == ws.tokenizer.get_vocab()
     before, after = original.state_dict(), unlearned.state_dict()
     assert after.keys() == before.keys()
@@ -235,13 +236,9 @@ def test_settings_the_workers_cannot_run_are_refused_before_starting(tmp_path: P
         UserInputError, match=r"^unlearn.batch_size: 4 cannot be split over 5 workers; allowed: >= 5$"
     ):
         check_trainer_settings(config, str(folder), num_workers=5, use_gpu=False)
+    # RMU's frozen copy is taken before sharding: any number of workers runs it.
     rmu = config.model_copy(update={"method": RMUParams()})
-    with pytest.raises(
-        UserInputError, match="method.name: rmu needs a frozen copy .* allowed with num_workers > 1: "
-    ):
-        check_trainer_settings(rmu, str(folder), num_workers=2, use_gpu=False)
-    # One unsharded worker keeps its frozen copy.
-    check_trainer_settings(rmu, str(folder), num_workers=1, use_gpu=False)
+    check_trainer_settings(rmu, str(folder), num_workers=2, use_gpu=False)
     with pytest.raises(UserInputError, match="device: cpu but use_gpu"):
         check_trainer_settings(config, str(folder), num_workers=2, use_gpu=True)
 
