@@ -24,7 +24,7 @@ Need = Literal["reference_nll", "idk", "frozen_model", "hidden_states"]
 class MethodParams(BaseModel):
     """Hyperparameters shared by all methods; subclasses add β, γ, ..."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
     name: str
 
 

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -52,6 +54,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from . import hub
 from .cache import default_cache_dir
 from .errors import UserInputError, first_line
 
@@ -88,7 +91,7 @@ class TinyModelConfig(BaseModel):
     trained on the corpus (the model's vocabulary is the tokenizer's actual size, which can be smaller).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     hidden_size: int = Field(default=128, gt=0)
     num_hidden_layers: int = Field(default=4, gt=0)
@@ -280,26 +283,44 @@ def _load_pretrained(
     )
     where = "folder" if folder.is_dir() else "hub id"
     part = "tokenizer"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        part = "model"
-        net = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
-        )
-    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met more than tensors
-        raise UserInputError(
-            f"model.name: the weights of {where} {source!r} hold pickled Python objects, which are never "
-            "loaded; allowed: safetensors files or torch files with tensors only (convert with save_pretrained)"
-        ) from exc
-    except (OSError, ValueError) as exc:
-        # transformers raises OSError for missing files and ValueError for an unknown model_type
-        # or a folder without tokenizer files: both are a folder or id the user named.
-        first = first_line(exc)
-        if part == "tokenizer" and folder.is_dir():
-            hint += "; a model folder needs the tokenizer files save_pretrained writes (tokenizer.json, ...)"
-        raise UserInputError(
-            f"model.name: could not load the {part} of {where} {source!r} ({first}){hint}"
-        ) from exc
+    if not folder.is_dir():
+        hub.prefer_offline_when_unreachable()
+    # Warnings of a load that ends in a refusal (torch's notes on a pickle it then refuses) would
+    # precede the one error line: held back, and shown only when the load succeeds.
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("default")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            part = "model"
+            net = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
+            )
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met more than tensors
+            raise UserInputError(
+                f"model.name: the weights of {where} {source!r} hold pickled Python objects, which are never "
+                "loaded; allowed: safetensors files or torch files with tensors only (convert with "
+                "save_pretrained)"
+            ) from exc
+        except SafetensorError as exc:  # a truncated or foreign file named *.safetensors
+            raise UserInputError(
+                f"model.name: the weights of {where} {source!r} are not readable safetensors "
+                f"({first_line(exc)}); re-save the model with save_pretrained"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            # transformers raises OSError for missing files and ValueError for an unknown model_type
+            # or a folder without tokenizer files: both are a folder or id the user named.
+            first = first_line(exc)
+            if part == "tokenizer" and folder.is_dir():
+                hint += (
+                    "; a model folder needs the tokenizer files save_pretrained writes (tokenizer.json, ...)"
+                )
+            if not folder.is_dir() and hub.is_offline():
+                hint += "; the hub is not reachable from here (offline), so only a cached copy could load"
+            raise UserInputError(
+                f"model.name: could not load the {part} of {where} {source!r} ({first}){hint}"
+            ) from exc
+    for note in held:
+        warnings.showwarning(note.message, note.category, note.filename, note.lineno)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     _sync_special_ids(net, tokenizer)

@@ -60,7 +60,7 @@ class MuseSource(BenchmarkSource):
 class MuseSettings(BaseModel):
     """The `muse:` section of a run."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     corpus: Literal["news", "books"] = "news"
     source: MuseSource = MuseSource()

@@ -67,7 +67,7 @@ class WmdpSource(BenchmarkSource):
 class WmdpSettings(BaseModel):
     """The `wmdp:` section of a run."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     source: WmdpSource = WmdpSource()
     subsets: list[Subset] = Field(default_factory=lambda: list[Subset](["bio", "cyber"]), min_length=1)
