@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 
 from .benchmarks.muse import MuseSettings
 from .benchmarks.wmdp import WmdpSettings
@@ -175,31 +176,51 @@ def _members(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _setting_path(annotation: Any, parts: list[str]) -> list[str] | None:
+Step = tuple[str, Any]  # a key of a nested section, and the section's default (JSON) when it is missing
+
+
+def _setting_path(annotation: Any, parts: list[str], data: Any) -> list[Step] | None:
     """The dotted parts of a `--set` key grouped into the keys of the nested sections, following the
-    config's types: a mapping's key may itself hold dots (`search.space.simnpo.method.beta.low` is
-    search / space / simnpo / method.beta / low). The shortest key whose remainder is a setting of the
-    mapping's values wins. None when the types do not lead there (validation names the unknown part)."""
+    config's types and the `data` at hand: a mapping's key may itself hold dots
+    (`search.space.simnpo.method.beta.low` is search / space / simnpo / method.beta / low). In a
+    mapping, a key the data already has wins, else the shortest key whose remainder is a setting of
+    the mapping's values. Each step carries the default of a missing section (the sweep's default
+    `run.prepare`, the default method with its name), so that a setting inside it changes only
+    itself. None when the types do not lead there (validation then names the unknown part)."""
     if not parts:
         return []
+    here = data if isinstance(data, dict | list) else None
+    partial: list[Step] | None = None  # a known setting whose remainder leads nowhere
     for member in _members(annotation):
         origin = get_origin(member)
         if isinstance(member, type) and issubclass(member, BaseModel):
             field = member.model_fields.get(parts[0])
-            rest = None if field is None else _setting_path(field.annotation, parts[1:])
+            if field is None:
+                continue
+            child = here.get(parts[0]) if isinstance(here, dict) else None
+            rest = _setting_path(field.annotation, parts[1:], child)
+            default = field.get_default(call_default_factory=True) if len(parts) > 1 else None
+            step = (parts[0], None if default is None else to_jsonable_python(default))
             if rest is not None:
-                return [parts[0], *rest]
+                return [step, *rest]
+            partial = partial or [step, *((p, None) for p in parts[1:])]
         elif origin is dict:
             value_type = get_args(member)[1] if get_args(member) else Any
-            for width in range(1, len(parts) + 1):
-                rest = _setting_path(value_type, parts[width:])
-                if rest is not None:
-                    return [".".join(parts[:width]), *rest]
+            widths = range(1, len(parts) + 1)
+            existing = [w for w in widths if isinstance(here, dict) and ".".join(parts[:w]) in here]
+            for width in [*reversed(existing), *widths]:
+                key = ".".join(parts[:width])
+                child = here.get(key) if isinstance(here, dict) else None
+                rest = _setting_path(value_type, parts[width:], child)
+                if rest is not None or width in existing:
+                    return [(key, None), *(rest if rest is not None else [(p, None) for p in parts[width:]])]
         elif origin is list and parts[0].isdigit():
-            rest = _setting_path(get_args(member)[0] if get_args(member) else Any, parts[1:])
+            index = int(parts[0])
+            child = here[index] if isinstance(here, list) and index < len(here) else None
+            rest = _setting_path(get_args(member)[0] if get_args(member) else Any, parts[1:], child)
             if rest is not None:
-                return [parts[0], *rest]
-    return None
+                return [(parts[0], None), *rest]
+    return partial
 
 
 def _guess_path(node: Any, parts: list[str]) -> list[str]:
@@ -253,9 +274,12 @@ def _apply_overrides(
             raise UserInputError(f"{label}: {str(exc).split(': ', 1)[1]}") from None
         except yaml.YAMLError:
             value = raw
-        path = (_setting_path(model, parts) if model is not None else None) or _guess_path(result, parts)
+        steps = _setting_path(model, parts, result) if model is not None else None
+        if steps is None:
+            steps = [(name, None) for name in _guess_path(result, parts)]
+        path = [name for name, _ in steps]
         node: Any = result
-        for depth, name in enumerate(path):
+        for depth, (name, default) in enumerate(steps):
             walked = ".".join(path[: depth + 1])
             last = depth == len(path) - 1
             if isinstance(node, list):
@@ -274,7 +298,7 @@ def _apply_overrides(
                     break
                 child = node.get(name)
                 if child is None:
-                    child = node[name] = {}
+                    child = node[name] = json.loads(json.dumps(default)) if default is not None else {}
             if not isinstance(child, dict | list):
                 raise UserInputError(
                     f"--set {item!r}: {walked} is a value, not a section; set it directly ({walked}=...)"
@@ -388,6 +412,15 @@ class ParamRange(Frozen):
     log: bool = False
     integer: bool = False
     choices: list[float | int | str | bool] | None = None
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _finite_choices(cls, choices: Any) -> Any:
+        # One line for a non-finite choice (the union of choice types would report it four times).
+        for i, choice in enumerate(choices if isinstance(choices, list) else []):
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise ValueError(f"choices[{i}] is {choice}; every choice must be a finite number or a word")
+        return choices
 
     @model_validator(mode="after")
     def _check(self) -> ParamRange:

@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         target = ray_arguments(args)
         overrides = list(args.overrides)
-        labels = {f"storage={args.storage}": f"--storage {args.storage}"} if args.storage else {}
+        labels = {f"storage={args.storage}": "--storage"} if args.storage else {}
         if args.storage:
             overrides.append(f"storage={args.storage}")
         sweep = load_sweep_config(args.sweep, overrides, labels)

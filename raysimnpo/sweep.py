@@ -72,7 +72,7 @@ def storage_overrides(args: argparse.Namespace) -> tuple[list[str], dict[str, st
     if location:  # --storage, else the cluster's default (cluster/*.yaml sets it)
         item = f"storage={location}"
         overrides.append(item)
-        labels[item] = f"--storage {location}" if args.storage else f"RAYSIMNPO_STORAGE={location}"
+        labels[item] = "--storage" if args.storage else "RAYSIMNPO_STORAGE"  # never echo a URI
     return overrides, labels
 
 
