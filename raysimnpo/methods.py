@@ -8,15 +8,29 @@ loop adds them with the method's λ (`retain_weight`). `needs` tells the loop wh
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
 
-from . import objectives
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from . import objectives
+elif "raysimnpo.objectives" in sys.modules:
+    objectives = sys.modules["raysimnpo.objectives"]
+else:
+    # The losses (torch) load at their first use, not when a config names a method: validating a
+    # sweep file must not cost torch's import (importlib's documented lazy-import recipe).
+    _spec = importlib.util.find_spec(f"{__package__}.objectives")
+    assert _spec is not None and _spec.loader is not None
+    _spec.loader = importlib.util.LazyLoader(_spec.loader)
+    objectives = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(objectives)
+    sys.modules[__package__].objectives = objectives  # as `import raysimnpo.objectives` would
 
 Need = Literal["reference_nll", "idk", "frozen_model", "hidden_states"]
 
@@ -117,7 +131,7 @@ class StepTerms:
     control_vector: Tensor | None = None
 
 
-LossFn = Callable[[StepTerms, MethodParams], tuple[Tensor, Tensor | None]]
+LossFn = Callable[[StepTerms, MethodParams], "tuple[Tensor, Tensor | None]"]
 
 
 @dataclass(frozen=True)
@@ -256,5 +270,7 @@ def apply_task_vector(
     """θ = θ_o − α(θ_ft − θ_o) for Task Vector; other methods keep the trained weights."""
     if not isinstance(params, TaskVectorParams):
         return dict(finetuned)
+    import torch
+
     with torch.no_grad():
         return objectives.task_vector(dict(original), dict(finetuned), params.alpha)

