@@ -552,3 +552,37 @@ def test_progress_counts_the_trials_finished_before_a_resume() -> None:
     assert lines[-1].startswith("[sweep] 5/6 done, 0 running, 1 failed | best FQ 0.9 best MU 0.5 |")
     progress.on_trial_start(0, trials, running[1])  # an event after the last one counts nothing twice
     assert lines[-1].startswith("[sweep] 5/6 done, 0 running, 1 failed")
+
+
+def test_a_config_mistake_is_reported_without_torch_transformers_or_ray(tmp_path: Path) -> None:
+    """The error line comes before the heavy imports (they take seconds): checked in a fresh process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from raysimnpo import sweep\n"
+        "assert sweep.main(['tofu', '--set', 'search.num_trials=-1']) == 2\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "RAYSIMNPO_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]"
+    assert done.stderr.strip() == (
+        "error: --set search.num_trials=-1: search.num_trials: Input should be greater than 0 (got -1)"
+    )
+
+
+def test_a_joined_cluster_that_cannot_hold_a_trial_is_named_with_its_numbers() -> None:
+    from raysimnpo.orchestration.cluster import TrialDemand, _check_fits
+
+    demand = TrialDemand(cpus=4.01, gpus=2.0, custom={}, prepare_gpus=1.0)
+    with pytest.raises(UserInputError) as info:
+        _check_fits(demand, {"CPU": 64.0, "GPU": 1.0}, "the cluster at 10.0.0.5:6379")
+    assert str(info.value) == (
+        "resources: a trial needs 2 GPUs (workers x gpus_per_worker; preparing needs 1), but the cluster at "
+        "10.0.0.5:6379 has 1; set resources.gpus_per_worker=0 and run.device=auto or cpu, or join a cluster "
+        "with GPUs"
+    )
+    _check_fits(demand, {"CPU": 4.01, "GPU": 2.0}, "the cluster at 10.0.0.5:6379")  # exactly enough
