@@ -8,8 +8,6 @@ loop adds them with the method's λ (`retain_weight`). `needs` tells the loop wh
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -20,17 +18,20 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from . import objectives
-elif "raysimnpo.objectives" in sys.modules:
-    objectives = sys.modules["raysimnpo.objectives"]
 else:
-    # The losses (torch) load at their first use, not when a config names a method: validating a
-    # sweep file must not cost torch's import (importlib's documented lazy-import recipe).
-    _spec = importlib.util.find_spec(f"{__package__}.objectives")
-    assert _spec is not None and _spec.loader is not None
-    _spec.loader = importlib.util.LazyLoader(_spec.loader)
-    objectives = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(objectives)
-    sys.modules[__package__].objectives = objectives  # as `import raysimnpo.objectives` would
+
+    class _Objectives:
+        """`objectives` (torch) imported by the first loss computed, not when a config names a method:
+        validating a sweep file must not cost torch's import. A plain object, not a lazy entry in
+        sys.modules, so that nothing scanning sys.modules (inspect, pickle) triggers the import."""
+
+        def __getattr__(self, name: str) -> object:
+            from . import objectives
+
+            return getattr(objectives, name)
+
+    objectives = _Objectives()
+
 
 Need = Literal["reference_nll", "idk", "frozen_model", "hidden_states"]
 
