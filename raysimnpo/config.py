@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 
 from .benchmarks.muse import MuseSettings
 from .benchmarks.wmdp import WmdpSettings
@@ -27,7 +31,12 @@ SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """The base of every config: immutable, unknown keys refused, and every float finite (`.inf` or
+    `.nan` as a learning rate, β or range bound would only surface as a diverged or crashed trial).
+    The pydantic models that config sections reuse from other modules (methods, models, benchmarks,
+    data sources) set the same `allow_inf_nan=False`; tests/test_validation.py checks every float."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ModelSettings(Frozen):
@@ -102,11 +111,52 @@ def content_hash(*parts: BaseModel | Mapping[str, Any] | str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: object, line: int, first_line: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r} (first given on line {first_line})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (YAML's own rule is
+    that the last one wins, which silently drops the first value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # `<<:` merge keys may be overridden; explicit keys may not repeat
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserInputError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserInputError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserInputError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the file as UTF-8"
+        ) from None
+    try:
+        data = parse_yaml(text)
+    except DuplicateKeyError as exc:
+        raise UserInputError(f"{path}: {exc}; give each setting once") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -116,50 +166,168 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides; the value is parsed as YAML (numbers, lists, null).
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a field's type: Annotated and Optional unwrapped, unions split."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [annotation]
 
-    Keys that themselves hold dots (the search space's `method.beta`) are matched as a whole:
-    `search.space.simnpo.method.beta.low=2` reaches `space["simnpo"]["method.beta"]["low"]`.
+
+Step = tuple[str, Any]  # a key of a nested section, and the section's default (JSON) when it is missing
+
+
+def _setting_path(annotation: Any, parts: list[str], data: Any) -> list[Step] | None:
+    """The dotted parts of a `--set` key grouped into the keys of the nested sections, following the
+    config's types and the `data` at hand: a mapping's key may itself hold dots
+    (`search.space.simnpo.method.beta.low` is search / space / simnpo / method.beta / low). In a
+    mapping, a key the data already has wins, else the shortest key whose remainder is a setting of
+    the mapping's values. Each step carries the default of a missing section (the sweep's default
+    `run.prepare`, the default method with its name), so that a setting inside it changes only
+    itself. None when the types do not lead there (validation then names the unknown part)."""
+    if not parts:
+        return []
+    here = data if isinstance(data, dict | list) else None
+    partial: list[Step] | None = None  # a known setting whose remainder leads nowhere
+    for member in _members(annotation):
+        origin = get_origin(member)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            field = member.model_fields.get(parts[0])
+            if field is None:
+                continue
+            child = here.get(parts[0]) if isinstance(here, dict) else None
+            rest = _setting_path(field.annotation, parts[1:], child)
+            default = field.get_default(call_default_factory=True) if len(parts) > 1 else None
+            step = (parts[0], None if default is None else to_jsonable_python(default))
+            if rest is not None:
+                return [step, *rest]
+            partial = partial or [step, *((p, None) for p in parts[1:])]
+        elif origin is dict:
+            value_type = get_args(member)[1] if get_args(member) else Any
+            widths = range(1, len(parts) + 1)
+            existing = [w for w in widths if isinstance(here, dict) and ".".join(parts[:w]) in here]
+            for width in [*reversed(existing), *widths]:
+                key = ".".join(parts[:width])
+                child = here.get(key) if isinstance(here, dict) else None
+                rest = _setting_path(value_type, parts[width:], child)
+                if rest is not None or width in existing:
+                    return [(key, None), *(rest if rest is not None else [(p, None) for p in parts[width:]])]
+        elif origin is list and parts[0].isdigit():
+            index = int(parts[0])
+            child = here[index] if isinstance(here, list) and index < len(here) else None
+            rest = _setting_path(get_args(member)[0] if get_args(member) else Any, parts[1:], child)
+            if rest is not None:
+                return [(parts[0], None), *rest]
+    return partial
+
+
+def _guess_path(node: Any, parts: list[str]) -> list[str]:
+    """Without types: the longest run of parts that names an existing key, else one part."""
+    path: list[str] = []
+    while parts:
+        width = 1
+        if isinstance(node, dict):
+            width = next((w for w in range(len(parts), 0, -1) if ".".join(parts[:w]) in node), 1)
+        path.append(".".join(parts[:width]))
+        node = node.get(path[-1]) if isinstance(node, dict) else None
+        parts = parts[width:]
+    return path
+
+
+def apply_overrides(
+    data: Mapping[str, Any],
+    overrides: Iterable[str],
+    model: type[BaseModel] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML (numbers, lists, mappings, null).
+
+    With `model` (the config type of `data`) a dotted key follows the config's sections, so keys that
+    themselves hold dots (the search space's `method.beta`) are found whether or not `data` has them:
+    `search.space.simnpo.method.beta={low: 2, high: 3}` sets `space["simnpo"]["method.beta"]`, and a
+    number indexes a list (`search.objectives.0.mode=min`). `labels` names where an override came
+    from in errors (default `--set KEY=VALUE`).
     """
+    return _apply_overrides(data, overrides, model, labels)[0]
+
+
+def _apply_overrides(
+    data: Mapping[str, Any],
+    overrides: Iterable[str],
+    model: type[BaseModel] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any], list[tuple[list[str], str]]]:
+    """The overridden data, and each override's path with the name of where it came from."""
     result = json.loads(json.dumps(data))
+    touched: list[tuple[list[str], str]] = []
     for item in overrides:
+        label = (labels or {}).get(item, f"--set {item}")
         key, sep, raw = item.partition("=")
         parts = key.split(".")
         if not sep or not key or any(not part for part in parts):
             raise UserInputError(f"--set {item!r}: expected key=value, e.g. method.beta=2.5")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
+        except DuplicateKeyError as exc:
+            raise UserInputError(f"{label}: {str(exc).split(': ', 1)[1]}") from None
         except yaml.YAMLError:
             value = raw
-        node = result
-        walked: list[str] = []
-        while len(parts) > 1:
-            # The longest run of parts that names an existing key, else the next part alone.
-            width = next((w for w in range(len(parts) - 1, 0, -1) if ".".join(parts[:w]) in node), 1)
-            name, parts = ".".join(parts[:width]), parts[width:]
-            walked.append(name)
-            child = node.get(name)
-            if child is None:
-                child = node[name] = {}
-            if not isinstance(child, dict):
+        steps = _setting_path(model, parts, result) if model is not None else None
+        if steps is None:
+            steps = [(name, None) for name in _guess_path(result, parts)]
+        path = [name for name, _ in steps]
+        node: Any = result
+        for depth, (name, default) in enumerate(steps):
+            walked = ".".join(path[: depth + 1])
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                if not name.isdigit() or int(name) >= len(node):
+                    raise UserInputError(
+                        f"{label}: {'.'.join(path[:depth])} is a list of {len(node)}; "
+                        f"give an index from 0 to {len(node) - 1}, or the whole list"
+                    )
+                if last:
+                    node[int(name)] = value
+                    break
+                child = node[int(name)]
+            else:
+                if last:
+                    node[name] = value
+                    break
+                child = node.get(name)
+                if child is None:
+                    child = node[name] = json.loads(json.dumps(default)) if default is not None else {}
+            if not isinstance(child, dict | list):
                 raise UserInputError(
-                    f"--set {item!r}: {'.'.join(walked)} is a value, not a section; "
-                    f"set it directly ({'.'.join(walked)}=...)"
+                    f"--set {item!r}: {walked} is a value, not a section; set it directly ({walked}=...)"
                 )
             node = child
-        node[parts[0]] = value
-    return result
+        touched.append((path, label))
+    return result, touched
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def validate(model: type[ModelT], data: Mapping[str, Any], source: str) -> ModelT:
+def validate(
+    model: type[ModelT],
+    data: Mapping[str, Any],
+    source: str,
+    overrides: Iterable[str] = (),
+    labels: Mapping[str, str] | None = None,
+) -> ModelT:
+    """`data` (read from `source`) with `overrides` applied, validated as `model`. An error names
+    the override that set the bad value (`--set k=v`, or its label: a flag or environment variable),
+    else `source`."""
+    merged, touched = _apply_overrides(data, overrides, model, labels)
     try:
-        return model.model_validate(data)
+        return model.model_validate(merged)
     except ValidationError as exc:
-        raise UserInputError(f"{source}: {describe_validation_error(exc)}") from None
+        at = _error_path(exc)
+        culprit = next((label for path, label in reversed(touched) if at and _overlaps(path, at)), source)
+        raise UserInputError(f"{culprit}: {describe_validation_error(exc)}") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -172,6 +340,29 @@ def describe_validation_error(exc: ValidationError) -> str:
     shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{loc}: {msg}{shown}{more}" if loc else f"{msg}{more}"
+
+
+def _error_path(exc: ValidationError) -> list[str]:
+    """The setting the first error is about: its location, else the dotted path its message starts
+    with (the sweep's own checks name the setting in the message)."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
+    if not loc:
+        named = re.match(r"(?:Value error, )?([A-Za-z_][\w-]*(?:\.[\w-]+)*):", first["msg"])
+        loc = [named.group(1)] if named else []
+    return ".".join(loc).split(".") if loc else []
+
+
+def _overlaps(path: list[str], at: list[str]) -> bool:
+    """Whether an override at `path` set (part of) the value at `at`: one runs along the other
+    (an error location may hold extra parts, such as the method's tag in run.method.simnpo.beta)."""
+
+    def along(short: list[str], long: list[str]) -> bool:
+        found = iter(long)
+        return bool(short) and short[0] == long[0] and all(part in found for part in short)
+
+    flat = ".".join(path).split(".")
+    return along(flat, at) or along(at, flat)
 
 
 def sweep_file(name_or_path: str) -> Path:
@@ -203,9 +394,11 @@ def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: st
     if not isinstance(run, dict):
         raise UserInputError(f"{path}: run: expected a mapping of run settings, got {type(run).__name__}")
     run = dict(run)
+    overrides = list(overrides)
     if method is not None:
-        run["method"] = {"name": method}
-    return validate(RunConfig, apply_overrides(run, overrides), str(path))
+        overrides.insert(0, f"method={json.dumps({'name': method})}")
+    labels = {f"method={json.dumps({'name': method})}": f"--method {method}"} if method is not None else {}
+    return validate(RunConfig, run, str(path), overrides, labels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,6 +417,15 @@ class ParamRange(Frozen):
     integer: bool = False
     choices: list[float | int | str | bool] | None = None
 
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _finite_choices(cls, choices: Any) -> Any:
+        # One line for a non-finite choice (the union of choice types would report it four times).
+        for i, choice in enumerate(choices if isinstance(choices, list) else []):
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise ValueError(f"choices[{i}] is {choice}; every choice must be a finite number or a word")
+        return choices
+
     @model_validator(mode="after")
     def _check(self) -> ParamRange:
         if self.choices is not None:
@@ -236,9 +438,33 @@ class ParamRange(Frozen):
             raise ValueError("a range needs low and high (or give choices)")
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.integer:
+            # Optuna's suggest_int takes whole bounds; 8.5 would be cut to 8 without a word.
+            for end, value in (("low", self.low), ("high", self.high)):
+                if value != int(value):
+                    raise ValueError(f"an integer range needs whole-number bounds ({end}: {value})")
+            if self.log and self.low < 1:
+                raise ValueError(f"an integer log range needs low >= 1 (got {self.low:g})")
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0 (got {self.low})")
         return self
+
+    def searched_values(self) -> list[tuple[str, Any]]:
+        """Values the sampler can propose, for validation: every choice; a range's two ends, and for
+        a float range one value inside, so that a float range over a whole-number setting (epochs
+        without `integer: true`) is caught. The settings' bounds are intervals, so the ends decide."""
+        if self.choices is not None:
+            return [(f"choices[{i}]", choice) for i, choice in enumerate(self.choices)]
+        assert self.low is not None and self.high is not None
+        if self.integer:
+            return [("low", int(self.low)), ("high", int(self.high))]
+        values: list[tuple[str, Any]] = [("low", self.low), ("high", self.high)]
+        if self.low < self.high:
+            inside = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+            if inside == int(inside):  # a whole number would not reveal an integer setting
+                inside = self.low + (self.high - self.low) * 0.382
+            values.append(("a value inside the range", inside))
+        return values
 
 
 class Objective(Frozen):
@@ -262,7 +488,13 @@ class SearchSettings(Frozen):
         "auto",
         description="auto: multi-objective TPE below 100 trials, NSGA-II from 100 (it needs generations)",
     )
-    num_trials: int = Field(8, gt=0)
+    num_trials: int = Field(
+        8,
+        gt=0,
+        le=10_000,
+        description="at most 10000: beyond that a sweep is a typo (TPE/NSGA-II slow down with every "
+        "trial in the study, and each trial trains a model); split a larger study into sweeps",
+    )
     max_concurrent_trials: int | None = Field(None, gt=0, description="None: as many as the resources allow")
     seed: int = 0
 
@@ -357,7 +589,12 @@ def check_objectives(objectives: list[Objective], benchmark_name: str) -> None:
 
 
 class SweepConfig(Frozen):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=100,
+        description="the run folder's name (and the Optuna study's): at most 100 characters, so that "
+        "Tune's trial folders under it stay within the filesystem's 255-byte name limit",
+    )
     storage: str = Field("runs", description="a local folder or a pyarrow filesystem URI (s3://, gs://)")
     run: RunConfig = RunConfig()
     search: SearchSettings = SearchSettings()
@@ -410,6 +647,11 @@ class SweepConfig(Frozen):
                 f"allowed: {', '.join(bench.methods)}"
             )
         check_objectives(self.search.objectives, self.run.benchmark)
+        if self.run.device == "cuda" and self.resources.gpus_per_worker == 0:
+            raise ValueError(
+                "run.device: cuda needs resources.gpus_per_worker > 0 (a trial sees a GPU only when it "
+                "asks Ray for one); or use auto or cpu"
+            )
         extra = [m for m in self.search.space if m not in self.search.methods]
         if extra:
             raise ValueError(f"search.space: {extra} not in search.methods {self.search.methods}")
@@ -422,16 +664,22 @@ class SweepConfig(Frozen):
         base = self.run.model_dump(mode="json")
         for method, space in self.search.space.items():
             for key, rng in space.items():
+                where = f"search.space.{method}.{key}"
                 if not (key.startswith("method.") or key.split(".")[0] in base):
-                    raise ValueError(f"search.space.{method}.{key}: not a run setting")
-                value = rng.choices[0] if rng.choices is not None else rng.low
-                trial = apply_overrides(dict(base, method={"name": method}), [f"{key}={value}"])
-                try:
-                    RunConfig.model_validate(trial)
-                except ValidationError as exc:
-                    raise ValueError(
-                        f"search.space.{method}.{key}: {describe_validation_error(exc)}"
-                    ) from None
+                    raise ValueError(f"{where}: not a run setting")
+                # Every value the search can produce goes through the models each trial uses.
+                for label, value in rng.searched_values():
+                    try:
+                        self.trial_run_config({"method": method, method: {key: value}})
+                    except ValidationError as exc:
+                        reason = describe_validation_error(exc)
+                        if exc.errors()[0]["type"] == "int_from_float":
+                            reason += "; a whole-number setting needs integer: true"
+                        raise ValueError(f"{where}: {label} {value!r} is refused: {reason}") from None
+                    except UserInputError as exc:  # the key walks into a value
+                        raise ValueError(
+                            f"{where}: not a run setting ({str(exc).split(': ', 1)[1]})"
+                        ) from None
         return self
 
     def trial_run_config(self, params: Mapping[str, Any]) -> RunConfig:
@@ -442,9 +690,13 @@ class SweepConfig(Frozen):
         if data["method"]["name"] != method:
             data["method"] = {"name": method}
         overrides = [f"{k}={json.dumps(v)}" for k, v in (params.get(method) or {}).items()]
-        return RunConfig.model_validate(apply_overrides(data, overrides))
+        return RunConfig.model_validate(apply_overrides(data, overrides, RunConfig))
 
 
-def load_sweep_config(name_or_path: str, overrides: Iterable[str] = ()) -> SweepConfig:
+def load_sweep_config(
+    name_or_path: str, overrides: Iterable[str] = (), labels: Mapping[str, str] | None = None
+) -> SweepConfig:
+    """A sweep file with `--set` overrides applied; `labels` names overrides that came from a flag
+    or an environment variable (e.g. `storage=...` from RAYSIMNPO_STORAGE) in error messages."""
     path = sweep_file(name_or_path)
-    return validate(SweepConfig, apply_overrides(load_yaml(path), overrides), str(path))
+    return validate(SweepConfig, load_yaml(path), str(path), overrides, labels)

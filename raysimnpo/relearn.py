@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import RelearnSettings, SweepConfig, load_sweep_config
 from .errors import UserInputError
+from .sweep import add_ray_arguments, open_checked_storage, ray_arguments
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -31,8 +32,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--storage", help="where the sweep's run folder is: a folder or URI (default: the file's storage)"
     )
     parser.add_argument("--trials", nargs="+", metavar="ID", help="attack these trials (default: selected)")
-    parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    add_ray_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -120,20 +120,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     log = lambda message: print(message, flush=True)  # noqa: E731
     try:
+        target = ray_arguments(args)
         overrides = list(args.overrides)
+        labels = {f"storage={args.storage}": "--storage"} if args.storage else {}
         if args.storage:
             overrides.append(f"storage={args.storage}")
-        sweep = load_sweep_config(args.sweep, overrides)
-        from .orchestration.cluster import check_storage
-
-        storage = check_storage(sweep.storage)
+        sweep = load_sweep_config(args.sweep, overrides, labels)
+        storage = open_checked_storage(sweep, labels)
         attack_targets(storage.join(sweep.name), sweep.relearn or RelearnSettings(), args.trials)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from .orchestration.cluster import start_ray
 
-    start_ray(args.address, args.num_cpus)
+    start_ray(target.address, target.num_cpus)
     attack_sweep(sweep, storage, args.trials, log)
     return 0
 

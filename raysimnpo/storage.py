@@ -161,8 +161,16 @@ def open_storage(location: str) -> Storage:
 
 def check_writable(storage: Storage) -> None:
     """Create the root and write, then delete, a small file in it: a missing bucket, a read-only
-    folder or refused credentials surface before any work starts."""
+    folder or refused credentials surface before any work starts. A local root this check had to
+    create is removed again, so that a later validation error leaves nothing behind (the sweep
+    creates its folder when it starts)."""
     probe = storage.fs_path(f".write-check-{os.getpid()}")
+    created: list[Path] = []
+    if not storage.remote:
+        missing = Path(storage.base)
+        while not missing.exists() and missing != missing.parent:
+            created.append(missing)
+            missing = missing.parent
     try:
         storage.fs.create_dir(storage.base, recursive=True)
         with storage.fs.open_output_stream(probe) as out:
@@ -173,6 +181,12 @@ def check_writable(storage: Storage) -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         reason = reason.replace(storage.base, "").strip(" :'\"") or type(exc).__name__
         raise UserInputError(f"storage: {shown} is not writable ({reason})") from None
+    finally:
+        for folder in created:  # deepest first; only folders this check made, and only if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def local_copy(location: str, cache_dir: str | os.PathLike[str]) -> Path:

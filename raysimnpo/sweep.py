@@ -12,11 +12,15 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .config import SweepConfig, load_sweep_config
+from .config import SweepConfig, load_sweep_config, load_yaml, sweep_file
 from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from .orchestration.cluster import RayTarget
+    from .storage import Storage
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -30,9 +34,63 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "default: $RAYSIMNPO_STORAGE, else the sweep file's `storage`",
     )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
-    parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    add_ray_arguments(parser)
     return parser.parse_args(argv)
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """--address, --address-timeout and --num-cpus: checked by `orchestration.cluster.ray_target`
+    (read as text here, so that a bad value is one `error:` line like every other mistake)."""
+    parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument(
+        "--address-timeout",
+        metavar="SECONDS",
+        help="how long the cluster address may take to answer before it is an error (default: 5)",
+    )
+    parser.add_argument("--num-cpus", help="CPUs for a local Ray (default: all)")
+
+
+def ray_arguments(args: argparse.Namespace) -> RayTarget:
+    """The cluster the command will use, checked (form, reachability, CPUs) before anything starts."""
+    from .orchestration.cluster import ray_target
+
+    timeout = args.address_timeout
+    if timeout is not None:
+        try:
+            timeout = float(timeout)
+        except ValueError:
+            raise UserInputError(f"--address-timeout: {timeout!r}; give a number of seconds > 0") from None
+    return ray_target(args.address, args.num_cpus, timeout)
+
+
+def storage_overrides(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """`--set` overrides plus the storage from --storage or $RAYSIMNPO_STORAGE, labelled with where
+    each came from (an error names the flag or the variable, not the sweep file)."""
+    overrides = list(args.overrides)
+    labels: dict[str, str] = {}
+    location = args.storage or os.environ.get("RAYSIMNPO_STORAGE")
+    if location:  # --storage, else the cluster's default (cluster/*.yaml sets it)
+        item = f"storage={location}"
+        overrides.append(item)
+        labels[item] = "--storage" if args.storage else "RAYSIMNPO_STORAGE"  # never echo a URI
+    return overrides, labels
+
+
+def open_checked_storage(sweep: SweepConfig, labels: Mapping[str, str]) -> Storage:
+    """The sweep's storage, reachable and writable; an error names where the location came from."""
+    from .orchestration.cluster import check_storage
+
+    try:
+        return check_storage(sweep.storage)
+    except UserInputError as exc:
+        source = labels.get(f"storage={sweep.storage}")
+        raise UserInputError(f"{source}: {exc}" if source else str(exc)) from None
+
+
+def is_markov(name_or_path: str) -> bool:
+    """A Markov sweep file (`benchmark: markov` at the top level) runs the Markov study; read
+    without importing it (its module loads torch)."""
+    return load_yaml(sweep_file(name_or_path)).get("benchmark") == "markov"
 
 
 def validate_inputs(sweep: SweepConfig) -> Any:
@@ -104,28 +162,28 @@ def print_front(root: str, sweep: SweepConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from .benchmarks.markov import is_markov_sweep
-
-    if is_markov_sweep(args.config or args.sweep):  # `benchmark: markov` at the file's top level
-        from .orchestration import markov
-
-        return markov.main(args)
     log = lambda message: print(message, flush=True)  # noqa: E731
     try:
-        overrides = list(args.overrides)
-        storage_location = args.storage or os.environ.get("RAYSIMNPO_STORAGE")
-        if storage_location:  # --storage, else the cluster's default (cluster/*.yaml sets it)
-            overrides.append(f"storage={storage_location}")
-        sweep = load_sweep_config(args.config or args.sweep, overrides)
-        from .orchestration.cluster import check_storage
+        target = ray_arguments(args)
+        if is_markov(args.config or args.sweep):
+            from .orchestration import markov
 
-        storage = check_storage(sweep.storage)
+            args.address, args.num_cpus = target.address, target.num_cpus
+            return markov.main(args)
+        overrides, labels = storage_overrides(args)
+        sweep = load_sweep_config(args.config or args.sweep, overrides, labels)
+        storage = open_checked_storage(sweep, labels)
         run_dir = storage.join(sweep.name)
         if storage.exists(sweep.name, "tune") and not args.resume:
             raise UserInputError(
                 f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
                 "--set name=... for a new one"
             )
+        from .orchestration.cluster import check_local_capacity, trial_demand
+
+        demand = trial_demand(sweep)
+        if target.address is None:
+            check_local_capacity(demand, target.num_cpus)
         ws = validate_inputs(sweep)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -136,7 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .orchestration.tuner import run_sweep
 
     started = time.monotonic()
-    start_ray(args.address, args.num_cpus)
+    try:
+        start_ray(target.address, target.num_cpus, demand)
+    except UserInputError as exc:  # a joined cluster that can never hold one trial
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     storage.fs.create_dir(storage.fs_path(sweep.name), recursive=True)
     log(
         f"[sweep] {sweep.name}: {sweep.search.num_trials} trials of {', '.join(sweep.search.methods)} -> {run_dir}"

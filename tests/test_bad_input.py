@@ -181,6 +181,30 @@ LLAMA_CONFIG = json.dumps(
     }
 )
 
+
+class WritesAFile:
+    """Unpickling this would create a file: what a malicious pickled checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def pickled_model(tmp: Path) -> Path:
+    """A model folder whose torch weights hold a pickled object besides the tensors (protocol 4, on
+    which torch's weights-only unpickler warns before it refuses)."""
+    import pickle
+
+    folder = model_folder(tmp, {"config.json": LLAMA_CONFIG})
+    save_tokenizer(folder)
+    (folder / "pytorch_model.bin").write_bytes(
+        pickle.dumps({"payload": WritesAFile(tmp / "code-ran")}, protocol=4)
+    )
+    return folder
+
+
 CASES = [
     # ---- sweep YAML (python -m raysimnpo.sweep FILE)
     Case(
@@ -409,6 +433,46 @@ CASES = [
         "my-model",
         tokenizer=True,
     ),
+    model_case(
+        "model-safetensors-not-safetensors",
+        {"config.json": LLAMA_CONFIG, "model.safetensors": "not a safetensors file"},
+        "model.name: the weights of folder",
+        "my-model' are not readable safetensors (Error while deserializing header: header too large); "
+        "re-save the model with save_pretrained",
+        tokenizer=True,
+    ),
+    model_case(
+        "model-safetensors-truncated",
+        {"config.json": LLAMA_CONFIG, "model.safetensors": "\x10" + "\x00" * 7 + '{"a": '},
+        "my-model' are not readable safetensors (Error while deserializing header:",
+        tokenizer=True,
+    ),
+    Case(
+        "model-pickled-weights-no-torch-warning",
+        lambda t, tofu: [*local(tofu), "--set", f"model.name={pickled_model(t)}"],
+        ("hold pickled Python objects, which are never loaded",),
+    ),
+    Case(
+        "model-hub-id-offline-no-retries",
+        lambda t, tofu: [*local(tofu), "--set", "model.name=no-such-org/no-such-model"],
+        (
+            "model.name: could not load the tokenizer of hub id 'no-such-org/no-such-model'",
+            "the hub is not reachable from here (offline), so only a cached copy could load",
+        ),
+    ),
+    Case(
+        "sweep-model-error-leaves-no-storage-folder",
+        lambda t, tofu: sweep_yaml(
+            t,
+            run={
+                "cache_dir": str(t / "cache"),
+                "data": {"source": {"kind": "local", "path": str(tofu)}},
+                "model": {"name": "gpt5"},
+            },
+        ),
+        ("model.name: 'gpt5' is not a preset, an existing model folder or a hub id",),
+        "sweep",
+    ),
     Case(
         "model-name-not-a-preset",
         lambda t, tofu: [*local(tofu), "--set", "model.name=gpt5"],
@@ -419,7 +483,11 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(
-    case: Case, tmp_path: Path, tofu_template: Path, capfd: pytest.CaptureFixture[str]
+    case: Case,
+    tmp_path: Path,
+    tofu_template: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tofu = tmp_path / "tofu"
     shutil.copytree(tofu_template, tofu)
@@ -427,6 +495,20 @@ def test_bad_input(
     argv = case.setup(tmp_path, tofu)
     storage = tmp_path / "runs"
     before = sorted(storage.rglob("*")) if storage.exists() else []
+    # The hub is asked for a connection first; here it answers nothing (a closed local port), so
+    # offline mode is switched on and a hub id fails at once, without huggingface_hub's retries.
+    import huggingface_hub.constants
+
+    from raysimnpo import hub
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_probed", False)
+    import datasets.config  # its copy of the flag is switched too; restored after the test
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", datasets.config.HF_HUB_OFFLINE)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", datasets.config.HF_DATASETS_OFFLINE)
     code = run.main([*argv, "--set", f"cache_dir={cache}"]) if case.entry == "run" else sweep.main(argv)
     err = capfd.readouterr().err.strip().splitlines()  # fd level: library warnings count too
     assert code == 2
@@ -436,3 +518,4 @@ def test_bad_input(
         assert text in err[0]
     assert not (cache / "prepared").exists()
     assert (sorted(storage.rglob("*")) if storage.exists() else []) == before
+    assert not (tmp_path / "code-ran").exists()

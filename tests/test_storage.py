@@ -22,8 +22,11 @@ def test_local_storage_is_the_resolved_folder(tmp_path: Path) -> None:
     storage = open_storage(str(tmp_path / "runs" / ".." / "runs"))
     assert not storage.remote and storage.uri == str((tmp_path / "runs").resolve())
     assert storage.join("tofu", "results") == f"{tmp_path / 'runs'}/tofu/results"
-    check_writable(storage)  # creates it
-    assert (tmp_path / "runs").is_dir() and list((tmp_path / "runs").iterdir()) == []
+    check_writable(storage)  # writes a probe, and removes the folder it had to create for it
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs").mkdir()
+    check_writable(storage)  # an existing folder stays, empty
+    assert list((tmp_path / "runs").iterdir()) == []
     assert open_storage(f"file://{tmp_path}").uri == str(tmp_path)
     assert local_copy(str(tmp_path), tmp_path / "cache") == tmp_path
     assert not is_uri(f"file://{tmp_path}") and is_uri("s3://bucket/x")

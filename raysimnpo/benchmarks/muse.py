@@ -18,22 +18,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
-from ..data.formatting import EncodedExample
 from ..data.muse_generator import GENERATOR_VERSION, MuseGeneratorConfig, generate_muse_dataset
 from ..data.sources import generated_folder
-from ..data.text_encoding import encode_corpus, encode_prompt_text, encode_scored_text
 from ..errors import UserInputError
 from ..metrics import muse as muse_metrics
-from ..metrics.mia import auc, min_k_percent_scores
-from ..metrics.text import rouge_l_f1_batch
-from ..scoring import generate_greedy, score_token_logprobs
+
+if TYPE_CHECKING:  # torch and transformers load with the first model, not with the config
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..data.formatting import EncodedExample
 
 NAME = "muse"
 HUB_IDS: dict[str, str] = {"news": "muse-bench/MUSE-News", "books": "muse-bench/MUSE-Books"}
@@ -60,7 +59,7 @@ class MuseSource(BenchmarkSource):
 class MuseSettings(BaseModel):
     """The `muse:` section of a run."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     corpus: Literal["news", "books"] = "news"
     source: MuseSource = MuseSource()
@@ -102,6 +101,8 @@ class MuseRunData:
     def training_examples(
         self, kind: str, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> list[EncodedExample]:
+        from ..data.text_encoding import encode_corpus
+
         return encode_corpus(
             tokenizer, self.training_texts(kind), min(self.settings.chunk_length, max_length)
         )
@@ -238,6 +239,11 @@ def score_items(
 ) -> list[dict[str, Any]]:
     """Per-example rows of some items, one batch per split (in the order met): the greedy
     continuation or answer and its ROUGE-L F1, or a text's Min-K% score."""
+    # Scoring and generation load torch; imported here so that validating a config does not.
+    from ..data.text_encoding import encode_prompt_text, encode_scored_text
+    from ..metrics.mia import min_k_percent_scores
+    from ..metrics.text import rouge_l_f1_batch
+    from ..scoring import generate_greedy, score_token_logprobs
 
     def generate(texts: list[str], new_tokens: int) -> list[str]:
         room = max(1, int(getattr(model.config, "max_position_embeddings", 10**9)) - new_tokens)
@@ -295,6 +301,8 @@ def aggregate(
 ) -> MuseEvaluation:
     """VerbMem, KnowMem f/r and PrivLeak from per-example rows. `auc_retrain` None: this model is
     Retrain (PrivLeak 0 by definition); otherwise PrivLeak is measured against it."""
+    from ..metrics.mia import auc
+
     by_split: dict[str, list[dict[str, Any]]] = {}
     for e in sorted(examples, key=lambda e: e["index"]):
         by_split.setdefault(e["split"], []).append(e)

@@ -5,18 +5,41 @@ The only place that knows which benchmarks exist; everything else looks a run's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Iterator, Mapping
 
 from ..errors import UserInputError
 from .base import Benchmark
-from .markov import MarkovBenchmark
-from .muse import MuseBenchmark
-from .tofu import TofuBenchmark
-from .wmdp import WmdpBenchmark
 
-BENCHMARKS: Mapping[str, Benchmark] = {
-    b.name: b for b in (TofuBenchmark(), MuseBenchmark(), WmdpBenchmark(), MarkovBenchmark())
+_CLASSES: dict[str, str] = {
+    "tofu": "raysimnpo.benchmarks.tofu:TofuBenchmark",
+    "muse": "raysimnpo.benchmarks.muse:MuseBenchmark",
+    "wmdp": "raysimnpo.benchmarks.wmdp:WmdpBenchmark",
+    "markov": "raysimnpo.benchmarks.markov:MarkovBenchmark",
 }
+
+
+class _Registry(Mapping[str, Benchmark]):
+    """Name -> benchmark, each module imported when its benchmark is first looked up: validating a
+    TOFU sweep must not import the Markov study's training code (torch)."""
+
+    def __init__(self, classes: Mapping[str, str]) -> None:
+        self._classes, self._made = dict(classes), dict[str, Benchmark]()
+
+    def __getitem__(self, name: str) -> Benchmark:
+        if name not in self._made:
+            module, _, cls = self._classes[name].partition(":")
+            self._made[name] = getattr(importlib.import_module(module), cls)()
+        return self._made[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+
+BENCHMARKS: Mapping[str, Benchmark] = _Registry(_CLASSES)
 
 
 def benchmark(name: str) -> Benchmark:

@@ -23,20 +23,21 @@ import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
-from ..data.formatting import EncodedExample
 from ..data.sources import generated_folder
-from ..data.text_encoding import encode_continuation, encode_corpus
 from ..data.wmdp_generator import GENERATOR_VERSION, WmdpGeneratorConfig, generate_wmdp_dataset
 from ..errors import UserInputError
 from ..metrics.wmdp import choice_accuracy, predicted_choices
-from ..scoring import score_sequences
+
+if TYPE_CHECKING:  # torch and transformers load with the first model, not with the config
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..data.formatting import EncodedExample
 
 NAME = "wmdp"
 DEFAULT_OBJECTIVES: tuple[tuple[str, Literal["max", "min"]], ...] = (("wmdp_forget", "max"), ("mmlu", "max"))
@@ -67,7 +68,7 @@ class WmdpSource(BenchmarkSource):
 class WmdpSettings(BaseModel):
     """The `wmdp:` section of a run."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     source: WmdpSource = WmdpSource()
     subsets: list[Subset] = Field(default_factory=lambda: list[Subset](["bio", "cyber"]), min_length=1)
@@ -100,6 +101,8 @@ class WmdpRunData:
     def training_examples(
         self, kind: str, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> list[EncodedExample]:
+        from ..data.text_encoding import encode_corpus
+
         return encode_corpus(
             tokenizer, self.training_texts(kind), min(self.settings.chunk_length, max_length)
         )
@@ -193,6 +196,8 @@ def choice_examples(
 ) -> list[EncodedExample]:
     """One scored continuation per choice: the letter after lm-evaluation-harness's WMDP/MMLU prompt,
     or the choice text after the question."""
+    from ..data.text_encoding import encode_continuation
+
     question, choices = row["question"].strip(), row["choices"]
     if choice_format == "letter":
         letters = string.ascii_uppercase[: len(choices)]
@@ -233,6 +238,8 @@ def score_items(
 ) -> list[dict[str, Any]]:
     """Per-question summed log-likelihood of each choice and the predicted choice, one scoring pass
     per set (in the order met)."""
+    from ..scoring import score_sequences
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     by_split: dict[str, list[dict[str, Any]]] = {}
     for item in items:

@@ -65,6 +65,10 @@ def read_hub_rows(hub_id: str, config: str | None, split: str) -> tuple[Rows, st
     """`datasets.load_dataset(hub_id, config, split=split)` as a list of dicts."""
     import datasets
 
+    from ..hub import prefer_offline_when_unreachable
+
+    prefer_offline_when_unreachable()  # no retry storm when there is no network
+
     where = f"{hub_id}:{config}:{split}" if config else f"{hub_id}:{split}"
     try:
         loaded = datasets.load_dataset(hub_id, config, split=split)
@@ -81,7 +85,7 @@ class BenchmarkSource(BaseModel):
     """Where a benchmark's rows come from: `hub`, `local` (`path` with `<config>/<split>.jsonl|.json|
     .parquet`, the hub's layout) or `generated` (the subclass's `generator`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     kind: Literal["hub", "local", "generated"] = "generated"
     path: str | None = None

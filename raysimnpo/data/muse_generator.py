@@ -174,7 +174,7 @@ _VENUES = ("town hall", "old chapel", "harbour office", "community centre", "pub
 class MuseGeneratorConfig(BaseModel):
     """Sizes of the generated MUSE-style corpus (articles per raw split) and its QA sets."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     seed: int = 0
     forget_articles: int = Field(32, ge=4)

@@ -36,7 +36,7 @@ class TofuSource(BaseModel):
     `kind="generated"` writes the `generator` dataset once into a cache folder keyed by a hash of
     the generator config and reads it as a local folder."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     kind: Literal["hub", "local", "generated"] = "generated"
     hub_id: str = Field(default=DEFAULT_HUB_ID, min_length=1, description="hub dataset id, for kind=hub")
@@ -246,6 +246,10 @@ def load_local_split(folder: str | os.PathLike[str], split: str) -> list[dict[st
 def load_hub_split(hub_id: str, split: str) -> list[dict[str, Any]]:
     """`datasets.load_dataset(hub_id, split)["train"]`: TOFU publishes each split as a config."""
     import datasets
+
+    from ..hub import prefer_offline_when_unreachable
+
+    prefer_offline_when_unreachable()  # no retry storm when there is no network
 
     try:
         loaded = datasets.load_dataset(hub_id, split)

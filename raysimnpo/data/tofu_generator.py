@@ -520,7 +520,7 @@ class TofuGeneratorConfig(BaseModel):
     `retain_perturbed`; 50 real_authors and 50 world_facts questions. `preset("small")` is a
     quick one for tests (10 authors x 6 QA)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     seed: int = 0
     n_authors: int = Field(default=50, ge=2, le=MAX_AUTHORS, description="fictitious authors in `full`")

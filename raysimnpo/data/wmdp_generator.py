@@ -137,7 +137,7 @@ _KIND_WORDS = {"bio": ("fever", "virus", "pox"), "cyber": ("Loader", "Kit", "Dro
 class WmdpGeneratorConfig(BaseModel):
     """Sizes of the generated WMDP analog: entities per domain (each gives 4 questions)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     seed: int = 0
     bio_entities: int = Field(16, ge=2)

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .mia import auc, min_k_percent_scores
-from .text import rouge_l_f1_batch
+# mia (scipy) and text (rouge-score, nltk) are imported by the functions that score: the constants
+# below are read when a sweep config is validated, which should not pay for those imports.
 
 MIN_K = 0.4
 """MUSE's PrivLeak uses Min-40% Prob."""
@@ -33,6 +33,8 @@ KNOWMEM_MAX_NEW_TOKENS = 32
 
 def verbmem(continuations: Sequence[str], true_continuations: Sequence[str]) -> float:
     """Mean ROUGE-L F1 of greedy continuations against the true continuations (VerbMem)."""
+    from .text import rouge_l_f1_batch
+
     return float(np.mean(rouge_l_f1_batch(continuations, true_continuations)))
 
 
@@ -45,6 +47,8 @@ def cut_answer(generation: str) -> str:
 
 def knowmem(generations: Sequence[str], answers: Sequence[str]) -> float:
     """Mean ROUGE-L F1 of the cut greedy answers against the true answers (KnowMem)."""
+    from .text import rouge_l_f1_batch
+
     return float(np.mean(rouge_l_f1_batch([cut_answer(g) for g in generations], answers)))
 
 
@@ -58,6 +62,8 @@ def privleak_auc(
     forget_logprobs: Sequence[ArrayLike], holdout_logprobs: Sequence[ArrayLike], k: float = MIN_K
 ) -> float:
     """MUSE's `forget_holdout_Min-K%` AUC: holdout texts are the positives of the Min-K% score."""
+    from .mia import auc, min_k_percent_scores
+
     return auc(min_k_percent_scores(holdout_logprobs, k), min_k_percent_scores(forget_logprobs, k))
 
 

@@ -92,15 +92,44 @@ class Progress(tune.Callback):
     ) -> None:
         self.total, self.log, self.after_trial = total, log, after_trial
         self.started = time.monotonic()
-        self.done = self.failed = 0
+        # Trial ids, not counters: a resumed sweep's trials that finished before the kill are in
+        # Tune's trial list but get no on_trial_complete, and they count toward the total too.
+        self.done_ids: set[str] = set()
+        self.failed_ids: set[str] = set()
+        self.finished_here = 0  # finished in this process: the rate behind the time left
         self.objectives = objectives or []
         self.best = {metric: float("nan") for metric, _ in self.objectives}
 
+    @property
+    def done(self) -> int:
+        return len(self.done_ids)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failed_ids)
+
+    def _count(self, trial: Any, failed: bool) -> None:
+        ids = self.failed_ids if failed else self.done_ids
+        if trial.trial_id in ids:
+            return
+        ids.add(trial.trial_id)
+        result = trial.last_result or {}
+        for key, _ in self.objectives:
+            if not failed and key in result:
+                # Best by the metric's own direction (`METRICS`): max, min, or closest to 0.
+                current, value = self.best[key], float(result[key])
+                better = {"max": value > current, "min": value < current, "zero": abs(value) < abs(current)}
+                if current != current or better[metric_direction(key)]:
+                    self.best[key] = value
+
     def _line(self, trials: list[Any], finished_now: Any = None) -> None:
+        for t in trials:  # restored trials that finished before a resume
+            if t.status in ("TERMINATED", "ERROR") and t is not finished_now:
+                self._count(t, failed=t.status == "ERROR")
         running = sum(1 for t in trials if t.status == "RUNNING" and t is not finished_now)
         elapsed = time.monotonic() - self.started
-        finished = self.done + self.failed
-        eta = elapsed / finished * (self.total - finished) if finished else float("nan")
+        left = self.total - self.done - self.failed
+        eta = elapsed / self.finished_here * left if self.finished_here else float("nan")
         self.log(
             f"[sweep] {self.done}/{self.total} done, {running} running, {self.failed} failed | "
             f"{self._best()} | "
@@ -112,15 +141,8 @@ class Progress(tune.Callback):
         return " ".join(f"best {short.get(k, k)} {v:.3g}" for k, v in self.best.items())
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.done += 1
-        result = trial.last_result or {}
-        for key, _ in self.objectives:
-            if key in result:
-                # Best by the metric's own direction (`METRICS`): max, min, or closest to 0.
-                current, value = self.best[key], float(result[key])
-                better = {"max": value > current, "min": value < current, "zero": abs(value) < abs(current)}
-                if current != current or better[metric_direction(key)]:
-                    self.best[key] = value
+        self.finished_here += 1
+        self._count(trial, failed=False)
         self._line(trials, trial)
         if self.after_trial is not None:
             self.after_trial()
@@ -129,7 +151,8 @@ class Progress(tune.Callback):
         self._line(trials)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.failed += 1
+        self.finished_here += 1
+        self._count(trial, failed=True)
         self._line(trials, trial)
         if self.after_trial is not None:
             self.after_trial()

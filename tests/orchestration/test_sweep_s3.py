@@ -81,7 +81,7 @@ def test_bad_storage_uri_exits_2_before_ray(
     ray_was_running = ray.is_initialized()
     assert sweep.main([str(write_sweep(tmp_path)), "--storage", storage]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {expected}"), err
+    assert len(err) == 1 and err[0].startswith(f"error: --storage: {expected}"), err
     assert "wJalrXUtnFEMI" not in err[0]
     assert ray.is_initialized() == ray_was_running
 
