@@ -347,23 +347,7 @@ def _finetune_and_store(
         save_model(model, ws.tokenizer, ws.prompt_format, staging)
         staging.rename(final / "model")
     else:
-        model = initial_model(config, ws.data.corpus()).model.to(resolve_device(config))
-        examples = training_examples(ws, kind)
-        unit = "QA" if isinstance(ws.data, TofuRunData) else "text chunks"
-        log(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs")
-
-        def show(row: dict[str, Any]) -> None:
-            log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
-
-        summary = train(
-            model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show
-        )
-        staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
-        save_model(model, ws.tokenizer, ws.prompt_format, staging)
-        (staging / "training.json").write_text(
-            json.dumps({"epochs": summary.epochs, "seconds": summary.seconds})
-        )
-        staging.rename(final / "model")
+        model = _finetune_weights(ws, name, final, kind, log)
     evaluation = evaluate(ws, model, retrain_truth_ratios)
     staging = Path(tempfile.mkdtemp(prefix=".eval-", dir=final))
     write_examples(evaluation.examples, staging / "examples.parquet")
@@ -374,6 +358,49 @@ def _finetune_and_store(
     shown = " ".join(f"{k} {evaluation.metrics[k]:.3g}" for k in HEADLINE_METRICS[config.benchmark])
     log(f"[prepare] {name}: {shown}")
     return PreparedModel(final / "model", evaluation.metrics, evaluation.examples)
+
+
+def _finetune_weights(ws: Workspace, name: str, final: Path, kind: TrainingKind, log: Log) -> PreTrainedModel:
+    """Fine-tune one prepared model from the initial weights and write it to `final/model`."""
+    config = ws.config
+    model = initial_model(config, ws.data.corpus()).model.to(resolve_device(config))
+    examples = training_examples(ws, kind)
+    unit = "QA" if isinstance(ws.data, TofuRunData) else "text chunks"
+    log(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs")
+
+    def show(row: dict[str, Any]) -> None:
+        log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
+
+    summary = train(model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show)
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
+    save_model(model, ws.tokenizer, ws.prompt_format, staging)
+    (staging / "training.json").write_text(json.dumps({"epochs": summary.epochs, "seconds": summary.seconds}))
+    staging.rename(final / "model")
+    return model
+
+
+def has_retrain(config: RunConfig) -> bool:
+    """False for WMDP with a released Original used as it is: no Retrain is made."""
+    return not (config.benchmark == "wmdp" and config.wmdp.original_as_is)
+
+
+def prepare_one(ws: Workspace, name: str, root: Path | None = None, log: Log = _quiet) -> None:
+    """Make one prepared model (`name`: Original or Retrain) on its own, so that the two can be made
+    at the same time: Retrain is fine-tuned and evaluated (its evaluation needs no other model);
+    the Original is only fine-tuned, since its evaluation (forget quality, PrivLeak) is measured
+    against Retrain's (`prepare` evaluates it, reusing these weights). A model with weights already
+    in place, or a released model used as it is, is left to `prepare`."""
+    original_dir, retrain_dir = prepared_dirs(ws.config, root)
+    final = retrain_dir if name == "Retrain" else original_dir
+    if (final / "model" / "config.json").is_file() or as_is_model(ws.config, name) is not None:
+        return
+    if name == "Retrain" and not has_retrain(ws.config):
+        return
+    final.mkdir(parents=True, exist_ok=True)
+    if name == "Retrain":
+        _finetune_and_store(ws, name, final, "retrain", None, log)
+    else:
+        _finetune_weights(ws, name, final, "original", log)
 
 
 def prepared_dirs(config: RunConfig, root: Path | None = None) -> tuple[Path, Path]:
@@ -389,7 +416,7 @@ def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepa
     original_dir, retrain_dir = prepared_dirs(ws.config, root)
     config = ws.config
     retrain = None
-    if not (config.benchmark == "wmdp" and config.wmdp.original_as_is):
+    if has_retrain(config):
         retrain = _finetune_and_store(ws, "Retrain", retrain_dir, "retrain", None, log)
     original = _finetune_and_store(
         ws, "Original", original_dir, "original", retrain_reference(ws, retrain), log

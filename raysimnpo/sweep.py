@@ -9,13 +9,22 @@ of the objectives with the paths of the result files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+import traceback
+import types
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import SweepConfig, load_sweep_config
-from .errors import UserInputError
+from .errors import UserInputError, first_line
+
+if TYPE_CHECKING:
+    from .console import Console
+    from .storage import Storage
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -31,6 +40,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Ray's and transformers' output here, not in <run>/logs/"
+    )
     return parser.parse_args(argv)
 
 
@@ -120,6 +132,106 @@ def print_objective_front(root: str, sweep: SweepConfig, trials: list[dict]) -> 
             print(line(t["trial_id"], t["method"]))
 
 
+class SweepFailed(RuntimeError):
+    """A sweep that started and then failed; its one-line reason is already on the console."""
+
+
+def log_folder(sweep: SweepConfig, storage: Storage) -> Path:
+    """`<run>/logs` on a local storage; on a remote one, `<cache_dir>/logs/<sweep>` (uploaded to
+    `<run>/logs` at the end)."""
+    if not storage.remote:
+        return Path(storage.uri) / sweep.name / "logs"
+    return Path(sweep.run.cache_dir).expanduser() / "logs" / sweep.name
+
+
+def launch(
+    sweep: str,
+    *,
+    config: str | None = None,
+    overrides: Sequence[str] = (),
+    storage: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+) -> str:
+    """Run a sweep (what `python -m raysimnpo.sweep` does, and `raysimnpo.sweep(...)` in a notebook);
+    returns the run folder (`raysimnpo.load` reads it). Bad input raises UserInputError before Ray
+    starts; a failure after that raises SweepFailed, its reason on the console and its traceback
+    in `<run>/logs/`. Ray's and transformers' own output goes to that log unless `verbose`."""
+    overrides = list(overrides)
+    storage_location = storage or os.environ.get("RAYSIMNPO_STORAGE")
+    if storage_location:  # --storage, else the cluster's default (cluster/*.yaml sets it)
+        overrides.append(f"storage={storage_location}")
+    settings = load_sweep_config(config or sweep, overrides)
+    from .orchestration.cluster import check_storage
+
+    location = check_storage(settings.storage)
+    run_dir = location.join(settings.name)
+    if location.exists(settings.name, "tune") and not resume:
+        raise UserInputError(
+            f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
+            "--set name=... for a new one"
+        )
+    validate_inputs(settings)
+
+    from .console import log_file_name, quiet_libraries, routed_output
+
+    quiet_libraries()
+    log_file = None if verbose else log_folder(settings, location) / log_file_name()
+    with routed_output(log_file) as console:
+        try:
+            run_validated(settings, location, resume, address, num_cpus, console)
+        except Exception as exc:
+            traceback.print_exc()  # the whole traceback, into the log (on the console with --verbose)
+            console.error(f"error: the sweep failed: {type(exc).__name__}: {first_line(exc)}")
+            raise SweepFailed(f"{settings.name}: {type(exc).__name__}: {first_line(exc)}") from exc
+        finally:
+            if log_file is not None and location.remote and log_file.is_file():
+                location.upload_file(log_file, settings.name, "logs", log_file.name)
+    return run_dir
+
+
+def run_validated(
+    sweep: SweepConfig,
+    storage: Storage,
+    resume: bool,
+    address: str | None,
+    num_cpus: int | None,
+    console: Console,
+) -> None:
+    from . import results
+    from .orchestration.cluster import start_ray, stop_ray
+    from .orchestration.tuner import run_sweep
+
+    log = console.say
+    started = time.monotonic()
+    run_dir = storage.join(sweep.name)
+    ours = start_ray(address, num_cpus)
+    storage.fs.create_dir(storage.fs_path(sweep.name), recursive=True)
+    log(
+        f"[sweep] {sweep.name}: {sweep.search.num_trials} trials of {', '.join(sweep.search.methods)} -> {run_dir}"
+    )
+    if console.log_file is not None:
+        log(f"[sweep] Ray and library output: {console.log_file} (--verbose shows it here)")
+    study = run_sweep(sweep, storage, resume=resume, log=log, log_file=console.log_file)
+    root = results.results_root(storage.uri, sweep.name)
+    with contextlib.redirect_stdout(console.out):
+        print_front(root, sweep)
+    if sweep.relearn is not None:
+        from .relearn import attack_sweep
+
+        attack_sweep(sweep, storage, None, log)
+    with contextlib.redirect_stdout(console.out):
+        print(f"\nresults:  {root}/{{trials,metrics,examples,weights,relearn}}")
+        print(f"study:    optuna-dashboard sqlite:///{study}")
+        if storage.remote:
+            print(f"          (a copy: {run_dir}/optuna.sqlite)")
+        print(f"time:     {(time.monotonic() - started) / 60:.1f} min")
+    if ours:  # stopped here, so that Ray's shutdown messages go to the log too
+        stop_ray()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from .benchmarks.markov import is_markov_sweep
@@ -128,51 +240,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .orchestration import markov
 
         return markov.main(args)
-    log = lambda message: print(message, flush=True)  # noqa: E731
     try:
-        overrides = list(args.overrides)
-        storage_location = args.storage or os.environ.get("RAYSIMNPO_STORAGE")
-        if storage_location:  # --storage, else the cluster's default (cluster/*.yaml sets it)
-            overrides.append(f"storage={storage_location}")
-        sweep = load_sweep_config(args.config or args.sweep, overrides)
-        from .orchestration.cluster import check_storage
-
-        storage = check_storage(sweep.storage)
-        run_dir = storage.join(sweep.name)
-        if storage.exists(sweep.name, "tune") and not args.resume:
-            raise UserInputError(
-                f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
-                "--set name=... for a new one"
-            )
-        validate_inputs(sweep)
+        launch(
+            args.sweep,
+            config=args.config,
+            overrides=args.overrides,
+            storage=args.storage,
+            resume=args.resume,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            verbose=args.verbose,
+        )
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-    from . import results
-    from .orchestration.cluster import start_ray
-    from .orchestration.tuner import run_sweep
-
-    started = time.monotonic()
-    start_ray(args.address, args.num_cpus)
-    storage.fs.create_dir(storage.fs_path(sweep.name), recursive=True)
-    log(
-        f"[sweep] {sweep.name}: {sweep.search.num_trials} trials of {', '.join(sweep.search.methods)} -> {run_dir}"
-    )
-    study = run_sweep(sweep, storage, resume=args.resume, log=log)
-    root = results.results_root(storage.uri, sweep.name)
-    print_front(root, sweep)
-    if sweep.relearn is not None:
-        from .relearn import attack_sweep
-
-        attack_sweep(sweep, storage, None, log)
-    print(f"\nresults:  {root}/{{trials,metrics,examples,weights,relearn}}")
-    print(f"study:    optuna-dashboard sqlite:///{study}")
-    if storage.remote:
-        print(f"          (a copy: {run_dir}/optuna.sqlite)")
-    print(f"time:     {(time.monotonic() - started) / 60:.1f} min")
+    except SweepFailed:
+        return 1
     return 0
 
+
+class _CallableModule(types.ModuleType):
+    """`raysimnpo.sweep` is this module (`python -m raysimnpo.sweep`) and, called, `launch`:
+    `raysimnpo.sweep("tofu", overrides=["search.num_trials=4"])` in a notebook."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        return launch(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

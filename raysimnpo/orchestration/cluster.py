@@ -17,13 +17,22 @@ def check_storage(storage: str) -> Storage:
     return location
 
 
-def start_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join `address` (or RAY_ADDRESS, which `ray job submit` sets), else start a local Ray."""
+def start_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Join `address` (or RAY_ADDRESS, which `ray job submit` sets), else start a local Ray; True
+    when this call connected (so the caller disconnects), False when Ray was already up.
+
+    The workers' output is forwarded to the driver (`log_to_driver`), whose descriptors a quiet
+    console points at the run's log file (raysimnpo.console)."""
     if ray.is_initialized():  # a notebook or a test session that already started Ray
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-        return
+        return True
     # A local Ray of our own; cap the object store (30% of RAM by default) for small machines.
     ray.init(num_cpus=num_cpus, object_store_memory=512 * 1024**2, include_dashboard=False)
+    return True
+
+
+def stop_ray() -> None:
+    ray.shutdown()
