@@ -35,6 +35,7 @@ from .. import recipe, results
 from ..cache import mirror_prepared
 from ..config import ParamRange, SearchSettings, SweepConfig
 from ..methods import needs_of
+from ..orchestration.tracking import tracking_callbacks
 from ..orchestration.trial import unlearning_trial
 from ..storage import Storage, exists, open_storage
 
@@ -498,7 +499,7 @@ def run_sweep(
                 name="tune",
                 storage_path=storage.join(sweep.name),
                 failure_config=tune.FailureConfig(max_failures=sweep.fault_tolerance.trial_retries),
-                callbacks=[progress],
+                callbacks=[progress, *tracking_callbacks(sweep, storage)],
                 verbose=0,
             ),
         )
