@@ -99,6 +99,8 @@ class RunResult:
     unlearned: TofuEvaluation | muse.MuseEvaluation | wmdp.WmdpEvaluation
     training: TrainingSummary
     evaluation_seconds: float
+    model: PreTrainedModel | None = None  # the unlearned model (python -m raysimnpo.run saves it)
+    workspace: Workspace | None = None
 
 
 def resolve_device(config: RunConfig) -> torch.device:
@@ -514,4 +516,5 @@ def run(config: RunConfig, log: Log = _quiet) -> RunResult:
     model, summary = unlearn_model(ws, prepared.original.path, report=show)
     started = time.perf_counter()
     evaluation = evaluate(ws, model, retrain_reference(ws, prepared.retrain))
-    return RunResult(prepared.original, prepared.retrain, evaluation, summary, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return RunResult(prepared.original, prepared.retrain, evaluation, summary, seconds, model, ws)
