@@ -69,3 +69,30 @@ def test_quiet_console_then_a_second_storage_reuses_the_prepared_models(
         assert here.stat().st_ino == first.stat().st_ino  # hard links: no second copy on disk
     frames = raysimnpo.load(run_dir)
     assert frames.trials.filter(frames.trials["kind"] == "trial").height == 1
+
+
+class FailedTrial:
+    """What Progress reads of a Tune trial that failed: its id, status and error text."""
+
+    trial_id = "a1b2c3d4"
+    status = "ERROR"
+
+    def get_error(self) -> str:
+        return (
+            'Traceback (most recent call last):\n  File "trial.py", line 9, in unlearning_trial\n'
+            "raysimnpo.orchestration.trial.TrialFailed: trial a1b2c3d4 diverged: loss is nan\n"
+        )
+
+
+def test_a_failed_trial_shows_one_line_with_its_reason_and_the_log(tmp_path: Path) -> None:
+    from raysimnpo.orchestration.tuner import Progress
+
+    lines: list[str] = []
+    progress = Progress(3, lines.append, log_file=tmp_path / "sweep.log")
+    trial = FailedTrial()
+    progress.on_trial_error(0, [trial], trial)
+    assert lines[0].startswith("[sweep] 0/3 done, 0 running, 1 failed")
+    assert lines[1:] == [
+        "[sweep] trial a1b2c3d4 failed: raysimnpo.orchestration.trial.TrialFailed: trial a1b2c3d4 "
+        f"diverged: loss is nan (log: {tmp_path / 'sweep.log'})"
+    ]
