@@ -182,6 +182,9 @@ def launch(
     with routed_output(log_file) as console:
         try:
             run_validated(settings, location, resume, address, num_cpus, console)
+        except KeyboardInterrupt:
+            console.error("[sweep] interrupted; run the same command with --resume to continue")
+            raise
         except Exception as exc:
             traceback.print_exc()  # the whole traceback, into the log (on the console with --verbose)
             console.error(f"error: the sweep failed: {type(exc).__name__}: {first_line(exc)}")
@@ -256,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SweepFailed:
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
