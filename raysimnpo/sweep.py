@@ -173,11 +173,10 @@ def launch(
             f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
             "--set name=... for a new one"
         )
-    validate_inputs(settings)
-
     from .console import log_file_name, quiet_libraries, routed_output
 
     quiet_libraries()
+    validate_inputs(settings)
     log_file = None if verbose else log_folder(settings, location) / log_file_name()
     with routed_output(log_file) as console:
         try:
