@@ -54,9 +54,15 @@ def pareto_figure(
     references: pl.DataFrame,
     runs: Sequence[str],
     selected: Sequence[tuple[str, str]] = (),
+    noise_ceilings: dict[str, float] | None = None,
 ) -> Figure:
     """`front`: `analysis.pareto.front_table` rows; `references`: Original/Retrain rows with FQ and MU;
     `selected`: (run, trial_id) of each method's selected trial, drawn with a ring.
+
+    Retrain is the ideal corner (an unlearned model cannot beat its FQ or, by much, its MU): dotted
+    guides run from it along both axes. `noise_ceilings` (run -> FQ, from a
+    `forget_quality_noise_ceiling` metric row when the results have one): the FQ a model as good
+    as Retrain reaches through sampling noise alone, drawn as a dashed vertical line.
 
     FQ values ≤ 0 (a p-value that underflowed) are drawn at a floor a decade below the smallest
     positive FQ, so that the log axis can show them.
@@ -125,9 +131,24 @@ def pareto_figure(
                 zorder=4,
             )
             text = REFERENCE_LABELS[kind] + (f" ({run})" if several else "")
+            if kind == "retrain":
+                text += " = ideal corner"
+                guide = {"color": "#888", "linestyle": ":", "linewidth": 1.0, "zorder": 1}
+                ax.axvline(ref_x, **guide)
+                ax.axhline(ref_y, **guide)
             ax.annotate(text, (ref_x, ref_y), xytext=(6, 6), textcoords="offset points", fontsize=9, zorder=5)
+        ceiling = (noise_ceilings or {}).get(run)
+        if ceiling is not None and np.isfinite(ceiling) and ceiling > 0:
+            ax.axvline(
+                float(fq([ceiling])[0]),
+                color="#b22222",
+                linestyle=RUN_LINESTYLES[r % len(RUN_LINESTYLES)] if several else "--",
+                linewidth=1.2,
+                zorder=1,
+                label=f"FQ noise ceiling ({run})" if several else "FQ noise ceiling",
+            )
     ax.set_xscale("log")
-    ax.set_xlim(right=3.0)  # FQ ≤ 1: room for the Retrain label
+    ax.set_xlim(right=6.0)  # FQ ≤ 1: room for the Retrain label
     ax.set_xlabel("Forget quality (KS-test p-value vs Retrain, log scale) →")
     ax.set_ylabel("Model utility →")
     ax.set_title("Forget quality vs model utility (lines: each method's Pareto front)")

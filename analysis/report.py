@@ -4,7 +4,8 @@
 `raysimnpo.results.read_table` before anything is written) and then writes into `out`:
 
     pareto.parquet     every completed trial: FQ, MU, front rank per method and overall, dominated flag
-    pareto.png         FQ (log) vs MU, fronts per method, Original / Retrain marked (paper Fig. 4)
+    pareto.png         FQ (log) vs MU, fronts per method, Original / Retrain (the ideal corner) marked,
+                       the FQ noise ceiling when a `forget_quality_noise_ceiling` row exists (Fig. 4)
     table.md/.csv      the paper's Table 2 layout; the selection rule is in `analysis.tables`
     hypervolume.csv    hypervolume per method, reference point (FQ = 0, MU = 0)
     curves.png         forget / retain loss per epoch and trial
@@ -153,11 +154,21 @@ def _html(
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
+    def wide(table: str, kind: str = "") -> str:
+        # A table scrolls inside its own box rather than widening the page past the window.
+        return f'<div class="wide {kind}">{table}</div>'
+
+    # Table 2 has 18 columns: compact cells, and headers that wrap between words, so that it fits
+    # a 1280 px window (checked with headless Chromium: no horizontal page scroll).
     style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+        "body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 2em;max-width:1400px;"
+        "box-sizing:border-box}"
         "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
         "td,th{border:1px solid #bbb;padding:3px 6px;vertical-align:top}"
         "th{background:#eee}caption{caption-side:top;text-align:left;padding:4px 0;max-width:1200px}"
+        ".wide{max-width:100%;overflow-x:auto}"
+        ".paper table{font-size:0.78em}.paper td,.paper th{padding:2px 4px}"
+        ".paper th{min-width:3.2em;max-width:6em}.paper td:last-child{min-width:10em}"
         "img{max-width:100%}"
     )
     parts = [
@@ -171,19 +182,19 @@ def _html(
         img("pareto.png", "FQ (log) vs MU per trial, fronts per method"),
         "<h2>Hypervolume</h2>",
         f"<p>Reference point (FQ = {HV_REFERENCE[0]:g}, MU = {HV_REFERENCE[1]:g}); FQ on its natural scale.</p>",
-        tables.html_table(hv),
+        wide(tables.html_table(hv)),
         "<h2>Table 2 layout</h2>",
-        *(f"<h3>Run {html.escape(t.title)}</h3>\n" + tables.html_table(t) for t in paper),
+        *(f"<h3>Run {html.escape(t.title)}</h3>\n" + wide(tables.html_table(t), "paper") for t in paper),
         "<h2>Training curves</h2>",
         img("curves.png", "forget and retain loss per epoch"),
         "<h2>Response length: forget quality on the short and long halves (Figs. 2, A4)</h2>",
-        tables.html_table(lengths),
+        wide(tables.html_table(lengths)),
         img("truth_ratio_by_length.png", "forget truth ratios of Retrain, NPO and SimNPO per length half"),
         "<h2>Gradient weights vs response length (Figs. 3, 5)</h2>",
-        tables.html_table(correlations),
+        wide(tables.html_table(correlations)),
         img("weights.png", "gradient weight vs |y| per epoch, NPO weight histograms"),
         "<h2>Relearning attacks (Fig. A3)</h2>",
-        tables.html_table(relearning),
+        wide(tables.html_table(relearning)),
         img("relearn.png", "forget quality vs relearning epoch, shortest and random relearn"),
         "<h2>Generation examples (Table A4 layout)</h2>",
         f"<p>Repetitive: fraction of repeated word 3-grams &gt; {tables.REPETITION_THRESHOLD}.</p>",
@@ -191,7 +202,7 @@ def _html(
     if not generations:
         parts.append("<p>No generations were recorded for the forget set.</p>")
     for t in generations:
-        parts += [f"<h3>{html.escape(t.title)}</h3>", tables.html_table(t)]
+        parts += [f"<h3>{html.escape(t.title)}</h3>", wide(tables.html_table(t))]
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -267,6 +278,19 @@ def build_report(
     return write_report(load_runs(run_dirs), target, examples=examples, seed=seed)
 
 
+NOISE_CEILING = "forget_quality_noise_ceiling"
+
+
+def noise_ceilings(res: Results) -> dict[str, float]:
+    """Per run, the FQ noise ceiling when its results have a `forget_quality_noise_ceiling` metric
+    row (stage final; the largest if several trials carry one); runs without one are left out."""
+    rows = res.metrics.filter((pl.col("metric") == NOISE_CEILING) & (pl.col("stage") == "final"))
+    if rows.is_empty():
+        return {}
+    per_run = rows.group_by("run").agg(pl.col("value").max())
+    return dict(zip(per_run["run"].to_list(), per_run["value"].to_list(), strict=True))
+
+
 def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0) -> Report:
     """Write every report file of the loaded runs `res` into `target` (created if needed)."""
     points = completed_trials(res)
@@ -289,7 +313,9 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
     files = {name: target / name for name in REPORT_FILES}
     front.write_parquet(files["pareto.parquet"])
     images = {
-        "pareto.png": save_png(pareto_figure(front, refs, res.labels, chosen), files["pareto.png"]),
+        "pareto.png": save_png(
+            pareto_figure(front, refs, res.labels, chosen, noise_ceilings(res)), files["pareto.png"]
+        ),
         "curves.png": save_png(curves_figure(curves, res.trials, res.labels), files["curves.png"]),
         "weights.png": save_png(weights_figure(weights, correlations), files["weights.png"]),
         "truth_ratio_by_length.png": save_png(

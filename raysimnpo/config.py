@@ -588,6 +588,40 @@ def check_objectives(objectives: list[Objective], benchmark_name: str) -> None:
             )
 
 
+_SECRET_WORDS = ("key", "token", "password", "secret")
+
+
+class TrackingSettings(Frozen):
+    """Experiment tracking of the trials (raysimnpo.orchestration.tracking), through Ray Tune's own
+    logger callbacks. Secrets never go in a sweep file: W&B reads WANDB_API_KEY, MLflow
+    MLFLOW_TRACKING_TOKEN (or _USERNAME / _PASSWORD) from the environment."""
+
+    kind: Literal["none", "mlflow", "wandb"] = "none"
+    tracking_uri: str | None = Field(
+        None,
+        description="mlflow: a tracking server URL or a local store (default: sqlite:///<run>/mlflow.db)",
+    )
+    experiment: str | None = Field(
+        None, description="mlflow experiment / wandb project (default: the sweep name)"
+    )
+    mode: Literal["online", "offline"] = Field(
+        "online", description="wandb: offline writes each trial's run under <run>/wandb, for `wandb sync`"
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="tags set on every trial's run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for field in data:
+                if any(word in str(field).lower() for word in _SECRET_WORDS):
+                    raise ValueError(
+                        f"tracking.{field}: secrets are read from the environment only "
+                        "(WANDB_API_KEY; MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)"
+                    )
+        return data
+
+
 class SweepConfig(Frozen):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -601,6 +635,7 @@ class SweepConfig(Frozen):
     resources: TrialResources = TrialResources()
     fault_tolerance: FaultTolerance = FaultTolerance()
     relearn: RelearnSettings | None = Field(None, description="relearning attacks after the sweep (Fig. A3)")
+    tracking: TrackingSettings = TrackingSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -109,6 +109,8 @@ class RunResult:
     unlearned: Evaluation
     training: TrainingSummary
     evaluation_seconds: float
+    model: PreTrainedModel | None = None  # the unlearned model (python -m raysimnpo.run saves it)
+    workspace: Workspace | None = None
 
 
 def resolve_device(config: RunConfig) -> torch.device:
@@ -288,23 +290,7 @@ def _finetune_and_store(
         save_model(model, ws.tokenizer, ws.prompt_format, staging)
         staging.rename(final / "model")
     else:
-        model = initial_model(config, ws.benchmark.corpus(ws.data)).model.to(resolve_device(config))
-        examples = training_examples(ws, kind)
-        unit = ws.benchmark.training_unit
-        log(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs")
-
-        def show(row: dict[str, Any]) -> None:
-            log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
-
-        summary = train(
-            model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show
-        )
-        staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
-        save_model(model, ws.tokenizer, ws.prompt_format, staging)
-        (staging / "training.json").write_text(
-            json.dumps({"epochs": summary.epochs, "seconds": summary.seconds})
-        )
-        staging.rename(final / "model")
+        model = _finetune_weights(ws, name, final, kind, log)
     evaluation = evaluate(ws, model, retrain_truth_ratios)
     staging = Path(tempfile.mkdtemp(prefix=".eval-", dir=final))
     write_examples(evaluation.examples, staging / "examples.parquet")
@@ -315,6 +301,44 @@ def _finetune_and_store(
     shown = " ".join(f"{k} {evaluation.metrics[k]:.3g}" for k in ws.benchmark.headline_metrics)
     log(f"[prepare] {name}: {shown}")
     return PreparedModel(final / "model", evaluation.metrics, evaluation.examples)
+
+
+def _finetune_weights(ws: Workspace, name: str, final: Path, kind: TrainingKind, log: Log) -> PreTrainedModel:
+    """Fine-tune one prepared model from the initial weights and write it to `final/model`."""
+    config = ws.config
+    model = initial_model(config, ws.benchmark.corpus(ws.data)).model.to(resolve_device(config))
+    examples = training_examples(ws, kind)
+    unit = ws.benchmark.training_unit
+    log(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs")
+
+    def show(row: dict[str, Any]) -> None:
+        log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
+
+    summary = train(model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show)
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
+    save_model(model, ws.tokenizer, ws.prompt_format, staging)
+    (staging / "training.json").write_text(json.dumps({"epochs": summary.epochs, "seconds": summary.seconds}))
+    staging.rename(final / "model")
+    return model
+
+
+def prepare_one(ws: Workspace, name: str, root: Path | None = None, log: Log = _quiet) -> None:
+    """Make one prepared model (`name`: Original or Retrain) on its own, so that the two can be made
+    at the same time: Retrain is fine-tuned and evaluated (its evaluation needs no other model);
+    the Original is only fine-tuned, since its evaluation (forget quality, PrivLeak) is measured
+    against Retrain's (`prepare` evaluates it, reusing these weights). A model with weights already
+    in place, or a released model used as it is, is left to `prepare`."""
+    original_dir, retrain_dir = prepared_dirs(ws.config, root)
+    final = retrain_dir if name == "Retrain" else original_dir
+    if (final / "model" / "config.json").is_file() or as_is_model(ws.config, name) is not None:
+        return
+    if name == "Retrain" and not ws.benchmark.has_retrain(ws.config):
+        return
+    final.mkdir(parents=True, exist_ok=True)
+    if name == "Retrain":
+        _finetune_and_store(ws, name, final, "retrain", None, log)
+    else:
+        _finetune_weights(ws, name, final, "original", log)
 
 
 def prepared_dirs(config: RunConfig, root: Path | None = None) -> tuple[Path, Path]:
@@ -471,4 +495,5 @@ def run(config: RunConfig, log: Log = _quiet) -> RunResult:
     model, summary = unlearn_model(ws, prepared.original.path, report=show)
     started = time.perf_counter()
     evaluation = evaluate(ws, model, retrain_reference(ws, prepared.retrain))
-    return RunResult(prepared.original, prepared.retrain, evaluation, summary, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return RunResult(prepared.original, prepared.retrain, evaluation, summary, seconds, model, ws)

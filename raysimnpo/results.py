@@ -810,3 +810,15 @@ def read_trial_row(root: str | os.PathLike[str], trial_id: str) -> dict[str, Any
     fragment = ds.dataset(path, format="parquet", filesystem=location.fs).get_fragments()
     table = _read_fragment(next(iter(fragment)), "trials", location)
     return None if table is None or table.num_rows == 0 else table.to_pylist()[0]
+
+
+def read_trial_rows(root: str | os.PathLike[str], name: str, trial_id: str) -> list[dict[str, Any]]:
+    """The rows of one trial in table `name` (reading only that trial's file); [] when it has none."""
+    _check_trial_id(trial_id)
+    location = _locate(root)
+    path = _part_path(location, cast(TableName, name), trial_id)
+    if location.fs.get_file_info(path).type != pafs.FileType.File:
+        return []
+    fragment = ds.dataset(path, format="parquet", filesystem=location.fs).get_fragments()
+    table = _read_fragment(next(iter(fragment)), SCHEMAS[cast(TableName, name)], location)
+    return [] if table is None else table.to_pylist()

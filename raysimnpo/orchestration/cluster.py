@@ -149,14 +149,18 @@ def _check_fits(demand: TrialDemand, have: dict[str, float], where: str) -> None
             )
 
 
-def start_ray(address: str | None, num_cpus: int | None, demand: TrialDemand | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS, which `ray job submit` sets), else start a local Ray. With a
+def start_ray(address: str | None, num_cpus: int | None, demand: TrialDemand | None = None) -> bool:
+    """Join `address` (or RAY_ADDRESS, which `ray job submit` sets), else start a local Ray; True
+    when this call connected (so the caller disconnects), False when Ray was already up. With a
     `demand`, a joined cluster that cannot hold one trial and has no autoscaler to grow is left
-    again with one UserInputError (what it has, what a trial needs)."""
+    again with one UserInputError (what it has, what a trial needs).
+
+    The workers' output is forwarded to the driver (`log_to_driver`), whose descriptors a quiet
+    console points at the run's log file (raysimnpo.console)."""
     import ray
 
     if ray.is_initialized():  # a notebook or a test session that already started Ray
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -168,9 +172,10 @@ def start_ray(address: str | None, num_cpus: int | None, demand: TrialDemand | N
                 if not _autoscales():
                     ray.shutdown()
                     raise
-        return
+        return True
     # A local Ray of our own; cap the object store (30% of RAM by default) for small machines.
     ray.init(num_cpus=num_cpus, object_store_memory=512 * 1024**2, include_dashboard=False)
+    return True
 
 
 def _autoscales() -> bool:
@@ -183,3 +188,9 @@ def _autoscales() -> bool:
         return _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None
     except Exception:  # an internal API that moved: assume it may grow, as before this check
         return True
+
+
+def stop_ray() -> None:
+    import ray
+
+    ray.shutdown()

@@ -32,9 +32,11 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import recipe, results
+from ..cache import mirror_prepared
 from ..config import ParamRange, SearchSettings, SweepConfig
 from ..methods import needs_of
 from ..metrics import metric_direction
+from ..orchestration.tracking import tracking_callbacks
 from ..orchestration.trial import PreparedModels, SharedWorkspace, unlearning_trial
 from ..storage import Storage, exists, open_storage
 
@@ -89,8 +91,10 @@ class Progress(tune.Callback):
         log: Log,
         objectives: list[tuple[str, str]] | None = None,
         after_trial: Callable[[], None] | None = None,
+        log_file: Path | None = None,
     ) -> None:
         self.total, self.log, self.after_trial = total, log, after_trial
+        self.where = f" (log: {log_file})" if log_file is not None else ""
         self.started = time.monotonic()
         # Trial ids, not counters: a resumed sweep's trials that finished before the kill are in
         # Tune's trial list but get no on_trial_complete, and they count toward the total too.
@@ -147,15 +151,20 @@ class Progress(tune.Callback):
         if self.after_trial is not None:
             self.after_trial()
 
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._line(trials)
-
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.finished_here += 1
         self._count(trial, failed=True)
         self._line(trials, trial)
+        self.log(f"[sweep] trial {trial.trial_id} failed: {failure_reason(trial)}{self.where}")
         if self.after_trial is not None:
             self.after_trial()
+
+
+def failure_reason(trial: Any) -> str:
+    """The last line of a failed trial's traceback (the exception and its message)."""
+    text = str(trial.get_error() or "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no error text recorded"
 
 
 def _sync_prepared(storage: Storage, local_dirs: tuple[Path, Path], marker: str, *, upload: bool) -> None:
@@ -183,9 +192,13 @@ def _prepare_remote(ws: recipe.Workspace, storage_uri: str) -> dict[str, Any]:
     marker = f"eval-{recipe.evaluation_key(run)}"
     if storage.remote:
         _sync_prepared(storage, local_dirs, marker, upload=False)
+    else:
+        _share_with_cache(run, root, into_storage=True)
     prepared = recipe.prepare(ws, log=lambda m: print(m, flush=True), root=root)
     if storage.remote:
         _sync_prepared(storage, local_dirs, marker, upload=True)
+    else:
+        _share_with_cache(run, root, into_storage=False)
     retrain = prepared.retrain
     reference = recipe.retrain_reference(ws, retrain)
 
@@ -203,6 +216,80 @@ def _prepare_remote(ws: recipe.Workspace, storage_uri: str) -> dict[str, Any]:
         # The benchmark's: TOFU's Retrain forget truth ratios, MUSE's Retrain AUC, WMDP's None.
         "retrain_reference": reference,
     }
+
+
+def _share_with_cache(run: Any, root: Path, *, into_storage: bool) -> None:
+    """A local storage's prepared models and `<cache_dir>/prepared` (where `python -m raysimnpo.run`
+    and remote storages keep theirs) share what they have, by content hash: before preparing, the
+    storage takes what the cache has (so a sweep with a new `--storage` reuses the models made for
+    another one); after, the cache takes what the storage made. Hard links: no second copy on disk."""
+    cache_root = Path(run.cache_dir).expanduser() / "prepared"
+    for here, cached in zip(
+        recipe.prepared_dirs(run, root), recipe.prepared_dirs(run, cache_root), strict=True
+    ):
+        source, target = (cached, here) if into_storage else (here, cached)
+        for part in mirror_prepared(source, target):
+            if into_storage:
+                print(f"[prepare] {here.name}/{part}: reused from {source}", flush=True)
+
+
+@ray.remote
+def _prepare_one_remote(ws: recipe.Workspace, root: str, name: str) -> float:
+    """Fine-tune one prepared model (`recipe.prepare_one`) in its own task; returns its seconds."""
+    import torch
+
+    started = time.monotonic()
+    run = ws.config
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    _share_with_cache(run, Path(root), into_storage=True)
+    recipe.prepare_one(ws, name, Path(root), log=lambda m: print(m, flush=True))
+    _share_with_cache(run, Path(root), into_storage=False)
+    return time.monotonic() - started
+
+
+def prepare_concurrently(
+    sweep: SweepConfig, storage: Storage, cpus: float, gpus: int, log: Log, shared: SharedWorkspace
+) -> None:
+    """Original and Retrain are fine-tuned independently (only the Original's evaluation needs
+    Retrain's), so each gets its own task: on CPU each takes half the prepare CPUs, on GPU each its
+    own GPU (one GPU: Ray runs them one after the other). `_prepare_remote` then evaluates the Original
+    against Retrain, reusing both. Models already made (here or in the cache) are not trained again.
+    A remote storage prepares in one task, which fetches and uploads the models (`_sync_prepared`)."""
+    if storage.remote:
+        return
+    run = sweep.run
+    root = Path(storage.uri) / "prepared"
+    original_dir, retrain_dir = recipe.prepared_dirs(run, root)
+    cache_root = Path(run.cache_dir).expanduser() / "prepared"
+    wanted = []
+    for name, here, cached in zip(
+        ("Retrain", "Original"),
+        (retrain_dir, original_dir),
+        recipe.prepared_dirs(run, cache_root),
+        strict=True,
+    ):
+        made = any((d / "model" / "config.json").is_file() for d in (here, cached))
+        if (
+            not made
+            and recipe.as_is_model(run, name) is None
+            and (name == "Original" or recipe.benchmark(run.benchmark).has_retrain(run))
+        ):
+            wanted.append(name)
+    if not wanted:
+        log(f"[prepare] Original and Retrain were made before (here or in {cache_root}): no fine-tuning")
+    if len(wanted) < 2:  # one model to make: `_prepare_remote` makes it with all the prepare CPUs
+        return
+    each = cpus if gpus else max(1.0, float(int(cpus) // 2))
+    log(f"[prepare] fine-tuning {' and '.join(wanted)} at the same time ({int(each)} CPU each)")
+    tasks = {
+        _prepare_one_remote.options(num_cpus=each, num_gpus=gpus).remote(shared.ref, str(root), name): name
+        for name in wanted
+    }
+    pending = list(tasks)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        seconds = ray.get(done[0])
+        log(f"[prepare] {tasks[done[0]]} fine-tuned in {seconds:.0f} s")
 
 
 def write_reference_nll(
@@ -256,6 +343,7 @@ def prepare_stage(
         else float(min(8, ray.cluster_resources().get("CPU", 1)))
     )
     log(f"[prepare] Original and Retrain under {root}")
+    prepare_concurrently(sweep, storage, cpus, gpus, log, shared)
     prepared = ray.get(_prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(shared.ref, storage.uri))
     reference = f"{prepared['original'].rsplit('/', 1)[0]}/reference-nll-seed{sweep.run.seed}.parquet"
     needs_reference = any(
@@ -383,10 +471,17 @@ def pin_autoscaling_coordinator() -> None:
 
 
 def run_sweep(
-    sweep: SweepConfig, storage: Storage, *, resume: bool, log: Log, ws: recipe.Workspace | None = None
+    sweep: SweepConfig,
+    storage: Storage,
+    *,
+    resume: bool,
+    log: Log,
+    ws: recipe.Workspace | None = None,
+    log_file: Path | None = None,
 ) -> Path:
     """Run the sweep into `<storage>/<sweep name>/`; returns the driver's Optuna study file. `ws`: the
-    sweep's workspace when the caller has built it already (the sweep CLI, while validating)."""
+    sweep's workspace when the caller has built it already (the sweep CLI, while validating);
+    `log_file`: where a failed trial's traceback is (named in its progress line)."""
     pin_autoscaling_coordinator()
     study = study_file(sweep, storage)
     study.parent.mkdir(parents=True, exist_ok=True)
@@ -417,6 +512,7 @@ def run_sweep(
         log,
         [(o.metric, o.mode) for o in sweep.search.objectives],
         after_trial=lambda: sync_study(study, storage, sweep.name),
+        log_file=log_file,
     )
     if resume and tune.Tuner.can_restore(experiment):
         log(f"[sweep] resuming {experiment}")
@@ -443,7 +539,7 @@ def run_sweep(
                 name="tune",
                 storage_path=storage.join(sweep.name),
                 failure_config=tune.FailureConfig(max_failures=sweep.fault_tolerance.trial_retries),
-                callbacks=[progress],
+                callbacks=[progress, *tracking_callbacks(sweep, storage)],
                 verbose=0,
             ),
         )
