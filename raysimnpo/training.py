@@ -27,6 +27,7 @@ from .data.collate import pad_right
 from .data.formatting import EncodedExample
 from .logprobs import sequence_nll
 from .methods import METHODS, MethodParams, RMUParams, StepTerms, gradient_weights, needs_of
+from .precision import keeps_fp32_master_weights
 from .training_state import load_training_state
 
 Report = Callable[[dict[str, Any]], None]
@@ -208,6 +209,7 @@ def step_terms(
     return terms
 
 
+@keeps_fp32_master_weights  # bf16-loaded models: fp32 master weights, bf16 compute (precision.py)
 def train(
     model: PreTrainedModel,
     settings: TrainSettings,
