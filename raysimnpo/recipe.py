@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .benchmarks import muse, wmdp
+from .benchmarks import muse, tofu, wmdp
 from .benchmarks.tofu import TofuRunData, load_tofu_run_data
 from .config import RunConfig, content_hash
 from .data.formatting import EncodedExample, PromptFormat, encode_qa
@@ -132,6 +132,8 @@ def benchmark_settings(config: RunConfig, training_only: bool = False) -> dict[s
 
 
 def original_key(config: RunConfig) -> str:
+    if released := tofu.released_model(config, "Original"):  # the release and the tokenizer saved with it
+        return content_hash("original", "released", released, config.model)
     if config.benchmark != "tofu":
         return content_hash(
             "original",
@@ -152,6 +154,8 @@ def original_key(config: RunConfig) -> str:
 
 
 def retrain_key(config: RunConfig) -> str:
+    if released := tofu.released_model(config, "Retrain"):
+        return content_hash("retrain", "released", released, config.model)
     if config.benchmark == "muse":
         return content_hash(original_key(config), "retrain", str(config.muse.retrain_model))
     if config.benchmark == "wmdp":
@@ -298,7 +302,7 @@ def as_is_model(config: RunConfig, name: str) -> str | None:
         return config.muse.target_model if name == "Original" else config.muse.retrain_model
     if config.benchmark == "wmdp" and config.wmdp.original_as_is and name == "Original":
         return config.model.name
-    return None
+    return tofu.released_model(config, name)
 
 
 def _finetune_and_store(

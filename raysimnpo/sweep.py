@@ -144,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
                 "--set name=... for a new one"
             )
+        from .resource_plan import check, plan_for  # memory per GPU of each phase; refuses what cannot fit
+
+        plan = plan_for(sweep, args.num_cpus)
+        for line in plan.lines():
+            log(f"[plan] {line}")
+        check(plan)
         validate_inputs(sweep)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
