@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,11 @@ class ModelShape:
     outside_blocks: int  # embeddings, final norm and LM head (the FSDP2 root's own parameters)
 
 
-def model_config(name: str, tiny: Any = None, trust_remote_code: bool = False) -> tuple[Any, str]:
-    """(transformers config, where it came from) of a preset, shipped id, local folder or hub id."""
+def model_config(name: str, tiny: Any = None, trust_remote_code: bool = False) -> tuple[Any, str] | None:
+    """(transformers config, where it came from) of the `tiny` preset, a local folder, a shipped id, or
+    a hub id whose config is in the Hugging Face cache (the sweep's validation downloads it with the
+    model); never a network call. None when there is no readable config: the validation of
+    `model.name` then says what is wrong."""
     from transformers import AutoConfig, LlamaConfig
 
     if name == "tiny":
@@ -133,21 +137,15 @@ def model_config(name: str, tiny: Any = None, trust_remote_code: bool = False) -
         )
         return config, f"tiny preset (vocabulary at most {shape.vocab_size})"
     folder = Path(name).expanduser()
-    if (folder / "config.json").is_file():
-        return AutoConfig.from_pretrained(
-            folder, trust_remote_code=trust_remote_code
-        ), f"{folder}/config.json"
-    if name in SHIPPED_CONFIGS:
+    if name in SHIPPED_CONFIGS and not folder.exists():
         data = json.loads((CONFIG_DIR / SHIPPED_CONFIGS[name]).read_text())
         return AutoConfig.for_model(**data), f"shipped config {SHIPPED_CONFIGS[name]}"
+    source = f"{folder}/config.json" if folder.is_dir() else "hub config (Hugging Face cache)"
     try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code), "hub config"
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(
-            f"model.name: no config for {name!r} to plan resources with ({first}); allowed: a local folder "
-            f"with config.json, a reachable hub id, or a model with a shipped config: {', '.join(sorted(SHIPPED_CONFIGS))}"
-        ) from None
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError, KeyError):
+        return None
+    return config, source
 
 
 def model_shape(name: str, tiny: Any = None, trust_remote_code: bool = False) -> ModelShape:
@@ -157,7 +155,14 @@ def model_shape(name: str, tiny: Any = None, trust_remote_code: bool = False) ->
 
     from .sharding import decoder_blocks
 
-    config, source = model_config(name, tiny, trust_remote_code)
+    found = model_config(name, tiny, trust_remote_code)
+    if found is None:
+        raise UserInputError(
+            f"model.name: no config for {name!r} to plan resources with; allowed: the tiny preset, a local "
+            "folder with config.json, a hub id whose config is in the Hugging Face cache, or a model with a "
+            f"shipped config: {', '.join(sorted(SHIPPED_CONFIGS))}"
+        )
+    config, source = found
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     total = sum(p.numel() for p in model.parameters())  # tied weights are one parameter
@@ -572,9 +577,39 @@ def published_workload(run: Any) -> Workload | None:
     return Workload(forget, full - forget, min(TOFU_MEAN_TOKENS, run.unlearn.max_length), questions)
 
 
-def plan_for(sweep: Any, cpus: int | None = None) -> ResourcePlan:
-    """`sweep`'s plan on the hardware `detect_hardware` finds (what the sweep command prints)."""
-    return plan_sweep(sweep, detect_hardware(sweep, cpus), published_workload(sweep.run))
+def plan_for(sweep: Any, cpus: int | None = None) -> ResourcePlan | None:
+    """`sweep`'s plan on the hardware `detect_hardware` finds (what the sweep command prints); None
+    when the model's config is not at hand without the network (see `model_config`)."""
+    run = sweep.run
+    name = planned_model(run)
+    if model_config(name, run.model.tiny, run.model.trust_remote_code) is None:
+        return None
+    return plan_sweep(sweep, detect_hardware(sweep, cpus), published_workload(run))
+
+
+def check_sweep(
+    sweep: Any, validate: Callable[[Any], None], cpus: int | None, log: Callable[[str], None]
+) -> None:
+    """Print `sweep`'s plan and refuse it (UserInputError) when a phase cannot fit, around `validate`
+    (loading data and tokenizer): before it when the model's config is at hand offline (shipped,
+    local, tiny), so nothing is loaded for a sweep that cannot run; else after it, once validation
+    has downloaded the model and its config."""
+    plan = plan_for(sweep, cpus)
+    if plan is not None:
+        show_and_check(plan, log)
+    validate(sweep)
+    if plan is None:
+        plan = plan_for(sweep, cpus)
+        if plan is None:
+            log(f"[plan] no config for {planned_model(sweep.run)} to plan with; not checked")
+            return
+        show_and_check(plan, log)
+
+
+def show_and_check(plan: ResourcePlan, log: Callable[[str], None]) -> None:
+    for line in plan.lines():
+        log(f"[plan] {line}")
+    check(plan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,10 +627,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep_config(args.sweep, args.overrides)
-        plan = plan_for(sweep, args.cpus)
-        for line in plan.lines():
-            print(f"[plan] {line}")
-        check(plan)
+        name = planned_model(sweep.run)
+        show_and_check(
+            plan_sweep(
+                sweep,
+                detect_hardware(sweep, args.cpus),
+                published_workload(sweep.run),
+                model_shape(name, sweep.run.model.tiny, sweep.run.model.trust_remote_code),
+            ),
+            print,
+        )
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

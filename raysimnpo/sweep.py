@@ -144,13 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
                 "--set name=... for a new one"
             )
-        from .resource_plan import check, plan_for  # memory per GPU of each phase; refuses what cannot fit
+        from .resource_plan import check_sweep  # memory per GPU of each phase; refuses what cannot fit
 
-        plan = plan_for(sweep, args.num_cpus)
-        for line in plan.lines():
-            log(f"[plan] {line}")
-        check(plan)
-        validate_inputs(sweep)
+        check_sweep(sweep, validate_inputs, args.num_cpus, log)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
