@@ -18,6 +18,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,8 +54,9 @@ def fp32_master_weights(model: nn.Module) -> Iterator[None]:
     weights AdamW updates) and computes in bfloat16; on leaving it, the parameters are cast back.
 
     A float32 model is left as it is (it computes in float32), and so is an FSDP2 module, whose
-    MixedPrecisionPolicy already keeps float32 shards and computes in bfloat16. autocast's weight
-    cache is off: the block spans optimizer steps, after which a cached bf16 copy would be stale.
+    MixedPrecisionPolicy already keeps float32 shards and computes in bfloat16. autocast keeps one
+    bf16 copy of each weight while the block runs (shared by a step's forward passes, 2 B/param);
+    the block spans optimizer steps, so that cache is emptied after every step, when it turns stale.
     """
     dtype = loaded_dtype(model)
     if dtype not in HALF_DTYPES or _is_sharded(model):
@@ -62,10 +64,12 @@ def fp32_master_weights(model: nn.Module) -> Iterator[None]:
         return
     device = next(model.parameters()).device
     _cast_parameters(model, torch.float32)
+    stale = register_optimizer_step_post_hook(lambda *_: torch.clear_autocast_cache())
     try:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             yield
     finally:
+        stale.remove()
         _cast_parameters(model, dtype)
 
 

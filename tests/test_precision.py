@@ -84,3 +84,21 @@ def test_float32_model_is_left_as_it_is(tiny_llama: Callable[..., LlamaForCausal
     with fp32_master_weights(model):
         assert not torch.is_autocast_enabled("cpu")
         assert model.lm_head.weight is weight and weight.dtype == torch.float32
+
+
+def test_weights_updated_by_a_step_are_what_the_next_forward_uses(
+    tiny_llama: Callable[..., LlamaForCausalLM],
+) -> None:
+    """autocast caches bf16 copies of the weights; a step makes them stale, so the cache is emptied."""
+    import copy
+
+    model = bf16_start(tiny_llama)
+    ids = torch.tensor([[1, 5, 6, 7, 2]])
+    with fp32_master_weights(model):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        model(input_ids=ids).logits.float().square().mean().backward()
+        optimizer.step()
+        after_step = model(input_ids=ids).logits
+        fresh = copy.deepcopy(model)(input_ids=ids).logits  # new parameters: nothing cached for them
+    assert after_step.dtype == torch.bfloat16
+    torch.testing.assert_close(after_step, fresh, rtol=0, atol=0)
