@@ -3,7 +3,8 @@
 No weights are loaded and nothing runs on a device: the parameter count comes from the model's
 config built on the meta device. The configs of the paper's models ship with the package
 (`raysimnpo/model_configs/*.json`, `SHIPPED_CONFIGS`), so the plan works offline; a local model
-folder's config.json is read, and any other hub id's config is fetched when the hub is reachable.
+folder's config.json is read, and any other hub id's config is taken from the Hugging Face cache
+once the sweep's validation has downloaded the model (the plan itself never goes to the network).
 
 Bytes per device of a training phase (fine-tuning Original/Retrain, unlearning, relearning) on a
 world of `w` devices, for P trainable parameters:
