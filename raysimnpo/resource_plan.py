@@ -42,7 +42,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -411,42 +411,35 @@ def planned_model(run: Any) -> str:
     return released or run.model.name
 
 
-def plan_sweep(
-    sweep: Any, hardware: Hardware, workload: Workload | None = None, shape: ModelShape | None = None
-) -> ResourcePlan:
-    """Memory per device of every phase of `sweep`, its concurrency and trials per hour."""
+def phases(sweep: Any, shape: ModelShape, compute_bytes: int) -> tuple[PhaseMemory, ...]:
+    """Prepare, reference log-probs, unlearning trial, evaluation actor and relearning actor, each
+    with the batches and devices the sweep gives it (`compute_bytes`: 2 for bf16, 4 for float32)."""
     from .benchmarks.tofu import released_models
 
-    run, r = sweep.run, sweep.resources
-    shape = shape or model_shape(planned_model(run), run.model.tiny, run.model.trust_remote_code)
-    loaded_bf16 = run.model.dtype == "bfloat16" or (run.model.dtype == "auto" and hardware.gpu)
-    compute = 2 if loaded_bf16 else 4
+    run, ev, world = sweep.run, sweep.run.evaluation, sweep.resources.workers
     needs = _method_needs(sweep)
-    world = r.workers
-    ev = run.evaluation
+    evaluate = {
+        "batch_size": ev.batch_size,
+        "max_new_tokens": ev.max_new_tokens,
+        "weight_bytes": compute_bytes,
+    }
     released = {
         "tofu": all(released_models(run)),
         "muse": run.muse.target_model is not None and run.muse.retrain_model is not None,
         "wmdp": run.wmdp.original_as_is,
     }[run.benchmark]
-    if released:
-        prepare = inference_memory(
-            "prepare",
-            shape,
-            batch_size=ev.batch_size,
-            max_length=run.prepare.max_length,
-            max_new_tokens=ev.max_new_tokens,
-            weight_bytes=compute,
+    if released:  # Original and Retrain are only evaluated
+        prepare = replace(
+            inference_memory("prepare", shape, max_length=run.prepare.max_length, **evaluate), work="evaluate"
         )
-        prepare = PhaseMemory(**{**prepare.__dict__, "work": "evaluate"})
-    else:
+    else:  # fine-tuned on the trial's workers (DESIGN §1)
         prepare = training_memory(
             "prepare",
             shape,
             devices=world,
             batch_size=run.prepare.batch_size,
             max_length=run.prepare.max_length,
-            compute_bytes=compute,
+            compute_bytes=compute_bytes,
         )
     reference = (
         inference_memory(
@@ -454,7 +447,7 @@ def plan_sweep(
             shape,
             batch_size=ev.batch_size,
             max_length=run.unlearn.max_length,
-            weight_bytes=compute,
+            weight_bytes=compute_bytes,
         )
         if "reference_nll" in needs
         else not_run("reference log-probs", "no searched method needs them")
@@ -466,17 +459,10 @@ def plan_sweep(
         batch_size=run.unlearn.batch_size,
         max_length=run.unlearn.max_length,
         passes=3 if "idk" in needs else 2,
-        compute_bytes=compute,
+        compute_bytes=compute_bytes,
         frozen_copy="frozen_model" in needs and world == 1,
     )
-    evaluation = inference_memory(
-        "evaluation actor",
-        shape,
-        batch_size=ev.batch_size,
-        max_length=run.prepare.max_length,
-        max_new_tokens=ev.max_new_tokens,
-        weight_bytes=compute,
-    )
+    evaluation = inference_memory("evaluation actor", shape, max_length=run.prepare.max_length, **evaluate)
     relearning = (
         training_memory(
             "relearning actor",
@@ -484,47 +470,64 @@ def plan_sweep(
             devices=1,
             batch_size=sweep.relearn.batch_size,
             max_length=run.prepare.max_length,
-            compute_bytes=compute,
+            compute_bytes=compute_bytes,
         )
         if sweep.relearn is not None
         else not_run("relearning actor", "no relearn: section")
     )
+    return prepare, reference, trial, evaluation, relearning
+
+
+def trial_seconds(
+    sweep: Any, shape: ModelShape, workload: Workload, flops_per_second: float, startup: float
+) -> float:
+    """Start-up + unlearning (6 FLOPs per parameter and token, forget and retain passes) + scoring
+    the evaluation answers (2 FLOPs) + generating (2 FLOPs, at GENERATION_EFFICIENCY)."""
+    run = sweep.run
+    passes = 3 if "idk" in _method_needs(sweep) else 2
+    steps = math.ceil(workload.forget_examples / run.unlearn.batch_size)
+    trained = run.unlearn.epochs * steps * run.unlearn.batch_size * passes * workload.mean_tokens
+    scored = workload.eval_questions * SCORED_ANSWERS_PER_QUESTION * workload.mean_tokens
+    generated = workload.eval_questions * run.evaluation.max_new_tokens
+    p = shape.parameters
+    return (
+        startup
+        + (6 * p * trained + 2 * p * scored) / flops_per_second
+        + 2 * p * generated / (flops_per_second * GENERATION_EFFICIENCY)
+    )
+
+
+def plan_sweep(
+    sweep: Any, hardware: Hardware, workload: Workload | None = None, shape: ModelShape | None = None
+) -> ResourcePlan:
+    """Memory per device of every phase of `sweep`, its concurrency and trials per hour."""
+    run, r = sweep.run, sweep.resources
+    shape = shape or model_shape(planned_model(run), run.model.tiny, run.model.trust_remote_code)
+    loaded_bf16 = run.model.dtype == "bfloat16" or (run.model.dtype == "auto" and hardware.gpu)
     if hardware.gpu:
         per_trial = r.workers * r.gpus_per_worker
         concurrent = int(hardware.cluster_devices // per_trial)
+        rate, unit = THROUGHPUT["gpu"] * per_trial, f"{THROUGHPUT['gpu'] / 1e12:g} TFLOP/s per GPU"
     else:
         per_trial = 0.0
         concurrent = max(1, int(hardware.cluster_devices // (r.workers * r.cpus_per_worker)))
+        rate = THROUGHPUT["cpu"] * r.workers * r.cpus_per_worker
+        unit = f"{THROUGHPUT['cpu'] / 1e9:g} GFLOP/s per CPU core"
     if sweep.search.max_concurrent_trials is not None:
         concurrent = min(concurrent, sweep.search.max_concurrent_trials)
-    kind = "gpu" if hardware.gpu else "cpu"
-    rate = THROUGHPUT[kind] * (per_trial if hardware.gpu else r.workers * r.cpus_per_worker)
-    seconds = None
-    if workload is not None:
-        steps = math.ceil(workload.forget_examples / run.unlearn.batch_size)
-        passes = 3 if "idk" in needs else 2
-        trained = run.unlearn.epochs * steps * run.unlearn.batch_size * passes * workload.mean_tokens
-        scored = workload.eval_questions * SCORED_ANSWERS_PER_QUESTION * workload.mean_tokens
-        generated = workload.eval_questions * ev.max_new_tokens
-        flops = 6 * shape.parameters * trained + 2 * shape.parameters * scored
-        seconds = (
-            TRIAL_STARTUP_SECONDS[kind]
-            + flops / rate
-            + 2 * shape.parameters * generated / (rate * GENERATION_EFFICIENCY)
-        )
+    startup = TRIAL_STARTUP_SECONDS["gpu" if hardware.gpu else "cpu"]
     assumptions = (
-        f"{THROUGHPUT[kind] / 1e12:g} TFLOP/s per {'GPU' if hardware.gpu else 'CPU core'}, generation at "
-        f"{GENERATION_EFFICIENCY:.0%} of it, {TRIAL_STARTUP_SECONDS[kind]:g} s start-up per trial, "
+        f"{unit}, generation at {GENERATION_EFFICIENCY:.0%} of it, {startup:g} s start-up per trial, "
         f"{run.unlearn.epochs} unlearning epochs; activations at max_length "
         f"(prepare {run.prepare.max_length}, unlearn {run.unlearn.max_length} tokens)"
     )
     return ResourcePlan(
         model=shape,
         hardware=hardware,
-        phases=(prepare, reference, trial, evaluation, relearning),
+        phases=phases(sweep, shape, 2 if loaded_bf16 else 4),
         gpus_per_trial=per_trial,
         concurrent_trials=concurrent,
-        trial_seconds=seconds,
+        trial_seconds=None if workload is None else trial_seconds(sweep, shape, workload, rate, startup),
         assumptions=assumptions,
     )
 
