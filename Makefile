@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: sweep test lint install clean-venv cluster-test
+.PHONY: sweep test lint install clean-venv cluster-test gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(STAMP)
 # Writes runs/cluster-test/{nodes.csv,summary.json}. Heavy (~10 min on 2 cores): not part of `make test`.
 cluster-test: $(STAMP)
 	$(PY) cluster/local_autoscaling.py $(ARGS)
+
+# On a machine with NVIDIA GPUs, before a long sweep: GPU memory against the resource plan, 1 GPU vs
+# FSDP2 on NCCL in bf16 over every visible GPU, a 2-trial smollm2-135m sweep; writes
+# benchmarks/results/gpu_check.json. Without a GPU it says so and exits 1. Not yet run on a GPU.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import to_jsonable_python
 
+from .benchmarks import tofu
 from .benchmarks.muse import MuseSettings
 from .benchmarks.wmdp import WmdpSettings
 from .cache import default_cache_dir
@@ -54,6 +55,24 @@ class DataSettings(Frozen):
         description="add real_authors/world_facts QA to the fine-tuning data of Original and Retrain; "
         "a model trained from scratch has no pretraining that would know them",
     )
+    original_model: str | None = Field(
+        None,
+        description="a released Original (hub id or local HF folder, e.g. open-unlearning/"
+        "tofu_Llama-2-7b-chat-hf_full) used as it is instead of fine-tuning; needs retrain_model",
+    )
+    retrain_model: str | None = Field(
+        None, description="the released Retrain of the forget split (e.g. ..._retain90 for forget10)"
+    )
+
+    @field_validator("original_model", "retrain_model")
+    @classmethod
+    def _released_model_form(cls, value: str | None) -> str | None:
+        return None if value is None else tofu.check_released_model(value)
+
+    @model_validator(mode="after")
+    def _released_models_pair(self) -> DataSettings:
+        tofu.check_released_pair(self.original_model, self.retrain_model, self.forget_split)
+        return self
 
 
 class TrainSettings(Frozen):
@@ -508,6 +527,14 @@ class TrialResources(Frozen):
     workers: int = Field(1, gt=0, description="FSDP workers per trial (TorchTrainer when > 1 or GPUs)")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="memory of one GPU for the resource plan (None: the visible GPUs', else 80)"
+    )
+    cluster_gpus: int | None = Field(
+        None,
+        gt=0,
+        description="GPUs of the cluster for the resource plan (None: the visible ones, else one trial's)",
+    )
     custom: dict[str, float] = Field(
         default_factory=dict,
         description="extra Ray resources each trial asks for, e.g. {trial_worker: 1}: a custom resource "

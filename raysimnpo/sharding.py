@@ -93,9 +93,9 @@ def shard_model(
     mesh = device_mesh or init_device_mesh(_mesh_device_type(), (dist.get_world_size(),))
     use_mp = mesh.device_type == "cuda" if mixed_precision is None else mixed_precision
     policy = MixedPrecisionPolicy()
-    if use_mp:
-        # bf16 compute over float32 master weights: upcast a model loaded in bf16 first.
-        model.float()
+    # float32 master weights on every mesh (precision.py): upcast a model loaded in bf16 first.
+    model.float()
+    if use_mp:  # bf16 compute over them
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in decoder_blocks(model):
         fully_shard(block, mesh=mesh, mp_policy=policy)

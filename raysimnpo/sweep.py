@@ -216,7 +216,11 @@ def launch(
     from .console import log_file_name, quiet_libraries, routed_output
 
     quiet_libraries()
-    ws = validate_inputs(settings)
+    from .resource_plan import check_sweep  # memory per GPU of each phase; refuses what cannot fit
+
+    built: list[Any] = []  # the workspace validation builds: the sweep's, handed to every trial
+    check_sweep(settings, lambda s: built.append(validate_inputs(s)), target.num_cpus, print)
+    ws = built[0]
     log_file = None if verbose else log_folder(settings, location) / log_file_name()
     with routed_output(log_file) as console:
         try:

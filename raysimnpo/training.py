@@ -29,6 +29,7 @@ from .data.formatting import EncodedExample
 from .logprobs import sequence_nll
 from .methods import METHODS, MethodParams, StepTerms, all_parameters, gradient_weights, needs_of
 from .methods import rmu_layer as rmu_layer  # RMU's layer k (re-exported for the step benchmark)
+from .precision import keeps_fp32_master_weights
 from .training_state import load_training_state
 
 Report = Callable[[dict[str, Any]], None]
@@ -230,6 +231,7 @@ def frozen_copy(model: PreTrainedModel, params: MethodParams | None) -> PreTrain
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
+@keeps_fp32_master_weights  # bf16-loaded models: fp32 master weights, bf16 compute (precision.py)
 def train(
     model: PreTrainedModel,
     settings: TrainSettings,

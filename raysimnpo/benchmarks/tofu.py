@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,72 @@ def load_tofu_run_data(
     )
 
 
+# ------------------------------------------------------------------ released Original / Retrain models
+
+RELEASED_RETRAIN_SUFFIX = re.compile(r"_retain(\d\d)$")
+"""open-unlearning names its Retrain models `..._retainXX`: fine-tuned on retainXX = 100 - forgetXX."""
+
+
+def check_released_model(value: str) -> str:
+    """A released Original or Retrain: a hub id `org/name`, checked for its form only (offline), or
+    a local Hugging Face folder (save_pretrained's layout: config.json and safetensors or torch
+    weights), returned as an absolute path so that Ray workers in other folders find it."""
+    from ..models import looks_like_hub_id
+
+    path = Path(value).expanduser()
+    if path.is_dir():
+        weights = [p.name for p in path.iterdir() if p.suffix in {".safetensors", ".bin"}]
+        missing = [
+            what
+            for what, ok in (("config.json", (path / "config.json").is_file()), ("weights", weights))
+            if not ok
+        ]
+        if missing:
+            raise ValueError(
+                f"{path} has no {' and no '.join(missing)}; a released model folder holds config.json and "
+                "model*.safetensors (or pytorch_model*.bin), as save_pretrained writes them"
+            )
+        return str(path.resolve())
+    if path.exists() or not looks_like_hub_id(value):
+        raise ValueError(
+            f"{value!r} is neither a model folder nor a hub id org/name "
+            "(e.g. open-unlearning/tofu_Llama-2-7b-chat-hf_full)"
+        )
+    return value
+
+
+def check_released_pair(original: str | None, retrain: str | None, forget_split: str) -> None:
+    """Both or neither (forget quality compares the Original with a Retrain of the same recipe), and a
+    Retrain named `..._retainXX` must be the one of the run's forget split."""
+    if (original is None) != (retrain is None):
+        given, other = (
+            ("original_model", "retrain_model") if original else ("retrain_model", "original_model")
+        )
+        raise ValueError(
+            f"data.{given} is set but data.{other} is not; allowed: both (released models used as they are) "
+            "or neither (both fine-tuned by the prepare stage)"
+        )
+    match = RELEASED_RETRAIN_SUFFIX.search(retrain or "")
+    expected = retain_split_for(forget_split)
+    if match is not None and f"retain{match.group(1)}" != expected:
+        raise ValueError(
+            f"data.retrain_model: {retrain} was fine-tuned on retain{match.group(1)}, but forget_split "
+            f"{forget_split} pairs with {expected}; allowed: the ..._{expected} model"
+        )
+
+
+def released_model(run: Any, name: str) -> str | None:
+    """The released model a TOFU run uses as its prepared `name` (Original / Retrain), or None."""
+    if run.benchmark != NAME:
+        return None
+    return run.data.original_model if name == "Original" else run.data.retrain_model
+
+
+def released_models(run: Any) -> tuple[str | None, str | None]:
+    """(Original, Retrain) released models of a TOFU run; (None, None) when the sweep fine-tunes them."""
+    return released_model(run, "Original"), released_model(run, "Retrain")
+
+
 # --------------------------------------------------------------------------------------------
 # The Benchmark protocol (`raysimnpo.benchmarks.base`)
 # --------------------------------------------------------------------------------------------
@@ -339,9 +406,15 @@ class TofuBenchmark:
         return True
 
     def released_model(self, config: Any, role: str) -> str | None:
-        return None
+        """`data.original_model` / `data.retrain_model`: released models used as they are."""
+        return released_model(config, "Original" if role == "original" else "Retrain")
 
     def cache_key_parts(self, config: Any, part: str) -> tuple[Any, ...]:
+        original, retrain = released_models(config)
+        if part == "original" and original:  # the release and the tokenizer saved with it
+            return ("released", original, config.model)
+        if part == "retrain" and retrain:
+            return ("released", retrain)
         if part == "original":
             return (
                 config.data.source,
