@@ -13,9 +13,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .config import SweepConfig, load_sweep_config
 from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from .storage import Storage
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -39,6 +43,21 @@ def validate_inputs(sweep: SweepConfig) -> None:
     from . import recipe
 
     recipe.workspace(sweep.run)
+
+
+def check_extension(sweep: SweepConfig, storage: Storage) -> None:
+    """`--resume` may raise `search.num_trials` (the sweep is extended) but not lower it below the
+    trials already run. The driver's study file is fetched from a remote storage first."""
+    from .orchestration.study import fetch_study, finished_trials, study_file
+
+    study = study_file(sweep, storage)
+    fetch_study(study, storage, sweep.name)
+    done = finished_trials(study, sweep.name)
+    if sweep.search.num_trials < done:
+        raise UserInputError(
+            f"search.num_trials: {sweep.search.num_trials} but {done} trials of {sweep.name} have already "
+            f"run; allowed when resuming: >= {done} (a larger number extends the sweep)"
+        )
 
 
 def print_front(root: str, sweep: SweepConfig) -> None:
@@ -144,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
                 "--set name=... for a new one"
             )
+        if args.resume:
+            check_extension(sweep, storage)
         validate_inputs(sweep)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,10 +18,10 @@ after every finished trial and at the end (and fetched from there by `--resume`)
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from .. import recipe, results
 from ..config import ParamRange, SearchSettings, SweepConfig
 from ..methods import needs_of
+from ..orchestration.study import INTERRUPTED, finished_trials, study_file
 from ..orchestration.trial import unlearning_trial
 from ..storage import Storage, exists, open_storage
 
@@ -88,10 +89,14 @@ class Progress(tune.Callback):
         log: Log,
         objectives: list[tuple[str, str]] | None = None,
         after_trial: Callable[[], None] | None = None,
+        done: int = 0,
     ) -> None:
+        """`done`: trials of the sweep that ended before this driver started (a resumed or
+        extended sweep), so the line counts every trial of the sweep."""
         self.total, self.log, self.after_trial = total, log, after_trial
         self.started = time.monotonic()
-        self.done = self.failed = 0
+        self.done, self.failed = done, 0
+        self.counted_before = done
         self.objectives = objectives or [("forget_quality", "max"), ("model_utility", "max")]
         self.best = {metric: float("nan") for metric, _ in self.objectives}
 
@@ -99,7 +104,8 @@ class Progress(tune.Callback):
         running = sum(1 for t in trials if t.status == "RUNNING" and t is not finished_now)
         elapsed = time.monotonic() - self.started
         finished = self.done + self.failed
-        eta = elapsed / finished * (self.total - finished) if finished else float("nan")
+        here = finished - self.counted_before  # the rate of this driver's trials
+        eta = elapsed / here * (self.total - finished) if here else float("nan")
         self.log(
             f"[sweep] {self.done}/{self.total} done, {running} running, {self.failed} failed | "
             f"{self._best()} | "
@@ -312,15 +318,6 @@ def max_concurrent(sweep: SweepConfig) -> int:
     return max(1, min(limits))
 
 
-def study_file(sweep: SweepConfig, storage: Storage) -> Path:
-    """The Optuna study's sqlite file on the driver: in the run folder on a local storage, else in
-    `<cache_dir>/studies/<hash of the storage URI>/<sweep>/` (copied to the storage, `sync_study`)."""
-    if not storage.remote:
-        return Path(storage.uri) / sweep.name / "optuna.sqlite"
-    key = hashlib.sha256(storage.uri.encode()).hexdigest()[:16]
-    return Path(sweep.run.cache_dir).expanduser() / "studies" / key / sweep.name / "optuna.sqlite"
-
-
 def sync_study(study: Path, storage: Storage, name: str) -> None:
     """Copy the driver's study file to `<run>/optuna.sqlite` on a remote storage (a snapshot taken
     with sqlite's backup API, so a write in progress is never copied half-done)."""
@@ -347,13 +344,25 @@ def pin_autoscaling_coordinator() -> None:
     get_or_create_autoscaling_coordinator()
 
 
+def experiment_names(storage: Storage, sweep_name: str) -> list[str]:
+    """The sweep's Tune experiments in the order they ran: `tune`, then `tune-2`, `tune-3`, ... one
+    per extension of a finished sweep (`--resume --set search.num_trials=N`)."""
+    names: list[str] = []
+    while storage.exists(sweep_name, "tune" if not names else f"tune-{len(names) + 1}"):
+        names.append("tune" if not names else f"tune-{len(names) + 1}")
+    return names
+
+
 def run_sweep(sweep: SweepConfig, storage: Storage, *, resume: bool, log: Log) -> Path:
-    """Run the sweep into `<storage>/<sweep name>/`; returns the driver's Optuna study file."""
+    """Run the sweep into `<storage>/<sweep name>/`; returns the driver's Optuna study file.
+
+    `resume`: the last Tune experiment is restored and finishes its trials; then, while the study
+    holds fewer finished trials than `search.num_trials`, a new experiment (`tune-<k>`) asks the same
+    Optuna study for the rest, so the sampler learns from every earlier trial and no trial runs twice.
+    """
     pin_autoscaling_coordinator()
     study = study_file(sweep, storage)
     study.parent.mkdir(parents=True, exist_ok=True)
-    if storage.remote and resume and not study.is_file() and storage.is_file(sweep.name, "optuna.sqlite"):
-        storage.download_file(study, sweep.name, "optuna.sqlite")
     prepared = prepare_stage(sweep, storage, log)
     for kind in ("original", "retrain"):
         if prepared[f"{kind}_metrics"] is not None:
@@ -374,46 +383,74 @@ def run_sweep(sweep: SweepConfig, storage: Storage, *, resume: bool, log: Log) -
     # driver killed in between would forget trials that already wrote their rows and told Optuna,
     # and `--resume` would run them again. Saved after every controller event instead (a few KB).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    experiment = storage.join(sweep.name, "tune")
     progress = Progress(
         sweep.search.num_trials,
         log,
         [(o.metric, o.mode) for o in sweep.search.objectives],
         after_trial=lambda: sync_study(study, storage, sweep.name),
+        done=finished_trials(study, sweep.name) if resume else 0,
     )
-    if resume and tune.Tuner.can_restore(experiment):
-        log(f"[sweep] resuming {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=False)
-    else:
-        objectives = sweep.search.objectives
-        search = OptunaSearch(
-            space=DefineByRun(sweep.search),
-            metric=[o.metric for o in objectives],
-            mode=[o.mode for o in objectives],
-            sampler=sampler_for(sweep.search),
-            study_name=sweep.name,
-            storage=optuna.storages.RDBStorage(f"sqlite:///{study}"),
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=search,
-                num_samples=sweep.search.num_trials,
-                max_concurrent_trials=max_concurrent(sweep),
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=storage.join(sweep.name),
-                failure_config=tune.FailureConfig(max_failures=sweep.fault_tolerance.trial_retries),
-                callbacks=[progress],
-                verbose=0,
-            ),
-        )
-    tuner.fit()
-    mark_interrupted(study, sweep.name, log)
+    experiments = experiment_names(storage, sweep.name) if resume else []
+    if experiments and tune.Tuner.can_restore(storage.join(sweep.name, experiments[-1])):
+        last = storage.join(sweep.name, experiments[-1])
+        log(f"[sweep] resuming {last}")
+        restored = tune.Tuner.restore(last, trainable=trainable, resume_errored=False)
+        # The restored run config holds the callback pickled when the experiment began, which
+        # counts from 0; this driver's Progress counts every trial of the sweep.
+        restored._local_tuner.get_run_config().callbacks = [progress]
+        restored.fit()
+        mark_interrupted(study, sweep.name, log)
+    remaining = sweep.search.num_trials - (finished_trials(study, sweep.name) if resume else 0)
+    if remaining > 0:
+        name = "tune" if not experiments else f"tune-{len(experiments) + 1}"
+        if experiments:
+            log(f"[sweep] extending {sweep.name} by {remaining} trials (experiment {name})")
+        new_tuner(sweep, storage, study, trainable, name, remaining, progress).fit()
+        mark_interrupted(study, sweep.name, log)
     sync_study(study, storage, sweep.name)
     return study
+
+
+def new_tuner(
+    sweep: SweepConfig,
+    storage: Storage,
+    study: Path,
+    trainable: Any,
+    name: str,
+    num_trials: int,
+    progress: Progress,
+) -> tune.Tuner:
+    """A Tune experiment `<run>/<name>` of `num_trials` trials proposed by the sweep's Optuna study
+    (created, or loaded when it exists: an extension continues the same study)."""
+    objectives = sweep.search.objectives
+    search = OptunaSearch(
+        space=DefineByRun(sweep.search),
+        metric=[o.metric for o in objectives],
+        mode=[o.mode for o in objectives],
+        sampler=sampler_for(sweep.search),
+        study_name=sweep.name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{study}"),
+    )
+    # Named objectives: the report's importances and history, and optuna-dashboard, show them.
+    with warnings.catch_warnings():  # set_metric_names is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        search._ot_study.set_metric_names([o.metric for o in objectives])
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            num_samples=num_trials,
+            max_concurrent_trials=max_concurrent(sweep),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage.join(sweep.name),
+            failure_config=tune.FailureConfig(max_failures=sweep.fault_tolerance.trial_retries),
+            callbacks=[progress],
+            verbose=0,
+        ),
+    )
 
 
 def mark_interrupted(study_path: Path, study_name: str, log: Log) -> None:
@@ -423,6 +460,6 @@ def mark_interrupted(study_path: Path, study_name: str, log: Log) -> None:
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
     study = optuna.load_study(study_name=study_name, storage=storage)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         log(f"[sweep] Optuna trial {trial.number} was interrupted before it started; marked FAIL")
