@@ -72,6 +72,11 @@ class EvalSettings(Frozen):
     generation_limit: int | None = Field(
         None, gt=0, description="generate for the first N questions of each split (None = all)"
     )
+    every_epoch: bool = Field(
+        False,
+        description="evaluate after every unlearning epoch: each (trial, epoch) is a point of the front, of "
+        "the Table-2 selection and of the search (metrics rows with stage `epoch`)",
+    )
     engine: Literal["auto", "ray_data", "in_process"] = Field(
         "ray_data",
         description="sweeps: stream evaluation through Ray Data actors, or run it in the trial; auto: in the "
@@ -242,6 +247,17 @@ class Objective(Frozen):
     mode: Literal["max", "min"]
 
 
+class EarlyStopSettings(Frozen):
+    """Stop a trial whose per-epoch points are all dominated by other trials' points by a clear margin
+    (`pareto.dominated_by_margin`; needs `run.evaluation.every_epoch`)."""
+
+    rule: Literal["pareto_margin"] = "pareto_margin"
+    margin: float = Field(
+        0.2, ge=0, lt=1, description="lead in every objective, in rank percentiles of all epoch points"
+    )
+    min_epochs: int = Field(2, ge=1, description="epochs every trial runs before it can be stopped")
+
+
 class SearchSettings(Frozen):
     methods: list[str] = Field(default_factory=lambda: ["simnpo"], min_length=1)
     space: dict[str, dict[str, ParamRange]] = Field(
@@ -259,6 +275,9 @@ class SearchSettings(Frozen):
         description="auto: multi-objective TPE below 100 trials, NSGA-II from 100 (it needs generations)",
     )
     num_trials: int = Field(8, gt=0)
+    early_stop: EarlyStopSettings | None = Field(
+        None, description="stop trials dominated by the front early (None: every trial runs its epochs)"
+    )
     max_concurrent_trials: int | None = Field(None, gt=0, description="None: as many as the resources allow")
     seed: int = 0
 
@@ -348,6 +367,10 @@ class SweepConfig(Frozen):
         if self.run.benchmark != "tofu" and {"idk_nll", "idk_dpo"} & set(self.search.methods):
             raise ValueError(
                 f"search.methods: idk_nll / idk_dpo need QA pairs; benchmark {self.run.benchmark} unlearns raw text"
+            )
+        if self.search.early_stop is not None and not self.run.evaluation.every_epoch:
+            raise ValueError(
+                "search.early_stop: needs per-epoch points; set run.evaluation.every_epoch: true"
             )
         extra = [m for m in self.search.space if m not in self.search.methods]
         if extra:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
-from ..config import SweepConfig
+from ..config import ParamRange, SearchSettings, SweepConfig
 from ..storage import Storage
 
 INTERRUPTED = "interrupted"
 """User attr of an Optuna trial that was asked for by a killed driver and never ran."""
+EPOCH_POINT = "epoch_point"
+"""User attr of a study trial that is an earlier epoch of a trial (`orchestration.epochs`), not a trial."""
 
 
 def study_file(sweep: SweepConfig, storage: Storage) -> Path:
@@ -39,7 +42,33 @@ def finished_trials(study_path: Path, study_name: str) -> int:
     except KeyError:  # the file exists but the study was never created in it
         return 0
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if not t.user_attrs.get(INTERRUPTED))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=ended)
+        if not t.user_attrs.get(INTERRUPTED) and not t.user_attrs.get(EPOCH_POINT)
+    )
+
+
+def distribution_of(rng: ParamRange) -> Any:
+    """The Optuna distribution that `tuner.DefineByRun` suggests `rng` from."""
+    import optuna
+
+    if rng.choices is not None:
+        return optuna.distributions.CategoricalDistribution(rng.choices)
+    assert rng.low is not None and rng.high is not None
+    if rng.integer:
+        return optuna.distributions.IntDistribution(int(rng.low), int(rng.high), log=rng.log)
+    return optuna.distributions.FloatDistribution(rng.low, rng.high, log=rng.log)
+
+
+def search_distributions(search: SearchSettings) -> dict[str, Any]:
+    """Every Optuna parameter of the sweep's conditional space: `method`, and `<method>/<setting>`."""
+    import optuna
+
+    found: dict[str, Any] = {"method": optuna.distributions.CategoricalDistribution(search.methods)}
+    for method, space in search.space.items():
+        found.update({f"{method}/{key}": distribution_of(rng) for key, rng in space.items()})
+    return found
 
 
 def fetch_study(study_path: Path, storage: Storage, sweep_name: str) -> None:
