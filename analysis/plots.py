@@ -378,3 +378,76 @@ def relearn_figure(curves: pl.DataFrame) -> Figure:
     fig.suptitle("Forget quality under relearning attacks (Fig. A3)")
     fig.tight_layout()
     return fig
+
+
+def _empty_figure(message: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", color="grey")
+    return fig
+
+
+def history_figure(history: pl.DataFrame) -> Figure:
+    """Optuna's optimisation history, one panel per objective: each finished trial's value by trial
+    number (coloured by method) and the best value so far as a step line. A positive objective that
+    spans more than two decades (forget quality) is drawn on a log axis.
+    `history`: `analysis.search.history` rows."""
+    if history.is_empty():
+        return _empty_figure("no Optuna study found for these runs")
+    objectives = list(dict.fromkeys(history["objective"].to_list()))
+    fig, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 3.8), squeeze=False)
+    colours = method_colours(sorted(set(history["method"].to_list())))
+    multi_run = history["run"].n_unique() > 1
+    for ax, objective in zip(axes[0], objectives, strict=True):
+        part = history.filter(pl.col("objective") == objective)
+        for (run, method), points in part.group_by(["run", "method"], maintain_order=True):
+            label = f"{method}{' (' + str(run) + ')' if multi_run else ''}"
+            ax.scatter(points["number"], points["value"], s=18, color=colours[str(method)], label=label)
+        for _, line in part.group_by("run", maintain_order=True):
+            ax.step(line["number"], line["best_so_far"], where="post", color="black", lw=1.2)
+        values = part["value"].to_numpy()
+        positive = values[values > 0]
+        if positive.size == values.size and positive.size and positive.max() / positive.min() > 100:
+            ax.set_yscale("log")
+        direction = part["direction"][0]
+        ax.set_title(f"{objective} ({direction}); line: best so far", fontsize=10)
+        ax.set_xlabel("trial number (Optuna)", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Optimisation history per objective")
+    fig.tight_layout()
+    return fig
+
+
+def importance_figure(importances: pl.DataFrame) -> Figure:
+    """fANOVA hyperparameter importances: one panel per objective, a bar per (method, setting).
+    `importances`: `analysis.search.importances` rows."""
+    if importances.is_empty():
+        return _empty_figure("too few finished trials per method for importances")
+    objectives = list(dict.fromkeys(importances["objective"].to_list()))
+    bars = importances.select("run", "method", "param").unique(maintain_order=True)
+    height = max(2.5, 0.35 * bars.height + 1.2)
+    fig, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), height), squeeze=False)
+    colours = method_colours(sorted(set(importances["method"].to_list())))
+    multi_run = importances["run"].n_unique() > 1
+    for ax, objective in zip(axes[0], objectives, strict=True):
+        part = bars.join(
+            importances.filter(pl.col("objective") == objective),
+            on=["run", "method", "param"],
+            how="left",
+        ).with_columns(pl.col("importance").fill_null(0.0))
+        labels = [
+            f"{r['method']}: {r['param']}" + (f" ({r['run']})" if multi_run else "")
+            for r in part.iter_rows(named=True)
+        ]
+        ax.barh(labels, part["importance"], color=[colours[m] for m in part["method"]])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{objective}", fontsize=10)
+        ax.set_xlabel("importance (fANOVA, per method sums to 1)", fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle("Hyperparameter importance per objective")
+    fig.tight_layout()
+    return fig

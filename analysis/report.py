@@ -16,6 +16,8 @@
     relearn.png/.csv   forget quality per relearning epoch of the attacked trials, shortest and random
                        relearn (Fig. A3); empty when the run has no `relearn` rows
     generations.md     greedy answers to sampled forget questions (paper Table A4)
+    importance.png/.csv  fANOVA hyperparameter importance per method and objective (Optuna study)
+    history.png/.csv   each objective per trial in study order with the best so far (Optuna study)
     report.html        all of the above in one offline file (figures embedded as base64 PNG)
 
 `export_best(run_dir, method, to)` copies the checkpoint folder of the method's selected trial.
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import polars as pl
 
-from analysis import length, relearn, tables
+from analysis import length, relearn, search, tables
 from analysis.load import (
     FORGET_QUALITY,
     MODEL_UTILITY,
@@ -46,6 +48,8 @@ from analysis.load import (
 from analysis.pareto import HV_REFERENCE, front_table, hypervolumes
 from analysis.plots import (
     curves_figure,
+    history_figure,
+    importance_figure,
     pareto_figure,
     relearn_figure,
     save_png,
@@ -68,6 +72,10 @@ REPORT_FILES = (
     "relearn.png",
     "relearn.csv",
     "generations.md",
+    "importance.png",
+    "importance.csv",
+    "history.png",
+    "history.csv",
     "report.html",
 )
 PARETO_COLUMNS = (
@@ -149,6 +157,7 @@ def _html(
     lengths: tables.TextTable,
     correlations: tables.TextTable,
     relearning: tables.TextTable,
+    importance: tables.TextTable,
 ) -> str:
     def img(name: str, alt: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
@@ -196,6 +205,10 @@ def _html(
         "<h2>Relearning attacks (Fig. A3)</h2>",
         wide(tables.html_table(relearning)),
         img("relearn.png", "forget quality vs relearning epoch, shortest and random relearn"),
+        "<h2>The search: hyperparameter importance and optimisation history</h2>",
+        tables.html_table(importance),
+        img("importance.png", "fANOVA importance of each searched setting per method and objective"),
+        img("history.png", "objective values per trial number with the best so far"),
         "<h2>Generation examples (Table A4 layout)</h2>",
         f"<p>Repetitive: fraction of repeated word 3-grams &gt; {tables.REPETITION_THRESHOLD}.</p>",
     ]
@@ -268,6 +281,18 @@ def relearn_text_table(curves: pl.DataFrame) -> tables.TextTable:
     return tables.TextTable(caption, ["Run", "Method", "Trial", "Attack", "Relearned", "Epoch", "FQ"], rows)
 
 
+def importance_text_table(importances: pl.DataFrame) -> tables.TextTable:
+    caption = (
+        "Importance of each searched setting for each objective, per method: Optuna's fANOVA evaluator over "
+        "the method's finished trials (a method's importances sum to 1); empty with fewer than 2 trials."
+    )
+    rows = [
+        [r["run"], r["method"], r["objective"], r["param"], f"{r['importance']:.2f}", str(r["trials"])]
+        for r in importances.iter_rows(named=True)
+    ]
+    return tables.TextTable(caption, ["Run", "Method", "Objective", "Setting", "Importance", "Trials"], rows)
+
+
 def build_report(
     run_dirs: Sequence[str], out: str | os.PathLike[str] | None = None, *, examples: int = 8, seed: int = 0
 ) -> Report:
@@ -306,6 +331,7 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
     weights = length.selected_weights(res, selection)
     correlations = length.weight_correlations(weights)
     curves_relearn = relearn.relearn_curves(res)
+    importances, history = search.search_tables([(r.label, r.run_dir) for r in res.runs], seed=seed)
 
     chosen = list(zip(selection["run"].to_list(), selection["trial_id"].to_list(), strict=True))
 
@@ -322,7 +348,11 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
             truth_ratio_by_length_figure(ratios, split), files["truth_ratio_by_length.png"]
         ),
         "relearn.png": save_png(relearn_figure(curves_relearn), files["relearn.png"]),
+        "importance.png": save_png(importance_figure(importances), files["importance.png"]),
+        "history.png": save_png(history_figure(history), files["history.png"]),
     }
+    importances.write_csv(files["importance.csv"])
+    history.write_csv(files["history.csv"])
     curves_relearn.write_csv(files["relearn.csv"])
     split.write_csv(files["length_split.csv"])
     correlations.write_csv(files["weights.csv"])
@@ -341,6 +371,7 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
         length_text_table(split),
         correlation_text_table(correlations),
         relearn_text_table(curves_relearn),
+        importance_text_table(importances),
     )
     files["report.html"].write_text(document, encoding="utf-8")
     return Report(target, files, selection, hv, front, split, correlations)

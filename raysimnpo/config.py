@@ -100,6 +100,11 @@ class EvalSettings(Frozen):
     generation_limit: int | None = Field(
         None, gt=0, description="generate for the first N questions of each split (None = all)"
     )
+    every_epoch: bool = Field(
+        False,
+        description="evaluate after every unlearning epoch: each (trial, epoch) is a point of the front, of "
+        "the Table-2 selection and of the search (metrics rows with stage `epoch`)",
+    )
     engine: Literal["auto", "ray_data", "in_process"] = Field(
         "ray_data",
         description="sweeps: stream evaluation through Ray Data actors, or run it in the trial; auto: in the "
@@ -491,6 +496,17 @@ class Objective(Frozen):
     mode: Literal["max", "min"]
 
 
+class EarlyStopSettings(Frozen):
+    """Stop a trial whose per-epoch points are all dominated by other trials' points by a clear margin
+    (`pareto.dominated_by_margin`; needs `run.evaluation.every_epoch`)."""
+
+    rule: Literal["pareto_margin"] = "pareto_margin"
+    margin: float = Field(
+        0.2, ge=0, lt=1, description="lead in every objective, in rank percentiles of all epoch points"
+    )
+    min_epochs: int = Field(2, ge=1, description="epochs every trial runs before it can be stopped")
+
+
 class SearchSettings(Frozen):
     methods: list[str] = Field(default_factory=lambda: ["simnpo"], min_length=1)
     space: dict[str, dict[str, ParamRange]] = Field(
@@ -513,6 +529,9 @@ class SearchSettings(Frozen):
         le=10_000,
         description="at most 10000: beyond that a sweep is a typo (TPE/NSGA-II slow down with every "
         "trial in the study, and each trial trains a model); split a larger study into sweeps",
+    )
+    early_stop: EarlyStopSettings | None = Field(
+        None, description="stop trials dominated by the front early (None: every trial runs its epochs)"
     )
     max_concurrent_trials: int | None = Field(None, gt=0, description="None: as many as the resources allow")
     seed: int = 0
@@ -713,6 +732,10 @@ class SweepConfig(Frozen):
             raise ValueError(
                 "run.device: cuda needs resources.gpus_per_worker > 0 (a trial sees a GPU only when it "
                 "asks Ray for one); or use auto or cpu"
+            )
+        if self.search.early_stop is not None and not self.run.evaluation.every_epoch:
+            raise ValueError(
+                "search.early_stop: needs per-epoch points; set run.evaluation.every_epoch: true"
             )
         extra = [m for m in self.search.space if m not in self.search.methods]
         if extra:

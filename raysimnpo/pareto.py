@@ -91,3 +91,24 @@ def hypervolume_2d(
             area += (first - ref[0]) * (second - best_second)
             best_second = second
     return float(area)
+
+
+def dominated_by_margin(
+    point: ArrayLike, others: ArrayLike, directions: Sequence[Direction], margin: float
+) -> bool:
+    """Whether some row of `others` beats `point` in EVERY column by at least `margin` of that
+    column's empirical ranks: each column is replaced by its percentile among `others` and `point`
+    together (the fraction of values it is at least as good as), so the margin is scale-free — a
+    p-value spanning ten decades and a utility in [0.5, 0.8] are compared alike. margin 0 is plain
+    strict dominance in every column."""
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin: {margin}; allowed: 0 <= margin < 1 (a fraction of the ranks)")
+    rows = np.asarray(others, dtype=np.float64)
+    if rows.size == 0:
+        return False
+    gains = _to_maximisation(np.vstack([rows, np.asarray(point, dtype=np.float64)[None, :]]), directions)
+    n = gains.shape[0]
+    # percentile of each value within its column: share of rows it is at least as good as
+    percentile = (gains[:, None, :] >= gains[None, :, :]).sum(axis=1) / n
+    lead = percentile[:-1] - percentile[-1]
+    return bool(np.any(np.all(lead >= max(margin, 1.0 / n), axis=1)))

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from .orchestration.cluster import RayTarget, TrialDemand
     from .storage import Storage
 
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raysimnpo.sweep", description=__doc__)
     parser.add_argument("sweep", help="a sweep name (tofu, tofu-llama2-7b, ...) or a sweep YAML file")
@@ -109,6 +108,21 @@ def validate_inputs(sweep: SweepConfig) -> Any:
     from . import recipe
 
     return recipe.workspace(sweep.run)
+
+
+def check_extension(sweep: SweepConfig, storage: Storage) -> None:
+    """`--resume` may raise `search.num_trials` (the sweep is extended) but not lower it below the
+    trials already run. The driver's study file is fetched from a remote storage first."""
+    from .orchestration.study import fetch_study, finished_trials, study_file
+
+    study = study_file(sweep, storage)
+    fetch_study(study, storage, sweep.name)
+    done = finished_trials(study, sweep.name)
+    if sweep.search.num_trials < done:
+        raise UserInputError(
+            f"search.num_trials: {sweep.search.num_trials} but {done} trials of {sweep.name} have already "
+            f"run; allowed when resuming: >= {done} (a larger number extends the sweep)"
+        )
 
 
 def print_front(root: str, sweep: SweepConfig) -> None:
@@ -210,6 +224,8 @@ def launch(
         )
     from .orchestration.cluster import check_local_capacity, trial_demand
 
+    if resume:
+        check_extension(settings, location)
     demand = trial_demand(settings)
     if target.address is None:
         check_local_capacity(demand, target.num_cpus)

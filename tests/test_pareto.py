@@ -71,3 +71,23 @@ def test_errors() -> None:
         hypervolume_2d(VALUES, DIRECTIONS, [0.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="reference"):
         hypervolume_2d(VALUES[:, :2], ["max", "min"], [0.0])
+
+
+def test_dominated_by_margin_compares_rank_percentiles() -> None:
+    from raysimnpo.pareto import dominated_by_margin
+
+    # FQ (max) spans decades, MU (max) a narrow band; the point is (1e-6, 0.70).
+    others = [[1e-2, 0.75], [1e-8, 0.80], [1e-4, 0.60]]
+    point = [1e-6, 0.70]
+    # Percentiles over the 4 rows: FQ 1e-2 -> 1.0, point -> 0.5; MU 0.75 -> 0.75, point -> 0.5.
+    # So (1e-2, 0.75) leads the point by 0.5 and 0.25 percentile points.
+    assert dominated_by_margin(point, others, ["max", "max"], 0.25)
+    assert not dominated_by_margin(point, others, ["max", "max"], 0.3)
+    # Strict dominance only at margin 0: a tie in one column is not a lead.
+    assert not dominated_by_margin([1e-2, 0.5], [[1e-2, 0.9]], ["max", "max"], 0.0)
+    assert dominated_by_margin([1e-3, 0.5], [[1e-2, 0.9]], ["max", "max"], 0.0)
+    # Directions: a lower loss is better.
+    assert dominated_by_margin([1.0, 0.5], [[0.5, 0.9]], ["min", "max"], 0.0)
+    assert not dominated_by_margin([1.0, 0.5], [], ["max", "max"], 0.1)
+    with pytest.raises(ValueError, match=r"margin: 1.0; allowed: 0 <= margin < 1"):
+        dominated_by_margin([1.0, 0.5], [[0.5, 0.9]], ["max", "max"], 1.0)

@@ -18,10 +18,10 @@ after every finished trial and at the end (and fetched from there by `--resume`)
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from ..cache import mirror_prepared
 from ..config import ParamRange, SearchSettings, SweepConfig
 from ..methods import needs_of
 from ..metrics import metric_direction
+from ..orchestration.study import EPOCH_POINT, INTERRUPTED, finished_trials, study_file
 from ..orchestration.tracking import tracking_callbacks
 from ..orchestration.trial import PreparedModels, SharedWorkspace, unlearning_trial
 from ..storage import Storage, exists, open_storage
@@ -82,78 +83,72 @@ class DefineByRun:
 
 
 class Progress(tune.Callback):
-    """One line per finished trial: done / running / failed, the best value of each objective so far
-    (TOFU: FQ and MU), time left."""
+    """One line per finished trial: done / running / failed out of every trial of the sweep, the best
+    value of each objective so far (TOFU: FQ and MU), time left.
+
+    The counts and the best values are read from the sweep's Optuna study, which Tune's searcher
+    updates before the callbacks run: so a resumed sweep (whose earlier trials get no callback) and an
+    extended one (whose earlier trials belong to another Tune experiment) count every trial once."""
 
     def __init__(
         self,
         total: int,
         log: Log,
-        objectives: list[tuple[str, str]] | None = None,
+        objectives: list[tuple[str, str]],
+        study_path: Path,
+        study_name: str,
         after_trial: Callable[[], None] | None = None,
         log_file: Path | None = None,
     ) -> None:
         self.total, self.log, self.after_trial = total, log, after_trial
+        self.objectives, self.study_path, self.study_name = objectives, study_path, study_name
         self.where = f" (log: {log_file})" if log_file is not None else ""
         self.started = time.monotonic()
-        # Trial ids, not counters: a resumed sweep's trials that finished before the kill are in
-        # Tune's trial list but get no on_trial_complete, and they count toward the total too.
-        self.done_ids: set[str] = set()
-        self.failed_ids: set[str] = set()
         self.finished_here = 0  # finished in this process: the rate behind the time left
-        self.objectives = objectives or []
-        self.best = {metric: float("nan") for metric, _ in self.objectives}
 
-    @property
-    def done(self) -> int:
-        return len(self.done_ids)
-
-    @property
-    def failed(self) -> int:
-        return len(self.failed_ids)
-
-    def _count(self, trial: Any, failed: bool) -> None:
-        ids = self.failed_ids if failed else self.done_ids
-        if trial.trial_id in ids:
-            return
-        ids.add(trial.trial_id)
-        result = trial.last_result or {}
-        for key, _ in self.objectives:
-            if not failed and key in result:
+    def _study_state(self) -> tuple[int, int, dict[str, float]]:
+        """(done, failed, best value per objective) of the study's trials."""
+        study = optuna.load_study(
+            study_name=self.study_name, storage=optuna.storages.RDBStorage(f"sqlite:///{self.study_path}")
+        )
+        done = failed = 0
+        best = {metric: float("nan") for metric, _ in self.objectives}
+        for t in study.get_trials(deepcopy=False):
+            if t.user_attrs.get(INTERRUPTED) or t.state == optuna.trial.TrialState.RUNNING:
+                continue
+            if t.state == optuna.trial.TrialState.FAIL:
+                failed += 1
+                continue
+            done += 0 if t.user_attrs.get(EPOCH_POINT) else 1
+            for (key, _), value in zip(self.objectives, t.values or [], strict=False):
                 # Best by the metric's own direction (`METRICS`): max, min, or closest to 0.
-                current, value = self.best[key], float(result[key])
+                current = best[key]
                 better = {"max": value > current, "min": value < current, "zero": abs(value) < abs(current)}
                 if current != current or better[metric_direction(key)]:
-                    self.best[key] = value
+                    best[key] = float(value)
+        return done, failed, best
 
     def _line(self, trials: list[Any], finished_now: Any = None) -> None:
-        for t in trials:  # restored trials that finished before a resume
-            if t.status in ("TERMINATED", "ERROR") and t is not finished_now:
-                self._count(t, failed=t.status == "ERROR")
+        done, failed, best = self._study_state()
         running = sum(1 for t in trials if t.status == "RUNNING" and t is not finished_now)
         elapsed = time.monotonic() - self.started
-        left = self.total - self.done - self.failed
+        left = max(0, self.total - done - failed)
         eta = elapsed / self.finished_here * left if self.finished_here else float("nan")
+        short = {"forget_quality": "FQ", "model_utility": "MU"}
+        shown = " ".join(f"best {short.get(k, k)} {v:.3g}" for k, v in best.items())
         self.log(
-            f"[sweep] {self.done}/{self.total} done, {running} running, {self.failed} failed | "
-            f"{self._best()} | "
+            f"[sweep] {done}/{self.total} done, {running} running, {failed} failed | {shown} | "
             f"elapsed {elapsed / 60:.1f} min, left ~{eta / 60:.1f} min"
         )
 
-    def _best(self) -> str:
-        short = {"forget_quality": "FQ", "model_utility": "MU"}
-        return " ".join(f"best {short.get(k, k)} {v:.3g}" for k, v in self.best.items())
-
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.finished_here += 1
-        self._count(trial, failed=False)
         self._line(trials, trial)
         if self.after_trial is not None:
             self.after_trial()
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.finished_here += 1
-        self._count(trial, failed=True)
         self._line(trials, trial)
         self.log(f"[sweep] trial {trial.trial_id} failed: {failure_reason(trial)}{self.where}")
         if self.after_trial is not None:
@@ -435,15 +430,6 @@ def max_concurrent(sweep: SweepConfig) -> int:
     return max(1, min(limits))
 
 
-def study_file(sweep: SweepConfig, storage: Storage) -> Path:
-    """The Optuna study's sqlite file on the driver: in the run folder on a local storage, else in
-    `<cache_dir>/studies/<hash of the storage URI>/<sweep>/` (copied to the storage, `sync_study`)."""
-    if not storage.remote:
-        return Path(storage.uri) / sweep.name / "optuna.sqlite"
-    key = hashlib.sha256(storage.uri.encode()).hexdigest()[:16]
-    return Path(sweep.run.cache_dir).expanduser() / "studies" / key / sweep.name / "optuna.sqlite"
-
-
 def sync_study(study: Path, storage: Storage, name: str) -> None:
     """Copy the driver's study file to `<run>/optuna.sqlite` on a remote storage (a snapshot taken
     with sqlite's backup API, so a write in progress is never copied half-done)."""
@@ -470,6 +456,15 @@ def pin_autoscaling_coordinator() -> None:
     get_or_create_autoscaling_coordinator()
 
 
+def experiment_names(storage: Storage, sweep_name: str) -> list[str]:
+    """The sweep's Tune experiments in the order they ran: `tune`, then `tune-2`, `tune-3`, ... one
+    per extension of a finished sweep (`--resume --set search.num_trials=N`)."""
+    names: list[str] = []
+    while storage.exists(sweep_name, "tune" if not names else f"tune-{len(names) + 1}"):
+        names.append("tune" if not names else f"tune-{len(names) + 1}")
+    return names
+
+
 def run_sweep(
     sweep: SweepConfig,
     storage: Storage,
@@ -481,12 +476,15 @@ def run_sweep(
 ) -> Path:
     """Run the sweep into `<storage>/<sweep name>/`; returns the driver's Optuna study file. `ws`: the
     sweep's workspace when the caller has built it already (the sweep CLI, while validating);
-    `log_file`: where a failed trial's traceback is (named in its progress line)."""
+    `log_file`: where a failed trial's traceback is (named in its progress line).
+
+    `resume`: the last Tune experiment is restored and finishes its trials; then, while the study
+    holds fewer finished trials than `search.num_trials`, a new experiment (`tune-<k>`) asks the same
+    Optuna study for the rest, so the sampler learns from every earlier trial and no trial runs twice.
+    """
     pin_autoscaling_coordinator()
     study = study_file(sweep, storage)
     study.parent.mkdir(parents=True, exist_ok=True)
-    if storage.remote and resume and not study.is_file() and storage.is_file(sweep.name, "optuna.sqlite"):
-        storage.download_file(study, sweep.name, "optuna.sqlite")
     ws = recipe.workspace(sweep.run) if ws is None else ws
     shared = SharedWorkspace(ray.put(ws))
     prepared = prepare_stage(sweep, storage, log, ws, shared)
@@ -506,47 +504,77 @@ def run_sweep(
     # driver killed in between would forget trials that already wrote their rows and told Optuna,
     # and `--resume` would run them again. Saved after every controller event instead (a few KB).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    experiment = storage.join(sweep.name, "tune")
     progress = Progress(
         sweep.search.num_trials,
         log,
         [(o.metric, o.mode) for o in sweep.search.objectives],
+        study,
+        sweep.name,
         after_trial=lambda: sync_study(study, storage, sweep.name),
         log_file=log_file,
     )
-    if resume and tune.Tuner.can_restore(experiment):
-        log(f"[sweep] resuming {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=False)
-    else:
-        objectives = sweep.search.objectives
-        search = OptunaSearch(
-            space=DefineByRun(sweep.search),
-            metric=[o.metric for o in objectives],
-            mode=[o.mode for o in objectives],
-            sampler=sampler_for(sweep.search),
-            study_name=sweep.name,
-            storage=optuna.storages.RDBStorage(f"sqlite:///{study}"),
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=search,
-                num_samples=sweep.search.num_trials,
-                max_concurrent_trials=max_concurrent(sweep),
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=storage.join(sweep.name),
-                failure_config=tune.FailureConfig(max_failures=sweep.fault_tolerance.trial_retries),
-                callbacks=[progress, *tracking_callbacks(sweep, storage)],
-                verbose=0,
-            ),
-        )
-    tuner.fit()
-    mark_interrupted(study, sweep.name, log)
+    callbacks = [progress, *tracking_callbacks(sweep, storage)]
+    experiments = experiment_names(storage, sweep.name) if resume else []
+    if experiments and tune.Tuner.can_restore(storage.join(sweep.name, experiments[-1])):
+        last = storage.join(sweep.name, experiments[-1])
+        log(f"[sweep] resuming {last}")
+        restored = tune.Tuner.restore(last, trainable=trainable, resume_errored=False)
+        # The restored run config holds the callbacks pickled when the experiment began; this
+        # driver's own (progress over every trial of the sweep, tracking) replace them.
+        restored._local_tuner.get_run_config().callbacks = callbacks
+        restored.fit()
+        mark_interrupted(study, sweep.name, log)
+    remaining = sweep.search.num_trials - (finished_trials(study, sweep.name) if resume else 0)
+    if remaining > 0:
+        name = "tune" if not experiments else f"tune-{len(experiments) + 1}"
+        if experiments:
+            log(f"[sweep] extending {sweep.name} by {remaining} trials (experiment {name})")
+        new_tuner(sweep, storage, study, trainable, name, remaining, callbacks).fit()
+        mark_interrupted(study, sweep.name, log)
     sync_study(study, storage, sweep.name)
     return study
+
+
+def new_tuner(
+    sweep: SweepConfig,
+    storage: Storage,
+    study: Path,
+    trainable: Any,
+    name: str,
+    num_trials: int,
+    callbacks: list[Any],
+) -> tune.Tuner:
+    """A Tune experiment `<run>/<name>` of `num_trials` trials proposed by the sweep's Optuna study
+    (created, or loaded when it exists: an extension continues the same study)."""
+    objectives = sweep.search.objectives
+    search = OptunaSearch(
+        space=DefineByRun(sweep.search),
+        metric=[o.metric for o in objectives],
+        mode=[o.mode for o in objectives],
+        sampler=sampler_for(sweep.search),
+        study_name=sweep.name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{study}"),
+    )
+    # Named objectives: the report's importances and history, and optuna-dashboard, show them.
+    with warnings.catch_warnings():  # set_metric_names is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        search._ot_study.set_metric_names([o.metric for o in objectives])
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            num_samples=num_trials,
+            max_concurrent_trials=max_concurrent(sweep),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage.join(sweep.name),
+            failure_config=tune.FailureConfig(max_failures=sweep.fault_tolerance.trial_retries),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
 
 
 def mark_interrupted(study_path: Path, study_name: str, log: Log) -> None:
@@ -556,6 +584,6 @@ def mark_interrupted(study_path: Path, study_name: str, log: Log) -> None:
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
     study = optuna.load_study(study_name=study_name, storage=storage)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         log(f"[sweep] Optuna trial {trial.number} was interrupted before it started; marked FAIL")

@@ -186,9 +186,12 @@ TRIALS = 5
 
 
 @pytest.mark.ray
-def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path, ray_cluster: None) -> None:
+def test_killed_sweep_resumes_with_every_trial_once(
+    tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     """SIGKILL the driver once two trials are on disk; `--resume` finishes the sweep with every
-    trial exactly once in the Parquet tables and in the Optuna study. Secrets in the driver's
+    trial exactly once in the Parquet tables and in the Optuna study; `--resume --set
+    search.num_trials=N` then extends the finished sweep, again with every trial once. Secrets in the driver's
     environment (a hub token, cloud keys) appear in no file of the run: results, study, Tune state."""
     import signal
     import subprocess
@@ -234,6 +237,26 @@ def test_killed_sweep_resumes_with_every_trial_once(tmp_path: Path, ray_cluster:
     # A suggestion asked just before the kill may be left over: it is marked FAIL, never run.
     assert states.count("COMPLETE") == TRIALS and "RUNNING" not in states
     assert sum(t["status"] == "completed" for t in trials) == TRIALS
+
+    # The finished sweep is extended by two trials: a new Tune experiment asks the same study.
+    assert sweep.main([str(path), "--resume", "--set", f"search.num_trials={TRIALS + 2}"]) == 0
+    trials = [t for t in results.read_table(root, "trials").to_pylist() if t["kind"] == "trial"]
+    assert len(trials) == len({t["trial_id"] for t in trials}) == TRIALS + 2
+    with sqlite3.connect(tmp_path / "runs" / "citest" / "optuna.sqlite") as db:
+        states = [row[0] for row in db.execute("SELECT state FROM trials")]
+        studies = db.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+    assert states.count("COMPLETE") == TRIALS + 2 and studies == 1
+    assert (tmp_path / "runs" / "citest" / "tune-2").is_dir()
+    # Resuming again with the same number runs nothing; a lower one is refused before Ray.
+    assert sweep.main([str(path), "--resume", "--set", f"search.num_trials={TRIALS + 2}"]) == 0
+    assert len(results.read_table(root, "trials")) == TRIALS + 2 + 2  # + Original and Retrain
+    capsys.readouterr()
+    assert sweep.main([str(path), "--resume", "--set", "search.num_trials=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: search.num_trials: 3 but {TRIALS + 2} trials of citest have already run; allowed when "
+        f"resuming: >= {TRIALS + 2} (a larger number extends the sweep)"
+    ]
     files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
     assert len(files) > 20
     leaked = [(p, k) for p in files for k, v in secrets.items() if v.encode() in p.read_bytes()]

@@ -1,0 +1,153 @@
+"""Every epoch a point of the search: early stopping against the sweep's front, and epoch points in
+the Optuna study.
+
+A trial that evaluates after every epoch (`evaluation.every_epoch`) has one (objective values) point
+per epoch. Two things use them:
+
+* `EpochFront` (one Ray actor per sweep, `front_actor`): each trial sends its epoch points; a trial
+  whose points so far are all dominated by other trials' points by a clear margin
+  (`pareto.dominated_by_margin`, in rank percentiles) is told to stop (`search.early_stop`). The
+  rule is Pareto-rank, not successive halving: multi-objective successive halving needs a scalar
+  rung score, and the front is what the sweep is after. Stopping is decided in the trial (it stops
+  after the epoch, writes its rows and checkpoint as any trial), not by Tune killing it.
+* `EpochPoints` (a Tune callback on the driver): when a trial ends, each of its epochs e is added to
+  the Optuna study as a completed trial with the same settings and `unlearn.epochs = e`, so the
+  sampler learns from every epoch and not only the last. Why epochs as points with their epoch count
+  rather than a fidelity: Optuna's multi-objective samplers take no intermediate values, and the
+  epoch count is already a searched setting, so an epoch-e point is a real observation of "e epochs".
+  It is an approximation in one respect, stated here: the learning rate at epoch e of an E-epoch run
+  has not decayed to zero as an e-epoch run's has. Epochs outside the searched range, and methods
+  whose space does not search `unlearn.epochs`, add no points (the same settings with another value
+  would be read as noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray import tune
+
+from ..config import SweepConfig
+from ..orchestration.study import EPOCH_POINT, search_distributions
+from ..pareto import Direction, dominated_by_margin
+
+EPOCHS_SETTING = "unlearn.epochs"
+FRONT_NAMESPACE = "raysimnpo"
+
+
+class FrontRule:
+    """The epoch points of every trial of a sweep, and the early-stopping rule over them."""
+
+    def __init__(self, directions: Sequence[Direction], margin: float, min_epochs: int) -> None:
+        self.directions, self.margin, self.min_epochs = list(directions), margin, min_epochs
+        self.points: dict[str, list[list[float]]] = {}
+
+    def add(self, trial_id: str, points: Sequence[Sequence[float]]) -> None:
+        """Points of a trial known from elsewhere (a resumed sweep's finished trials)."""
+        self.points.setdefault(trial_id, []).extend([list(map(float, p)) for p in points])
+
+    def restart(self, trial_id: str) -> None:
+        """A retried trial starts its epochs again."""
+        self.points.pop(trial_id, None)
+
+    def judge(self, trial_id: str, epoch: int, point: Sequence[float]) -> bool:
+        """Record `trial_id`'s point of `epoch` (from 1); True when the trial should stop: it has run
+        at least `min_epochs` epochs and every one of its points is dominated by another trial's."""
+        own = self.points.setdefault(trial_id, [])
+        del own[epoch - 1 :]  # a worker group restarted mid-trial reports its epochs again
+        own.append([float(v) for v in point])
+        if epoch < self.min_epochs:
+            return False
+        others = [p for t, ps in self.points.items() if t != trial_id for p in ps]
+        return bool(others) and all(dominated_by_margin(p, others, self.directions, self.margin) for p in own)
+
+
+EpochFront = ray.remote(num_cpus=0)(FrontRule)
+
+
+def front_actor_name(sweep: SweepConfig) -> str:
+    return f"front-{sweep.name}"
+
+
+def start_front(sweep: SweepConfig, known: dict[str, list[list[float]]]) -> Any:
+    """The sweep's EpochFront actor (created by the driver, which keeps it alive), seeded with the
+    epoch points of the trials already run."""
+    from ..metrics import metric_direction
+
+    settings = sweep.search.early_stop
+    assert settings is not None
+    directions = [metric_direction(o.metric) for o in sweep.search.objectives]
+    actor = EpochFront.options(  # type: ignore[attr-defined]
+        name=front_actor_name(sweep), namespace=FRONT_NAMESPACE, get_if_exists=True
+    ).remote(directions, settings.margin, settings.min_epochs)
+    for trial_id, points in known.items():
+        actor.add.remote(trial_id, points)
+    return actor
+
+
+def find_front(sweep: SweepConfig) -> Any | None:
+    """The sweep's EpochFront from inside a trial, None when the sweep does not stop early."""
+    if sweep.search.early_stop is None:
+        return None
+    return ray.get_actor(front_actor_name(sweep), namespace=FRONT_NAMESPACE)
+
+
+def epoch_point_params(
+    params: dict[str, Any], distributions: dict[str, Any], epoch: int
+) -> dict[str, Any] | None:
+    """The Optuna params of a trial's epoch-`epoch` point: the trial's own with the method's
+    `unlearn.epochs` set to `epoch`; None when the method does not search the epochs or `epoch` is
+    outside the searched range."""
+    key = f"{params.get('method')}/{EPOCHS_SETTING}"
+    distribution = distributions.get(key)
+    choices = getattr(distribution, "choices", None)
+    if distribution is None or (
+        epoch not in choices if choices is not None else not distribution.low <= epoch <= distribution.high
+    ):
+        return None
+    return {**params, key: epoch}
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The Optuna params of a Tune trial from its config (`{"method": m, m: {setting: value}}`, the
+    define-by-run names `<method>/<setting>` that Tune unflattens at the slash)."""
+    method = config["method"]
+    return {"method": method, **{f"{method}/{k}": v for k, v in (config.get(method) or {}).items()}}
+
+
+class EpochPoints(tune.Callback):
+    """Adds each finished trial's earlier epochs to the Optuna study as completed points."""
+
+    def __init__(self, sweep: SweepConfig, study_path: str) -> None:
+        self.study_name, self.study_path = sweep.name, study_path
+        self.metrics = [o.metric for o in sweep.search.objectives]
+        self.distributions = search_distributions(sweep.search)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        points = result.get("epoch_points") or []
+        if not points:
+            return
+        import optuna
+
+        params = trial_params(trial.config)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{self.study_path}")
+        study = optuna.load_study(study_name=self.study_name, storage=storage)
+        # A completed trial's own Optuna trial holds its last epoch; a stopped one was told PRUNED.
+        last = int(result["epoch"]) if result.get("completed") else None
+        for row in points:
+            epoch = int(row["epoch"])
+            point = epoch_point_params(params, self.distributions, epoch)
+            values = [row.get(m) for m in self.metrics]
+            if epoch == last or point is None or any(v is None for v in values):
+                continue
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=point,
+                    distributions={k: self.distributions[k] for k in point},
+                    values=[float(v) for v in values],
+                    user_attrs={EPOCH_POINT: True, "of_trial": trial.trial_id, "epoch": epoch},
+                )
+            )
