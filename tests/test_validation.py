@@ -532,25 +532,42 @@ class FakeTrial:
     last_result: dict[str, float] = field(default_factory=dict)
 
 
-def test_progress_counts_the_trials_finished_before_a_resume() -> None:
+def make_study(path: Path) -> object:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    return optuna.create_study(study_name="demo", storage=storage, directions=["maximize", "maximize"])
+
+
+def test_progress_counts_every_trial_of_the_study_after_a_resume(tmp_path: Path) -> None:
+    """The counts come from the study: trials finished before a resume (or in an earlier Tune
+    experiment of an extended sweep) count; never-run `interrupted` ones and epoch points do not."""
+    import optuna
+
+    from raysimnpo.orchestration.study import EPOCH_POINT, INTERRUPTED
     from raysimnpo.orchestration.tuner import Progress
 
+    study = make_study(tmp_path / "optuna.sqlite")
+    for fq in (0.0, 0.1, 0.2):
+        study.add_trial(optuna.trial.create_trial(values=[fq, 0.5]))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    study.add_trial(
+        optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={INTERRUPTED: True})
+    )
+    study.add_trial(optuna.trial.create_trial(values=[0.95, 0.1], user_attrs={EPOCH_POINT: True}))
+    running = [study.ask(), study.ask()]
     lines: list[str] = []
-    progress = Progress(6, lines.append)
-    restored = [
-        FakeTrial(f"t{i}", "TERMINATED", {"forget_quality": 0.1 * i, "model_utility": 0.5}) for i in range(3)
-    ]
-    restored.append(FakeTrial("t3", "ERROR"))
-    running = [FakeTrial("t4", "RUNNING"), FakeTrial("t5", "RUNNING")]
-    trials = restored + running
-    progress.on_trial_start(0, trials, running[0])
-    assert lines[-1].startswith("[sweep] 3/6 done, 2 running, 1 failed | best FQ 0.2 best MU 0.5 |")
-    for trial in running:
-        trial.last_result = {"forget_quality": 0.9, "model_utility": 0.4}
+    objectives = [("forget_quality", "max"), ("model_utility", "max")]
+    progress = Progress(6, lines.append, objectives, tmp_path / "optuna.sqlite", "demo")
+    trials = [FakeTrial("t4", "RUNNING"), FakeTrial("t5", "RUNNING")]
+    progress._line(trials)
+    assert lines[-1].startswith("[sweep] 3/6 done, 2 running, 1 failed | best FQ 0.95 best MU 0.5 |")
+    for ot_trial, trial in zip(running, trials, strict=True):
+        study.tell(ot_trial, [0.9, 0.4])  # Tune's searcher tells the study before the callbacks run
         progress.on_trial_complete(0, trials, trial)
         trial.status = "TERMINATED"
-    assert lines[-1].startswith("[sweep] 5/6 done, 0 running, 1 failed | best FQ 0.9 best MU 0.5 |")
-    progress.on_trial_start(0, trials, running[1])  # an event after the last one counts nothing twice
+    assert lines[-1].startswith("[sweep] 5/6 done, 0 running, 1 failed | best FQ 0.95 best MU 0.5 |")
+    progress._line(trials)  # another event counts nothing twice
     assert lines[-1].startswith("[sweep] 5/6 done, 0 running, 1 failed")
 
 

@@ -85,10 +85,18 @@ class FailedTrial:
 
 
 def test_a_failed_trial_shows_one_line_with_its_reason_and_the_log(tmp_path: Path) -> None:
+    import optuna
+
     from raysimnpo.orchestration.tuner import Progress
 
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.sqlite'}")
+    study = optuna.create_study(study_name="demo", storage=storage, directions=["maximize"])
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))  # the searcher's tell
     lines: list[str] = []
-    progress = Progress(3, lines.append, log_file=tmp_path / "sweep.log")
+    objectives = [("forget_quality", "max")]
+    progress = Progress(
+        3, lines.append, objectives, tmp_path / "optuna.sqlite", "demo", log_file=tmp_path / "sweep.log"
+    )
     trial = FailedTrial()
     progress.on_trial_error(0, [trial], trial)
     assert lines[0].startswith("[sweep] 0/3 done, 0 running, 1 failed")
