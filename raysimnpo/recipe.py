@@ -432,6 +432,8 @@ def unlearn_model(
     on_forget_batch: ForgetBatchHook | None = None,
     epoch_end: EpochEnd | None = None,
     resume_from: str | Path | None = None,
+    after_epoch: Callable[[PreTrainedModel, int], dict[str, float]] | None = None,
+    stop_after: Callable[[dict[str, float]], bool] | None = None,
 ) -> tuple[PreTrainedModel, TrainingSummary]:
     """The unlearning recipe: (workspace, Original weights, method, report) -> unlearned model.
 
@@ -441,8 +443,10 @@ def unlearn_model(
     ℓ_ref and the method's frozen copy are taken from the whole Original, then both models are
     sharded and `training.train` walks the same global batches on every rank, so the result equals
     a single process's. The method's `after_training` step (Task Vector) runs at the end, shard by
-    shard when sharded. `report` gets one row per epoch; `on_forget_batch`, `epoch_end` and
-    `resume_from` as in `training.train`.
+    shard when sharded. `report` gets one row per epoch; `on_forget_batch`, `epoch_end`,
+    `resume_from` and `stop_after` as in `training.train`. `after_epoch(model, epoch)` (e.g. an
+    `EpochEvaluator`) sees the model the method would return after that epoch: for a method with an
+    `after_training` step, that step is applied for the call and undone after it.
     """
     config = ws.config
     params = config.method if method is None else method
@@ -460,6 +464,18 @@ def unlearn_model(
     original_state = (
         {k: v.detach().clone() for k, v in model.state_dict().items()} if after_training is not None else None
     )
+
+    def output_after(epoch: int) -> dict[str, float]:
+        assert after_epoch is not None
+        if original_state is None:
+            return after_epoch(model, epoch)
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(apply_task_vector(original_state, trained, params))
+        try:
+            return after_epoch(model, epoch)
+        finally:
+            model.load_state_dict(trained)
+
     summary = train(
         model,
         config.unlearn,
@@ -474,10 +490,91 @@ def unlearn_model(
         rank=rank,
         world_size=world_size,
         frozen=frozen,
+        after_epoch=None if after_epoch is None else output_after,
+        stop_after=stop_after,
     )
     if original_state is not None:
         model.load_state_dict(apply_task_vector(original_state, model.state_dict(), params))
     return model, summary
+
+
+EPOCH_SUFFIX = ".epoch-"
+"""A kept epoch's weights sit beside the run's final checkpoint: `<checkpoint>.epoch-<e>`."""
+
+
+def epoch_checkpoint(checkpoint: str | Path, epoch: int) -> str:
+    return f"{checkpoint}{EPOCH_SUFFIX}{epoch}"
+
+
+@dataclass
+class EpochEvaluator:
+    """Per-epoch evaluation (`evaluation.every_epoch`), an `after_epoch` of `unlearn_model`: after
+    every epoch the model is evaluated as a finished run's would be (the benchmark's items, scores
+    and metrics), so each (trial, epoch) is a point of the front. Under FSDP every rank calls it with
+    its shards (the forward passes are collectives; the numbers are the same on every rank).
+
+    Weights: with `keep` set, an epoch's weights are written to `<keep>.epoch-<e>` when its point is
+    not dominated by another epoch of the run in the `objectives` (only those can still be selected:
+    an epoch another epoch dominates is never the better choice under the front or Table 2's rule),
+    and the folders of epochs it dominates are removed, so a 7B sweep keeps a few copies per trial,
+    not one per epoch. `last` is the latest evaluation (the run's final one when it ends)."""
+
+    ws: Workspace
+    retrain_reference: Any
+    objectives: list[tuple[str, str]]
+    keep: Path | None = None
+    last: Evaluation | None = None
+    points: dict[int, list[float]] = field(default_factory=dict)
+    kept: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __call__(self, model: PreTrainedModel, epoch: int) -> dict[str, float]:
+        started = time.perf_counter()
+        bench = self.ws.benchmark
+        stats = bench.score_items(model, self.ws, bench.evaluation_items(self.ws))
+        self.last = bench.aggregate(self.ws, stats, self.retrain_reference)
+        if self.keep is not None:
+            self._keep(model, epoch, [float(self.last.metrics[m]) for m, _ in self.objectives])
+        self.seconds += time.perf_counter() - started
+        return {k: float(v) for k, v in self.last.metrics.items()}
+
+    def _keep(self, model: PreTrainedModel, epoch: int, point: list[float]) -> None:
+        import math
+
+        from .pareto import non_dominated_mask
+
+        assert self.keep is not None
+        self.points[epoch] = point
+        epochs = sorted(self.points)
+        values = [self.points[e] for e in epochs]
+        if any(not math.isfinite(v) for p in values for v in p):
+            front = set(epochs)  # no order on a NaN: keep everything
+        else:
+            mask = non_dominated_mask(values, [d for _, d in self.objectives])  # type: ignore[misc]
+            front = {e for e, keep in zip(epochs, mask, strict=True) if keep}
+        if epoch in front:
+            sharding.save_hf_checkpoint(
+                model, self.ws.tokenizer, self.ws.prompt_format, epoch_checkpoint(self.keep, epoch)
+            )
+            self.kept.append(epoch)
+        rank, _ = sharding.rank_and_world_size()
+        for dropped in [e for e in self.kept if e not in front]:
+            self.kept.remove(dropped)
+            if rank == 0:
+                shutil.rmtree(epoch_checkpoint(self.keep, dropped), ignore_errors=True)
+
+    def final_checkpoint(self, checkpoint: Path, epoch: int) -> bool:
+        """Move the kept folder of `epoch` (the run's last) to `checkpoint`, the run's final model,
+        instead of writing the same weights again; False when that epoch was not kept."""
+        if self.keep is None or epoch not in self.kept:
+            return False
+        self.kept.remove(epoch)
+        rank, _ = sharding.rank_and_world_size()
+        if rank == 0:
+            if checkpoint.exists():
+                shutil.rmtree(checkpoint)
+            Path(epoch_checkpoint(self.keep, epoch)).rename(checkpoint)
+        return True
 
 
 def run(config: RunConfig, log: Log = _quiet) -> RunResult:

@@ -47,6 +47,17 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
+def rank0_decides(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank (a broadcast), so that all ranks take the same branch of a
+    collective code path (e.g. stopping training early); `flag` itself without a process group."""
+    _, size = rank_and_world_size()
+    if size == 1:
+        return flag
+    decision = [flag]
+    dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
+
+
 def decoder_blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated transformer blocks of a causal LM, in order.
 

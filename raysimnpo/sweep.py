@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .orchestration.cluster import RayTarget, TrialDemand
     from .storage import Storage
 
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m raysimnpo.sweep", description=__doc__)
     parser.add_argument("sweep", help="a sweep name (tofu, tofu-llama2-7b, ...) or a sweep YAML file")

@@ -82,6 +82,8 @@ class TrainingSummary:
     seconds: float = 0.0
     tokens: int = 0
     resumed_from_epoch: int = 0  # epochs restored from a saved training state, not trained here
+    after_epoch_seconds: float = 0.0  # spent in `after_epoch` (e.g. per-epoch evaluation), within `seconds`
+    stopped_at_epoch: int | None = None  # the epoch after which `stop_after` ended the run early
 
 
 def schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -252,6 +254,7 @@ def train(
     max_steps: int | None = None,
     on_step: StepHook | None = None,
     lr_schedule: Literal["linear", "constant"] = "linear",
+    stop_after: Callable[[dict[str, float]], bool] | None = None,
 ) -> TrainingSummary:
     """Fine-tune on `examples` (params None), or unlearn `unlearn.forget` with `params`.
 
@@ -275,6 +278,10 @@ def train(
     spans the steps taken); `on_step(step, loss)` runs after every step (e.g. the Markov study's
     evaluation every few iterations); `lr_schedule` "constant" keeps the learning rate fixed
     (the Markov study's AdamW) instead of the paper's warm-up and linear decay.
+
+    `stop_after(row)` is asked after every epoch (its row holds `after_epoch`'s values, e.g. the
+    epoch's evaluation); True ends the run there (early stopping). Under several ranks, rank 0's
+    answer is taken by all (`sharding.rank0_decides`).
     """
     if (params is None) != (unlearn is None) or (unlearn is None and examples is None):
         raise ValueError("pass `examples` to fine-tune, or `unlearn` and `params` to unlearn")
@@ -388,13 +395,19 @@ def train(
         row = {k: v / steps_done for k, v in sums.items()}
         row.update(epoch=epoch + 1, learning_rate=scheduler.get_last_lr()[0])
         if after_epoch is not None:
+            evaluating = time.perf_counter()
             row.update(after_epoch(epoch + 1))
+            summary.after_epoch_seconds += time.perf_counter() - evaluating
             model.train()
         summary.epochs.append(row)
         if report is not None:
             report(row)
         if epoch_end is not None:
             epoch_end(list(summary.epochs), optimizer, scheduler)
+        last = epoch + 1 == settings.epochs
+        if stop_after is not None and not last and sharding.rank0_decides(rank == 0 and stop_after(row)):
+            summary.stopped_at_epoch = epoch + 1
+            break
     summary.seconds = time.perf_counter() - started
     model.eval()
     for p in model.parameters():

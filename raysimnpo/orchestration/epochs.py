@@ -24,6 +24,7 @@ per epoch. Two things use them:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -32,6 +33,19 @@ from ray import tune
 from ..config import SweepConfig
 from ..orchestration.study import EPOCH_POINT, search_distributions
 from ..pareto import Direction, dominated_by_margin
+
+
+@dataclass(frozen=True)
+class EpochEvaluation:
+    """What the workers need to evaluate after every epoch (`recipe.EpochEvaluator`): the Retrain
+    reference, the sweep's objectives (metric, direction), and the sweep's EpochFront actor (its name;
+    None: no early stopping) with the trial's id."""
+
+    retrain_reference: Any
+    objectives: list[tuple[str, str]]
+    front: str | None
+    trial_id: str
+
 
 EPOCHS_SETTING = "unlearn.epochs"
 FRONT_NAMESPACE = "raysimnpo"
@@ -85,13 +99,6 @@ def start_front(sweep: SweepConfig, known: dict[str, list[list[float]]]) -> Any:
     for trial_id, points in known.items():
         actor.add.remote(trial_id, points)
     return actor
-
-
-def find_front(sweep: SweepConfig) -> Any | None:
-    """The sweep's EpochFront from inside a trial, None when the sweep does not stop early."""
-    if sweep.search.early_stop is None:
-        return None
-    return ray.get_actor(front_actor_name(sweep), namespace=FRONT_NAMESPACE)
 
 
 def epoch_point_params(
@@ -151,3 +158,37 @@ class EpochPoints(tune.Callback):
                     user_attrs={EPOCH_POINT: True, "of_trial": trial.trial_id, "epoch": epoch},
                 )
             )
+
+
+def epoch_stopper(front_name: str, metrics: Sequence[str], trial_id: str) -> Any:
+    """`stop_after` for the training loop: sends each epoch's objective values to the sweep's
+    EpochFront and returns its verdict (a trial whose epochs are all dominated by a clear margin)."""
+    front = ray.get_actor(front_name, namespace=FRONT_NAMESPACE)
+    ray.get(front.restart.remote(trial_id))  # a retried trial starts its epochs again
+
+    def stop(row: dict[str, float]) -> bool:
+        if any(m not in row for m in metrics):
+            return False
+        point = [float(row[m]) for m in metrics]
+        return bool(ray.get(front.judge.remote(trial_id, int(row["epoch"]), point)))
+
+    return stop
+
+
+def known_points(root: str, metrics: Sequence[str]) -> dict[str, list[list[float]]]:
+    """Every trial's epoch points in the results tables (a resumed sweep seeds its EpochFront)."""
+    from .. import results
+
+    try:
+        rows = results.read_table(root, "metrics").to_pylist()
+    except Exception:  # no table yet: a new sweep
+        return {}
+    by_epoch: dict[tuple[str, int], dict[str, float]] = {}
+    for r in rows:
+        if r["stage"] == "epoch" and r["metric"] in metrics and r["epoch"] is not None:
+            by_epoch.setdefault((r["trial_id"], int(r["epoch"])), {})[r["metric"]] = float(r["value"])
+    points: dict[str, list[list[float]]] = {}
+    for (trial_id, _), values in sorted(by_epoch.items()):
+        if all(m in values for m in metrics):
+            points.setdefault(trial_id, []).append([values[m] for m in metrics])
+    return points

@@ -44,6 +44,7 @@ from .. import recipe, sharding
 from ..config import RunConfig
 from ..errors import UserInputError
 from ..methods import CLOSED_FORM_WEIGHTS, METHODS, MethodParams, register
+from ..orchestration.epochs import EpochEvaluation, epoch_stopper
 from ..training import GradientWeightLog, TrainingDiverged
 from ..training_state import STATE_FILE, save_training_state, saved_extra
 
@@ -65,6 +66,7 @@ def unlearn_with_torch_trainer(
     gpus_per_worker: float = 1.0,
     workspace: Any = None,
     method: MethodParams | None = None,
+    epoch_evaluation: EpochEvaluation | None = None,
 ) -> dict[str, Any]:
     """Unlearn the Original at `original_path` with `config.method` on `num_workers` Ray Train
     workers (FSDP2 when more than one) and write the result as a Hugging Face folder at `output_path`.
@@ -82,6 +84,11 @@ def unlearn_with_torch_trainer(
 
     `method`: the method's hyperparameters when they are not `config.method` (e.g. a method added
     with `methods.register`, which a RunConfig does not know); its registry entry goes to the workers.
+
+    `epoch_evaluation`: evaluate after every epoch on the workers (every rank takes part, rank 0
+    reports), keep the selectable epochs' weights beside `output_path`, and stop early when the
+    sweep's EpochFront says so; the result then has "evaluation" (the last epoch's metrics and
+    examples) and "stopped_at_epoch".
 
     Returns {"metrics": the last reported row (last epoch's losses, learning rate, epoch,
     training_seconds, resumed_from_epoch), "epochs": every epoch's row, "weights": NPO's / SimNPO's
@@ -119,6 +126,7 @@ def unlearn_with_torch_trainer(
             "workspace": workspace,  # the sweep's workspace (an object ref), or None: built per worker
             "params": method,
             "method": None if method is None else METHODS[method.name],
+            "epoch_evaluation": epoch_evaluation,
         },
         scaling_config=ScalingConfig(
             num_workers=num_workers,
@@ -145,6 +153,8 @@ def unlearn_with_torch_trainer(
         "metrics": dict(result.metrics or {}),
         "epochs": list(returned.get("epochs", [])),
         "weights": list(returned.get("weights", [])),
+        "evaluation": returned.get("evaluation"),
+        "stopped_at_epoch": returned.get("stopped_at_epoch"),
         "checkpoint_path": result.checkpoint.path,
         "output_path": str(output),
         "seconds": time.perf_counter() - started,
@@ -222,6 +232,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
         ray.train.report(row)
 
     weights = GradientWeightLog(params) if params.name in CLOSED_FORM_WEIGHTS else None
+    per_epoch: EpochEvaluation | None = loop_config.get("epoch_evaluation")
+    evaluator = stop = None
+    if per_epoch is not None:
+        keep = Path(loop_config["output_path"])
+        evaluator = recipe.EpochEvaluator(ws, per_epoch.retrain_reference, per_epoch.objectives, keep=keep)
+        if per_epoch.front is not None and rank == 0:  # rank 0 asks; the loop gives every rank its answer
+            metrics = [m for m, _ in per_epoch.objectives]
+            stop = epoch_stopper(per_epoch.front, metrics, per_epoch.trial_id)
 
     def report_with_state(rows: list[dict[str, float]], optimizer: Any, scheduler: Any) -> None:
         extra = {"weights": weights.rows if weights is not None else []}
@@ -249,15 +267,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
             on_forget_batch=weights,
             epoch_end=report_with_state if loop_config["epoch_checkpoints"] else None,
             resume_from=resume,
+            after_epoch=evaluator,
+            stop_after=stop,
         )
     output = Path(loop_config["output_path"])
     sharded = context.get_world_size() > 1
-    sharding.save_hf_checkpoint(
-        model, ws.tokenizer, ws.prompt_format, output, dtype=loaded_dtype if sharded else None
-    )
+    if evaluator is None or not evaluator.final_checkpoint(output, int(summary.epochs[-1]["epoch"])):
+        sharding.save_hf_checkpoint(
+            model, ws.tokenizer, ws.prompt_format, output, dtype=loaded_dtype if sharded else None
+        )
     final = {
         **summary.epochs[-1],
         "training_seconds": summary.seconds,
+        "evaluation_seconds": summary.after_epoch_seconds,
         "resumed_from_epoch": summary.resumed_from_epoch,
     }
     mode = CheckpointUploadMode.SYNC if loop_config["upload_checkpoint"] else CheckpointUploadMode.NO_UPLOAD
@@ -265,7 +287,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
     ray.train.report(
         final, checkpoint=checkpoint, checkpoint_dir_name=CHECKPOINT_DIR_NAME, checkpoint_upload_mode=mode
     )
-    return {"epochs": summary.epochs, "weights": weights.rows if weights is not None else []}
+    last = None if evaluator is None or evaluator.last is None else evaluator.last
+    return {
+        "epochs": summary.epochs,
+        "weights": weights.rows if weights is not None else [],
+        "evaluation": None if last is None else {"metrics": last.metrics, "examples": last.examples},
+        "stopped_at_epoch": summary.stopped_at_epoch,
+    }
 
 
 def _workspace(config: RunConfig, *, first: bool, shared: Any = None) -> recipe.Workspace:

@@ -31,8 +31,11 @@ from ray import tune
 from transformers import PreTrainedModel
 
 from .. import recipe, results
+from ..benchmarks.base import Evaluation
 from ..config import SweepConfig
 from ..methods import CLOSED_FORM_WEIGHTS
+from ..metrics import metric_direction
+from ..orchestration.epochs import EpochEvaluation, epoch_stopper, front_actor_name
 from ..storage import exists, local_copy, open_storage
 from ..training import GradientWeightLog, TrainingDiverged
 
@@ -200,6 +203,8 @@ class Unlearned:
     epochs: list[dict[str, float]]
     stored_checkpoint: str | None
     seconds: dict[str, float]
+    evaluation: Any = None  # the last epoch's evaluation, with `evaluation.every_epoch`
+    stopped_at_epoch: int | None = None  # set when the sweep's EpochFront stopped the run early
 
 
 def unlearn(
@@ -213,28 +218,52 @@ def unlearn(
     recorder: GradientWeightLog | None,
     epochs: list[dict[str, float]],
     shared_workspace: Any = None,
+    retrain_reference: Any = None,
 ) -> Unlearned:
     """The trial's one unlearning path: the recipe `recipe.unlearn_model`, run in this process when
     the trial has one CPU worker (Ray's per-trial start-up would dwarf a tiny model's training on
     CPU), else by every worker of a TorchTrainer (FSDP2 when several); both write the unlearned
     model as a Hugging Face folder at `checkpoint`. `epochs` receives the per-epoch rows (also those
     of a run that diverges in this process). `shared_workspace`: the sweep's workspace in the object
-    store, which the TorchTrainer workers take instead of building their own."""
+    store, which the TorchTrainer workers take instead of building their own.
+
+    With `evaluation.every_epoch`, the model is evaluated after every epoch (`recipe.EpochEvaluator`,
+    against `retrain_reference`), the epochs that can still be selected keep their weights beside the
+    checkpoint, and with `search.early_stop` the sweep's EpochFront may end the run after an epoch;
+    `Unlearned.evaluation` is then the last epoch's evaluation (the run's final one)."""
     run = ws.config
+    objectives = [(o.metric, metric_direction(o.metric)) for o in sweep.search.objectives]
+    front = front_actor_name(sweep) if sweep.search.early_stop is not None else None
     if sweep.resources.workers <= 1 and sweep.resources.gpus_per_worker == 0:
         started = time.perf_counter()
+        evaluator = (
+            recipe.EpochEvaluator(ws, retrain_reference, objectives, keep=checkpoint)
+            if run.evaluation.every_epoch
+            else None
+        )
+        stop = None if front is None else epoch_stopper(front, [m for m, _ in objectives], trial_id)
         model, summary = recipe.unlearn_model(
-            ws, original, report=epochs.append, reference_nll=reference, on_forget_batch=recorder
+            ws,
+            original,
+            report=epochs.append,
+            reference_nll=reference,
+            on_forget_batch=recorder,
+            after_epoch=evaluator,
+            stop_after=stop,
         )
         saving = time.perf_counter()
-        recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
+        last_epoch = int(summary.epochs[-1]["epoch"])
+        if evaluator is None or not evaluator.final_checkpoint(checkpoint, last_epoch):
+            recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
         seconds = {
             # the recipe loads the Original and builds the inputs before its loop
             "load_original": saving - started - summary.seconds,
-            "unlearn": summary.seconds,
+            "unlearn": summary.seconds - summary.after_epoch_seconds,
+            "evaluate": summary.after_epoch_seconds,
             "save_checkpoint": time.perf_counter() - saving,
         }
-        return Unlearned(model, epochs, None, seconds)
+        evaluation = None if evaluator is None else evaluator.last
+        return Unlearned(model, epochs, None, seconds, evaluation, summary.stopped_at_epoch)
     from ..orchestration.trainer import unlearn_with_torch_trainer
 
     started = time.perf_counter()
@@ -251,6 +280,14 @@ def unlearn(
         cpus_per_worker=sweep.resources.cpus_per_worker,
         gpus_per_worker=sweep.resources.gpus_per_worker,
         workspace=shared_workspace,
+        epoch_evaluation=EpochEvaluation(
+            retrain_reference=retrain_reference,
+            objectives=objectives,
+            front=front,
+            trial_id=trial_id,
+        )
+        if run.evaluation.every_epoch
+        else None,
     )
     loop_seconds = float(outcome.get("metrics", {}).get("training_seconds", 0.0))
     epochs.extend(outcome.get("epochs", []))
@@ -259,11 +296,21 @@ def unlearn(
     stored = None
     if storage.remote:  # rank 0's node wrote it; Ray Train uploaded it into its run folder
         stored = f"{storage.uri.split('://', 1)[0]}://{outcome['checkpoint_path']}"
+    evaluated = float(outcome.get("metrics", {}).get("evaluation_seconds", 0.0))
+    evaluation = None
+    if outcome.get("evaluation") is not None:
+        evaluation = Evaluation(**outcome["evaluation"])
     return Unlearned(
         None,
         epochs,
         stored,
-        {"trainer_startup": time.perf_counter() - started - loop_seconds, "unlearn": loop_seconds},
+        {
+            "trainer_startup": time.perf_counter() - started - loop_seconds,
+            "unlearn": loop_seconds - evaluated,
+            "evaluate": evaluated,
+        },
+        evaluation,
+        outcome.get("stopped_at_epoch"),
     )
 
 
@@ -311,21 +358,37 @@ def unlearning_trial(
             reference = load_reference_nll(prepared.reference_nll)
             original = local_copy(prepared.original, sweep.run.cache_dir)
         unlearned = unlearn(
-            sweep, ws, original, checkpoint, storage, trial_id, reference, recorder, epochs, workspace.ref
+            sweep,
+            ws,
+            original,
+            checkpoint,
+            storage,
+            trial_id,
+            reference,
+            recorder,
+            epochs,
+            workspace.ref,
+            retrain_reference,
         )
         for phase, seconds in unlearned.seconds.items():
             clock.add(phase, seconds)
         stored_checkpoint = unlearned.stored_checkpoint or stored_checkpoint
         model = unlearned.model if engine == "in_process" else None
+        evaluated, stopped_at_epoch = unlearned.evaluation, unlearned.stopped_at_epoch
         del unlearned
         train_seconds = time.perf_counter() - t0
         if storage.remote and checkpoint.is_dir() and stored_checkpoint.endswith(f"/checkpoints/{trial_id}"):
             with clock.phase("save_checkpoint"):
                 storage.upload_folder(checkpoint, sweep.name, "checkpoints", trial_id)
+                for kept in checkpoint.parent.glob(f"{trial_id}{recipe.EPOCH_SUFFIX}*"):
+                    storage.upload_folder(kept, sweep.name, "checkpoints", kept.name)
 
         t1 = time.perf_counter()
         gpu = sweep.resources.gpus_per_worker > 0
-        if engine == "ray_data":
+        if evaluated is not None:  # every epoch was evaluated: the last evaluation is the final one
+            del model
+            evaluation = evaluated
+        elif engine == "ray_data":
             from ..orchestration.eval_pipeline import evaluate_with_ray_data
 
             del model
@@ -356,8 +419,9 @@ def unlearning_trial(
             with clock.phase("evaluate"):
                 stats = ws.benchmark.score_items(model, ws, ws.benchmark.evaluation_items(ws))
             del model
-        with clock.phase("metrics"):
-            evaluation = ws.benchmark.aggregate(ws, stats, retrain_reference)
+        if evaluated is None:
+            with clock.phase("metrics"):
+                evaluation = ws.benchmark.aggregate(ws, stats, retrain_reference)
         metrics, examples = evaluation.metrics, evaluation.examples
         eval_seconds = time.perf_counter() - t1
     except TrainingDiverged as exc:
@@ -401,10 +465,34 @@ def unlearning_trial(
         root,
         trial_id,
         trials=[row],
-        metrics=metric_rows(sweep.name, trial_id, metrics, epochs) + clock.rows(sweep.name, trial_id),
+        metrics=metric_rows(
+            sweep.name,
+            trial_id,
+            {
+                **metrics,
+                **({} if stopped_at_epoch is None else {"stopped_at_epoch": float(stopped_at_epoch)}),
+            },
+            epochs,
+        )
+        + clock.rows(sweep.name, trial_id),
         examples=example_rows,
         weights=None
         if recorder is None
         else [dict(w, sweep=sweep.name, trial_id=trial_id) for w in recorder.rows],
     )
-    tune.report({**metrics, "completed": 1.0, "method": run.method.name})
+    objective_names = [o.metric for o in sweep.search.objectives]
+    points = [
+        {"epoch": int(e["epoch"]), **{m: float(e[m]) for m in objective_names}}
+        for e in epochs
+        if all(m in e for m in objective_names)
+    ]
+    tune.report(
+        {
+            **metrics,
+            "completed": 1.0,
+            "method": run.method.name,
+            "epoch": int(epochs[-1]["epoch"]) if epochs else 0,
+            "stopped_early": float(stopped_at_epoch is not None),
+            "epoch_points": points,
+        }
+    )

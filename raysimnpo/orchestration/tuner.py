@@ -36,6 +36,7 @@ from ..cache import mirror_prepared
 from ..config import ParamRange, SearchSettings, SweepConfig
 from ..methods import needs_of
 from ..metrics import metric_direction
+from ..orchestration.epochs import EpochPoints, known_points, start_front
 from ..orchestration.study import EPOCH_POINT, INTERRUPTED, finished_trials, study_file
 from ..orchestration.tracking import tracking_callbacks
 from ..orchestration.trial import PreparedModels, SharedWorkspace, unlearning_trial
@@ -514,6 +515,19 @@ def run_sweep(
         log_file=log_file,
     )
     callbacks = [progress, *tracking_callbacks(sweep, storage)]
+    if sweep.run.evaluation.every_epoch:  # every epoch a point of the study (orchestration.epochs)
+        callbacks.insert(0, EpochPoints(sweep, str(study)))
+    if sweep.search.early_stop is not None:  # kept alive by this driver until the sweep ends
+        front = start_front(
+            sweep,
+            known_points(
+                results.results_root(storage.uri, sweep.name), [o.metric for o in sweep.search.objectives]
+            ),
+        )
+        log(
+            f"[sweep] early stopping: a trial stops when all its epochs are dominated by a margin of "
+            f"{sweep.search.early_stop.margin:g} (rank percentiles), after {sweep.search.early_stop.min_epochs} epochs"
+        )
     experiments = experiment_names(storage, sweep.name) if resume else []
     if experiments and tune.Tuner.can_restore(storage.join(sweep.name, experiments[-1])):
         last = storage.join(sweep.name, experiments[-1])
@@ -532,6 +546,8 @@ def run_sweep(
         new_tuner(sweep, storage, study, trainable, name, remaining, callbacks).fit()
         mark_interrupted(study, sweep.name, log)
     sync_study(study, storage, sweep.name)
+    if sweep.search.early_stop is not None:
+        ray.kill(front)
     return study
 
 
