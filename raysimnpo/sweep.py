@@ -158,6 +158,7 @@ def print_front(root: str, sweep: SweepConfig) -> None:
         return "".join(f"{num(got.get(m), '.4g'):>{max(12, len(m) + 2)}}" for m in shown)
 
     header = "".join(f"{m:>{max(12, len(m) + 2)}}" for m in shown)
+    print(f"  {'model':<9}{header}")
     for t in trials:
         if t["kind"] != "trial" and t["trial_id"] in final:
             print(f"  {t['kind']:<9}{values(t['trial_id'])}")
