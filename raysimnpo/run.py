@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import RunConfig, load_run_config
-from .errors import UserInputError
+from .errors import ArgumentParser, UserInputError
 
 TABLE_METRICS = (
     "forget_quality",
@@ -40,7 +40,7 @@ BENCHMARK_TABLE_METRICS: dict[str, tuple[str, ...]] = {
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m raysimnpo.run", description=__doc__)
+    parser = ArgumentParser(prog="python -m raysimnpo.run", description=__doc__)
     parser.add_argument(
         "benchmark",
         help="a sweep name whose run: section is used (tofu, muse-news-generated, wmdp-generated, ...) "

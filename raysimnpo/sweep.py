@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .config import SweepConfig, load_sweep_config, load_yaml, sweep_file
-from .errors import UserInputError
+from .errors import ArgumentParser, UserInputError
 
 if TYPE_CHECKING:
     from .orchestration.cluster import RayTarget
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m raysimnpo.sweep", description=__doc__)
+    parser = ArgumentParser(prog="python -m raysimnpo.sweep", description=__doc__)
     parser.add_argument("sweep", help="a sweep name (tofu, tofu-llama2-7b, ...) or a sweep YAML file")
     parser.add_argument("--config", help="a sweep YAML file (overrides the name's file)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
