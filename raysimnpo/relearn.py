@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .config import RelearnSettings, SweepConfig, load_sweep_config
-from .errors import UserInputError
+from .errors import ArgumentParser, UserInputError
 from .sweep import add_ray_arguments, open_checked_storage, ray_arguments
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m raysimnpo.relearn", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m raysimnpo.relearn", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="the finished sweep's name (tofu, ...) or YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(

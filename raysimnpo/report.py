@@ -15,11 +15,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .errors import UserInputError
+from .errors import ArgumentParser, UserInputError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m raysimnpo.report", description=__doc__.split("\n\n")[1])
+    parser = ArgumentParser(prog="python -m raysimnpo.report", description=__doc__.split("\n\n")[1])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="<storage>/<sweep name> folder(s)")
     parser.add_argument(
         "--out", help="report folder (default RUN_DIR/report; required with several RUN_DIRs)"

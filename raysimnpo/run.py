@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_run_config
-from .errors import UserInputError
+from .errors import ArgumentParser, UserInputError
 
 TABLE_METRICS = (
     "forget_quality",
@@ -46,7 +46,7 @@ TABLE_METRICS = (
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m raysimnpo.run", description=__doc__)
+    parser = ArgumentParser(prog="python -m raysimnpo.run", description=__doc__)
     parser.add_argument(
         "benchmark",
         help="a sweep name whose run: section is used (tofu, muse-news-generated, wmdp-generated, ...) "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import SweepConfig, load_sweep_config, load_yaml, sweep_file
-from .errors import UserInputError, first_line
+from .errors import ArgumentParser, UserInputError, first_line
 
 if TYPE_CHECKING:
     from .console import Console
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m raysimnpo.sweep", description=__doc__)
+    parser = ArgumentParser(prog="python -m raysimnpo.sweep", description=__doc__)
     parser.add_argument("sweep", help="a sweep name (tofu, tofu-llama2-7b, ...) or a sweep YAML file")
     parser.add_argument("--config", help="a sweep YAML file (overrides the name's file)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

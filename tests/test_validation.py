@@ -603,3 +603,35 @@ def test_a_joined_cluster_that_cannot_hold_a_trial_is_named_with_its_numbers() -
         "with GPUs"
     )
     _check_fits(demand, {"CPU": 4.01, "GPU": 2.0}, "the cluster at 10.0.0.5:6379")  # exactly enough
+
+
+@pytest.mark.parametrize(
+    ("entry", "argv", "message"),
+    [
+        (
+            "sweep",
+            ["tofu", "--num-cpu", "2"],
+            "error: unrecognized arguments: --num-cpu 2 (see python -m raysimnpo.sweep --help)",
+        ),
+        (
+            "run",
+            [],
+            "error: the following arguments are required: benchmark (see python -m raysimnpo.run --help)",
+        ),
+        (
+            "report",
+            ["runs/tofu", "--examples", "many"],
+            "error: argument --examples: invalid int value: 'many' (see python -m raysimnpo.report --help)",
+        ),
+    ],
+)
+def test_flag_mistakes_are_one_line_too(
+    entry: str, argv: list[str], message: str, capfd: pytest.CaptureFixture[str], no_ray_start: None
+) -> None:
+    from raysimnpo import report
+
+    mains = {"sweep": sweep.main, "run": run.main, "report": report.main}
+    with pytest.raises(SystemExit) as stopped:
+        mains[entry](argv)
+    assert stopped.value.code == 2
+    assert capfd.readouterr().err.strip().splitlines() == [message]
