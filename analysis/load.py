@@ -95,7 +95,9 @@ def _frame(root: str, name: str, label: str) -> pl.DataFrame:
 
 def load_runs(run_dirs: Sequence[str]) -> Results:
     """Read `trials`, `metrics`, `examples`, `weights` and `relearn` of every run folder (all of them before anything is
-    written, so that a bad folder stops the report with its UserInputError from `read_table`)."""
+    written, so that a bad folder stops the report with its UserInputError from `read_table`). Each
+    evaluated epoch before a trial's last is added as a trial `<trial id>@<epoch>` of its own
+    (`raysimnpo.results.epoch_candidates`), so fronts, the selection and the export see every epoch."""
     labels = run_labels(run_dirs)
     runs = tuple(
         Run(label, os.fspath(d), results_root_of(os.fspath(d)))
@@ -105,6 +107,25 @@ def load_runs(run_dirs: Sequence[str]) -> Results:
     for run in runs:
         for name in results.TABLE_NAMES:
             tables[name].append(_frame(run.root, name, run.label))
+    for i, run in enumerate(runs):  # every evaluated epoch is a candidate (`results.epoch_candidates`)
+        trials_frame, metrics_frame = tables["trials"][i], tables["metrics"][i]
+        extra_trials, extra_metrics = results.epoch_candidates(
+            trials_frame.to_dicts(), metrics_frame.to_dicts(), (FORGET_QUALITY, MODEL_UTILITY)
+        )
+        if extra_trials:
+            fill = {c: metrics_frame[c][0] for c in metrics_frame.columns if c == "schema_version"}
+            tables["trials"][i] = pl.concat(
+                [trials_frame, pl.DataFrame(extra_trials, schema=trials_frame.schema)], how="vertical"
+            )
+            tables["metrics"][i] = pl.concat(
+                [
+                    metrics_frame,
+                    pl.DataFrame(
+                        [{**fill, **m, "run": run.label} for m in extra_metrics], schema=metrics_frame.schema
+                    ),
+                ],
+                how="vertical",
+            )
     trials = pl.concat(tables["trials"], how="vertical")
     trials = trials.with_columns(
         pl.Series("config", [config_key(p) for p in trials["params_json"].to_list()], dtype=pl.String)

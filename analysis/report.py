@@ -206,7 +206,7 @@ def _html(
         wide(tables.html_table(relearning)),
         img("relearn.png", "forget quality vs relearning epoch, shortest and random relearn"),
         "<h2>The search: hyperparameter importance and optimisation history</h2>",
-        tables.html_table(importance),
+        wide(tables.html_table(importance)),
         img("importance.png", "fANOVA importance of each searched setting per method and objective"),
         img("history.png", "objective values per trial number with the best so far"),
         "<h2>Generation examples (Table A4 layout)</h2>",

@@ -119,6 +119,8 @@ def importances(study: Any, run: str, *, seed: int = 0) -> pl.DataFrame:
                 )
             )
         for i, objective in enumerate(names):
+            if len({t.values[i] for t in trials}) < 2:
+                continue  # a constant objective: no setting explains any of its variance
             scores = optuna.importance.get_param_importances(
                 sub,
                 evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed),

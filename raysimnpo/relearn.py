@@ -16,8 +16,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .arguments import ArgumentParser
 from .config import RelearnSettings, SweepConfig, load_sweep_config
-from .errors import ArgumentParser, UserInputError
+from .errors import UserInputError
 from .sweep import add_ray_arguments, open_checked_storage, ray_arguments
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     log = lambda message: print(message, flush=True)  # noqa: E731
     try:
-        target = ray_arguments(args)
+        target = ray_arguments(args.address, args.num_cpus, args.address_timeout)
         overrides = list(args.overrides)
         labels = {f"storage={args.storage}": "--storage"} if args.storage else {}
         if args.storage:

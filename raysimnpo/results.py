@@ -822,3 +822,60 @@ def read_trial_rows(root: str | os.PathLike[str], name: str, trial_id: str) -> l
     fragment = ds.dataset(path, format="parquet", filesystem=location.fs).get_fragments()
     table = _read_fragment(next(iter(fragment)), SCHEMAS[cast(TableName, name)], location)
     return [] if table is None else table.to_pylist()
+
+
+EPOCH_MARK = "@"
+"""An epoch candidate's id: `<trial id>@<epoch>` (`epoch_candidates`)."""
+
+
+def epoch_candidates(
+    trials: Sequence[Mapping[str, Any]], metrics: Sequence[Mapping[str, Any]], objectives: Sequence[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every evaluated epoch of a completed trial as a candidate of its own (`evaluation.every_epoch`):
+    for each epoch before the trial's last with every objective in its `epoch` metrics rows, a trials
+    row `<trial id>@<epoch>` (the trial's row with `epochs` set to that epoch and the checkpoint of that
+    epoch's kept weights, `<checkpoint>.epoch-<e>`) and its `final` metrics rows (the epoch's). The
+    last epoch is the trial itself. Per-example rows exist only for the trial's final model.
+
+    Returns (trial rows, metric rows) to add to the tables read from disk: fronts, the Table-2
+    selection and the best-model export then see every (trial, epoch)."""
+    by_trial = {
+        t["trial_id"]: t for t in trials if t.get("kind") == "trial" and t.get("status") == "completed"
+    }
+    epochs: dict[tuple[str, int], dict[str, float]] = {}
+    for row in metrics:
+        if row["stage"] == "epoch" and row["trial_id"] in by_trial and row["epoch"] is not None:
+            epochs.setdefault((row["trial_id"], int(row["epoch"])), {})[row["metric"]] = row["value"]
+    last = {trial_id: max(e for t, e in epochs if t == trial_id) for trial_id, _ in epochs}
+    new_trials: list[dict[str, Any]] = []
+    new_metrics: list[dict[str, Any]] = []
+    for (trial_id, epoch), values in sorted(epochs.items()):
+        if epoch == last[trial_id] or not all(m in values for m in objectives):
+            continue
+        trial = by_trial[trial_id]
+        candidate = f"{trial_id}{EPOCH_MARK}{epoch}"
+        checkpoint = trial.get("checkpoint")
+        params = json.loads(trial["params_json"]) if trial.get("params_json") else {}
+        params["evaluated_epoch"] = epoch  # another model than the trial's final one: another config
+        new_trials.append(
+            {
+                **trial,
+                "trial_id": candidate,
+                "params_json": json.dumps(params, sort_keys=True),
+                "epochs": epoch,
+                "checkpoint": None if checkpoint is None else f"{checkpoint}.epoch-{epoch}",
+                **{k: values[k] for k in ("forget_quality", "model_utility") if k in trial and k in values},
+            }
+        )
+        new_metrics += [
+            {
+                "sweep": trial["sweep"],
+                "trial_id": candidate,
+                "stage": "final",
+                "epoch": None,
+                "metric": name,
+                "value": value,
+            }
+            for name, value in values.items()
+        ]
+    return new_trials, new_metrics

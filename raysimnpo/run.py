@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .arguments import ArgumentParser
 from .config import RunConfig, load_run_config
-from .errors import ArgumentParser, UserInputError
+from .errors import UserInputError
 
 TABLE_METRICS = (
     "forget_quality",

@@ -19,8 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .arguments import ArgumentParser
 from .config import SweepConfig, load_sweep_config, load_yaml, sweep_file
-from .errors import ArgumentParser, UserInputError, first_line
+from .errors import UserInputError, first_line
 
 if TYPE_CHECKING:
     from .console import Console
@@ -141,11 +142,15 @@ def print_front(root: str, sweep: SweepConfig) -> None:
     done = [t for t in trials if t["kind"] == "trial" and t["status"] == "completed"]
     failed = [t for t in trials if t["kind"] == "trial" and t["status"] == "failed"]
     print(f"\n{len(done)} trials completed, {len(failed)} failed")
+    objectives = [o.metric for o in sweep.search.objectives]
+    metric_rows = results.read_table(root, "metrics").to_pylist()
+    # every evaluated epoch of a trial is a candidate of the front (`<trial id>@<epoch>`)
+    epoch_trials, epoch_metrics = results.epoch_candidates(trials, metric_rows, objectives)
+    done += epoch_trials
     final: dict[str, dict[str, float]] = {}
-    for row in results.read_table(root, "metrics").to_pylist():
+    for row in metric_rows + epoch_metrics:
         if row["stage"] == "final":
             final.setdefault(row["trial_id"], {})[row["metric"]] = row["value"]
-    objectives = [o.metric for o in sweep.search.objectives]
     directions = [metric_direction(m) for m in objectives]
     headline = benchmark(sweep.run.benchmark).headline_metrics
     shown = list(dict.fromkeys([*headline, *objectives]))
@@ -229,15 +234,20 @@ def launch(
     if resume:
         check_extension(settings, location)
     demand = trial_demand(settings)
-    if target.address is None:
-        check_local_capacity(demand, target.num_cpus)
     from .console import log_file_name, quiet_libraries, routed_output
 
     quiet_libraries()
     from .resource_plan import check_sweep  # memory per GPU of each phase; refuses what cannot fit
 
     built: list[Any] = []  # the workspace validation builds: the sweep's, handed to every trial
-    check_sweep(settings, lambda s: built.append(validate_inputs(s)), target.num_cpus, print)
+
+    def validate(checked: SweepConfig) -> None:
+        if target.address is None:  # a local Ray that can never hold one trial would wait forever
+            check_local_capacity(demand, target.num_cpus)
+        built.append(validate_inputs(checked))
+
+    # The plan is printed first (when the model's config is at hand), then the inputs are validated.
+    check_sweep(settings, validate, target.num_cpus, print)
     ws = built[0]
     log_file = None if verbose else log_folder(settings, location) / log_file_name()
     with routed_output(log_file) as console:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
 from raysimnpo.errors import UserInputError
 from raysimnpo.models import (
-    PROMPT_FORMAT_FILE,
     SMOLLM2_FOLDER,
     LoadedModel,
     TinyModelConfig,

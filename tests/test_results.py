@@ -522,3 +522,54 @@ def test_table_argument_built_elsewhere_is_revalidated(tmp_path: Path) -> None:
     plain = pa.Table.from_pylist(metric_rows())  # inferred types, no version metadata
     write_trial_results(tmp_path, "t1", trials=trials_table([trial_row()]), metrics=plain)
     assert read_table(tmp_path, "metrics").schema.equals(METRICS_SCHEMA, check_metadata=True)
+
+
+def test_epoch_candidates_are_each_earlier_epoch_of_a_completed_trial() -> None:
+    """A trial evaluated after each of its 3 epochs gives candidates `<id>@1` and `<id>@2` (epoch 3 is
+    the trial itself); an epoch without both objectives, and a failed trial, give none."""
+    trial = {
+        "sweep": "s",
+        "trial_id": "t1",
+        "kind": "trial",
+        "status": "completed",
+        "params_json": json.dumps({"method": {"name": "simnpo"}, "unlearn": {"epochs": 3}}),
+        "epochs": 3,
+        "checkpoint": "/runs/s/checkpoints/t1",
+        "forget_quality": 0.3,
+        "model_utility": 0.7,
+    }
+    failed = dict(trial, trial_id="t2", status="failed")
+
+    def row(trial_id: str, epoch: int, metric: str, value: float) -> dict:
+        return {
+            "sweep": "s",
+            "trial_id": trial_id,
+            "stage": "epoch",
+            "epoch": epoch,
+            "metric": metric,
+            "value": value,
+        }
+
+    metrics = [
+        row("t1", 1, "forget_quality", 0.1),
+        row("t1", 1, "model_utility", 0.8),
+        row("t1", 1, "forget_loss", 2.0),
+        row("t1", 2, "forget_quality", 0.5),  # no model_utility at epoch 2: not a candidate
+        row("t1", 3, "forget_quality", 0.3),
+        row("t1", 3, "model_utility", 0.7),
+        row("t2", 1, "forget_quality", 0.9),
+        row("t2", 1, "model_utility", 0.9),
+    ]
+    from raysimnpo.results import epoch_candidates
+
+    trials, finals = epoch_candidates([trial, failed], metrics, ("forget_quality", "model_utility"))
+    assert [t["trial_id"] for t in trials] == ["t1@1"]
+    (candidate,) = trials
+    assert (candidate["epochs"], candidate["forget_quality"], candidate["model_utility"]) == (1, 0.1, 0.8)
+    assert candidate["checkpoint"] == "/runs/s/checkpoints/t1.epoch-1"
+    assert json.loads(candidate["params_json"])["evaluated_epoch"] == 1
+    assert {(m["trial_id"], m["stage"], m["metric"], m["value"]) for m in finals} == {
+        ("t1@1", "final", "forget_quality", 0.1),
+        ("t1@1", "final", "model_utility", 0.8),
+        ("t1@1", "final", "forget_loss", 2.0),
+    }

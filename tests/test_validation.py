@@ -474,7 +474,10 @@ def test_every_float_setting_refuses_non_finite(
             "search.space.simnpo.method.beta.high=4.5",
             lambda s: s.search.space["simnpo"]["method.beta"] == ParamRange(low=1.0, high=4.5),
         ),
-        ("search.objectives.1.mode=min", lambda s: [o.mode for o in s.search.objectives] == ["max", "min"]),
+        (
+            "search.objectives.1.metric=retain_prob",
+            lambda s: [o.metric for o in s.search.objectives] == ["forget_quality", "retain_prob"],
+        ),
         ("search.methods=[simnpo, ga]", lambda s: s.search.methods == ["simnpo", "ga"]),
         ("resources.custom.trial_worker=1", lambda s: s.resources.custom == {"trial_worker": 1.0}),
         (

@@ -52,7 +52,9 @@ def test_cli_writes_every_report_file(cli_run: tuple[Path, Path, str]) -> None:
     split = pl.read_csv(report / "length_split.csv")
     assert split.select("row", "half").rows()[:2] == [("Original", "short"), ("Original", "long")]
     html = (report / "report.html").read_text(encoding="utf-8")
-    assert html.count('src="data:image/png;base64,') == 5
+    assert (
+        html.count('src="data:image/png;base64,') == 7
+    )  # pareto, curves, weights, lengths, relearn, search x2
     assert "http://" not in html and "https://" not in html  # offline: nothing fetched
     assert "Reference point (FQ = 0, MU = 0)" in html and "<td>simnpo-s1</td>" in html
     assert "simnpo" in stdout and "npo-c" in stdout

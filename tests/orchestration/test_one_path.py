@@ -22,7 +22,9 @@ from raysimnpo.config import RunConfig
 from raysimnpo.methods import METHODS, Method, MethodParams, StepTerms, register
 from raysimnpo.models import load_model_and_tokenizer
 from raysimnpo.orchestration import invariance
+from raysimnpo.orchestration.epochs import EpochEvaluation
 from raysimnpo.orchestration.trainer import unlearn_with_torch_trainer
+from raysimnpo.pareto import non_dominated_mask
 from raysimnpo.scoring import score_sequences
 
 
@@ -115,6 +117,7 @@ def test_a_chat_model_unlearned_by_two_workers_reloads_and_evaluates_in_its_form
     ws = recipe.workspace(config)
     assert ws.prompt_format == "llama2-chat"
 
+    objectives = [("forget_quality", "max"), ("model_utility", "max")]
     out = unlearn_with_torch_trainer(
         config,
         str(chat_original),
@@ -124,6 +127,10 @@ def test_a_chat_model_unlearned_by_two_workers_reloads_and_evaluates_in_its_form
         reference_nll=None,
         storage_path=str(tmp_path / "ray"),
         name="chat-2w",
+        # every epoch evaluated on the two workers, its selectable weights kept beside the output
+        epoch_evaluation=EpochEvaluation(
+            retrain_reference=list(reference), objectives=objectives, front=None, trial_id="chat-2w"
+        ),
     )
     reloaded = load_model_and_tokenizer(out["output_path"], dtype="float32", cache_dir=Path(config.cache_dir))
     assert reloaded.prompt_format == "llama2-chat"
@@ -133,11 +140,30 @@ def test_a_chat_model_unlearned_by_two_workers_reloads_and_evaluates_in_its_form
         reference,
     ).metrics
 
-    in_process, _ = recipe.unlearn_model(ws, chat_original)
+    evaluator = recipe.EpochEvaluator(ws, reference, objectives, keep=tmp_path / "in-process")
+    in_process, summary = recipe.unlearn_model(ws, chat_original, after_epoch=evaluator)
     expected = recipe.evaluate(ws, in_process, reference).metrics
     assert from_workers.keys() == expected.keys()
     for name, value in expected.items():
         assert from_workers[name] == pytest.approx(value, rel=1e-4, abs=1e-9), name
+        # the last epoch's evaluation on the workers is the final model's evaluation
+        assert out["evaluation"]["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-9), name
+    # Per-epoch FQ and MU are the same on two FSDP workers as in one process, epoch by epoch.
+    assert len(out["epochs"]) == len(summary.epochs) == config.unlearn.epochs
+    for on_workers, here in zip(out["epochs"], summary.epochs, strict=True):
+        for name, _ in objectives:
+            assert on_workers[name] == pytest.approx(here[name], rel=1e-4, abs=1e-9), name
+
+    # The kept epochs are the ones no other epoch of the run dominates; the workers moved the last
+    # one's folder to the run's final checkpoint instead of writing the same weights twice.
+    def kept(prefix: str) -> set[int]:
+        return {int(p.name.rsplit("-", 1)[1]) for p in tmp_path.glob(f"{prefix}.epoch-*")}
+
+    points = [[e[m] for m, _ in objectives] for e in summary.epochs]
+    front = {i + 1 for i, keep in enumerate(non_dominated_mask(points, ["max", "max"])) if keep}
+    assert kept("in-process") == front
+    assert kept("unlearned") == front - {config.unlearn.epochs}
+    assert (tmp_path / "unlearned" / "model.safetensors").is_file()
     # The format matters: the same weights prompted as a base model score differently.
     as_plain = recipe.evaluate(
         dataclasses.replace(ws, prompt_format="plain"), reloaded.model, reference
