@@ -84,7 +84,7 @@ class TrainSettings(Frozen):
     batch_size: int = Field(8, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping bound; None: not clipped")
     max_length: int = Field(256, gt=8)
     max_forget_loss: float | None = Field(
         None,

@@ -405,16 +405,15 @@ def _method_needs(sweep: Any) -> set[str]:
 
 def planned_model(run: Any) -> str:
     """The model the trials unlearn: a released Original when the run names one, else model.name."""
-    from .benchmarks.tofu import released_models
+    from .benchmarks.registry import benchmark
 
-    released = {"tofu": released_models(run)[0], "muse": run.muse.target_model}.get(run.benchmark)
-    return released or run.model.name
+    return benchmark(run.benchmark).released_model(run, "original") or run.model.name
 
 
 def phases(sweep: Any, shape: ModelShape, compute_bytes: int) -> tuple[PhaseMemory, ...]:
     """Prepare, reference log-probs, unlearning trial, evaluation actor and relearning actor, each
     with the batches and devices the sweep gives it (`compute_bytes`: 2 for bf16, 4 for float32)."""
-    from .benchmarks.tofu import released_models
+    from .benchmarks.registry import benchmark
 
     run, ev, world = sweep.run, sweep.run.evaluation, sweep.resources.workers
     needs = _method_needs(sweep)
@@ -423,11 +422,10 @@ def phases(sweep: Any, shape: ModelShape, compute_bytes: int) -> tuple[PhaseMemo
         "max_new_tokens": ev.max_new_tokens,
         "weight_bytes": compute_bytes,
     }
-    released = {
-        "tofu": all(released_models(run)),
-        "muse": run.muse.target_model is not None and run.muse.retrain_model is not None,
-        "wmdp": run.wmdp.original_as_is,
-    }[run.benchmark]
+    bench = benchmark(run.benchmark)
+    released = bench.released_model(run, "original") is not None and (
+        not bench.has_retrain(run) or bench.released_model(run, "retrain") is not None
+    )
     if released:  # Original and Retrain are only evaluated
         prepare = replace(
             inference_memory("prepare", shape, max_length=run.prepare.max_length, **evaluate), work="evaluate"
@@ -566,19 +564,11 @@ def check(plan: ResourcePlan) -> None:
 
 
 def published_workload(run: Any) -> Workload | None:
-    """A TOFU run's sizes without loading its data: the generator's for generated data, the
-    published benchmark's otherwise (200 authors x 20 QA; forget01/05/10 = 2/10/20 authors), with
-    TOFU_MEAN_TOKENS per QA (capped at unlearn.max_length). None for MUSE and WMDP."""
-    from .data.tofu_generator import TofuGeneratorConfig
+    """The run's sizes without loading its data, from its benchmark (`Benchmark.planned_workload`:
+    TOFU's generator or published sizes); None when the benchmark cannot tell them offline."""
+    from .benchmarks.registry import benchmark
 
-    if run.benchmark != "tofu":
-        return None
-    source = run.data.source
-    generator = source.generator if source.kind == "generated" else TofuGeneratorConfig.preset("tofu")
-    forget = generator.forget_authors(run.data.forget_split) * generator.questions_per_author
-    full = generator.n_authors * generator.questions_per_author
-    questions = forget + generator.retain_perturbed_size + generator.n_real_authors + generator.n_world_facts
-    return Workload(forget, full - forget, min(TOFU_MEAN_TOKENS, run.unlearn.max_length), questions)
+    return benchmark(run.benchmark).planned_workload(run)
 
 
 def plan_for(sweep: Any, cpus: int | None = None) -> ResourcePlan | None:

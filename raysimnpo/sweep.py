@@ -101,7 +101,9 @@ def open_checked_storage(sweep: SweepConfig, labels: Mapping[str, str]) -> Stora
 def is_markov(name_or_path: str) -> bool:
     """A Markov sweep file (`benchmark: markov` at the top level) runs the Markov study; read
     without importing it (its module loads torch)."""
-    return load_yaml(sweep_file(name_or_path)).get("benchmark") == "markov"
+    from .benchmarks.registry import runs_own_sweep
+
+    return runs_own_sweep(str(load_yaml(sweep_file(name_or_path)).get("benchmark", "")))
 
 
 def validate_inputs(sweep: SweepConfig) -> Any:

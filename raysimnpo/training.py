@@ -381,7 +381,8 @@ def train(
                     f"max_forget_loss={limit:g}"
                 )
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+            if settings.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

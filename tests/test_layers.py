@@ -77,8 +77,10 @@ def test_analysis_reads_only_results_and_pareto() -> None:
         ours = {m for m in imports(path) if m.startswith("raysimnpo")}
         # Pure maths (L0) and the results tables only: TOFU's forget quality (KS test) is recomputed on
         # subsets of the examples table (analysis.length); fronts take their directions from METRICS.
+        # The Optuna study of a run on a filesystem URI is read through raysimnpo.storage (analysis.search).
         allowed = {
             "raysimnpo.results",
+            "raysimnpo.storage",
             "raysimnpo.pareto",
             "raysimnpo.errors",
             "raysimnpo.metrics",

@@ -385,14 +385,14 @@ def encoded(arrays: list[NDArray[np.int64]]) -> list[EncodedExample]:
 
 def loop_settings(epochs: int, batch_size: int, learning_rate: float, weight_decay: float) -> TrainSettings:
     """The training loop's settings for a Markov run: AdamW without warm-up; gradients are not
-    clipped (appendix B's runs clip nothing; an infinite bound scales them by exactly 1)."""
+    clipped (appendix B's runs clip nothing)."""
     return TrainSettings(
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         warmup_epochs=0.0,
-        max_grad_norm=float("inf"),
+        max_grad_norm=None,
     )
 
 
@@ -690,6 +690,10 @@ class MarkovBenchmark:
         return Evaluation(metrics=metrics, examples=examples)
 
     def retrain_reference(self, retrain: Any) -> None:
+        return None
+
+    def planned_workload(self, run: Any) -> None:
+        """The resource plan's sizes are not known without loading this benchmark's data."""
         return None
 
     def has_retrain(self, config: Any) -> bool:

@@ -420,6 +420,10 @@ class MuseBenchmark:
         """Retrain's forget/holdout AUC: PrivLeak's AUC_retrain."""
         return None if retrain is None else float(retrain.metrics["privleak_auc"])
 
+    def planned_workload(self, run: Any) -> None:
+        """The resource plan's sizes are not known without loading this benchmark's data."""
+        return None
+
     def has_retrain(self, config: Any) -> bool:
         return True
 

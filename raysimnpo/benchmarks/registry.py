@@ -19,6 +19,16 @@ _CLASSES: dict[str, str] = {
 }
 
 
+_OWN_SWEEPS = frozenset({"markov"})
+"""Benchmarks whose sweep file is run by their own study (`Benchmark.own_sweep`), known without
+importing them (the Markov study's module loads torch)."""
+
+
+def runs_own_sweep(name: str) -> bool:
+    """Whether a sweep file of benchmark `name` is run by that benchmark's own study."""
+    return name in _OWN_SWEEPS
+
+
 class _Registry(Mapping[str, Benchmark]):
     """Name -> benchmark, each module imported when its benchmark is first looked up: validating a
     TOFU sweep must not import the Markov study's training code (torch)."""

@@ -405,6 +405,22 @@ class TofuBenchmark:
     def has_retrain(self, config: Any) -> bool:
         return True
 
+    def planned_workload(self, run: Any) -> Any:
+        """Sizes for the resource plan without loading the data: the generator's for generated data,
+        the published benchmark's otherwise (200 authors x 20 QA; forget01/05/10 = 2/10/20 authors),
+        with TOFU_MEAN_TOKENS per QA (capped at unlearn.max_length)."""
+        from ..data.tofu_generator import TofuGeneratorConfig
+        from ..resource_plan import TOFU_MEAN_TOKENS, Workload
+
+        source = run.data.source
+        generator = source.generator if source.kind == "generated" else TofuGeneratorConfig.preset("tofu")
+        forget = generator.forget_authors(run.data.forget_split) * generator.questions_per_author
+        full = generator.n_authors * generator.questions_per_author
+        questions = (
+            forget + generator.retain_perturbed_size + generator.n_real_authors + generator.n_world_facts
+        )
+        return Workload(forget, full - forget, min(TOFU_MEAN_TOKENS, run.unlearn.max_length), questions)
+
     def released_model(self, config: Any, role: str) -> str | None:
         """`data.original_model` / `data.retrain_model`: released models used as they are."""
         return released_model(config, "Original" if role == "original" else "Retrain")

@@ -366,6 +366,10 @@ class WmdpBenchmark:
         """Accuracy needs no reference model."""
         return None
 
+    def planned_workload(self, run: Any) -> None:
+        """The resource plan's sizes are not known without loading this benchmark's data."""
+        return None
+
     def has_retrain(self, config: Any) -> bool:
         """No Retrain when a released Original is used as it is (there is no retain-only twin of it)."""
         return not config.wmdp.original_as_is
