@@ -16,8 +16,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .command_line import ArgumentParser
 from .config import RelearnSettings, SweepConfig, load_sweep_config
-from .errors import ArgumentParser, UserInputError
+from .errors import UserInputError
 from .sweep import add_ray_arguments, open_checked_storage, ray_arguments
 
 if TYPE_CHECKING:

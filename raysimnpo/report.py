@@ -15,7 +15,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .errors import ArgumentParser, UserInputError
+from .command_line import ArgumentParser
+from .errors import UserInputError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

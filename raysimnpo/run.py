@@ -12,8 +12,9 @@ import math
 import sys
 from collections.abc import Sequence
 
+from .command_line import ArgumentParser
 from .config import RunConfig, load_run_config
-from .errors import ArgumentParser, UserInputError
+from .errors import UserInputError
 
 TABLE_METRICS = (
     "forget_quality",

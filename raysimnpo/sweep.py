@@ -15,8 +15,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from .command_line import ArgumentParser
 from .config import SweepConfig, load_sweep_config, load_yaml, sweep_file
-from .errors import ArgumentParser, UserInputError
+from .errors import UserInputError
 
 if TYPE_CHECKING:
     from .orchestration.cluster import RayTarget
