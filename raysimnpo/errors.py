@@ -4,8 +4,6 @@ A `UserInputError` carries a single line that names the file or field at fault a
 allowed; the command-line entry points print it and exit with status 2 before writing anything.
 """
 
-from __future__ import annotations
-
 
 class UserInputError(ValueError):
     """A mistake in what the user supplied (config, flags, data files, model folders)."""

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .arguments import ArgumentParser
+from .command_line import ArgumentParser
 from .config import RelearnSettings, SweepConfig, load_sweep_config
 from .errors import UserInputError
 from .sweep import add_ray_arguments, open_checked_storage, ray_arguments

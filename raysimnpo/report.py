@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .arguments import ArgumentParser
+from .command_line import ArgumentParser
 from .errors import UserInputError
 
 

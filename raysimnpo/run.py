@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .arguments import ArgumentParser
+from .command_line import ArgumentParser
 from .config import RunConfig, load_run_config
 from .errors import UserInputError
 

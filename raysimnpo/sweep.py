@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .arguments import ArgumentParser
+from .command_line import ArgumentParser
 from .config import SweepConfig, load_sweep_config, load_yaml, sweep_file
 from .errors import UserInputError, first_line
 
