@@ -96,7 +96,7 @@ def _frame(root: str, name: str, label: str) -> pl.DataFrame:
 def load_runs(run_dirs: Sequence[str]) -> Results:
     """Read `trials`, `metrics`, `examples`, `weights` and `relearn` of every run folder (all of them before anything is
     written, so that a bad folder stops the report with its UserInputError from `read_table`). Each
-    evaluated epoch before a trial's last is added as a trial `<trial id>@<epoch>` of its own
+    evaluated epoch before a trial's last is added as a trial `<trial id>.epoch-<epoch>` of its own
     (`raysimnpo.results.epoch_candidates`), so fronts, the selection and the export see every epoch."""
     labels = run_labels(run_dirs)
     runs = tuple(

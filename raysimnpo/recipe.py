@@ -41,6 +41,7 @@ from .data.formatting import EncodedExample, PromptFormat, encode_qa
 from .errors import UserInputError, first_line
 from .methods import METHODS, MethodParams, apply_task_vector, needs_of
 from .models import LoadedModel, load_model_and_tokenizer, write_prompt_format
+from .results import EPOCH_MARK
 from .scoring import score_sequences
 from .training import EpochEnd, ForgetBatchHook, TrainingSummary, UnlearnInputs, frozen_copy, train
 
@@ -498,12 +499,10 @@ def unlearn_model(
     return model, summary
 
 
-EPOCH_SUFFIX = ".epoch-"
-"""A kept epoch's weights sit beside the run's final checkpoint: `<checkpoint>.epoch-<e>`."""
-
-
 def epoch_checkpoint(checkpoint: str | Path, epoch: int) -> str:
-    return f"{checkpoint}{EPOCH_SUFFIX}{epoch}"
+    """A kept epoch's weights sit beside the run's final checkpoint: `<checkpoint>.epoch-<e>`, the
+    folder the results' epoch candidate of that epoch points to (`results.epoch_candidates`)."""
+    return f"{checkpoint}{EPOCH_MARK}{epoch}"
 
 
 @dataclass

@@ -824,8 +824,9 @@ def read_trial_rows(root: str | os.PathLike[str], name: str, trial_id: str) -> l
     return [] if table is None else table.to_pylist()
 
 
-EPOCH_MARK = "@"
-"""An epoch candidate's id: `<trial id>@<epoch>` (`epoch_candidates`)."""
+EPOCH_MARK = ".epoch-"
+"""An epoch candidate's id: `<trial id>.epoch-<epoch>` (`epoch_candidates`), named like the folder of
+its kept weights and a valid trial id of its own (relearning attacks write rows under it)."""
 
 
 def epoch_candidates(
@@ -833,7 +834,7 @@ def epoch_candidates(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every evaluated epoch of a completed trial as a candidate of its own (`evaluation.every_epoch`):
     for each epoch before the trial's last with every objective in its `epoch` metrics rows, a trials
-    row `<trial id>@<epoch>` (the trial's row with `epochs` set to that epoch and the checkpoint of that
+    row `<trial id>.epoch-<epoch>` (the trial's row with `epochs` set to that epoch and the checkpoint of that
     epoch's kept weights, `<checkpoint>.epoch-<e>`) and its `final` metrics rows (the epoch's). The
     last epoch is the trial itself. Per-example rows exist only for the trial's final model.
 
@@ -863,7 +864,7 @@ def epoch_candidates(
                 "trial_id": candidate,
                 "params_json": json.dumps(params, sort_keys=True),
                 "epochs": epoch,
-                "checkpoint": None if checkpoint is None else f"{checkpoint}.epoch-{epoch}",
+                "checkpoint": None if checkpoint is None else f"{checkpoint}{EPOCH_MARK}{epoch}",
                 **{k: values[k] for k in ("forget_quality", "model_utility") if k in trial and k in values},
             }
         )

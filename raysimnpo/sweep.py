@@ -146,7 +146,7 @@ def print_front(root: str, sweep: SweepConfig) -> None:
     print(f"\n{len(done)} trials completed, {len(failed)} failed")
     objectives = [o.metric for o in sweep.search.objectives]
     metric_rows = results.read_table(root, "metrics").to_pylist()
-    # every evaluated epoch of a trial is a candidate of the front (`<trial id>@<epoch>`)
+    # every evaluated epoch of a trial is a candidate of the front (`<trial id>.epoch-<epoch>`)
     epoch_trials, epoch_metrics = results.epoch_candidates(trials, metric_rows, objectives)
     done += epoch_trials
     final: dict[str, dict[str, float]] = {}

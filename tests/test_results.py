@@ -563,13 +563,13 @@ def test_epoch_candidates_are_each_earlier_epoch_of_a_completed_trial() -> None:
     from raysimnpo.results import epoch_candidates
 
     trials, finals = epoch_candidates([trial, failed], metrics, ("forget_quality", "model_utility"))
-    assert [t["trial_id"] for t in trials] == ["t1@1"]
+    assert [t["trial_id"] for t in trials] == ["t1.epoch-1"]
     (candidate,) = trials
     assert (candidate["epochs"], candidate["forget_quality"], candidate["model_utility"]) == (1, 0.1, 0.8)
     assert candidate["checkpoint"] == "/runs/s/checkpoints/t1.epoch-1"
     assert json.loads(candidate["params_json"])["evaluated_epoch"] == 1
     assert {(m["trial_id"], m["stage"], m["metric"], m["value"]) for m in finals} == {
-        ("t1@1", "final", "forget_quality", 0.1),
-        ("t1@1", "final", "model_utility", 0.8),
-        ("t1@1", "final", "forget_loss", 2.0),
+        ("t1.epoch-1", "final", "forget_quality", 0.1),
+        ("t1.epoch-1", "final", "model_utility", 0.8),
+        ("t1.epoch-1", "final", "forget_loss", 2.0),
     }

@@ -380,7 +380,7 @@ def unlearning_trial(
         if storage.remote and checkpoint.is_dir() and stored_checkpoint.endswith(f"/checkpoints/{trial_id}"):
             with clock.phase("save_checkpoint"):
                 storage.upload_folder(checkpoint, sweep.name, "checkpoints", trial_id)
-                for kept in checkpoint.parent.glob(f"{trial_id}{recipe.EPOCH_SUFFIX}*"):
+                for kept in checkpoint.parent.glob(f"{trial_id}{results.EPOCH_MARK}*"):
                     storage.upload_folder(kept, sweep.name, "checkpoints", kept.name)
 
         t1 = time.perf_counter()

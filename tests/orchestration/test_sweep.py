@@ -362,3 +362,68 @@ def test_diverged_trial_fails_alone_and_releases_resources(tmp_path: Path, ray_c
         time.sleep(0.5)
     assert not new_groups
     assert not new_actors, {a: actors[a] for a in new_actors}
+
+
+@pytest.mark.ray
+def test_every_epoch_is_evaluated_kept_and_learned_from(tmp_path: Path, ray_cluster: None) -> None:
+    """`evaluation.every_epoch` with early stopping: every epoch of every trial has FQ and MU rows,
+    a trial's final metrics are its last epoch's, the study holds the earlier epochs as points with
+    their epoch count, and only the epochs no other epoch of the trial dominates keep weights."""
+    import optuna
+
+    from raysimnpo.pareto import non_dominated_mask
+
+    run = dict(
+        SMALL_RUN,
+        cache_dir=str(tmp_path / "cache"),
+        unlearn=dict(SMALL_RUN["unlearn"], epochs=3),
+        evaluation=dict(SMALL_RUN["evaluation"], engine="auto", every_epoch=True),
+    )
+    search = {
+        "methods": ["simnpo"],
+        "space": {
+            "simnpo": {
+                "method.beta": {"low": 1.0, "high": 4.0},
+                "unlearn.epochs": {"choices": [2, 3]},
+            }
+        },
+        "num_trials": 2,
+        "max_concurrent_trials": 1,
+        "sampler": "random",
+        "early_stop": {"margin": 0.0, "min_epochs": 1},
+    }
+    path = write_sweep(tmp_path, run=run, search=search)
+    assert sweep.main([str(path)]) == 0
+    root = results.results_root(str(tmp_path / "runs"), "citest")
+    trials = [t for t in results.read_table(root, "trials").to_pylist() if t["kind"] == "trial"]
+    metrics = results.read_table(root, "metrics").to_pylist()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'runs' / 'citest' / 'optuna.sqlite'}")
+    points = [
+        t
+        for t in optuna.load_study(study_name="citest", storage=storage).trials
+        if t.user_attrs.get("epoch_point")
+    ]
+    expected_points = 0
+    for trial in trials:
+        mine = [m for m in metrics if m["trial_id"] == trial["trial_id"]]
+        per_epoch: dict[int, dict[str, float]] = {}
+        for m in mine:
+            if m["stage"] == "epoch":
+                per_epoch.setdefault(m["epoch"], {})[m["metric"]] = m["value"]
+        final = {m["metric"]: m["value"] for m in mine if m["stage"] == "final"}
+        ran = sorted(per_epoch)
+        assert ran == list(range(1, len(ran) + 1)) and 1 <= len(ran) <= trial["epochs"]
+        assert all({"forget_quality", "model_utility"} <= set(v) for v in per_epoch.values())
+        assert final["forget_quality"] == pytest.approx(per_epoch[ran[-1]]["forget_quality"])
+        assert final["model_utility"] == pytest.approx(per_epoch[ran[-1]]["model_utility"])
+        assert ("stopped_at_epoch" in final) == (len(ran) < trial["epochs"])
+        values = [[per_epoch[e]["forget_quality"], per_epoch[e]["model_utility"]] for e in ran]
+        front = {e for e, keep in zip(ran, non_dominated_mask(values, ["max", "max"]), strict=True) if keep}
+        kept = {
+            int(p.name.rsplit("-", 1)[1])
+            for p in Path(trial["checkpoint"]).parent.glob(f"{trial['trial_id']}.epoch-*")
+        }
+        assert kept == front - {ran[-1]}  # the last epoch's weights are the trial's checkpoint
+        expected_points += sum(1 for e in ran[:-1] if e in (2, 3))  # epochs inside the searched choices
+    assert len(points) == expected_points
+    assert {p.user_attrs["of_trial"] for p in points} <= {t["trial_id"] for t in trials}
