@@ -57,6 +57,7 @@ from analysis.plots import (
     weights_figure,
 )
 from raysimnpo.errors import UserInputError
+from raysimnpo.metrics import NOISE_CEILING
 
 REPORT_FILES = (
     "pareto.parquet",
@@ -301,9 +302,6 @@ def build_report(
         raise UserInputError("RUN_DIR: none given; give at least one <storage>/<sweep> folder")
     target = report_folder(run_dirs, out)
     return write_report(load_runs(run_dirs), target, examples=examples, seed=seed)
-
-
-NOISE_CEILING = "forget_quality_noise_ceiling"
 
 
 def noise_ceilings(res: Results) -> dict[str, float]:

@@ -100,6 +100,11 @@ class EvalSettings(Frozen):
     generation_limit: int | None = Field(
         None, gt=0, description="generate for the first N questions of each split (None = all)"
     )
+    noise_ceiling: bool = Field(
+        False,
+        description="fine-tune a second Retrain (seed + 1) and report its forget quality against Retrain: "
+        "what a perfect unlearner gets (`forget_quality_noise_ceiling` of the Retrain row)",
+    )
     every_epoch: bool = Field(
         False,
         description="evaluate after every unlearning epoch: each (trial, epoch) is a point of the front, of "
@@ -732,6 +737,10 @@ class SweepConfig(Frozen):
             raise ValueError(
                 "run.device: cuda needs resources.gpus_per_worker > 0 (a trial sees a GPU only when it "
                 "asks Ray for one); or use auto or cpu"
+            )
+        if self.run.evaluation.noise_ceiling and "forget_quality" not in bench.metrics:
+            raise ValueError(
+                f"run.evaluation.noise_ceiling: benchmark {bench.name} has no forget_quality; allowed: false"
             )
         if self.search.early_stop is not None and not self.run.evaluation.every_epoch:
             raise ValueError(

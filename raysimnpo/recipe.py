@@ -40,6 +40,7 @@ from .config import RunConfig, content_hash
 from .data.formatting import EncodedExample, PromptFormat, encode_qa
 from .errors import UserInputError, first_line
 from .methods import METHODS, MethodParams, apply_task_vector, needs_of
+from .metrics import NOISE_CEILING
 from .models import LoadedModel, load_model_and_tokenizer, write_prompt_format
 from .results import EPOCH_MARK
 from .scoring import score_sequences
@@ -359,7 +360,24 @@ def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepa
     original = _finetune_and_store(
         ws, "Original", original_dir, "original", retrain_reference(ws, retrain), log
     )
+    if retrain is not None and ws.config.evaluation.noise_ceiling:
+        retrain.metrics[NOISE_CEILING] = noise_ceiling(ws, retrain, root, log)
     return Prepared(original=original, retrain=retrain)
+
+
+def noise_ceiling(ws: Workspace, retrain: PreparedModel, root: Path | None, log: Log) -> float:
+    """Forget quality of a second Retrain, fine-tuned like the first from seed + 1 (its initial
+    weights and batch order; the same data and tokenizer), measured against the first: the FQ a
+    perfect unlearner would get, so a gap to it can be told from the KS test's noise. Cached like
+    every prepared model."""
+    other = ws.config.model_copy(update={"seed": ws.config.seed + 1})
+    _, second_dir = prepared_dirs(other, root)
+    second = _finetune_and_store(
+        ws.for_run(other), "Retrain (seed + 1)", second_dir, "retrain", retrain_reference(ws, retrain), log
+    )
+    value = float(second.metrics["forget_quality"])
+    log(f"[prepare] noise ceiling: FQ of a second Retrain against Retrain {value:.3g}")
+    return value
 
 
 def reference_examples(ws: Workspace) -> tuple[list[EncodedExample], list[EncodedExample]]:

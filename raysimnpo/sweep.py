@@ -137,7 +137,7 @@ def print_front(root: str, sweep: SweepConfig) -> None:
 
     from . import results
     from .benchmarks.registry import benchmark
-    from .metrics import metric_direction
+    from .metrics import NOISE_CEILING, metric_direction
     from .pareto import non_dominated_mask
 
     trials = results.read_table(root, "trials").to_pylist()
@@ -169,6 +169,9 @@ def print_front(root: str, sweep: SweepConfig) -> None:
     for t in trials:
         if t["kind"] != "trial" and t["trial_id"] in final:
             print(f"  {t['kind']:<9}{values(t['trial_id'])}")
+    ceiling = final.get("retrain", {}).get(NOISE_CEILING)
+    if ceiling is not None:
+        print(f"  noise ceiling: FQ {ceiling:.3g} (a second Retrain, seed + 1, against Retrain)")
     done = [
         t for t in done if all(np.isfinite(final.get(t["trial_id"], {}).get(m, np.nan)) for m in objectives)
     ]

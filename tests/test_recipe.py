@@ -160,3 +160,34 @@ def test_cli_prints_one_json_object(first: recipe.RunResult, cache: Path, tmp_pa
     assert payload["config"]["cache_dir"] == str(cache)
     assert payload["config"]["method"]["name"] == "npo"
     assert "cached at" in proc.stderr
+
+
+def test_noise_ceiling_is_a_second_retrain_scored_against_the_first(
+    first: recipe.RunResult, config: RunConfig
+) -> None:
+    """`evaluation.noise_ceiling`: Retrain from seed + 1 (same data and tokenizer), its forget quality
+    measured against Retrain's truth ratios, becomes Retrain's `forget_quality_noise_ceiling`."""
+    import pyarrow.parquet as pq
+
+    from raysimnpo.metrics import NOISE_CEILING
+    from raysimnpo.metrics.tofu import forget_quality
+
+    asked = config.model_copy(
+        update={"evaluation": config.evaluation.model_copy(update={"noise_ceiling": True})}
+    )
+    logs: list[str] = []
+    ws = recipe.workspace(asked)
+    prepared = recipe.prepare(ws, log=logs.append)
+    assert any("Retrain (seed + 1): fine-tuning" in line for line in logs)
+    ceiling = prepared.retrain.metrics[NOISE_CEILING]
+    # Recomputed by hand from the two Retrains' stored forget truth ratios (KS test, DESIGN §6).
+    other = asked.model_copy(update={"seed": asked.seed + 1})
+    second_dir = recipe.prepared_dirs(other)[1]
+    (eval_dir,) = second_dir.glob("eval-*")
+
+    rows = pq.read_table(eval_dir / "examples.parquet").to_pylist()
+    second = [e["truth_ratio"] for e in rows if e["split"] == "forget"]
+    assert ceiling == pytest.approx(forget_quality(second, prepared.retrain.forget_truth_ratios()).pvalue)
+    assert 0.0 < ceiling <= 1.0
+    # The first Retrain and the Original are the cached ones: only the second Retrain is new.
+    assert sum("fine-tuning" in line for line in logs) == 1

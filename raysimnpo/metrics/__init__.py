@@ -37,8 +37,14 @@ def _tofu_metrics() -> dict[str, MetricInfo]:
     return metrics
 
 
+NOISE_CEILING = "forget_quality_noise_ceiling"
+"""Retrain's metric: FQ of a second Retrain (seed + 1) against Retrain, what a perfect unlearner gets."""
+
 METRICS: dict[str, MetricInfo] = {
     **_tofu_metrics(),
+    NOISE_CEILING: MetricInfo(
+        "max", "TOFU FQ of a second Retrain (seed + 1) against Retrain (a property of Retrain)"
+    ),
     "verbmem_forget": MetricInfo("min", "MUSE ROUGE-L F1 of continuations of forget texts"),
     "knowmem_forget": MetricInfo("min", "MUSE ROUGE-L F1 of QA answers about the forget set"),
     "knowmem_retain": MetricInfo("max", "MUSE ROUGE-L F1 of QA answers about the retain set"),
