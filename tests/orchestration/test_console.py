@@ -17,7 +17,7 @@ import raysimnpo
 from .test_sweep import write_sweep
 
 OUR_LINE = re.compile(
-    r"^(\[sweep\] |\[prepare\] |\d+ trials completed|  |Pareto front|results: |study: |time: |$)"
+    r"^(\[sweep\] |\[prepare\] |\[plan\] |\d+ trials completed|  |Pareto front|results: |study: |time: |$)"
 )
 
 
