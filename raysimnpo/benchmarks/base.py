@@ -51,6 +51,43 @@ def raw_text_methods() -> tuple[str, ...]:
     return tuple(name for name, method in METHODS.items() if "idk" not in method.needs)
 
 
+class RawTextBenchmark:
+    """What the raw-text benchmarks (MUSE, WMDP) share: their data object holds the text chunks that
+    train Original, Retrain and the forget / retain terms, and they have no questions to refuse, so
+    the methods that need refusals (`idk` in their needs) cannot run on them."""
+
+    name: str
+    training_unit = "text chunks"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return raw_text_methods()
+
+    def check_method(self, method: str) -> None:
+        if method not in self.methods:
+            raise UserInputError(
+                f"method: {method} replaces QA answers by refusals and needs a QA benchmark; "
+                f"{self.name.upper()} unlearns raw text; allowed: {', '.join(self.methods)}"
+            )
+
+    def corpus(self, data: Any) -> list[str]:
+        return list(data.corpus())
+
+    def training_examples(self, ws: Any, kind: str, max_length: int) -> list[Any]:
+        return list(ws.data.training_examples(kind, ws.tokenizer, max_length))
+
+    def reference_examples(self, ws: Any, max_length: int) -> tuple[list[Any], list[Any]]:
+        """Raw text has no questions to refuse (the IDK methods are refused)."""
+        return self.training_examples(ws, "forget", max_length), []
+
+    def check_encoding(self, ws: Any) -> None:
+        if not self.training_examples(ws, "forget", ws.config.unlearn.max_length):
+            raise UserInputError(f"{self.name}: the forget corpus of {ws.data.source_name} has no tokens")
+
+    def forget_description(self, data: Any) -> str:
+        return f"{data.forget_count} forget texts"
+
+
 @dataclass
 class Evaluation:
     """One evaluated model: its metric values and its per-example rows (each with `split`, `index`)."""

@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
 from ..data.muse_generator import GENERATOR_VERSION, MuseGeneratorConfig, generate_muse_dataset
 from ..data.sources import generated_folder
-from ..errors import UserInputError
 from ..metrics import muse as muse_metrics
+from .base import RawTextBenchmark
 
 if TYPE_CHECKING:  # torch and transformers load with the first model, not with the config
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -167,14 +167,6 @@ def load_muse_run_data(
         privleak=privleak,
         source_name=name,
     )
-
-
-def check_method(method: str) -> None:
-    if method in ("idk_nll", "idk_dpo"):
-        raise UserInputError(
-            f"method: {method} replaces QA answers by refusals and needs a QA benchmark; MUSE unlearns raw "
-            "text; allowed: ga, grad_diff, npo, simnpo, w_grad_diff, rmu, task_vector"
-        )
 
 
 @dataclass
@@ -358,7 +350,7 @@ EVALUATION_ONLY: tuple[str, ...] = (
 """Settings of the `muse:` section that change the evaluation but not what Original trains on."""
 
 
-class MuseBenchmark:
+class MuseBenchmark(RawTextBenchmark):
     """MUSE behind the `Benchmark` protocol: raw-text chunks, PrivLeak against Retrain's AUC."""
 
     name = NAME
@@ -367,38 +359,9 @@ class MuseBenchmark:
     default_objectives: tuple[str, ...] = tuple(m for m, _ in DEFAULT_OBJECTIVES)
     relearning = False
     own_sweep = False
-    training_unit = "text chunks"
-
-    @property
-    def methods(self) -> tuple[str, ...]:
-        from .base import raw_text_methods
-
-        return raw_text_methods()
-
-    def check_method(self, method: str) -> None:
-        check_method(method)
 
     def load(self, config: Any) -> MuseRunData:
         return load_muse_run_data(config.muse, Path(config.cache_dir))
-
-    def corpus(self, data: MuseRunData) -> list[str]:
-        return data.corpus()
-
-    def training_examples(self, ws: Any, kind: str, max_length: int) -> list[EncodedExample]:
-        return ws.data.training_examples(kind, ws.tokenizer, max_length)
-
-    def reference_examples(
-        self, ws: Any, max_length: int
-    ) -> tuple[list[EncodedExample], list[EncodedExample]]:
-        """Raw text has no questions to refuse (the IDK methods are refused)."""
-        return self.training_examples(ws, "forget", max_length), []
-
-    def check_encoding(self, ws: Any) -> None:
-        if not self.training_examples(ws, "forget", ws.config.unlearn.max_length):
-            raise UserInputError(f"{NAME}: the forget corpus of {ws.data.source_name} has no tokens")
-
-    def forget_description(self, data: MuseRunData) -> str:
-        return f"{data.forget_count} forget texts"
 
     def evaluation_items(self, ws: Any) -> list[dict[str, Any]]:
         return evaluation_items(ws.data, ws.config.evaluation.generation_limit)

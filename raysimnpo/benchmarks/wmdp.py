@@ -33,6 +33,7 @@ from ..data.sources import generated_folder
 from ..data.wmdp_generator import GENERATOR_VERSION, WmdpGeneratorConfig, generate_wmdp_dataset
 from ..errors import UserInputError
 from ..metrics.wmdp import choice_accuracy, predicted_choices
+from .base import RawTextBenchmark
 
 if TYPE_CHECKING:  # torch and transformers load with the first model, not with the config
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -183,14 +184,6 @@ def load_wmdp_run_data(
     )
 
 
-def check_method(method: str) -> None:
-    if method in ("idk_nll", "idk_dpo"):
-        raise UserInputError(
-            f"method: {method} replaces QA answers by refusals and needs a QA benchmark; WMDP unlearns raw "
-            "text; allowed: ga, grad_diff, npo, simnpo, w_grad_diff, rmu, task_vector"
-        )
-
-
 def choice_examples(
     tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], choice_format: str, max_length: int
 ) -> list[EncodedExample]:
@@ -304,7 +297,7 @@ EVALUATION_ONLY: tuple[str, ...] = ("choice_format", "question_limit")
 """Settings of the `wmdp:` section that change the evaluation but not what Original trains on."""
 
 
-class WmdpBenchmark:
+class WmdpBenchmark(RawTextBenchmark):
     """WMDP behind the `Benchmark` protocol: raw-text corpora, multiple-choice accuracy, no reference."""
 
     name = NAME
@@ -313,38 +306,9 @@ class WmdpBenchmark:
     default_objectives: tuple[str, ...] = tuple(m for m, _ in DEFAULT_OBJECTIVES)
     relearning = False
     own_sweep = False
-    training_unit = "text chunks"
-
-    @property
-    def methods(self) -> tuple[str, ...]:
-        from .base import raw_text_methods
-
-        return raw_text_methods()
-
-    def check_method(self, method: str) -> None:
-        check_method(method)
 
     def load(self, config: Any) -> WmdpRunData:
         return load_wmdp_run_data(config.wmdp, Path(config.cache_dir))
-
-    def corpus(self, data: WmdpRunData) -> list[str]:
-        return data.corpus()
-
-    def training_examples(self, ws: Any, kind: str, max_length: int) -> list[EncodedExample]:
-        return ws.data.training_examples(kind, ws.tokenizer, max_length)
-
-    def reference_examples(
-        self, ws: Any, max_length: int
-    ) -> tuple[list[EncodedExample], list[EncodedExample]]:
-        """Raw text has no questions to refuse (the IDK methods are refused)."""
-        return self.training_examples(ws, "forget", max_length), []
-
-    def check_encoding(self, ws: Any) -> None:
-        if not self.training_examples(ws, "forget", ws.config.unlearn.max_length):
-            raise UserInputError(f"{NAME}: the forget corpus of {ws.data.source_name} has no tokens")
-
-    def forget_description(self, data: WmdpRunData) -> str:
-        return f"{data.forget_count} forget texts"
 
     def evaluation_items(self, ws: Any) -> list[dict[str, Any]]:
         return evaluation_items(ws.data)

@@ -146,7 +146,7 @@ def test_missing_split_and_idk_methods(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="no file for config 'raw' split 'retain2'"):
         muse.load_muse_run_data(settings, tmp_path)
     with pytest.raises(UserInputError, match="needs a QA benchmark"):
-        muse.check_method("idk_dpo")
+        muse.MuseBenchmark().check_method("idk_dpo")
 
 
 def test_evaluation_on_a_tiny_model(tmp_path: Path) -> None:
