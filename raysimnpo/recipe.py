@@ -414,14 +414,16 @@ def unlearn_inputs(
                 score_sequences(reference, forget, batch, ws.pad_id)[0],
                 score_sequences(reference, refusals, batch, ws.pad_id)[0] if refusals else [],
             )
-        elif [len(v) for v in reference_nll] != [len(forget), len(refusals)]:
+        elif len(reference_nll[0]) != len(forget) or (refusals and len(reference_nll[1]) != len(refusals)):
+            # (a raw-text benchmark has no refusals: its stored refusal column is not read)
             sizes = [len(v) for v in reference_nll]
             raise UserInputError(
-                f"reference_nll: {sizes[0]} and {sizes[1]} values but {ws.config.data.forget_split} has "
-                f"{len(forget)} examples; allowed: one ℓ_ref per forget answer and per refusal, in order"
+                f"reference_nll: {sizes[0]} and {sizes[1]} values but the forget set has {len(forget)} "
+                f"examples and {len(refusals)} refusals; allowed: one ℓ_ref per forget answer and per "
+                "refusal, in order"
             )
         inputs.forget_ref_nll = torch.tensor(reference_nll[0], dtype=torch.float32)
-        inputs.idk_ref_nll = torch.tensor(reference_nll[1], dtype=torch.float32)
+        inputs.idk_ref_nll = torch.tensor(reference_nll[1] if refusals else [], dtype=torch.float32)
     return inputs
 
 

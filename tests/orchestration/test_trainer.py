@@ -198,7 +198,10 @@ def test_local_mode_takes_the_single_process_recipe_path(tmp_path: Path) -> None
     assert out["epochs"] == summary.epochs
     unlearned = AutoModelForCausalLM.from_pretrained(tmp_path / "unlearned", dtype=torch.float32).state_dict()
     assert all(torch.equal(unlearned[k], v) for k, v in expected.state_dict().items())
-    with pytest.raises(UserInputError, match=r"^reference_nll: 2 and 2 values but forget10 has 6 examples"):
+    with pytest.raises(
+        UserInputError,
+        match=r"^reference_nll: 2 and 2 values but the forget set has 6 examples and 6 refusals",
+    ):
         unlearn_with_torch_trainer(
             config,
             str(tmp_path / "original"),
