@@ -820,7 +820,7 @@ def read_trial_rows(root: str | os.PathLike[str], name: str, trial_id: str) -> l
     if location.fs.get_file_info(path).type != pafs.FileType.File:
         return []
     fragment = ds.dataset(path, format="parquet", filesystem=location.fs).get_fragments()
-    table = _read_fragment(next(iter(fragment)), SCHEMAS[cast(TableName, name)], location)
+    table = _read_fragment(next(iter(fragment)), cast(TableName, name), location)
     return [] if table is None else table.to_pylist()
 
 
