@@ -786,14 +786,15 @@ def trial_ids(root: str | os.PathLike[str]) -> set[str]:
 
 
 def write_relearn_results(root: str | os.PathLike[str], trial_id: str, rows: pa.Table | Rows) -> str:
-    """Write (or rewrite, atomically) the relearning attacks of one trial that has results."""
+    """Write (or rewrite, atomically) the relearning attacks of one trial that has results, or of an
+    epoch candidate `<trial>.epoch-<e>` of one (`epoch_candidates`)."""
     _check_trial_id(trial_id)
     table = _as_table("relearn", rows)
     if table.num_rows == 0:
         raise ValueError(f"relearn: no rows for trial {trial_id}")
     _check_rows_belong("relearn", table, trial_id, table["sweep"][0].as_py())
     location = _locate(root)
-    if trial_id not in trial_ids(root):
+    if trial_id.split(EPOCH_MARK)[0] not in trial_ids(root):
         raise ValueError(f"relearn: trial {trial_id} has no results under {location.text}")
     path = _part_path(location, "relearn", trial_id)
     _write_file(location.fs, path, table)

@@ -66,6 +66,16 @@ def test_relearn_curves_and_report(make_run: Callable[[str], Path]) -> None:
     written = pl.read_csv(report.out / "relearn.csv")
     assert written.height == 6 and set(written["attack"]) == {"shortest", "random"}
     assert "Relearning attacks (Fig. A3)" in (report.out / "report.html").read_text()
+    # an epoch candidate of a trial with results (a selected earlier epoch) is attacked like a trial
+    epoch = f"{trial_id}.epoch-2"
+    results.write_relearn_results(root, epoch, attack_rows(epoch, "simnpo", "random", 0, [0.4]))
+    assert epoch in results.trial_ids(root) or epoch in set(
+        results.read_table(root, "relearn")["trial_id"].to_pylist()
+    )
+    with pytest.raises(ValueError, match=r"trial nonesuch\.epoch-2 has no results"):
+        results.write_relearn_results(
+            root, "nonesuch.epoch-2", attack_rows("nonesuch.epoch-2", "npo", "random", 0, [0.1])
+        )
 
 
 def test_relearn_cli_refuses_unknown_trials_and_missing_runs(
