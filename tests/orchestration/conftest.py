@@ -28,6 +28,9 @@ def ray_cluster() -> Iterator[None]:
         num_cpus=2,
         object_store_memory=200 * 1024**2,
         include_dashboard=False,
+        # Workers' and Ray's own actors' output stays in Ray's log files: tests that read a command's
+        # stderr (one `error:` line) must not catch a line some earlier test's actor printed late.
+        log_to_driver=False,
         dashboard_port=_free_port(),
         _metrics_export_port=_free_port(),
     )
