@@ -2,10 +2,10 @@
 
 In a notebook:
 
-    import raysimnpo
-    run_dir = raysimnpo.sweep("tofu", overrides=["search.num_trials=4"])  # python -m raysimnpo.sweep
-    frames = raysimnpo.load(run_dir)       # polars: frames.trials, .metrics, .examples, .front
-    kept = raysimnpo.run("tofu", method="simnpo")                          # python -m raysimnpo.run
+    >>> import raysimnpo
+    >>> run_dir = raysimnpo.sweep("tofu", overrides=["search.num_trials=4"])  # python -m raysimnpo.sweep
+    >>> frames = raysimnpo.load(run_dir)  # polars: frames.trials, .metrics, .examples, .front
+    >>> kept = raysimnpo.run("tofu", method="simnpo")  # python -m raysimnpo.run
 
 `raysimnpo.sweep` and `raysimnpo.run` are the modules behind `python -m`, made callable; they are
 imported on first use (importing them here would make `python -m raysimnpo.sweep` run a module that
