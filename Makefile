@@ -31,9 +31,9 @@ test: $(STAMP)
 cluster-test: $(STAMP)
 	$(PY) cluster/local_autoscaling.py $(ARGS)
 
-# On a machine with NVIDIA GPUs, before a long sweep: GPU memory against the resource plan, 1 GPU vs
-# FSDP2 on NCCL in bf16 over every visible GPU, a 2-trial smollm2-135m sweep; writes
-# benchmarks/results/gpu_check.json. Without a GPU it says so and exits 1. Not yet run on a GPU.
+# On a machine with NVIDIA GPUs, before a long sweep: GPU memory against the resource plan, FSDP2 on
+# NCCL in bf16 over every visible GPU against the unsharded paths, Ray Train 1 GPU vs all, a 2-trial
+# smollm2-135m sweep; writes benchmarks/results/gpu_check.json. Without a GPU it says so and exits 1.
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py $(ARGS)
 

@@ -25,7 +25,9 @@ world of `w` devices, for P trainable parameters:
 That is AdamW's 16 B/param (4 + 4 + 8) divided by the world size, as FSDP2 shards it. Inference
 phases (reference log-probs, evaluation actors, a prepare stage that only evaluates released
 models) hold the weights in the loaded dtype (bf16 on GPUs, float32 on CPU), the logits of one
-scoring batch (LOGIT_BYTES per logit) and the KV cache of one generation batch.
+scoring batch (LOGIT_BYTES per logit), one decoder block's activations of that batch (the same
+elements per token as above; without autograd one block's are alive at a time) and the KV cache
+of one generation batch.
 
 A phase fits when its total is at most USABLE_FRACTION of a device's memory (GPU memory from
 `resources.gpu_memory_gb`, else the visible GPUs, else 80 GB; a CPU process: this machine's RAM).
@@ -261,6 +263,13 @@ def inference_memory(
     """One process scoring (and generating for) batches of `batch_size` sequences of `max_length`
     tokens with an unsharded model in its loaded dtype."""
     logits = batch_size * max_length * shape.vocab * LOGIT_BYTES
+    # without autograd one decoder block's intermediates are alive at a time
+    block = (
+        batch_size
+        * max_length
+        * (ACTIVATION_ELEMENTS_HIDDEN * shape.hidden + ACTIVATION_ELEMENTS_MLP * shape.intermediate)
+        * weight_bytes
+    )
     kv_cache = (
         batch_size * (max_length + max_new_tokens) * shape.layers * 2 * shape.kv_width * weight_bytes
         if max_new_tokens
@@ -273,7 +282,7 @@ def inference_memory(
         weights=shape.parameters * weight_bytes,
         gradients=0.0,
         optimizer=0.0,
-        activations=logits + kv_cache,
+        activations=logits + block + kv_cache,
     )
 
 

@@ -43,5 +43,5 @@ def test_gpu_check_settings_validate(tmp_path: Path) -> None:
     sweep = load_sweep_config("tofu", gpu_check.sweep_overrides(8))
     assert (sweep.search.num_trials, sweep.resources.workers, sweep.relearn) == (2, 8, None)
     assert sweep.run.model.name == "smollm2-135m" and sweep.run.device == "cuda"
-    config = gpu_check.run_config(tmp_path)
+    config = gpu_check.run_config(tmp_path, tmp_path / "smollm2-135m")
     assert (config.unlearn.batch_size, config.model.dtype) == (gpu_check.BATCH, "bfloat16")
