@@ -539,6 +539,12 @@ class SearchSettings(Frozen):
         None, description="stop trials dominated by the front early (None: every trial runs its epochs)"
     )
     max_concurrent_trials: int | None = Field(None, gt=0, description="None: as many as the resources allow")
+    time_budget_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop starting trials after this many minutes of trials (running ones are stopped "
+        "and their finished epochs kept); None: run num_trials",
+    )
     seed: int = 0
 
     def resolved_sampler(self) -> str:

@@ -602,14 +602,24 @@ def run(config: RunConfig, log: Log = _quiet) -> RunResult:
     forget = ws.benchmark.forget_description(ws.data)
     log(f"[unlearn] {config.method.name}: {config.unlearn.epochs} epochs over {forget}")
 
+    reference = retrain_reference(ws, prepared.retrain)
+    # `evaluation.every_epoch`: each epoch's metrics join its training row, and the last epoch's
+    # evaluation is the run's
+    evaluator = EpochEvaluator(ws, reference, []) if config.evaluation.every_epoch else None
+    headline = ws.benchmark.headline_metrics
+
     def show(row: dict[str, Any]) -> None:
+        scores = "".join(f" {m} {row[m]:.3g}" for m in headline if m in row)
         log(
             f"[unlearn] epoch {row['epoch']}/{config.unlearn.epochs} forget {row['forget_loss']:.4f} "
-            f"retain {row['retain_loss']:.4f}"
+            f"retain {row['retain_loss']:.4f}{scores}"
         )
 
-    model, summary = unlearn_model(ws, prepared.original.path, report=show)
-    started = time.perf_counter()
-    evaluation = evaluate(ws, model, retrain_reference(ws, prepared.retrain))
-    seconds = time.perf_counter() - started
+    model, summary = unlearn_model(ws, prepared.original.path, report=show, after_epoch=evaluator)
+    if evaluator is not None and evaluator.last is not None:
+        evaluation, seconds = evaluator.last, evaluator.seconds
+    else:
+        started = time.perf_counter()
+        evaluation = evaluate(ws, model, reference)
+        seconds = time.perf_counter() - started
     return RunResult(prepared.original, prepared.retrain, evaluation, summary, seconds, model, ws)

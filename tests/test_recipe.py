@@ -121,6 +121,34 @@ def test_second_run_reuses_cache_and_repeats_numbers(first: recipe.RunResult, co
     assert second.training.epochs == first.training.epochs
 
 
+def test_every_epoch_run_scores_each_epoch_and_ends_with_the_same_model(
+    first: recipe.RunResult, config: RunConfig
+) -> None:
+    every = config.model_copy(
+        update={"evaluation": config.evaluation.model_copy(update={"every_epoch": True})}
+    )
+    logs: list[str] = []
+    run = recipe.run(every, log=logs.append)
+    # the same training: evaluating between epochs changes no weight
+    losses = ("forget_loss", "retain_loss")
+    assert [{k: r[k] for k in losses} for r in run.training.epochs] == [
+        {k: r[k] for k in losses} for r in first.training.epochs
+    ]
+    for row in run.training.epochs:
+        check_metrics(row)
+    # the last epoch's evaluation is the run's, and equals a separate evaluation of the final model
+    last = run.training.epochs[-1]
+    assert {k: last[k] for k in TOFU_METRICS} == {k: run.unlearned.metrics[k] for k in TOFU_METRICS}
+    assert run.unlearned.metrics["forget_quality"] == pytest.approx(
+        first.unlearned.metrics["forget_quality"], rel=1e-9
+    )
+    assert run.unlearned.metrics["model_utility"] == pytest.approx(
+        first.unlearned.metrics["model_utility"], rel=1e-9
+    )
+    shown = [line for line in logs if line.startswith("[unlearn] epoch")]
+    assert len(shown) == 2 and all("forget_quality" in line and "model_utility" in line for line in shown)
+
+
 def test_new_evaluation_settings_reevaluate_cached_weights(
     first: recipe.RunResult, config: RunConfig
 ) -> None:

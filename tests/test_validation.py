@@ -306,6 +306,12 @@ CASES = [
         "--set search.num_trials=1000000000: search.num_trials: Input should be less than or equal to 10000 "
         "(got 1000000000)",
     ),
+    Case(
+        "zero-time-budget",
+        DEFAULT,
+        ("--set", "search.time_budget_minutes=0"),
+        "--set search.time_budget_minutes=0: search.time_budget_minutes: Input should be greater than 0 (got 0)",
+    ),
     # ---- 8. the message names where the bad value came from
     Case(
         "source-set-not-file",

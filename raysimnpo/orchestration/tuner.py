@@ -563,6 +563,7 @@ def new_tuner(
     """A Tune experiment `<run>/<name>` of `num_trials` trials proposed by the sweep's Optuna study
     (created, or loaded when it exists: an extension continues the same study)."""
     objectives = sweep.search.objectives
+    budget = sweep.search.time_budget_minutes
     search = OptunaSearch(
         space=DefineByRun(sweep.search),
         metric=[o.metric for o in objectives],
@@ -581,6 +582,7 @@ def new_tuner(
             search_alg=search,
             num_samples=num_trials,
             max_concurrent_trials=max_concurrent(sweep),
+            time_budget_s=None if budget is None else 60 * budget,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
