@@ -114,8 +114,11 @@ def at_budget(run_dir: str, minutes: float) -> dict[str, Any]:
     res = load_runs([run_dir])
     trials = res.trials.filter(pl.col("kind") == "trial")
     start = trials["started_at"].min()
-    cutoff = start + timedelta(minutes=minutes)  # type: ignore[operator]
-    finished = trials.filter(pl.col("finished_at") <= cutoff)
+    finished = (
+        trials.clear()
+        if start is None  # no trial finished within the whole budget
+        else trials.filter(pl.col("finished_at") <= start + timedelta(minutes=minutes))  # type: ignore[operator]
+    )
     kept = set(finished["trial_id"].to_list()) | set(res.trials.filter(pl.col("kind") != "trial")["trial_id"])
     within = dataclasses.replace(res, trials=res.trials.filter(pl.col("trial_id").is_in(list(kept))))
     points = completed_trials(within).filter(pl.col("kind") == "trial")
