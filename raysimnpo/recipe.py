@@ -1,8 +1,8 @@
 """The single-run recipe: prepare Original and Retrain (cached), unlearn, evaluate.
 
 `python -m raysimnpo.run` calls `run`; the Ray trial calls the same pieces (`prepare`,
-`unlearn_model`, `evaluate`) and every TorchTrainer worker calls `unlearn_model`, so a CPU run and a
-cluster run share one path.
+`unlearn_model`, `evaluate`) and every TorchTrainer worker calls `unlearn_model` (and, to prepare
+for trials on workers, `finetune_weights`), so a CPU run and a cluster run share one path.
 
 Prepared models are cached under `<cache_dir>/prepared/<content hash>/` by what produced them (data
 source, model, fine-tuning recipe, seed, and for Retrain the forget split), each as a Hugging Face

@@ -252,9 +252,9 @@ def _prepare_one_remote(ws: recipe.Workspace, root: str, name: str) -> float:
 def prepare_concurrently(
     sweep: SweepConfig, storage: Storage, cpus: float, gpus: int, log: Log, shared: SharedWorkspace
 ) -> None:
-    """Original and Retrain are fine-tuned independently (only the Original's evaluation needs
-    Retrain's), so each gets its own task: on CPU each takes half the prepare CPUs, on GPU each its
-    own GPU (one GPU: Ray runs them one after the other). `_prepare_remote` then evaluates the Original
+    """When the trials run in their own process (one CPU worker; otherwise `prepare_on_workers`):
+    Original and Retrain are fine-tuned independently (only the Original's evaluation needs
+    Retrain's), so each gets its own task, with half the prepare CPUs. `_prepare_remote` then evaluates the Original
     against Retrain, reusing both. Models already made (here or in the cache) are not trained again.
     A remote storage prepares in one task, which fetches and uploads the models (`_sync_prepared`)."""
     if storage.remote:
@@ -388,7 +388,9 @@ def prepare_stage(
 ) -> PreparedModels:
     """Original and Retrain (cached by content hash under `<storage>/prepared`), their result rows,
     and the reference NLLs when a searched method needs them. `ws`: the sweep's workspace (built
-    here when not given)."""
+    here when not given). The fine-tuning runs where the trials' unlearning runs: on TorchTrainer
+    workers (`prepare_on_workers`) when the trials use them, else in Ray tasks; the evaluation in
+    `_prepare_remote`."""
     ws = recipe.workspace(sweep.run) if ws is None else ws
     shared = SharedWorkspace(ray.put(ws)) if shared is None else shared
     root = storage.join("prepared")
