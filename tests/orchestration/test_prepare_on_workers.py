@@ -20,7 +20,7 @@ from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
 from raysimnpo.data.tofu_generator import TofuGeneratorConfig
 from raysimnpo.orchestration import tuner
 from raysimnpo.orchestration.trial import SharedWorkspace
-from raysimnpo.storage import open_storage
+from raysimnpo.storage import Storage, open_storage
 
 WEIGHTS_TOLERANCE = 1e-5  # max |Δw|
 LOSS_TOLERANCE = 1e-5  # relative, per epoch
@@ -118,3 +118,35 @@ def test_two_fsdp2_workers_fine_tune_the_in_process_weights_into_the_prepared_fo
     assert sum("weights cached" in line for line in logs) == 2
     assert not any("fine-tuning" in line for line in logs)
     assert prepared.retrain is not None and prepared.retrain.metrics["forget_quality"] == 1.0
+
+
+def test_weights_made_on_workers_reach_a_remote_storage_and_come_back_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a remote storage rank 0 uploads each model it wrote (config.json last, so a folder with it
+    is complete), and the prepare task fetches a folder that has weights but no evaluation yet."""
+    from raysimnpo.orchestration.trainer import upload_model
+
+    storage = open_storage(str(tmp_path / "bucket"))  # any pyarrow filesystem takes the same calls
+    final = tmp_path / "node-a" / "original-abc"
+    (final / "model").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", PROMPT_FORMAT_FILE):
+        (final / "model" / name).write_text(name)
+    uploaded: list[str] = []
+    put = Storage.upload_file
+
+    def recording(self: Storage, local: Path, *parts: str) -> None:
+        uploaded.append(parts[-1])
+        put(self, local, *parts)
+
+    monkeypatch.setattr(Storage, "upload_file", recording)
+    upload_model(storage, final)
+    assert uploaded[-1] == "config.json" and sorted(uploaded) == sorted(
+        p.name for p in (final / "model").iterdir()
+    )
+    upload_model(storage, final)  # there already: not sent again
+    assert len(uploaded) == 4
+
+    elsewhere = tmp_path / "node-b" / "original-abc"
+    tuner._sync_prepared(storage, (elsewhere,), "eval-key", upload=False)
+    assert sorted(p.name for p in (elsewhere / "model").iterdir()) == sorted(uploaded)
