@@ -1,8 +1,8 @@
 """The single-run recipe: prepare Original and Retrain (cached), unlearn, evaluate.
 
 `python -m raysimnpo.run` calls `run`; the Ray trial calls the same pieces (`prepare`,
-`unlearn_model`, `evaluate`) and every TorchTrainer worker calls `unlearn_model`, so a CPU run and a
-cluster run share one path.
+`unlearn_model`, `evaluate`) and every TorchTrainer worker calls `unlearn_model` (and, to prepare
+for trials on workers, `finetune_weights`), so a CPU run and a cluster run share one path.
 
 Prepared models are cached under `<cache_dir>/prepared/<content hash>/` by what produced them (data
 source, model, fine-tuning recipe, seed, and for Retrain the forget split), each as a Hugging Face
@@ -42,6 +42,7 @@ from .errors import UserInputError, first_line
 from .methods import METHODS, MethodParams, apply_task_vector, needs_of
 from .metrics import NOISE_CEILING
 from .models import LoadedModel, load_model_and_tokenizer, write_prompt_format
+from .precision import loaded_dtype
 from .results import EPOCH_MARK
 from .scoring import score_sequences
 from .training import EpochEnd, ForgetBatchHook, TrainingSummary, UnlearnInputs, frozen_copy, train
@@ -292,7 +293,7 @@ def _finetune_and_store(
         save_model(model, ws.tokenizer, ws.prompt_format, staging)
         staging.rename(final / "model")
     else:
-        model = _finetune_weights(ws, name, final, kind, log)
+        model, _ = finetune_weights(ws, name, final, kind, log)
     evaluation = evaluate(ws, model, retrain_truth_ratios)
     staging = Path(tempfile.mkdtemp(prefix=".eval-", dir=final))
     write_examples(evaluation.examples, staging / "examples.parquet")
@@ -305,23 +306,103 @@ def _finetune_and_store(
     return PreparedModel(final / "model", evaluation.metrics, evaluation.examples)
 
 
-def _finetune_weights(ws: Workspace, name: str, final: Path, kind: TrainingKind, log: Log) -> PreTrainedModel:
-    """Fine-tune one prepared model from the initial weights and write it to `final/model`."""
+def finetune_weights(
+    ws: Workspace, name: str, final: Path, kind: TrainingKind, log: Log = _quiet
+) -> tuple[PreTrainedModel, TrainingSummary]:
+    """Fine-tune one prepared model from the initial weights and write it to `final/model`.
+
+    The one fine-tuning step of prepare: the in-process prepare calls it, and so does every rank of
+    a TorchTrainer (`orchestration.trainer.finetune_with_torch_trainer`). Under several ranks the
+    model is sharded with FSDP2 and `training.train` walks the same global batches on every rank, so
+    the weights equal a single process's; rank 0 writes the folder (`sharding.save_hf_checkpoint`:
+    written aside and renamed, in the dtype the model was loaded in), with `training.json` (the
+    per-epoch rows, seconds, world size). Returns the model (sharded under several ranks) and its
+    training summary."""
     config = ws.config
-    model = initial_model(config, ws.benchmark.corpus(ws.data)).model.to(resolve_device(config))
+    rank, world_size = sharding.rank_and_world_size()
     examples = training_examples(ws, kind)
+    check_finetune_batches(ws, kind, world_size)
+    model = initial_model(config, ws.benchmark.corpus(ws.data)).model.to(resolve_device(config))
+    dtype = loaded_dtype(model)
     unit = ws.benchmark.training_unit
-    log(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs")
+    shown = log if rank == 0 else _quiet
+    on = f" on {world_size} workers" if world_size > 1 else ""
+    shown(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs{on}")
 
     def show(row: dict[str, Any]) -> None:
-        log(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
+        shown(f"[prepare] {name} epoch {row['epoch']}/{config.prepare.epochs} loss {row['loss']:.4f}")
 
-    summary = train(model, config.prepare, pad_id=ws.pad_id, seed=config.seed, examples=examples, report=show)
-    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=final))
-    save_model(model, ws.tokenizer, ws.prompt_format, staging)
-    (staging / "training.json").write_text(json.dumps({"epochs": summary.epochs, "seconds": summary.seconds}))
-    staging.rename(final / "model")
-    return model
+    if world_size > 1:
+        sharding.shard_model(model)
+    summary = train(
+        model,
+        config.prepare,
+        pad_id=ws.pad_id,
+        seed=config.seed,
+        examples=examples,
+        report=show,
+        rank=rank,
+        world_size=world_size,
+    )
+    record = {"epochs": summary.epochs, "seconds": summary.seconds, "workers": world_size}
+    sharding.save_hf_checkpoint(
+        model,
+        ws.tokenizer,
+        ws.prompt_format,
+        final / "model",
+        dtype=dtype,
+        extra_files={"training.json": json.dumps(record)},
+    )
+    return model, summary
+
+
+def check_finetune_batches(ws: Workspace, kind: TrainingKind, world_size: int) -> None:
+    """Fine-tuning on `world_size` ranks: every rank must take a non-empty slice of every global batch
+    (FSDP steps are collectives), so `prepare.batch_size` must be at least `world_size` and the
+    `kind` examples' last batch must hold 0 or at least `world_size` (a smaller one would be left out,
+    and the weights would differ from a single process's). One UserInputError line each."""
+    if world_size <= 1:
+        return
+    batch = ws.config.prepare.batch_size
+    if batch < world_size:
+        raise UserInputError(
+            f"prepare.batch_size: {batch} cannot be split over {world_size} workers; allowed: >= {world_size}"
+        )
+    n = len(training_examples(ws, kind))
+    rest = n % batch
+    if 0 < rest < world_size:
+        raise UserInputError(
+            f"prepare.batch_size: {batch} leaves the {kind} set's {n} examples a last batch of {rest} for "
+            f"{world_size} workers; allowed: a batch size that leaves 0 or at least {world_size} examples"
+        )
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """A model `prepare` fine-tunes: its name, its folder (`<root>/<role>-<content hash>`), what it
+    trains on, and the seed of its initial weights and batch order."""
+
+    name: str
+    folder: Path
+    kind: TrainingKind
+    seed: int
+
+
+def fine_tunes(config: RunConfig, root: Path | None = None) -> list[FineTune]:
+    """The models `prepare` fine-tunes (whether or not their weights are made already), in its order:
+    Retrain (when the benchmark has one), the Original, and with `evaluation.noise_ceiling` the
+    second Retrain of `noise_ceiling`. Released models, used as they are, are not among them."""
+    original_dir, retrain_dir = prepared_dirs(config, root)
+    jobs = []
+    retrain = benchmark(config.benchmark).has_retrain(config) and as_is_model(config, "Retrain") is None
+    if retrain:
+        jobs.append(FineTune("Retrain", retrain_dir, "retrain", config.seed))
+    if as_is_model(config, "Original") is None:
+        jobs.append(FineTune("Original", original_dir, "original", config.seed))
+    if retrain and config.evaluation.noise_ceiling:
+        second = second_retrain_config(config)
+        jobs.append(FineTune(SECOND_RETRAIN, prepared_dirs(second, root)[1], "retrain", second.seed))
+    return jobs
 
 
 def prepare_one(ws: Workspace, name: str, root: Path | None = None, log: Log = _quiet) -> None:
@@ -340,7 +421,7 @@ def prepare_one(ws: Workspace, name: str, root: Path | None = None, log: Log = _
     if name == "Retrain":
         _finetune_and_store(ws, name, final, "retrain", None, log)
     else:
-        _finetune_weights(ws, name, final, "original", log)
+        finetune_weights(ws, name, final, "original", log)
 
 
 def prepared_dirs(config: RunConfig, root: Path | None = None) -> tuple[Path, Path]:
@@ -365,15 +446,23 @@ def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepa
     return Prepared(original=original, retrain=retrain)
 
 
+SECOND_RETRAIN = "Retrain (seed + 1)"
+
+
+def second_retrain_config(config: RunConfig) -> RunConfig:
+    """The run the noise ceiling's second Retrain is fine-tuned for: the same, from seed + 1."""
+    return config.model_copy(update={"seed": config.seed + 1})
+
+
 def noise_ceiling(ws: Workspace, retrain: PreparedModel, root: Path | None, log: Log) -> float:
     """Forget quality of a second Retrain, fine-tuned like the first from seed + 1 (its initial
     weights and batch order; the same data and tokenizer), measured against the first: the FQ a
     perfect unlearner would get, so a gap to it can be told from the KS test's noise. Cached like
     every prepared model."""
-    other = ws.config.model_copy(update={"seed": ws.config.seed + 1})
+    other = second_retrain_config(ws.config)
     _, second_dir = prepared_dirs(other, root)
     second = _finetune_and_store(
-        ws.for_run(other), "Retrain (seed + 1)", second_dir, "retrain", retrain_reference(ws, retrain), log
+        ws.for_run(other), SECOND_RETRAIN, second_dir, "retrain", retrain_reference(ws, retrain), log
     )
     value = float(second.metrics["forget_quality"])
     log(f"[prepare] noise ceiling: FQ of a second Retrain against Retrain {value:.3g}")

@@ -185,11 +185,13 @@ def save_hf_checkpoint(
     path: str | Path,
     *,
     dtype: torch.dtype | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> None:
     """Write `model` as a Hugging Face folder at `path` from rank 0, as `recipe.save_model` does:
     safetensors weights (from the gathered state dict), config, tokenizer and the prompt-format
     file (`models.write_prompt_format`, the one the loader reads). Floating tensors are cast to `dtype` when given (e.g. back to the bf16 the
-    model was loaded in). The folder is written aside and renamed, so `path` is never half-written.
+    model was loaded in). `extra_files` (name -> text) are written into the folder too. The folder
+    is written aside and renamed, so `path` is never half-written.
 
     A collective: every rank must call it; only rank 0 writes.
     """
@@ -207,6 +209,8 @@ def save_hf_checkpoint(
         model.save_pretrained(staging, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         write_prompt_format(staging, prompt_format)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)

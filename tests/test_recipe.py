@@ -18,6 +18,7 @@ import yaml
 from raysimnpo import recipe
 from raysimnpo.config import RunConfig
 from raysimnpo.data.tofu_generator import TofuGeneratorConfig
+from raysimnpo.errors import UserInputError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -219,3 +220,53 @@ def test_noise_ceiling_is_a_second_retrain_scored_against_the_first(
     assert 0.0 < ceiling <= 1.0
     # The first Retrain and the Original are the cached ones: only the second Retrain is new.
     assert sum("fine-tuning" in line for line in logs) == 1
+
+
+def test_fine_tunes_lists_what_prepare_trains_and_leaves_released_models_out(config: RunConfig) -> None:
+    root = Path("/prepared")
+    original_dir, retrain_dir = recipe.prepared_dirs(config, root)
+    assert recipe.fine_tunes(config, root) == [
+        recipe.FineTune("Retrain", retrain_dir, "retrain", 0),
+        recipe.FineTune("Original", original_dir, "original", 0),
+    ]
+    ceiling = config.model_copy(
+        update={"evaluation": config.evaluation.model_copy(update={"noise_ceiling": True})}
+    )
+    second = recipe.fine_tunes(ceiling, root)[-1]
+    # the folder noise_ceiling evaluates, from seed + 1
+    assert second == recipe.FineTune(
+        recipe.SECOND_RETRAIN,
+        recipe.prepared_dirs(recipe.second_retrain_config(ceiling), root)[1],
+        "retrain",
+        1,
+    )
+    released = config.model_copy(
+        update={
+            "data": config.data.model_copy(
+                update={"original_model": "org/tofu_full", "retrain_model": "org/tofu_retain90"}
+            )
+        }
+    )
+    assert recipe.fine_tunes(released, root) == []
+
+
+def test_fine_tuning_on_workers_refuses_batches_it_cannot_split(config: RunConfig) -> None:
+    # full + utility QA: 76 examples for the Original, 70 for Retrain.
+    ws = recipe.workspace(config)
+    recipe.check_finetune_batches(ws, "original", 2)  # batches of 16: the last holds 12
+    recipe.check_finetune_batches(ws.for_run(with_prepare_batch(config, 1)), "original", 1)
+    with pytest.raises(
+        UserInputError, match=r"^prepare\.batch_size: 1 cannot be split over 2 workers; allowed: >= 2$"
+    ):
+        recipe.check_finetune_batches(ws.for_run(with_prepare_batch(config, 1)), "original", 2)
+    with pytest.raises(
+        UserInputError,
+        match=r"^prepare\.batch_size: 15 leaves the original set's 76 examples a last batch of 1 for 2 "
+        r"workers; allowed: a batch size that leaves 0 or at least 2 examples$",
+    ):
+        recipe.check_finetune_batches(ws.for_run(with_prepare_batch(config, 15)), "original", 2)
+    recipe.check_finetune_batches(ws.for_run(with_prepare_batch(config, 15)), "retrain", 2)  # 70 = 4·15 + 10
+
+
+def with_prepare_batch(config: RunConfig, batch_size: int) -> RunConfig:
+    return config.model_copy(update={"prepare": config.prepare.model_copy(update={"batch_size": batch_size})})

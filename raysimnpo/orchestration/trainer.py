@@ -13,6 +13,10 @@ Fault tolerance: with `max_failures` > 0 every epoch also reports a training sta
 dies, Ray Train restarts the worker group and the new workers resume from the last one, so the run
 finishes with the weights an uninterrupted run would have.
 
+Fine-tuning the Original and Retrain when the trials run on workers (`finetune_with_torch_trainer`)
+is the same: each rank calls the prepare's fine-tuning step, `recipe.finetune_weights`, and rank 0
+writes each model into its prepared folder.
+
 `num_workers=0` is Ray Train's local mode: the same worker function runs in the calling process,
 unsharded, without Ray workers (the single-process CPU path of DESIGN §7).
 """
@@ -20,6 +24,7 @@ unsharded, without Ray workers (the single-process CPU path of DESIGN §7).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import time
 from collections.abc import Sequence
@@ -45,6 +50,7 @@ from ..config import RunConfig
 from ..errors import UserInputError
 from ..methods import CLOSED_FORM_WEIGHTS, METHODS, MethodParams, register
 from ..orchestration.epochs import EpochEvaluation, epoch_stopper
+from ..storage import open_storage
 from ..training import GradientWeightLog, TrainingDiverged
 from ..training_state import STATE_FILE, save_training_state, saved_extra
 
@@ -109,9 +115,6 @@ def unlearn_with_torch_trainer(
     output = Path(output_path).expanduser().resolve()
     storage = storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
     in_run_folder = "://" not in storage and output.is_relative_to(Path(storage) / name)
-    worker_env = (
-        {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}} if ray.is_initialized() else None
-    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -139,7 +142,7 @@ def unlearn_with_torch_trainer(
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
             # The last epoch's state until the model is reported; then only the model is kept.
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            worker_runtime_env=worker_env,
+            worker_runtime_env=worker_env(),
         ),
     )
     started = time.perf_counter()
@@ -161,18 +164,72 @@ def unlearn_with_torch_trainer(
     }
 
 
+def finetune_with_torch_trainer(
+    config: RunConfig,
+    jobs: Sequence[recipe.FineTune],
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    storage_path: str,
+    name: str,
+    max_failures: int = 0,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 1.0,
+    workspace: Any = None,
+    upload_to: str | None = None,
+) -> dict[str, Any]:
+    """Fine-tune the prepared models `jobs` (`recipe.fine_tunes`) one after the other on `num_workers`
+    Ray Train workers (FSDP2 when more than one): each rank calls `recipe.finetune_weights`, the
+    step the in-process prepare calls, and rank 0 writes each model to `<job.folder>/model`. One
+    worker group makes them all (a start costs more than a tiny model's fine-tuning).
+
+    `upload_to`: a remote storage URI; rank 0 then also copies each folder's `model/` to
+    `<upload_to>/prepared/<folder name>/model` (config.json last: a folder with it is complete).
+    `max_failures`: worker-group restarts; restarted workers skip the models already written.
+    `workspace`: the sweep's workspace (an object ref), or None: built per worker.
+
+    Returns {"models": one row per model fine-tuned here (name, workers, epochs: the per-epoch rows,
+    seconds), "seconds"}. Raises UserInputError for a setting the workers cannot run.
+    """
+    check_workers(config, num_workers=num_workers, use_gpu=use_gpu)
+    config = with_absolute_paths(config)
+    storage = storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
+    trainer = TorchTrainer(
+        finetune_loop_per_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "jobs": [dataclasses.replace(j, folder=Path(j.folder).expanduser().resolve()) for j in jobs],
+            "workspace": workspace,
+            "upload_to": upload_to,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})},
+        ),
+        run_config=TrainRunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
+            worker_runtime_env=worker_env(),
+        ),
+    )
+    started = time.perf_counter()
+    try:
+        result = cast(Result, trainer.fit())
+    except TrainingFailedError as exc:
+        raise worker_cause(exc) from exc
+    returned = dict(result.return_value or {})
+    return {"models": list(returned.get("models", [])), "seconds": time.perf_counter() - started}
+
+
 def check_trainer_settings(config: RunConfig, original_path: str, *, num_workers: int, use_gpu: bool) -> None:
     """What can be checked before any worker starts; one UserInputError line each."""
-    if num_workers < 0:
-        raise UserInputError(f"num_workers: {num_workers}; allowed: 0 (in this process) or more workers")
     if not (Path(original_path).expanduser() / "config.json").is_file():
         raise UserInputError(
             f"{original_path}: not a Hugging Face model folder (no config.json); pass the Original's folder"
         )
-    if use_gpu and config.device == "cpu":
-        raise UserInputError("device: cpu but use_gpu is set; allowed with GPU workers: auto, cuda")
-    if not use_gpu and num_workers > 0 and config.device == "cuda":
-        raise UserInputError("device: cuda but use_gpu is off, so the workers see no GPU; allowed: auto, cpu")
+    check_workers(config, num_workers=num_workers, use_gpu=use_gpu)
     world_size = max(1, num_workers)
     if world_size == 1:
         return
@@ -181,6 +238,24 @@ def check_trainer_settings(config: RunConfig, original_path: str, *, num_workers
             f"unlearn.batch_size: {config.unlearn.batch_size} cannot be split over {world_size} workers; "
             f"allowed: >= {world_size}"
         )
+
+
+def check_workers(config: RunConfig, *, num_workers: int, use_gpu: bool) -> None:
+    """The worker count and devices, for any TorchTrainer of a run; one UserInputError line each."""
+    if num_workers < 0:
+        raise UserInputError(f"num_workers: {num_workers}; allowed: 0 (in this process) or more workers")
+    if use_gpu and config.device == "cpu":
+        raise UserInputError("device: cpu but use_gpu is set; allowed with GPU workers: auto, cuda")
+    if not use_gpu and num_workers > 0 and config.device == "cuda":
+        raise UserInputError("device: cuda but use_gpu is off, so the workers see no GPU; allowed: auto, cpu")
+
+
+def worker_env() -> dict[str, Any] | None:
+    """The workers' runtime env: this Ray's address, so that a worker never joins another Ray that
+    shares the host."""
+    if not ray.is_initialized():
+        return None
+    return {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -294,6 +369,55 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
         "evaluation": None if last is None else {"metrics": last.metrics, "examples": last.examples},
         "stopped_at_epoch": summary.stopped_at_epoch,
     }
+
+
+def finetune_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """One Ray Train worker of `finetune_with_torch_trainer`: `recipe.finetune_weights` for each job
+    (sharded with FSDP2 when there are several ranks; rank 0 writes the folder). A job whose folder
+    rank 0 already has (written before a worker-group restart) is skipped by every rank."""
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    config = RunConfig.model_validate(loop_config["config"])
+    ws = _workspace(config, first=context.get_local_rank() == 0, shared=loop_config.get("workspace"))
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    made = []
+    for job in loop_config["jobs"]:
+        final = Path(job.folder)
+        if sharding.rank0_decides((final / "model" / "config.json").is_file()):
+            continue
+        started = time.perf_counter()
+        model, summary = recipe.finetune_weights(
+            ws.for_run(config.model_copy(update={"seed": job.seed})), job.name, final, job.kind, log
+        )
+        del model  # its shards, before the next job's model is loaded
+        made.append(
+            {
+                "name": job.name,
+                "workers": context.get_world_size(),
+                "epochs": summary.epochs,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+    # After every job, so the other ranks are not kept waiting in a collective while rank 0 uploads.
+    if rank == 0 and loop_config["upload_to"] is not None:
+        storage = open_storage(loop_config["upload_to"])
+        for job in loop_config["jobs"]:
+            upload_model(storage, Path(job.folder))
+    return {"models": made}
+
+
+def upload_model(storage: Any, final: Path) -> None:
+    """Copy `final/model` to `prepared/<final's name>/model` on `storage` unless it is there,
+    config.json last: a remote folder with config.json holds the whole model."""
+    if storage.is_file("prepared", final.name, "model", "config.json"):
+        return
+    folder = final / "model"
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.name == "config.json")
+    for path in files:
+        storage.upload_file(path, "prepared", final.name, "model", *path.relative_to(folder).parts)
 
 
 def _workspace(config: RunConfig, *, first: bool, shared: Any = None) -> recipe.Workspace:

@@ -165,14 +165,20 @@ def failure_reason(trial: Any) -> str:
 
 def _sync_prepared(storage: Storage, local_dirs: tuple[Path, Path], marker: str, *, upload: bool) -> None:
     """Remote storage: fetch the prepared folders whose evaluation `marker` the storage has and
-    this node lacks (before preparing), or upload those the storage lacks (after)."""
+    this node lacks, or whose weights alone it has (fine-tuned on workers, `prepare_on_workers`)
+    and this node lacks (before preparing), or upload those the storage lacks (after)."""
     for local in local_dirs:
         remote = storage.is_file("prepared", local.name, marker, "metrics.json")
         here = (local / marker / "metrics.json").is_file()
         if upload and here and not remote:
             storage.upload_folder(local, "prepared", local.name)
-        elif not upload and remote and not here:
-            storage.download_folder(local, "prepared", local.name)
+        elif not upload and not here:
+            weights_only = (
+                storage.is_file("prepared", local.name, "model", "config.json")
+                and not (local / "model" / "config.json").is_file()
+            )
+            if remote or weights_only:
+                storage.download_folder(local, "prepared", local.name)
 
 
 @ray.remote
@@ -246,9 +252,9 @@ def _prepare_one_remote(ws: recipe.Workspace, root: str, name: str) -> float:
 def prepare_concurrently(
     sweep: SweepConfig, storage: Storage, cpus: float, gpus: int, log: Log, shared: SharedWorkspace
 ) -> None:
-    """Original and Retrain are fine-tuned independently (only the Original's evaluation needs
-    Retrain's), so each gets its own task: on CPU each takes half the prepare CPUs, on GPU each its
-    own GPU (one GPU: Ray runs them one after the other). `_prepare_remote` then evaluates the Original
+    """When the trials run in their own process (one CPU worker; otherwise `prepare_on_workers`):
+    Original and Retrain are fine-tuned independently (only the Original's evaluation needs
+    Retrain's), so each gets its own task, with half the prepare CPUs. `_prepare_remote` then evaluates the Original
     against Retrain, reusing both. Models already made (here or in the cache) are not trained again.
     A remote storage prepares in one task, which fetches and uploads the models (`_sync_prepared`)."""
     if storage.remote:
@@ -286,6 +292,61 @@ def prepare_concurrently(
         done, pending = ray.wait(pending, num_returns=1)
         seconds = ray.get(done[0])
         log(f"[prepare] {tasks[done[0]]} fine-tuned in {seconds:.0f} s")
+
+
+def trials_use_torch_trainer(sweep: SweepConfig) -> bool:
+    """Whether a trial unlearns on TorchTrainer workers (`trial.unlearn`): several workers, or GPUs."""
+    r = sweep.resources
+    return r.workers > 1 or r.gpus_per_worker > 0
+
+
+def prepare_on_workers(
+    sweep: SweepConfig, storage: Storage, ws: recipe.Workspace, shared: SharedWorkspace, log: Log
+) -> None:
+    """When the trials run on TorchTrainer workers, the models the prepare fine-tunes (Retrain, the
+    Original, the noise ceiling's second Retrain: `recipe.fine_tunes`) are fine-tuned on a
+    TorchTrainer with the trial's workers and resources, FSDP2-sharded when there are several (a
+    7B model with AdamW does not fit one GPU). Each rank calls `recipe.finetune_weights`, the step
+    the in-process prepare calls, and rank 0 writes each model where that prepare would: the
+    storage's prepared folder, or on a remote storage this node's cache, uploaded to the storage.
+    `_prepare_remote` then only evaluates them. Models already made (in the storage or the cache)
+    and released models are not trained."""
+    from ..orchestration.trainer import finetune_with_torch_trainer
+
+    run, r = sweep.run, sweep.resources
+    cache_root = Path(run.cache_dir).expanduser().resolve() / "prepared"
+    root = cache_root if storage.remote else Path(storage.uri) / "prepared"
+    wanted = []
+    for job in recipe.fine_tunes(run, root):
+        made = any((d / job.folder.name / "model" / "config.json").is_file() for d in (root, cache_root))
+        if storage.remote:
+            made = made or storage.is_file("prepared", job.folder.name, "model", "config.json")
+        if not made:
+            wanted.append(job)
+    if not wanted:
+        return
+    for job in wanted:  # refused before any worker starts
+        recipe.check_finetune_batches(ws, job.kind, r.workers)
+    shape = f"{r.workers} FSDP2 workers" if r.workers > 1 else "1 worker"
+    log(f"[prepare] fine-tuning {', '.join(j.name for j in wanted)} on a TorchTrainer of {shape}")
+    outcome = finetune_with_torch_trainer(
+        run,
+        wanted,
+        num_workers=r.workers,
+        use_gpu=r.gpus_per_worker > 0,
+        storage_path=storage.join(sweep.name, "train"),
+        name=f"prepare-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}",
+        max_failures=sweep.fault_tolerance.worker_restarts,
+        cpus_per_worker=r.cpus_per_worker,
+        gpus_per_worker=r.gpus_per_worker,
+        workspace=shared.ref,
+        upload_to=storage.uri if storage.remote else None,
+    )
+    for model in outcome["models"]:
+        loss = model["epochs"][-1]["loss"]
+        log(
+            f"[prepare] {model['name']} fine-tuned on {model['workers']} workers in {model['seconds']:.0f} s, loss {loss:.4f}"
+        )
 
 
 def write_reference_nll(
@@ -327,7 +388,9 @@ def prepare_stage(
 ) -> PreparedModels:
     """Original and Retrain (cached by content hash under `<storage>/prepared`), their result rows,
     and the reference NLLs when a searched method needs them. `ws`: the sweep's workspace (built
-    here when not given)."""
+    here when not given). The fine-tuning runs where the trials' unlearning runs: on TorchTrainer
+    workers (`prepare_on_workers`) when the trials use them, else in Ray tasks; the evaluation in
+    `_prepare_remote`."""
     ws = recipe.workspace(sweep.run) if ws is None else ws
     shared = SharedWorkspace(ray.put(ws)) if shared is None else shared
     root = storage.join("prepared")
@@ -339,7 +402,10 @@ def prepare_stage(
         else float(min(8, ray.cluster_resources().get("CPU", 1)))
     )
     log(f"[prepare] Original and Retrain under {root}")
-    prepare_concurrently(sweep, storage, cpus, gpus, log, shared)
+    if trials_use_torch_trainer(sweep):
+        prepare_on_workers(sweep, storage, ws, shared, log)
+    else:
+        prepare_concurrently(sweep, storage, cpus, gpus, log, shared)
     prepared = ray.get(_prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(shared.ref, storage.uri))
     reference = f"{prepared['original'].rsplit('/', 1)[0]}/reference-nll-seed{sweep.run.seed}.parquet"
     needs_reference = any(
@@ -413,7 +479,7 @@ def trial_resources(sweep: SweepConfig) -> dict[str, Any]:
     the node type that has it)."""
     r = sweep.resources
     custom = {"custom_resources": dict(r.custom)} if r.custom else {}
-    if r.workers > 1 or r.gpus_per_worker > 0:
+    if trials_use_torch_trainer(sweep):
         # The trial only drives a TorchTrainer, whose workers hold the CPUs and GPUs (Tune needs
         # a non-empty request, so the driver asks for a sliver of a CPU).
         return {"cpu": 0.01, **custom}

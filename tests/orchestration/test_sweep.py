@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -265,14 +266,17 @@ def test_killed_sweep_resumes_with_every_trial_once(
 
 @pytest.mark.ray
 def test_trial_with_two_fsdp2_workers(tmp_path: Path, ray_cluster: None) -> None:
-    """resources.workers = 2: the trial unlearns on a TorchTrainer with two FSDP2 (gloo) workers and
-    its gathered checkpoint is evaluated like any other."""
+    """resources.workers = 2: Original and Retrain are fine-tuned, and the trial unlearns, on
+    TorchTrainers with two FSDP2 (gloo) workers; the gathered checkpoint is evaluated like any other."""
     path = write_sweep(
         tmp_path,
         search={"methods": ["simnpo"], "num_trials": 1},
         resources={"workers": 2, "cpus_per_worker": 0.5},  # the session Ray has 2 CPUs
     )
     assert sweep.main([str(path)]) == 0
+    prepared = sorted((tmp_path / "runs" / "prepared").glob("*/model/training.json"))
+    assert [p.parent.parent.name.split("-")[0] for p in prepared] == ["original", "retrain"]
+    assert all(json.loads(p.read_text())["workers"] == 2 for p in prepared)
     root = results.results_root(str(tmp_path / "runs"), "citest")
     (trial,) = [t for t in results.read_table(root, "trials").to_pylist() if t["kind"] == "trial"]
     assert trial["status"] == "completed" and 0 <= trial["model_utility"] <= 1
