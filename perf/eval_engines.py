@@ -16,7 +16,7 @@ The two engines a sweep trial can evaluate with (`evaluation.engine`), on the sa
 Rounds alternate the order. The per-example statistics of both engines give metrics that must agree
 to 1e-5 (`evaluation.tofu_metrics` on each engine's examples).
 
-    .venv/bin/python benchmarks/eval_engines.py [--rounds 3] [--threads 1] [--storage /tmp/raysimnpo-sweep-overhead]
+    .venv/bin/python perf/eval_engines.py [--rounds 3] [--threads 1] [--storage /tmp/raysimnpo-sweep-overhead]
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import harness
 import numpy as np
 import pyarrow.parquet as pq
 
-from raysimnpo import recipe
-from raysimnpo.config import load_sweep_config
-from raysimnpo.evaluation import tofu_metrics
+from raysimnpo.benchmarks.tofu_evaluation import tofu_metrics
+from raysimnpo.config.run import load_sweep_config
+from raysimnpo.recipes import unlearn as recipe
 
 NAME = "eval_engines"
 TOLERANCE = 1e-5
@@ -58,7 +58,7 @@ def main() -> None:
     run = sweep.run
     original, retrain = recipe.prepared_dirs(run, Path(args.storage) / "prepared")
     if not (original / "model" / "config.json").is_file():
-        raise SystemExit(f"no prepared Original at {original}; run benchmarks/sweep_overhead.py first")
+        raise SystemExit(f"no prepared Original at {original}; run perf/sweep_overhead.py first")
     ws = recipe.workspace(run)
     retrain_eval = retrain / f"eval-{recipe.evaluation_key(run)}" / "examples.parquet"
     retrain_ratios = recipe.PreparedModel(

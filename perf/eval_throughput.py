@@ -4,7 +4,7 @@ Both evaluate the same model on the default run's data (sweeps/tofu.yaml: genera
 forget10, the `tiny` model) — forget, retain, real authors and world facts, every metric:
 Prob, ROUGE-L recall of greedy answers, Truth Ratio, forget quality and model utility.
 
-* batched: `raysimnpo.evaluation.evaluate_tofu` — every answer of a split (answer, paraphrase,
+* batched: `raysimnpo.benchmarks.tofu_evaluation.evaluate_tofu` — every answer of a split (answer, paraphrase,
   perturbed answers) in one length-sorted scoring pass of `evaluation.batch_size`, and greedy
   generation in batches with a KV cache;
 * per-example (written here from the package's metric functions, as a first implementation would
@@ -16,7 +16,7 @@ sweeps/tofu.yaml) trained for only `--train-epochs` epochs, to keep the run shor
 needs a Retrain distribution; both evaluators get the same stand-in: the forget truth ratios of the
 untrained model. The two must agree on every metric to 1e-5 and on every generated text.
 
-    .venv/bin/python benchmarks/eval_throughput.py [--rounds 3] [--train-epochs 5] [--threads 2]
+    .venv/bin/python perf/eval_throughput.py [--rounds 3] [--train-epochs 5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from raysimnpo import evaluation
+from raysimnpo.benchmarks import tofu_evaluation as evaluation
 from raysimnpo.benchmarks.tofu import EvalSplit
-from raysimnpo.config import EvalSettings, load_run_config
+from raysimnpo.benchmarks.tofu_evaluation import evaluate_tofu
+from raysimnpo.config.run import EvalSettings, load_run_config
 from raysimnpo.data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
-from raysimnpo.evaluation import evaluate_tofu
-from raysimnpo.logprobs import sequence_nll
-from raysimnpo.metrics import text, tofu
-from raysimnpo.recipe import Workspace, initial_model, workspace
-from raysimnpo.scoring import score_sequences
-from raysimnpo.training import train
+from raysimnpo.maths.logprobs import sequence_nll
+from raysimnpo.maths.metrics import text, tofu
+from raysimnpo.recipes.unlearn import Workspace, initial_model, workspace
+from raysimnpo.training.loop import train
+from raysimnpo.training.scoring import score_sequences
 
 NAME = "eval_throughput"
 TARGET_SPEEDUP = 3.0

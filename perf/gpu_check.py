@@ -3,7 +3,7 @@
 1. memory: each model (default smollm2-135m; `--models` adds others, e.g. the paper's) is loaded in
    bf16 on GPU 0 and runs one fine-tuning step, one SimNPO step (fp32 master weights, bf16 compute)
    and one scoring batch; torch.cuda.max_memory_allocated against the resource plan's estimate of
-   the same phase (`raysimnpo.resource_plan`), and whether the plan would accept the phase on this
+   the same phase (`raysimnpo.training.resource_plan`), and whether the plan would accept the phase on this
    GPU. smollm2-135m uses its imported weights when they are in the cache; every other model (and
    smollm2 when it is not imported) is built from its shipped config with random weights, which
    take the same memory.
@@ -19,10 +19,10 @@
    GPU for the trial's workers), which prints its resource plan; both trials must complete.
    3 and 4 need Ray; an interpreter without it runs 1 and 2 and says so.
 
-Prints one line per check and saves benchmarks/results/gpu_check.json. Exit 0 when every check
+Prints one line per check and saves perf/results/gpu_check.json. Exit 0 when every check
 that ran passed, 1 otherwise or when no GPU is visible (nothing is run then).
 
-    .venv/bin/python benchmarks/gpu_check.py [--skip-sweep] [--models smollm2-135m meta-llama/Llama-3.2-1B-Instruct]
+    .venv/bin/python perf/gpu_check.py [--skip-sweep] [--models smollm2-135m meta-llama/Llama-3.2-1B-Instruct]
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
 import torch  # noqa: E402
 
-from raysimnpo import resource_plan  # noqa: E402
 from raysimnpo.cache import default_cache_dir  # noqa: E402
-from raysimnpo.config import DataSettings, ModelSettings, RunConfig, TrainSettings  # noqa: E402
+from raysimnpo.config.run import DataSettings, ModelSettings, RunConfig, TrainSettings  # noqa: E402
 from raysimnpo.methods import SimNPOParams  # noqa: E402
+from raysimnpo.training import resource_plan  # noqa: E402
 
 LOSS_TOLERANCE = 0.02
 """Relative difference of two runs' epoch losses that always passes (both compute in bf16)."""
@@ -120,8 +120,8 @@ def train_settings(epochs: int) -> TrainSettings:
 
 def measure_memory(name: str, folder: Path | None) -> list[dict[str, Any]]:
     """Peak allocated GPU memory of each phase on GPU 0 against the plan's estimate and verdict."""
-    from raysimnpo.scoring import score_sequences
-    from raysimnpo.training import UnlearnInputs, train
+    from raysimnpo.training.loop import UnlearnInputs, train
+    from raysimnpo.training.scoring import score_sequences
 
     shape = resource_plan.model_shape(str(folder) if folder is not None else name)
     usable = resource_plan.USABLE_FRACTION * torch.cuda.get_device_properties(0).total_memory
@@ -189,8 +189,8 @@ def _nccl_rank(rank: int, world: int, port: int, initial: str, out: str) -> None
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from raysimnpo import sharding
-    from raysimnpo.training import UnlearnInputs, train
+    from raysimnpo.training import sharding
+    from raysimnpo.training.loop import UnlearnInputs, train
 
     os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     torch.cuda.set_device(rank)
@@ -232,7 +232,7 @@ def nccl_fsdp2(folder: Path | None, gpus: int, scratch: Path) -> dict[str, Any]:
     NOISE_FACTOR times the unsharded bf16 path is (or within the fixed tolerances)."""
     from safetensors.torch import load_file, save_file
 
-    from raysimnpo.training import UnlearnInputs, train
+    from raysimnpo.training.loop import UnlearnInputs, train
 
     initial = scratch / "initial.safetensors"
     original = {

@@ -2,7 +2,7 @@
 peak-memory probes, Markdown tables and the JSON result file.
 
 The scripts are run by hand (`.venv/bin/python benchmarks/<name>.py`), never in CI; each prints a
-Markdown table and writes `benchmarks/results/<name>.json` with the raw samples and the machine.
+Markdown table and writes `perf/results/<name>.json` with the raw samples and the machine.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """benchmarks/results/<name>.json, written through a temporary file so a killed run leaves the
+    """perf/results/<name>.json, written through a temporary file so a killed run leaves the
     previous result in place."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"

@@ -6,9 +6,9 @@ tests/orchestration/test_invariance.py).
 Prints, per method and run, the largest difference to the single process: per-epoch losses
 (relative), final weights (absolute), forget quality, model utility with its 9 parts and the
 per-example forget truth ratios (relative), and whether the global batches are the same; writes
-benchmarks/results/invariance.json.
+perf/results/invariance.json.
 
-    .venv/bin/python benchmarks/invariance.py
+    .venv/bin/python perf/invariance.py
 """
 
 from __future__ import annotations

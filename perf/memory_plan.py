@@ -1,4 +1,4 @@
-"""The resource plan's memory estimate against measured peaks on CPU (`raysimnpo.resource_plan`).
+"""The resource plan's memory estimate against measured peaks on CPU (`raysimnpo.training.resource_plan`).
 
 For smollm2-135m (its shipped config, randomly initialised: memory does not depend on the weights'
 values) and the default sweep's `tiny` model, in float32 on CPU as a CPU sweep runs them, three
@@ -11,9 +11,9 @@ phases are run for real and measured:
 Every sequence is exactly `length` tokens long, the plan's upper bound. Measured: the peak of CPU
 tensor memory while the phase runs, model construction included (torch.profiler's allocator
 events), and the peak RSS above the RSS before the model was built (VmHWM after a reset). Printed
-as a Markdown table with the ratio estimate / measured; saved to benchmarks/results/memory_plan.json.
+as a Markdown table with the ratio estimate / measured; saved to perf/results/memory_plan.json.
 
-    .venv/bin/python benchmarks/memory_plan.py [--threads 1]
+    .venv/bin/python perf/memory_plan.py [--threads 1]
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import harness  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-from raysimnpo import resource_plan  # noqa: E402
-from raysimnpo.config import TrainSettings  # noqa: E402
+from raysimnpo.config.run import TrainSettings  # noqa: E402
 from raysimnpo.data.formatting import EncodedExample  # noqa: E402
-from raysimnpo.logprobs import IGNORE_INDEX  # noqa: E402
+from raysimnpo.maths.logprobs import IGNORE_INDEX  # noqa: E402
 from raysimnpo.methods import SimNPOParams  # noqa: E402
 from raysimnpo.models import TinyModelConfig  # noqa: E402
-from raysimnpo.scoring import score_sequences  # noqa: E402
-from raysimnpo.training import UnlearnInputs, train  # noqa: E402
+from raysimnpo.training import resource_plan  # noqa: E402
+from raysimnpo.training.loop import UnlearnInputs, train  # noqa: E402
+from raysimnpo.training.scoring import score_sequences  # noqa: E402
 
 # The default sweep's tiny model (sweeps/tofu.yaml) with its largest vocabulary.
 TINY = TinyModelConfig(

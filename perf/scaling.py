@@ -15,10 +15,10 @@
    (shared with other users), so 2 is the most concurrent trials a default sweep runs here
    (`max_concurrent_trials` = CPUs // cpus_per_worker).
 
-Writes benchmarks/results/scaling.json and benchmarks/results/scaling.png (needs the Original that
+Writes perf/results/scaling.json and perf/results/scaling.png (needs the Original that
 `sweep_overhead.py` prepares under `--storage`).
 
-    .venv/bin/python benchmarks/scaling.py [--rounds 2] [--epochs 5] [--storage /tmp/raysimnpo-sweep-overhead]
+    .venv/bin/python perf/scaling.py [--rounds 2] [--epochs 5] [--storage /tmp/raysimnpo-sweep-overhead]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 import harness
 import numpy as np
 
-from raysimnpo import recipe
-from raysimnpo.config import RunConfig, load_sweep_config
+from raysimnpo.config.run import RunConfig, load_sweep_config
+from raysimnpo.recipes import unlearn as recipe
 
 NAME = "scaling"
 SPLITS = ("forget01", "forget05", "forget10")
@@ -200,7 +200,7 @@ def main() -> None:
     original, _ = recipe.prepared_dirs(base, Path(args.storage) / "prepared")
     original = original / "model"
     if not (original / "config.json").is_file():
-        raise SystemExit(f"no prepared Original at {original}; run benchmarks/sweep_overhead.py first")
+        raise SystemExit(f"no prepared Original at {original}; run perf/sweep_overhead.py first")
 
     size = forget_size_scaling(base, original, args.rounds, args.epochs, args.threads)
     rows = [[s, t["forget"], *[t[p] for p in PHASES]] for s, t in size["table"].items()]

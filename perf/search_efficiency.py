@@ -15,7 +15,7 @@ points, its epochs' too, count once the trial has finished, as in a sweep stoppe
 alternate, seed by seed, so both see the same load on a shared machine. Per budget and run:
 
 - hypervolume of the (FQ, MU) front, reference point (FQ 0, MU 0), exact in 2-D
-  (`raysimnpo.pareto.hypervolume_2d`), and per CPU-minute (budget x the sweep's CPUs);
+  (`raysimnpo.maths.pareto.hypervolume_2d`), and per CPU-minute (budget x the sweep's CPUs);
 - the selected SimNPO and NPO points (`analysis.tables` rule: highest FQ with MU >= MU(Retrain) -
   0.05), among every candidate (trials and their evaluated epochs);
 - trials finished, (trial, epoch) points evaluated, and the seconds spent evaluating (`evaluate_seconds` rows).
@@ -24,10 +24,10 @@ Then a paper-shaped check: the settings the per-epoch search selected for SimNPO
 over its seeds at the largest budget) are run again with `python -m raysimnpo.run` at run seeds
 0, 1, 2 (each seed fine-tunes its own Original and Retrain), and their FQ and MU are reported.
 
-Prints the tables and writes benchmarks/results/search_efficiency.json. Prepared models are cached
+Prints the tables and writes perf/results/search_efficiency.json. Prepared models are cached
 (RAYSIMNPO_CACHE), so only the first run fine-tunes the seed-0 Original and Retrain.
 
-    .venv/bin/python benchmarks/search_efficiency.py --storage /tmp/perf-search [--budgets 2 4 8] [--seeds 0 1 2]
+    .venv/bin/python perf/search_efficiency.py --storage /tmp/perf-search [--budgets 2 4 8] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 import polars as pl  # noqa: E402
 
-from analysis.load import completed_trials, load_runs, retrain_utility  # noqa: E402
-from analysis.tables import MU_TOLERANCE, select_configurations  # noqa: E402
-from raysimnpo.pareto import hypervolume_2d  # noqa: E402
+from raysimnpo.analysis.load import completed_trials, load_runs, retrain_utility  # noqa: E402
+from raysimnpo.analysis.tables import MU_TOLERANCE, select_configurations  # noqa: E402
+from raysimnpo.maths.pareto import hypervolume_2d  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = "tofu"

@@ -15,7 +15,7 @@ the `metrics` table's stage "timing" rows (`orchestration.trial.PhaseClock`), pl
 started_at / finished_at. What lies outside the trial function (Tune scheduling, result writing,
 reporting, the searcher, the sweep's prepare stage and Ray start-up) is the rest of the sweep's wall.
 
-    .venv/bin/python benchmarks/sweep_overhead.py [--trials 4] [--order before,after,after2]
+    .venv/bin/python perf/sweep_overhead.py [--trials 4] [--order before,after,after2]
         [--storage /tmp/raysimnpo-sweep-overhead] [--set run.prepare.epochs=5 ...]
 
 `after2` is `after` with two concurrent trials (max_concurrent_trials=2, the limit of a 2-core Ray);
@@ -35,7 +35,7 @@ from typing import Any
 import harness
 
 from raysimnpo import results
-from raysimnpo.config import load_sweep_config
+from raysimnpo.config.run import load_sweep_config
 
 NAME = "sweep_overhead"
 TARGET_COMPUTE_SHARE = 0.80

@@ -10,9 +10,9 @@ round by round, and MFU is the median of the per-round ratios.
 The batch is dense (no padding): the default run's QA texts (sweeps/tofu.yaml's generated TOFU
 `full` split), tokenized, concatenated and cut into rows of T tokens, every token a target. One
 forward+backward is the package's fine-tuning loss (`sequence_nll` -> `retain_nll_loss`); the
-training-step columns add gradient clipping and AdamW as `raysimnpo.training.train` does.
+training-step columns add gradient clipping and AdamW as `raysimnpo.training.loop.train` does.
 
-    .venv/bin/python benchmarks/train_throughput.py [--rounds 3] [--threads 2]
+    .venv/bin/python perf/train_throughput.py [--rounds 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Any
 import harness
 import torch
 
-from raysimnpo import objectives
-from raysimnpo.config import load_run_config
-from raysimnpo.logprobs import sequence_nll
+from raysimnpo.config.run import load_run_config
+from raysimnpo.maths import objectives
+from raysimnpo.maths.logprobs import sequence_nll
 from raysimnpo.models import SMOLLM2_FOLDER
-from raysimnpo.recipe import initial_model, workspace
+from raysimnpo.recipes.unlearn import initial_model, workspace
 
 NAME = "train_throughput"
 TARGET_MFU = {"smollm2-135m": 0.5}

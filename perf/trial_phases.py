@@ -1,11 +1,11 @@
 """Per-trial phase seconds of finished sweeps, from their `metrics` tables (stage "timing" rows).
 
-    .venv/bin/python benchmarks/trial_phases.py --storage runs before=tofu after=tofu-after
+    .venv/bin/python perf/trial_phases.py --storage runs before=tofu after=tofu-after
 
 Compares sweeps of the same settings run by two versions of the code (e.g. before and after a
 change), trial by trial: trials are matched by their method and hyperparameters (the same seed gives
 the same Optuna suggestions), so the table also shows whether their forget quality and model utility
-are identical. Prints a Markdown table and writes `benchmarks/results/trial_phases.json`.
+are identical. Prints a Markdown table and writes `perf/results/trial_phases.json`.
 """
 
 from __future__ import annotations

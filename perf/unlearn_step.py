@@ -1,6 +1,6 @@
 """Unlearning step time and peak memory per method (issue 8; the paper's Table A3 comparison).
 
-One step is the body of `raysimnpo.training.train`'s unlearning loop: `step_terms` on one forget
+One step is the body of `raysimnpo.training.loop.train`'s unlearning loop: `step_terms` on one forget
 batch and one retain batch, the method's loss (eq. 1: L_forget + λ·L_retain), backward, gradient
 clipping and AdamW. Every method gets the same forget and retain batch (drawn from the run's seed
 with the package's `shuffled_batches` / `cycling_batches`) and the same starting weights.
@@ -26,8 +26,8 @@ Memory (two measures):
   holds freed pages): VmHWM over `--rss-steps` steps (reset through /proc/self/clear_refs just
   before the first) minus VmRSS before the model is built — the whole process, allocator included.
 
-    .venv/bin/python benchmarks/unlearn_step.py --rss     # tiny, and smollm2-135m when imported
-    .venv/bin/python benchmarks/unlearn_step.py --models tiny --rounds 5
+    .venv/bin/python perf/unlearn_step.py --rss     # tiny, and smollm2-135m when imported
+    .venv/bin/python perf/unlearn_step.py --models tiny --rounds 5
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ import harness
 import torch
 from torch import Tensor
 
-from raysimnpo import objectives, sharding
-from raysimnpo.config import RunConfig, load_run_config
+from raysimnpo.config.run import RunConfig, load_run_config
 from raysimnpo.data.collate import pad_right
 from raysimnpo.data.formatting import EncodedExample
-from raysimnpo.logprobs import sequence_nll
+from raysimnpo.maths import objectives
+from raysimnpo.maths.logprobs import sequence_nll
 from raysimnpo.methods import (
     METHODS,
     GradDiffParams,
@@ -61,9 +61,9 @@ from raysimnpo.methods import (
     SimNPOParams,
 )
 from raysimnpo.models import SMOLLM2_FOLDER
-from raysimnpo.recipe import Workspace, initial_model, reference_examples, unlearn_inputs, workspace
-from raysimnpo.scoring import score_sequences
-from raysimnpo.training import (
+from raysimnpo.recipes.unlearn import Workspace, initial_model, reference_examples, unlearn_inputs, workspace
+from raysimnpo.training import sharding
+from raysimnpo.training.loop import (
     UnlearnInputs,
     cycling_batches,
     rmu_layer,
@@ -71,6 +71,7 @@ from raysimnpo.training import (
     step_terms,
     trainable_parameters,
 )
+from raysimnpo.training.scoring import score_sequences
 
 NAME = "unlearn_step"
 ROWS = ("simnpo", "npo_cached", "npo_online", "grad_diff", "idk_dpo", "rmu")

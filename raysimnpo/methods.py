@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
-    from . import objectives
+    from .maths import objectives
 else:
 
     class _Objectives:
@@ -28,7 +28,7 @@ else:
         sys.modules, so that nothing scanning sys.modules (inspect, pickle) triggers the import."""
 
         def __getattr__(self, name: str) -> object:
-            from . import objectives
+            from .maths import objectives
 
             return getattr(objectives, name)
 
@@ -165,7 +165,7 @@ def all_parameters(model: nn.Module, params: MethodParams) -> list[nn.Parameter]
 
 @dataclass(frozen=True)
 class Method:
-    """One unlearning method and its hooks into the one training loop (`raysimnpo.training.train`).
+    """One unlearning method and its hooks into the one training loop (`raysimnpo.training.loop.train`).
 
     `loss` turns the gathered `StepTerms` into (forget term, retain term); `needs` says what the loop
     computes for it; `gathered` are the StepTerms fields the loss reads, concatenated over the ranks

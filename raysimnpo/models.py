@@ -55,8 +55,8 @@ if TYPE_CHECKING:  # torch and transformers load with the first model, not when 
 
     from .data.formatting import PromptFormat
 
-from . import hub
 from .cache import default_cache_dir
+from .data import hub
 from .errors import UserInputError, first_line
 
 PRESETS: dict[str, str] = {

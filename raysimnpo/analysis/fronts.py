@@ -3,10 +3,10 @@
 Both objectives are maximised (DESIGN §6: FQ is the KS-test p-value against Retrain, MU the harmonic
 mean of the nine utility numbers). Fronts are computed within each run: per method (`rank_method`)
 and over all methods together (`rank_overall`), by successive non-dominated sorting
-(`raysimnpo.pareto.pareto_ranks`; rank 0 = the non-dominated front). A log scale on FQ does not change
+(`raysimnpo.maths.pareto.pareto_ranks`; rank 0 = the non-dominated front). A log scale on FQ does not change
 dominance, so the fronts are the same whether FQ is read on its natural or its log scale.
 
-Hypervolume (`raysimnpo.pareto.hypervolume_2d`): the area of the (FQ, MU) region dominated by a method's
+Hypervolume (`raysimnpo.maths.pareto.hypervolume_2d`): the area of the (FQ, MU) region dominated by a method's
 trials and bounded below by the reference point (FQ = 0, MU = 0), FQ on its natural scale (0..1), so
 the largest possible value is 1 (FQ = 1 and MU = 1); the Retrain model alone spans 1 × MU(Retrain).
 """
@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from analysis.load import FORGET_QUALITY, MODEL_UTILITY
-from raysimnpo.metrics import metric_direction
-from raysimnpo.pareto import Direction, hypervolume_2d, pareto_ranks
+from raysimnpo.analysis.load import FORGET_QUALITY, MODEL_UTILITY
+from raysimnpo.maths.metrics import metric_direction
+from raysimnpo.maths.pareto import Direction, hypervolume_2d, pareto_ranks
 
 OBJECTIVES: tuple[str, str] = (FORGET_QUALITY, MODEL_UTILITY)
-# Each objective's direction is its metric's in `raysimnpo.metrics.METRICS` (both "max").
+# Each objective's direction is its metric's in `raysimnpo.maths.metrics.METRICS` (both "max").
 DIRECTIONS: tuple[Direction, Direction] = (metric_direction(FORGET_QUALITY), metric_direction(MODEL_UTILITY))
 HV_REFERENCE: tuple[float, float] = (0.0, 0.0)  # (FQ, MU)
 ALL_METHODS = "all methods"

@@ -2,7 +2,7 @@
 
 * `length_split`: forget quality on the shortest 50% and the longest 50% of the forget set by |y|
   (the `answer_tokens` of the `examples` table), each half's truth ratios compared with the Retrain
-  model's on the same examples (TOFU's KS test, `raysimnpo.metrics.tofu.forget_quality`), for Original,
+  model's on the same examples (TOFU's KS test, `raysimnpo.maths.metrics.tofu.forget_quality`), for Original,
   Retrain and each method's selected trial (Fig. 2, Fig. A4).
 * `weight_correlations`: Pearson's r between the recorded gradient weight (NPO's w of eq. 3, SimNPO's w'
   of eq. 5; the `weights` table) and |y| per epoch of each method's selected trial (Fig. 5).
@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from analysis.load import REFERENCE_KINDS, REFERENCE_LABELS, Results
-from raysimnpo.metrics.tofu import forget_quality
+from raysimnpo.analysis.load import REFERENCE_KINDS, REFERENCE_LABELS, Results
+from raysimnpo.maths.metrics.tofu import forget_quality
 
 HALVES = ("short", "long")
 HALF_LABELS = {"short": "shortest 50%", "long": "longest 50%"}

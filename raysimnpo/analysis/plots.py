@@ -28,8 +28,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from analysis.length import HALF_LABELS, HALVES  # noqa: E402
-from analysis.load import FORGET_QUALITY, MODEL_UTILITY, REFERENCE_LABELS  # noqa: E402
+from raysimnpo.analysis.length import HALF_LABELS, HALVES  # noqa: E402
+from raysimnpo.analysis.load import FORGET_QUALITY, MODEL_UTILITY, REFERENCE_LABELS  # noqa: E402
 
 RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "h", "<", ">")
 RUN_LINESTYLES = ("-", "--", ":", "-.")
@@ -56,7 +56,7 @@ def pareto_figure(
     selected: Sequence[tuple[str, str]] = (),
     noise_ceilings: dict[str, float] | None = None,
 ) -> Figure:
-    """`front`: `analysis.pareto.front_table` rows; `references`: Original/Retrain rows with FQ and MU;
+    """`front`: `analysis.fronts.front_table` rows; `references`: Original/Retrain rows with FQ and MU;
     `selected`: (run, trial_id) of each method's selected trial, drawn with a ring.
 
     Retrain is the ideal corner (an unlearned model cannot beat its FQ or, by much, its MU): dotted

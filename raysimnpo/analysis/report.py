@@ -35,8 +35,9 @@ from pathlib import Path
 
 import polars as pl
 
-from analysis import length, relearn, search, tables
-from analysis.load import (
+from raysimnpo.analysis import length, relearn, search, tables
+from raysimnpo.analysis.fronts import HV_REFERENCE, front_table, hypervolumes
+from raysimnpo.analysis.load import (
     FORGET_QUALITY,
     MODEL_UTILITY,
     Results,
@@ -45,8 +46,7 @@ from analysis.load import (
     methods,
     reference_trials,
 )
-from analysis.pareto import HV_REFERENCE, front_table, hypervolumes
-from analysis.plots import (
+from raysimnpo.analysis.plots import (
     curves_figure,
     history_figure,
     importance_figure,
@@ -57,7 +57,7 @@ from analysis.plots import (
     weights_figure,
 )
 from raysimnpo.errors import UserInputError
-from raysimnpo.metrics import NOISE_CEILING
+from raysimnpo.maths.metrics import NOISE_CEILING
 
 REPORT_FILES = (
     "pareto.parquet",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from analysis.load import (
+from raysimnpo.analysis.load import (
     FORGET_QUALITY,
     MODEL_UTILITY,
     REFERENCE_KINDS,

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .benchmarks.tofu import EvalSplit, EvalSplitSpec
-from .config import EvalSettings
-from .data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
-from .metrics import text, tofu
-from .scoring import generate_greedy, score_sequences
+from ..config.run import EvalSettings
+from ..data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
+from ..maths.metrics import text, tofu
+from ..training.scoring import generate_greedy, score_sequences
+from .tofu import EvalSplit, EvalSplitSpec
 
 
 @dataclass

@@ -16,13 +16,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .command_line import ArgumentParser
-from .config import RelearnSettings, SweepConfig, load_sweep_config
-from .errors import UserInputError
+from ..config.run import RelearnSettings, SweepConfig, load_sweep_config
+from ..errors import UserInputError
+from .parser import ArgumentParser
 from .sweep import add_ray_arguments, open_checked_storage, ray_arguments
 
 if TYPE_CHECKING:
-    from .storage import Storage
+    from ..results.storage import Storage
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -43,8 +43,8 @@ def attack_targets(
     """The completed trials to attack and the Retrain model's forget truth ratios (in forget order)."""
     import polars as pl
 
-    from analysis.load import load_runs
-    from analysis.tables import select_configurations
+    from raysimnpo.analysis.load import load_runs
+    from raysimnpo.analysis.tables import select_configurations
 
     res = load_runs([run_dir])
     done = res.trials.filter((pl.col("kind") == "trial") & (pl.col("status") == "completed"))
@@ -84,8 +84,8 @@ def attack_sweep(
 ) -> list[dict[str, Any]]:
     """Run the relearning attacks of a finished sweep (Ray must be started) and print the table.
     `workspace`: the sweep's (`recipe.Workspace`), when the caller has built it already."""
-    from . import results
-    from .orchestration.relearn import run_relearn_attacks
+    from .. import results
+    from ..orchestration.relearn import run_relearn_attacks
 
     trials, ratios = attack_targets(storage.join(sweep.name), sweep.relearn or RelearnSettings(), trial_ids)
     root = results.results_root(storage.uri, sweep.name)
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .orchestration.cluster import start_ray
+    from ..orchestration.cluster import start_ray
 
     start_ray(target.address, target.num_cpus)
     attack_sweep(sweep, storage, args.trials, log)

@@ -15,8 +15,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .command_line import ArgumentParser
-from .errors import UserInputError
+from ..errors import UserInputError
+from .parser import ArgumentParser
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -43,8 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserInputError(f"--export-best: needs exactly one RUN_DIR; {len(args.run_dirs)} given")
         if args.examples < 0:
             raise UserInputError(f"--examples: {args.examples}; give 0 or more")
-        from analysis.load import load_runs
-        from analysis.report import best_checkpoint, check_export_target, report_folder, write_report
+        from raysimnpo.analysis.load import load_runs
+        from raysimnpo.analysis.report import (
+            best_checkpoint,
+            check_export_target,
+            report_folder,
+            write_report,
+        )
 
         out = report_folder(args.run_dirs, args.out)
         target = check_export_target(args.to) if args.to is not None else None

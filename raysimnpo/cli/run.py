@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .command_line import ArgumentParser
-from .config import RunConfig, load_run_config
-from .errors import UserInputError
+from ..config.run import RunConfig, load_run_config
+from ..errors import UserInputError
+from .parser import ArgumentParser
 
 TABLE_METRICS = (
     "forget_quality",
@@ -126,7 +126,7 @@ def launch(
     config = load_run_config(benchmark, overrides, method=method)
     folder = Path(out) if out is not None else default_out(config)
     check_out(folder)
-    from . import recipe
+    from ..recipes import unlearn as recipe
     from .console import quiet_libraries
 
     quiet_libraries()
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps({**saved.payload, "out": str(saved.out)}, indent=None))
     else:
-        from .benchmarks.registry import benchmark
+        from ..benchmarks.registry import benchmark
 
         config = saved.payload["config"]
         print(format_table(saved.metrics, benchmark(config["benchmark"]).metrics))

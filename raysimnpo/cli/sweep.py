@@ -19,14 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .command_line import ArgumentParser
-from .config import SweepConfig, load_sweep_config, load_yaml, sweep_file
-from .errors import UserInputError, first_line
+from ..config.run import SweepConfig, load_sweep_config, load_yaml, sweep_file
+from ..errors import UserInputError, first_line
+from .parser import ArgumentParser
 
 if TYPE_CHECKING:
+    from ..orchestration.cluster import RayTarget, TrialDemand
+    from ..results.storage import Storage
     from .console import Console
-    from .orchestration.cluster import RayTarget, TrialDemand
-    from .storage import Storage
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -63,7 +63,7 @@ def ray_arguments(
     address: str | None, num_cpus: int | str | None, address_timeout: float | str | None
 ) -> RayTarget:
     """The cluster the command will use, checked (form, reachability, CPUs) before anything starts."""
-    from .orchestration.cluster import ray_target
+    from ..orchestration.cluster import ray_target
 
     timeout = address_timeout
     if timeout is not None:
@@ -89,7 +89,7 @@ def storage_overrides(overrides: Sequence[str], storage: str | None) -> tuple[li
 
 def open_checked_storage(sweep: SweepConfig, labels: Mapping[str, str]) -> Storage:
     """The sweep's storage, reachable and writable; an error names where the location came from."""
-    from .orchestration.cluster import check_storage
+    from ..orchestration.cluster import check_storage
 
     try:
         return check_storage(sweep.storage)
@@ -101,7 +101,7 @@ def open_checked_storage(sweep: SweepConfig, labels: Mapping[str, str]) -> Stora
 def is_markov(name_or_path: str) -> bool:
     """A Markov sweep file (`benchmark: markov` at the top level) runs the Markov study; read
     without importing it (its module loads torch)."""
-    from .benchmarks.registry import runs_own_sweep
+    from ..benchmarks.registry import runs_own_sweep
 
     return runs_own_sweep(str(load_yaml(sweep_file(name_or_path)).get("benchmark", "")))
 
@@ -109,7 +109,7 @@ def is_markov(name_or_path: str) -> bool:
 def validate_inputs(sweep: SweepConfig) -> Any:
     """Load data and tokenizer, encode every example: data mistakes surface before any trial. The
     workspace built here is the sweep's: the prepare stage and every trial get it."""
-    from . import recipe
+    from ..recipes import unlearn as recipe
 
     return recipe.workspace(sweep.run)
 
@@ -117,7 +117,7 @@ def validate_inputs(sweep: SweepConfig) -> Any:
 def check_extension(sweep: SweepConfig, storage: Storage) -> None:
     """`--resume` may raise `search.num_trials` (the sweep is extended) but not lower it below the
     trials already run. The driver's study file is fetched from a remote storage first."""
-    from .orchestration.study import fetch_study, finished_trials, study_file
+    from ..orchestration.study import fetch_study, finished_trials, study_file
 
     study = study_file(sweep, storage)
     fetch_study(study, storage, sweep.name)
@@ -135,10 +135,10 @@ def print_front(root: str, sweep: SweepConfig) -> None:
     each objective metric's direction in `metrics.METRICS` (max, min, or closest to 0)."""
     import numpy as np
 
-    from . import results
-    from .benchmarks.registry import benchmark
-    from .metrics import NOISE_CEILING, metric_direction
-    from .pareto import non_dominated_mask
+    from .. import results
+    from ..benchmarks.registry import benchmark
+    from ..maths.metrics import NOISE_CEILING, metric_direction
+    from ..maths.pareto import non_dominated_mask
 
     trials = results.read_table(root, "trials").to_pylist()
     done = [t for t in trials if t["kind"] == "trial" and t["status"] == "completed"]
@@ -234,7 +234,7 @@ def launch(
             f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
             "--set name=... for a new one"
         )
-    from .orchestration.cluster import check_local_capacity, trial_demand
+    from ..orchestration.cluster import check_local_capacity, trial_demand
 
     if resume:
         check_extension(settings, location)
@@ -242,7 +242,7 @@ def launch(
     from .console import log_file_name, quiet_libraries, routed_output
 
     quiet_libraries()
-    from .resource_plan import check_sweep  # memory per GPU of each phase; refuses what cannot fit
+    from ..training.resource_plan import check_sweep  # memory per GPU of each phase; refuses what cannot fit
 
     built: list[Any] = []  # the workspace validation builds: the sweep's, handed to every trial
 
@@ -282,9 +282,9 @@ def run_validated(
     ws: Any,
     console: Console,
 ) -> None:
-    from . import results
-    from .orchestration.cluster import start_ray, stop_ray
-    from .orchestration.tuner import run_sweep
+    from .. import results
+    from ..orchestration.cluster import start_ray, stop_ray
+    from ..orchestration.tuner import run_sweep
 
     log = console.say
     started = time.monotonic()
@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if is_markov(args.config or args.sweep):
-            from .orchestration import markov
+            from ..orchestration import markov
 
             target = ray_arguments(args.address, args.num_cpus, args.address_timeout)
             args.address, args.num_cpus = target.address, target.num_cpus

@@ -19,23 +19,23 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import to_jsonable_python
 
-from .benchmarks import tofu
-from .benchmarks.muse import MuseSettings
-from .benchmarks.wmdp import WmdpSettings
-from .cache import default_cache_dir
-from .data.sources import TofuSource
-from .errors import UserInputError
-from .methods import METHODS, AnyMethodParams, SimNPOParams
-from .models import TinyModelConfig
+from ..benchmarks import tofu
+from ..benchmarks.muse import MuseSettings
+from ..benchmarks.wmdp import WmdpSettings
+from ..cache import default_cache_dir
+from ..data.sources import TofuSource
+from ..errors import UserInputError
+from ..methods import METHODS, AnyMethodParams, SimNPOParams
+from ..models import TinyModelConfig
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 class Frozen(BaseModel):
     """The base of every config: immutable, unknown keys refused, and every float finite (`.inf` or
     `.nan` as a learning rate, β or range bound would only surface as a diverged or crashed trial).
     The pydantic models that config sections reuse from other modules (methods, models, benchmarks,
-    data sources) set the same `allow_inf_nan=False`; tests/test_validation.py checks every float."""
+    data sources) set the same `allow_inf_nan=False`; tests/config/test_validation.py checks every float."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -410,7 +410,7 @@ def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: st
     """The `run:` section of a sweep file, with `--method` and `--set` applied."""
     path = sweep_file(name_or_path)
     data = load_yaml(path)
-    from .benchmarks.registry import BENCHMARKS
+    from ..benchmarks.registry import BENCHMARKS
 
     runnable = [name for name, b in BENCHMARKS.items() if not b.own_sweep]
     top = data.get("benchmark")
@@ -620,8 +620,8 @@ def check_objectives(objectives: list[Objective], benchmark_name: str) -> None:
     """Each objective names a metric the benchmark reports (`Benchmark.metrics`, all in
     `metrics.METRICS`) with the mode of that metric's direction; else one ValueError naming
     `search.objectives[i].metric` or `.mode` and what is allowed."""
-    from .benchmarks.registry import BENCHMARKS
-    from .metrics import METRICS
+    from ..benchmarks.registry import BENCHMARKS
+    from ..maths.metrics import METRICS
 
     bench = BENCHMARKS[benchmark_name]
     for i, objective in enumerate(objectives):
@@ -706,12 +706,12 @@ class SweepConfig(Frozen):
         if isinstance(search, SearchSettings) and "objectives" in search.model_fields_set:
             return data
         name = run.get("benchmark") if isinstance(run, dict) else getattr(run, "benchmark", None)
-        from .benchmarks.registry import BENCHMARKS
+        from ..benchmarks.registry import BENCHMARKS
 
         bench = BENCHMARKS.get(str(name or RunConfig.model_fields["benchmark"].default))
         if bench is None or not isinstance(search, dict | None):
             return data  # an unknown benchmark or a malformed search: the field validation reports it
-        from .benchmarks.base import objectives
+        from ..benchmarks.base import objectives
 
         defaults = [{"metric": m, "mode": d} for m, d in objectives(bench)]
         return dict(data, search=dict(search or {}, objectives=defaults))
@@ -725,7 +725,7 @@ class SweepConfig(Frozen):
             unknown = [m for m in self.relearn.methods if m not in self.search.methods]
             if unknown:
                 raise ValueError(f"relearn.methods: {unknown} not in search.methods {self.search.methods}")
-        from .benchmarks.registry import BENCHMARKS
+        from ..benchmarks.registry import BENCHMARKS
 
         bench = BENCHMARKS[self.run.benchmark]
         if self.relearn is not None and not bench.relearning:

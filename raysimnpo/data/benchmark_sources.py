@@ -65,7 +65,7 @@ def read_hub_rows(hub_id: str, config: str | None, split: str) -> tuple[Rows, st
     """`datasets.load_dataset(hub_id, config, split=split)` as a list of dicts."""
     import datasets
 
-    from ..hub import prefer_offline_when_unreachable
+    from .hub import prefer_offline_when_unreachable
 
     prefer_offline_when_unreachable()  # no retry storm when there is no network
 

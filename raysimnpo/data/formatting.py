@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import UserInputError
-from ..logprobs import IGNORE_INDEX
+from ..maths.logprobs import IGNORE_INDEX
 
 PromptFormat = Literal["plain", "llama2-chat", "chat-template"]
 """How a question becomes a prompt (DESIGN §4); the one definition, models.py and recipes import it."""

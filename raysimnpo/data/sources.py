@@ -20,8 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..cache import default_cache_dir
-from ..data.tofu_generator import GENERATOR_VERSION, TofuGeneratorConfig, generate_tofu_dataset
 from ..errors import UserInputError
+from .generators.tofu import GENERATOR_VERSION, TofuGeneratorConfig, generate_tofu_dataset
 
 DEFAULT_HUB_ID = "locuslab/TOFU"
 SPLIT_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -247,7 +247,7 @@ def load_hub_split(hub_id: str, split: str) -> list[dict[str, Any]]:
     """`datasets.load_dataset(hub_id, split)["train"]`: TOFU publishes each split as a config."""
     import datasets
 
-    from ..hub import prefer_offline_when_unreachable
+    from .hub import prefer_offline_when_unreachable
 
     prefer_offline_when_unreachable()  # no retry storm when there is no network
 

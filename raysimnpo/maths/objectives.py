@@ -2,7 +2,7 @@
 
 Every function takes tensors and returns a tensor; none calls a model. Notation per sequence i of a
 batch of N: `nll[i]` = ℓ_i, the summed NLL of the answer targets (log π_θ(y_i|x_i) = −ℓ_i), `n[i]` =
-|y_i|, the number of answer targets (see `raysimnpo.logprobs.sequence_nll`). "mean" is over the N
+|y_i|, the number of answer targets (see `raysimnpo.maths.logprobs.sequence_nll`). "mean" is over the N
 sequences unless a docstring says "token-mean". Reference quantities (`ref_nll`, `ref_logits`,
 `ref_hidden`) are detached: the reference model is frozen.
 

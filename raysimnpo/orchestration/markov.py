@@ -36,7 +36,7 @@ import ray
 
 from ..benchmarks import markov as mk
 from ..errors import UserInputError
-from ..metrics.markov import first_reaching
+from ..maths.metrics.markov import first_reaching
 from ..orchestration.cluster import check_storage, start_ray
 
 Log = Callable[[str], None]

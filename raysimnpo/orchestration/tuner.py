@@ -31,16 +31,17 @@ import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from .. import recipe, results
+from .. import results
 from ..cache import mirror_prepared
-from ..config import ParamRange, SearchSettings, SweepConfig
+from ..config.run import ParamRange, SearchSettings, SweepConfig
+from ..maths.metrics import metric_direction
 from ..methods import needs_of
-from ..metrics import metric_direction
 from ..orchestration.epochs import EpochPoints, known_points, start_front
 from ..orchestration.study import EPOCH_POINT, INTERRUPTED, finished_trials, study_file
 from ..orchestration.tracking import tracking_callbacks
 from ..orchestration.trial import PreparedModels, SharedWorkspace, unlearning_trial
-from ..storage import Storage, exists, open_storage
+from ..recipes import unlearn as recipe
+from ..results.storage import Storage, exists, open_storage
 
 Log = Callable[[str], None]
 

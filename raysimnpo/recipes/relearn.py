@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from .config import RelearnSettings, TrainSettings
-from .evaluation import example_statistics
-from .metrics import tofu
-from .recipe import Workspace
-from .training import train
+from ..benchmarks.tofu_evaluation import example_statistics
+from ..config.run import RelearnSettings, TrainSettings
+from ..maths.metrics import tofu
+from ..training.loop import train
+from .unlearn import Workspace
 
 Attack = Literal["shortest", "random"]
 SCORES = ("forget_quality", "forget_quality_ks_statistic", "forget_prob", "forget_truth_ratio")

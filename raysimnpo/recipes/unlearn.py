@@ -32,19 +32,19 @@ import pyarrow.parquet as pq
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import sharding
-from .benchmarks import base
-from .benchmarks.base import Benchmark, Evaluation, Role, TrainingKind
-from .benchmarks.registry import benchmark
-from .config import RunConfig, content_hash
-from .data.formatting import EncodedExample, PromptFormat, encode_qa
-from .errors import UserInputError, first_line
-from .methods import METHODS, MethodParams, apply_task_vector, needs_of
-from .metrics import NOISE_CEILING
-from .models import LoadedModel, load_model_and_tokenizer, write_prompt_format
-from .results import EPOCH_MARK
-from .scoring import score_sequences
-from .training import EpochEnd, ForgetBatchHook, TrainingSummary, UnlearnInputs, frozen_copy, train
+from ..benchmarks import base
+from ..benchmarks.base import Benchmark, Evaluation, Role, TrainingKind
+from ..benchmarks.registry import benchmark
+from ..config.run import RunConfig, content_hash
+from ..data.formatting import EncodedExample, PromptFormat, encode_qa
+from ..errors import UserInputError, first_line
+from ..maths.metrics import NOISE_CEILING
+from ..methods import METHODS, MethodParams, apply_task_vector, needs_of
+from ..models import LoadedModel, load_model_and_tokenizer, write_prompt_format
+from ..results import EPOCH_MARK
+from ..training import sharding
+from ..training.loop import EpochEnd, ForgetBatchHook, TrainingSummary, UnlearnInputs, frozen_copy, train
+from ..training.scoring import score_sequences
 
 Log = Callable[[str], None]
 
@@ -277,7 +277,7 @@ def _finetune_and_store(
         # saved with the run's tokenizer, since some releases ship weights only.
         from transformers import AutoModelForCausalLM
 
-        from .models import resolve_dtype
+        from ..models import resolve_dtype
 
         log(f"[prepare] {name}: using {released} as it is")
         try:
@@ -560,7 +560,7 @@ class EpochEvaluator:
     def _keep(self, model: PreTrainedModel, epoch: int, point: list[float]) -> None:
         import math
 
-        from .pareto import non_dominated_mask
+        from ..maths.pareto import non_dominated_mask
 
         assert self.keep is not None
         self.points[epoch] = point

@@ -63,7 +63,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import UserInputError, first_line
+from ..errors import UserInputError, first_line
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import UserInputError, first_line
+from ..errors import UserInputError, first_line
 
 COMPLETE = ".complete"  # written last into a local copy of a folder: the copy is whole
 

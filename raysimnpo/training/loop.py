@@ -22,15 +22,22 @@ from torch import Tensor
 from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
-from . import objectives, sharding
-from .config import TrainSettings
-from .data.collate import pad_right
-from .data.formatting import EncodedExample
-from .logprobs import sequence_nll
-from .methods import METHODS, MethodParams, StepTerms, all_parameters, gradient_weights, needs_of
-from .methods import rmu_layer as rmu_layer  # RMU's layer k (re-exported for the step benchmark)
+from ..config.run import TrainSettings
+from ..data.collate import pad_right
+from ..data.formatting import EncodedExample
+from ..maths import objectives
+from ..maths.logprobs import sequence_nll
+from ..methods import (
+    METHODS,
+    MethodParams,
+    StepTerms,
+    all_parameters,
+    gradient_weights,
+    needs_of,  # RMU's layer k (re-exported for the step benchmark)
+)
+from . import sharding
 from .precision import keeps_fp32_master_weights
-from .training_state import load_training_state
+from .state import load_training_state
 
 Report = Callable[[dict[str, Any]], None]
 # epoch_end(rows of the epochs done so far, optimizer, scheduler), e.g. to save a training state

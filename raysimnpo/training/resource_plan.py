@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 GB = 1e9
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -125,7 +125,7 @@ def model_config(name: str, tiny: Any = None, trust_remote_code: bool = False) -
     from transformers import AutoConfig, LlamaConfig
 
     if name == "tiny":
-        from .models import TinyModelConfig
+        from ..models import TinyModelConfig
 
         shape = tiny or TinyModelConfig()
         config = LlamaConfig(
@@ -404,7 +404,7 @@ class ResourcePlan:
 
 
 def _method_needs(sweep: Any) -> set[str]:
-    from .methods import needs_of
+    from ..methods import needs_of
 
     needs: set[str] = set()
     for method in sweep.search.methods:
@@ -414,7 +414,7 @@ def _method_needs(sweep: Any) -> set[str]:
 
 def planned_model(run: Any) -> str:
     """The model the trials unlearn: a released Original when the run names one, else model.name."""
-    from .benchmarks.registry import benchmark
+    from ..benchmarks.registry import benchmark
 
     return benchmark(run.benchmark).released_model(run, "original") or run.model.name
 
@@ -422,7 +422,7 @@ def planned_model(run: Any) -> str:
 def phases(sweep: Any, shape: ModelShape, compute_bytes: int) -> tuple[PhaseMemory, ...]:
     """Prepare, reference log-probs, unlearning trial, evaluation actor and relearning actor, each
     with the batches and devices the sweep gives it (`compute_bytes`: 2 for bf16, 4 for float32)."""
-    from .benchmarks.registry import benchmark
+    from ..benchmarks.registry import benchmark
 
     run, ev, world = sweep.run, sweep.run.evaluation, sweep.resources.workers
     needs = _method_needs(sweep)
@@ -575,7 +575,7 @@ def check(plan: ResourcePlan) -> None:
 def published_workload(run: Any) -> Workload | None:
     """The run's sizes without loading its data, from its benchmark (`Benchmark.planned_workload`:
     TOFU's generator or published sizes); None when the benchmark cannot tell them offline."""
-    from .benchmarks.registry import benchmark
+    from ..benchmarks.registry import benchmark
 
     return benchmark(run.benchmark).planned_workload(run)
 
@@ -616,14 +616,14 @@ def show_and_check(plan: ResourcePlan, log: Callable[[str], None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m raysimnpo.resource_plan SWEEP [--set k=v] [--cpus N]`: print a sweep's plan; exit 2
+    """`python -m raysimnpo.training.resource_plan SWEEP [--set k=v] [--cpus N]`: print a sweep's plan; exit 2
     when a phase does not fit (what `python -m raysimnpo.sweep` checks before starting Ray)."""
     import argparse
     import sys
 
-    from .config import load_sweep_config
+    from ..config.run import load_sweep_config
 
-    parser = argparse.ArgumentParser(prog="python -m raysimnpo.resource_plan", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m raysimnpo.training.resource_plan", description=main.__doc__)
     parser.add_argument("sweep", help="a sweep name or YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--cpus", type=int, help="CPUs for a CPU sweep (default: this machine's)")

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data.collate import pad_left_prompts, pad_right
-from .data.formatting import EncodedExample
-from .logprobs import sequence_nll, token_logprobs
+from ..data.collate import pad_left_prompts, pad_right
+from ..data.formatting import EncodedExample
+from ..maths.logprobs import sequence_nll, token_logprobs
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -35,9 +35,9 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data.formatting import PromptFormat
-from .methods import StepTerms, sequence_fields
-from .models import write_prompt_format
+from ..data.formatting import PromptFormat
+from ..methods import StepTerms, sequence_fields
+from ..models import write_prompt_format
 
 
 def rank_and_world_size() -> tuple[int, int]:

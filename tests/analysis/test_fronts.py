@@ -1,4 +1,4 @@
-"""analysis.pareto over the fixture sweep (tests/analysis/conftest.py): fronts, dominance, hypervolume."""
+"""analysis.fronts over the fixture sweep (tests/analysis/conftest.py): fronts, dominance, hypervolume."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.load import completed_trials, load_runs
-from analysis.pareto import front_table, hypervolumes
-from raysimnpo.pareto import non_dominated_mask, pareto_ranks
+from raysimnpo.analysis.fronts import front_table, hypervolumes
+from raysimnpo.analysis.load import completed_trials, load_runs
+from raysimnpo.maths.pareto import non_dominated_mask, pareto_ranks
 
 
 def test_completed_trials_leave_out_failed_and_reference_rows(demo_run: Path) -> None:

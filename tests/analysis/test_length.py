@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from analysis import length, tables
-from analysis.load import load_runs
-from analysis.report import build_report
+from raysimnpo.analysis import length, tables
+from raysimnpo.analysis.load import load_runs
+from raysimnpo.analysis.report import build_report
 
 # 5 truth ratios against 5, fully separated: the smallest two-sided KS p-value, 2 / C(10, 5).
 SEPARATED = 2 / 252

@@ -9,10 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from analysis.load import load_runs
-from analysis.relearn import relearn_curves
-from analysis.report import build_report
 from raysimnpo import results
+from raysimnpo.analysis.load import load_runs
+from raysimnpo.analysis.relearn import relearn_curves
+from raysimnpo.analysis.report import build_report
 
 
 def attack_rows(trial_id: str, method: str, attack: str, seed: int, fq: list[float]) -> list[dict]:
@@ -81,7 +81,7 @@ def test_relearn_curves_and_report(make_run: Callable[[str], Path]) -> None:
 def test_relearn_cli_refuses_unknown_trials_and_missing_runs(
     demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from raysimnpo.relearn import main
+    from raysimnpo.cli.relearn import main
 
     storage = str(demo_run.parent)
     assert main(["tofu", "--storage", storage, "--set", "name=demo", "--trials", "nonesuch"]) == 2

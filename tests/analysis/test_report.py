@@ -12,10 +12,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from analysis.load import completed_trials, load_runs, reference_trials
-from analysis.pareto import front_table
-from analysis.plots import pareto_figure
-from analysis.report import NOISE_CEILING, build_report, noise_ceilings
+from raysimnpo.analysis.fronts import front_table
+from raysimnpo.analysis.load import completed_trials, load_runs, reference_trials
+from raysimnpo.analysis.plots import pareto_figure
+from raysimnpo.analysis.report import NOISE_CEILING, build_report, noise_ceilings
 
 
 def figure_lines(res, ceilings=None):  # type: ignore[no-untyped-def]

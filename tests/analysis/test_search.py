@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from analysis import search
-from analysis.plots import history_figure, importance_figure
+from raysimnpo.analysis import search
+from raysimnpo.analysis.plots import history_figure, importance_figure
 
 
 def write_study(run_dir: Path, values: list[tuple[str, dict[str, float], tuple[float, float]]]) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from analysis import tables
-from analysis.load import Results, load_runs
+from raysimnpo.analysis import tables
+from raysimnpo.analysis.load import Results, load_runs
 
 Loaded = tuple[Results, pl.DataFrame]
 

@@ -1,4 +1,4 @@
-"""raysimnpo.evaluation: TOFU's metrics from hand-made per-example statistics (values worked out by
+"""raysimnpo.benchmarks.tofu_evaluation: TOFU's metrics from hand-made per-example statistics (values worked out by
 hand, DESIGN §6), and the whole evaluator on the real TOFU files with a tiny model."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from raysimnpo.benchmarks.tofu import UTILITY_SPECS, EvalSplitSpec, eval_split_specs, load_tofu_run_data
-from raysimnpo.config import EvalSettings
+from raysimnpo.benchmarks.tofu_evaluation import evaluate_tofu, tofu_metrics
+from raysimnpo.config.run import EvalSettings
 from raysimnpo.data.sources import TofuSource
-from raysimnpo.evaluation import evaluate_tofu, tofu_metrics
 from raysimnpo.models import TinyModelConfig, load_model_and_tokenizer
 
-TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+TOFU = Path(__file__).resolve().parents[3] / "shared" / "data" / "tofu"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -2,8 +2,8 @@
 what is allowed, exit code 2, and nothing written under the sweep's storage or the cache's prepared/.
 
 Cases already covered elsewhere (and counted with these in issue 9's total) are not repeated here:
-tests/test_config.py (bad values per field, unknown sweep, malformed --set, invalid YAML),
-tests/test_run_cli.py (unknown benchmark/method, bad β/γ/λ, missing split, corrupt JSONL line, empty
+tests/config/test_config.py (bad values per field, unknown sweep, malformed --set, invalid YAML),
+tests/cli/test_run.py (unknown benchmark/method, bad β/γ/λ, missing split, corrupt JSONL line, empty
 answer, max_length leaving no answer token), tests/orchestration/test_sweep.py (unknown sweep, bad
 search range, sampler, unknown method, unwritable storage).
 """
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from raysimnpo import run, sweep
+from raysimnpo.cli import run, sweep
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Case:
 
 @pytest.fixture(scope="module")
 def tofu_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from raysimnpo.data.tofu_generator import TofuGeneratorConfig, generate_tofu_dataset
+    from raysimnpo.data.generators.tofu import TofuGeneratorConfig, generate_tofu_dataset
 
     folder = tmp_path_factory.mktemp("tofu-template")
     generate_tofu_dataset(folder, TofuGeneratorConfig.preset("small"))
@@ -499,7 +499,7 @@ def test_bad_input(
     # offline mode is switched on and a hub id fails at once, without huggingface_hub's retries.
     import huggingface_hub.constants
 
-    from raysimnpo import hub
+    from raysimnpo.data import hub
 
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.report import REPORT_FILES
-from raysimnpo.report import main
+from raysimnpo.analysis.report import REPORT_FILES
+from raysimnpo.cli.report import main
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from raysimnpo import run
+from raysimnpo.cli import run
 
-TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+TOFU = Path(__file__).resolve().parents[3] / "shared" / "data" / "tofu"
 
 
 def call(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -27,7 +27,7 @@ def local_tofu(tmp_path: Path) -> Path:
     """A small local TOFU folder in the real format: the first rows of the real files when present."""
     folder = tmp_path / "tofu"
     folder.mkdir()
-    from raysimnpo.data.tofu_generator import TofuGeneratorConfig, generate_tofu_dataset
+    from raysimnpo.data.generators.tofu import TofuGeneratorConfig, generate_tofu_dataset
 
     generate_tofu_dataset(folder, TofuGeneratorConfig.preset("small"))
     return folder

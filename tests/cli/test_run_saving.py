@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import raysimnpo
-from raysimnpo import run
+from raysimnpo.cli import run
 
 TINY = [
     "model.tiny.hidden_size=32",
@@ -27,7 +27,7 @@ TINY = [
 
 
 def settings(tmp_path: Path) -> list[str]:
-    from raysimnpo.data.tofu_generator import TofuGeneratorConfig, generate_tofu_dataset
+    from raysimnpo.data.generators.tofu import TofuGeneratorConfig, generate_tofu_dataset
 
     data = tmp_path / "tofu"
     data.mkdir()

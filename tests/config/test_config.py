@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from raysimnpo.config import RunConfig, apply_overrides, load_run_config, sweep_file
+from raysimnpo.config.run import RunConfig, apply_overrides, load_run_config, sweep_file
 from raysimnpo.errors import UserInputError
 from raysimnpo.methods import NPOParams, SimNPOParams
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raysimnpo import sweep
-from raysimnpo.config import load_sweep_config
+from raysimnpo.cli import sweep
+from raysimnpo.config.run import load_sweep_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOFU_ALLOWED = (
     "forget_quality, model_utility, forget_prob, forget_rouge, forget_truth_ratio, retain_prob, "
     "retain_rouge, retain_truth_ratio, real_authors_prob, real_authors_rouge, real_authors_truth_ratio, "

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from raysimnpo import relearn, run, sweep
-from raysimnpo.config import ParamRange, RunConfig, SweepConfig, _members, load_sweep_config
+from raysimnpo.cli import relearn, run, sweep
+from raysimnpo.config.run import ParamRange, RunConfig, SweepConfig, _members, load_sweep_config
 from raysimnpo.errors import UserInputError
 
 CPUS = os.cpu_count()
@@ -637,7 +637,7 @@ def test_a_joined_cluster_that_cannot_hold_a_trial_is_named_with_its_numbers() -
 def test_flag_mistakes_are_one_line_too(
     entry: str, argv: list[str], message: str, capfd: pytest.CaptureFixture[str], no_ray_start: None
 ) -> None:
-    from raysimnpo import report
+    from raysimnpo.cli import report
 
     mains = {"sweep": sweep.main, "run": run.main, "report": report.main}
     with pytest.raises(SystemExit) as stopped:

@@ -1,11 +1,11 @@
-"""raysimnpo.logprobs on a 2-token vocabulary whose log-probabilities are known by hand."""
+"""raysimnpo.maths.logprobs on a 2-token vocabulary whose log-probabilities are known by hand."""
 
 import math
 
 import pytest
 import torch
 
-from raysimnpo.logprobs import IGNORE_INDEX, sequence_nll, token_logprobs
+from raysimnpo.maths.logprobs import IGNORE_INDEX, sequence_nll, token_logprobs
 
 LN3 = math.log(3.0)
 

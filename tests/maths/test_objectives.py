@@ -1,4 +1,4 @@
-"""raysimnpo.objectives: hand-computed losses, autograd vs the closed-form weights of eqs. 3 and 5,
+"""raysimnpo.maths.objectives: hand-computed losses, autograd vs the closed-form weights of eqs. 3 and 5,
 and the β→0 limits of paper §5 (a)."""
 
 import math
@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from raysimnpo import objectives as obj
-from raysimnpo.logprobs import IGNORE_INDEX, sequence_nll
+from raysimnpo.maths import objectives as obj
+from raysimnpo.maths.logprobs import IGNORE_INDEX, sequence_nll
 
 F64 = torch.float64
 

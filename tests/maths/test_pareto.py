@@ -1,9 +1,9 @@
-"""raysimnpo.pareto on hand sets with mixed directions."""
+"""raysimnpo.maths.pareto on hand sets with mixed directions."""
 
 import numpy as np
 import pytest
 
-from raysimnpo.pareto import Direction, hypervolume_2d, non_dominated_mask, pareto_ranks
+from raysimnpo.maths.pareto import Direction, hypervolume_2d, non_dominated_mask, pareto_ranks
 
 # Columns: forget_quality ("max"), forget_rouge ("min"), privleak ("zero": closer to 0 is better).
 # Mapped to maximisation (x, −y, −|z|):
@@ -74,7 +74,7 @@ def test_errors() -> None:
 
 
 def test_dominated_by_margin_compares_rank_percentiles() -> None:
-    from raysimnpo.pareto import dominated_by_margin
+    from raysimnpo.maths.pareto import dominated_by_margin
 
     # FQ (max) spans decades, MU (max) a narrow band; the point is (1e-6, 0.70).
     others = [[1e-2, 0.75], [1e-8, 0.80], [1e-4, 0.60]]

@@ -1,4 +1,4 @@
-"""`make gpu-check` (benchmarks/gpu_check.py) on a machine without GPUs: one clear line, exit 1,
+"""`make gpu-check` (perf/gpu_check.py) on a machine without GPUs: one clear line, exit 1,
 nothing run and no result file written."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without GPUs")
 def test_gpu_check_without_a_gpu_says_so_and_exits_1() -> None:
-    result_file = ROOT / "benchmarks" / "results" / "gpu_check.json"
+    result_file = ROOT / "perf" / "results" / "gpu_check.json"
     existed = result_file.exists()
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")],
+        [sys.executable, str(ROOT / "perf" / "gpu_check.py")],
         capture_output=True,
         text=True,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
@@ -35,10 +35,10 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_1() -> None:
 
 
 def test_gpu_check_settings_validate(tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "perf"))
     import gpu_check
 
-    from raysimnpo.config import load_sweep_config
+    from raysimnpo.config.run import load_sweep_config
 
     sweep = load_sweep_config("tofu", gpu_check.sweep_overrides(8))
     assert (sweep.search.num_trials, sweep.resources.workers, sweep.relearn) == (2, 8, None)

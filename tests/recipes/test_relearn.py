@@ -1,4 +1,4 @@
-"""raysimnpo.relearning: which examples each attack relearns, and an attack on a tiny model whose
+"""raysimnpo.recipes.relearn: which examples each attack relearns, and an attack on a tiny model whose
 epoch-0 forget quality is the full evaluation's and whose forget probability rises as it relearns."""
 
 from __future__ import annotations
@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_recipe import run_settings
 
-from raysimnpo import recipe, relearning
-from raysimnpo.config import RelearnSettings, RunConfig
+from raysimnpo.config.run import RelearnSettings, RunConfig
+from raysimnpo.recipes import relearn as relearning
+from raysimnpo.recipes import unlearn as recipe
+
+from .test_unlearn import run_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""raysimnpo.recipe end to end on the small generated dataset: one run gives Original, Retrain and
+"""raysimnpo.recipes.unlearn end to end on the small generated dataset: one run gives Original, Retrain and
 unlearned metrics, a second run reuses the prepared models, and `python -m raysimnpo.run --json`
 prints them as one JSON object."""
 
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from raysimnpo import recipe
-from raysimnpo.config import RunConfig
-from raysimnpo.data.tofu_generator import TofuGeneratorConfig
+from raysimnpo.config.run import RunConfig
+from raysimnpo.data.generators.tofu import TofuGeneratorConfig
+from raysimnpo.recipes import unlearn as recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -197,8 +197,8 @@ def test_noise_ceiling_is_a_second_retrain_scored_against_the_first(
     measured against Retrain's truth ratios, becomes Retrain's `forget_quality_noise_ceiling`."""
     import pyarrow.parquet as pq
 
-    from raysimnpo.metrics import NOISE_CEILING
-    from raysimnpo.metrics.tofu import forget_quality
+    from raysimnpo.maths.metrics import NOISE_CEILING
+    from raysimnpo.maths.metrics.tofu import forget_quality
 
     asked = config.model_copy(
         update={"evaluation": config.evaluation.model_copy(update={"noise_ceiling": True})}

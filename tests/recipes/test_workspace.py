@@ -7,9 +7,9 @@ import pickle
 
 import pytest
 
-from raysimnpo import recipe
-from raysimnpo.config import RunConfig
-from raysimnpo.data.tofu_generator import TofuGeneratorConfig
+from raysimnpo.config.run import RunConfig
+from raysimnpo.data.generators.tofu import TofuGeneratorConfig
+from raysimnpo.recipes import unlearn as recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

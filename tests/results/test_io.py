@@ -21,7 +21,6 @@ from raysimnpo.results import (
     TRIALS_SCHEMA,
     VERSION_KEY,
     WEIGHTS_SCHEMA,
-    _write_file,
     examples_table,
     metrics_table,
     read_table,
@@ -31,6 +30,7 @@ from raysimnpo.results import (
     weights_table,
     write_trial_results,
 )
+from raysimnpo.results.io import _write_file
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 PARAMS = {"beta": 2.5, "gamma": 0.0, "learning_rate": 1e-5, "epochs": 10, "batch_size": 32, "delta": 0.1}
@@ -240,9 +240,9 @@ def test_leftover_temporary_file_is_ignored(tmp_path: Path) -> None:
 
 CRASHING_WRITER = """
 import dataclasses, os, sys
-from raysimnpo import results
+from raysimnpo.results import io as results
 sys.path.insert(0, sys.argv[2])
-from test_results import example_row, metric_rows, trial_row
+from test_io import example_row, metric_rows, trial_row
 
 class DyingFileSystem:  # the local filesystem, except that the process dies in the middle of a write
     def __init__(self, fs, where):

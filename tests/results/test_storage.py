@@ -1,4 +1,4 @@
-"""`raysimnpo.storage`: local folders and filesystem URIs (an S3 server on loopback: moto)."""
+"""`raysimnpo.results.storage`: local folders and filesystem URIs (an S3 server on loopback: moto)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from raysimnpo.errors import UserInputError
-from raysimnpo.storage import COMPLETE, check_writable, exists, is_uri, local_copy, open_storage
+from raysimnpo.results.storage import COMPLETE, check_writable, exists, is_uri, local_copy, open_storage
 
 
 def make_folder(root: Path) -> Path:

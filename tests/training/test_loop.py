@@ -1,4 +1,4 @@
-"""raysimnpo.training: the schedule by hand, determinism, what fine-tuning and each kind of unlearning
+"""raysimnpo.training.loop: the schedule by hand, determinism, what fine-tuning and each kind of unlearning
 do to the NLLs (eq. 1), divergence, per-epoch reports, RMU's trainable subset and Task Vector's
 θ_o − α(θ_ft − θ_o), on a tiny random Llama and hand-made encoded examples."""
 
@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from raysimnpo import methods, training
-from raysimnpo.config import TrainSettings
+from raysimnpo import methods
+from raysimnpo.config.run import TrainSettings
 from raysimnpo.data.formatting import EncodedExample
-from raysimnpo.logprobs import IGNORE_INDEX, sequence_nll
+from raysimnpo.maths.logprobs import IGNORE_INDEX, sequence_nll
 from raysimnpo.methods import (
     GAParams,
     GradDiffParams,
@@ -27,7 +27,8 @@ from raysimnpo.methods import (
     StepTerms,
     TaskVectorParams,
 )
-from raysimnpo.training import TrainingDiverged, UnlearnInputs, schedule, train
+from raysimnpo.training import loop as training
+from raysimnpo.training.loop import TrainingDiverged, UnlearnInputs, schedule, train
 
 State = dict[str, torch.Tensor]
 TinyLlama = Callable[..., LlamaForCausalLM]
@@ -390,7 +391,7 @@ def test_resumed_run_equals_uninterrupted_run(
     """A run killed after epoch 2 of 4 and resumed from its saved state ends with the same weights,
     rows and learning rates as one that ran straight through (AdamW moments, schedule and batch
     order all restored; RMU's frozen copy is still the starting model)."""
-    from raysimnpo.training_state import save_training_state
+    from raysimnpo.training.state import save_training_state
 
     data: dict[str, Any] = (
         {"examples": FORGET + RETAIN}
@@ -423,7 +424,7 @@ def test_resumed_run_equals_uninterrupted_run(
 
 
 def test_saved_state_holds_no_pickle(tiny_llama: TinyLlama, finetuned: State, tmp_path: Path) -> None:
-    from raysimnpo.training_state import save_training_state
+    from raysimnpo.training.state import save_training_state
 
     saved: list[Path] = []
 

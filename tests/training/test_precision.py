@@ -1,4 +1,4 @@
-"""raysimnpo.precision: a model loaded in bf16 trains with fp32 master weights and bf16 compute, so
+"""raysimnpo.training.precision: a model loaded in bf16 trains with fp32 master weights and bf16 compute, so
 an lr 1e-5 run moves its weights as the fp32 run moves them (pure bf16 AdamW rounds most updates away)."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from raysimnpo.config import TrainSettings
+from raysimnpo.config.run import TrainSettings
 from raysimnpo.data.formatting import EncodedExample
-from raysimnpo.logprobs import IGNORE_INDEX
-from raysimnpo.precision import fp32_master_weights, loaded_dtype
-from raysimnpo.training import train
+from raysimnpo.maths.logprobs import IGNORE_INDEX
+from raysimnpo.training.loop import train
+from raysimnpo.training.precision import fp32_master_weights, loaded_dtype
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""raysimnpo.resource_plan: parameters counted on the meta device from the shipped configs, bytes per
+"""raysimnpo.training.resource_plan: parameters counted on the meta device from the shipped configs, bytes per
 GPU of each phase (AdamW with fp32 master weights: 16 B/param, sharded by FSDP2), and the refusal of
 a sweep whose phase cannot fit, before Ray starts (exit 2)."""
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from raysimnpo import resource_plan, sweep
-from raysimnpo.config import load_sweep_config
+from raysimnpo.cli import sweep
+from raysimnpo.config.run import load_sweep_config
 from raysimnpo.errors import UserInputError
-from raysimnpo.resource_plan import GB, Hardware, check, model_shape, plan_for, plan_sweep
+from raysimnpo.training import resource_plan
+from raysimnpo.training.resource_plan import GB, Hardware, check, model_shape, plan_for, plan_sweep
 
 # Published parameter counts of the paper's models.
 LLAMA2_7B, LLAMA32_1B, SMOLLM2_135M = 6_738_415_616, 1_235_814_400, 134_515_008

@@ -1,4 +1,4 @@
-"""raysimnpo.scoring: batched, length-sorted scoring equals scoring one example at a time, and
+"""raysimnpo.training.scoring: batched, length-sorted scoring equals scoring one example at a time, and
 left-padded batched greedy generation equals generating each prompt alone (and a plain argmax loop)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from raysimnpo.data.formatting import EncodedExample
-from raysimnpo.logprobs import IGNORE_INDEX
-from raysimnpo.scoring import generate_greedy, score_sequences
+from raysimnpo.maths.logprobs import IGNORE_INDEX
+from raysimnpo.training.scoring import generate_greedy, score_sequences
 
 TinyLlama = Callable[..., LlamaForCausalLM]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2  # as the `tiny_llama` fixture configures them

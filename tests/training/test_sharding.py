@@ -1,4 +1,4 @@
-"""raysimnpo.sharding: FSDP2 over 2 CPU ranks (gloo) takes the same SimNPO step as one process on the
+"""raysimnpo.training.sharding: FSDP2 over 2 CPU ranks (gloo) takes the same SimNPO step as one process on the
 same global batch, and the gathered state dict round-trips through from_pretrained."""
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from raysimnpo import sharding
 from raysimnpo.data.formatting import PROMPT_FORMAT_FILE, EncodedExample
-from raysimnpo.logprobs import IGNORE_INDEX
+from raysimnpo.maths.logprobs import IGNORE_INDEX
 from raysimnpo.methods import METHODS, SimNPOParams
 from raysimnpo.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer
-from raysimnpo.training import UnlearnInputs, step_terms
+from raysimnpo.training import sharding
+from raysimnpo.training.loop import UnlearnInputs, step_terms
 
 WORLD = 2
 CORPUS = [f"Question: Who wrote book {i}?\nAnswer: Author {i} wrote it in {1900 + i}." for i in range(40)]

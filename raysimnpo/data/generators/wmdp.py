@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .muse_generator import write_jsonl
+from .muse import write_jsonl
 
 GENERATOR_VERSION = 1
 

@@ -1,7 +1,7 @@
 """Benchmark metrics (DESIGN §6) as pure functions over per-example numbers, and each metric's direction.
 
 `METRICS` maps a reported metric name to its `MetricInfo`: whether higher ("max"), lower ("min") or
-closer to 0 ("zero") is better, as `raysimnpo.pareto` expects.
+closer to 0 ("zero") is better, as `raysimnpo.maths.pareto` expects.
 """
 
 from __future__ import annotations

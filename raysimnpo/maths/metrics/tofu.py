@@ -1,6 +1,6 @@
 """TOFU metrics (Maini et al. 2024; DESIGN §6) from per-example summed NLLs and target counts.
 
-Inputs are the quantities of `raysimnpo.logprobs.sequence_nll`: ℓ (summed NLL of an answer's target
+Inputs are the quantities of `raysimnpo.maths.logprobs.sequence_nll`: ℓ (summed NLL of an answer's target
 tokens) and |y| (their number). The per-sequence normalised probability is P̃ = exp(−ℓ/|y|).
 """
 

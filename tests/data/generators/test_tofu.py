@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from raysimnpo.data.tofu_generator import (
+from raysimnpo.data.generators.tofu import (
     CONSTANT_POOLS,
     QUESTION_KINDS,
     SLOT_POOLS,
@@ -24,7 +24,7 @@ from raysimnpo.data.tofu_generator import (
     generate_tofu_dataset,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 REAL_TOFU = Path(os.environ.get("RAYSIMNPO_TOFU_DIR", REPO.parent / "shared" / "data" / "tofu"))
 SMALL = TofuGeneratorConfig.preset("small")
 DEFAULT = TofuGeneratorConfig()
@@ -52,7 +52,7 @@ def test_same_seed_is_identical_across_processes_with_another_hash_seed(tmp_path
     # Set iteration order depends on PYTHONHASHSEED; the generator must not depend on it.
     generate_tofu_dataset(tmp_path / "here", SMALL)
     code = (
-        "import sys; from raysimnpo.data.tofu_generator import TofuGeneratorConfig, generate_tofu_dataset; "
+        "import sys; from raysimnpo.data.generators.tofu import TofuGeneratorConfig, generate_tofu_dataset; "
         "generate_tofu_dataset(sys.argv[1], TofuGeneratorConfig.preset('small'))"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345")

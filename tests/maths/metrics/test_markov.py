@@ -1,12 +1,12 @@
-"""raysimnpo.metrics.markov: appendix B's chains and the KL metric on hand-computed examples."""
+"""raysimnpo.maths.metrics.markov: appendix B's chains and the KL metric on hand-computed examples."""
 
 import math
 
 import numpy as np
 import pytest
 
-from raysimnpo.metrics import METRICS
-from raysimnpo.metrics.markov import (
+from raysimnpo.maths.metrics import METRICS
+from raysimnpo.maths.metrics.markov import (
     designated_chain,
     first_reaching,
     kl_divergence,

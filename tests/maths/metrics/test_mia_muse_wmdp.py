@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from raysimnpo.metrics import metric_direction
-from raysimnpo.metrics.mia import auc, min_k_percent_score, min_k_percent_scores
-from raysimnpo.metrics.muse import (
+from raysimnpo.maths.metrics import metric_direction
+from raysimnpo.maths.metrics.mia import auc, min_k_percent_score, min_k_percent_scores
+from raysimnpo.maths.metrics.muse import (
     PUBLISHED_AUC_RETRAIN,
     cut_answer,
     few_shot_prompt,
@@ -16,7 +16,7 @@ from raysimnpo.metrics.muse import (
     privleak_auc,
     verbmem,
 )
-from raysimnpo.metrics.wmdp import choice_accuracy, predicted_choices
+from raysimnpo.maths.metrics.wmdp import choice_accuracy, predicted_choices
 
 
 def test_min_k_percent_hand_values() -> None:

@@ -1,9 +1,9 @@
-"""raysimnpo.metrics.text: ROUGE-L recall (TOFU) and F1 (MUSE) by hand."""
+"""raysimnpo.maths.metrics.text: ROUGE-L recall (TOFU) and F1 (MUSE) by hand."""
 
 import numpy as np
 import pytest
 
-from raysimnpo.metrics.text import rouge_l_f1, rouge_l_f1_batch, rouge_l_recall, rouge_l_recall_batch
+from raysimnpo.maths.metrics.text import rouge_l_f1, rouge_l_f1_batch, rouge_l_recall, rouge_l_recall_batch
 
 
 def test_rouge_l_recall_and_f1_hand_values() -> None:

@@ -1,12 +1,12 @@
-"""raysimnpo.metrics.tofu on hand-computed examples, and the metric-direction table."""
+"""raysimnpo.maths.metrics.tofu on hand-computed examples, and the metric-direction table."""
 
 import math
 
 import numpy as np
 import pytest
 
-from raysimnpo.metrics import METRICS, metric_direction
-from raysimnpo.metrics.tofu import (
+from raysimnpo.maths.metrics import METRICS, metric_direction
+from raysimnpo.maths.metrics.tofu import (
     MODEL_UTILITY_KEYS,
     answer_prob,
     choice_prob,
