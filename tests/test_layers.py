@@ -96,7 +96,9 @@ def test_only_orchestration_imports_ray(path: Path) -> None:
     if folder(path) == "orchestration":
         return
     ray_imports = {m for m in imports(path) if m == "ray" or m.startswith("ray.")}
-    assert not ray_imports, f"{ids(path)} imports {sorted(ray_imports)}; Ray belongs in raysimnpo/orchestration/"
+    assert not ray_imports, (
+        f"{ids(path)} imports {sorted(ray_imports)}; Ray belongs in raysimnpo/orchestration/"
+    )
 
 
 @pytest.mark.parametrize("path", in_folders("maths"), ids=ids)

@@ -58,6 +58,7 @@ from raysimnpo.analysis.plots import (
 )
 from raysimnpo.errors import UserInputError
 from raysimnpo.maths.metrics import NOISE_CEILING
+from raysimnpo.results import write_parquet
 
 REPORT_FILES = (
     "pareto.parquet",
@@ -335,7 +336,7 @@ def write_report(res: Results, target: Path, *, examples: int = 8, seed: int = 0
 
     target.mkdir(parents=True, exist_ok=True)
     files = {name: target / name for name in REPORT_FILES}
-    front.write_parquet(files["pareto.parquet"])
+    write_parquet(front.to_arrow(), files["pareto.parquet"], compression="zstd")
     images = {
         "pareto.png": save_png(
             pareto_figure(front, refs, res.labels, chosen, noise_ceilings(res)), files["pareto.png"]

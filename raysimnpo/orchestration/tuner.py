@@ -295,7 +295,6 @@ def write_reference_nll(
     """NPO / IdkDPO reference NLLs of the forget answers and refusals, once per sweep, scored by the
     Original in a Ray Data actor and stored next to it as Parquet (`out`: a path or a URI)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from ..orchestration.eval_pipeline import reference_nll_with_ray_data
 
@@ -311,12 +310,7 @@ def write_reference_nll(
     # Raw-text benchmarks (MUSE, WMDP) have no refusals: that column is NaN (IdkDPO is refused there).
     refusal = nll["refusal"] if refusals else [float("nan")] * len(forget)
     table = pa.table({"forget_nll": nll["forget"], "refusal_nll": refusal})
-    if "://" in out:  # an object store's put is whole
-        pq.write_table(table, out)
-        return
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.rename(out)
+    results.write_parquet(table, out)
 
 
 def prepare_stage(

@@ -41,7 +41,7 @@ from ..errors import UserInputError, first_line
 from ..maths.metrics import NOISE_CEILING
 from ..methods import METHODS, MethodParams, apply_task_vector, needs_of
 from ..models import LoadedModel, load_model_and_tokenizer, write_prompt_format
-from ..results import EPOCH_MARK
+from ..results import EPOCH_MARK, write_parquet
 from ..training import sharding
 from ..training.loop import EpochEnd, ForgetBatchHook, TrainingSummary, UnlearnInputs, frozen_copy, train
 from ..training.scoring import score_sequences
@@ -213,7 +213,7 @@ def save_model(
 
 
 def write_examples(examples: list[dict[str, Any]], path: Path) -> None:
-    pq.write_table(pa.Table.from_pylist(examples), path)
+    write_parquet(pa.Table.from_pylist(examples), path)
 
 
 def evaluate(ws: Workspace, model: PreTrainedModel, retrain_reference: Any | None) -> Evaluation:

@@ -1,8 +1,21 @@
-"""A sweep's Parquet results (DESIGN §8): the tables' schemas, row validation, atomic reads and writes
-(`io`), and `storage`, the one resolver of local paths and filesystem URIs."""
+"""A sweep's Parquet results (DESIGN §8): the tables' `schema` (versioned), `rows` (a row checked
+against its table before anything is written), `io` (atomic per-trial writes, checked reads) and
+`storage`, the one resolver of local folders and filesystem URIs. Only this package writes Parquet."""
 
 from .io import (
     EPOCH_MARK,
+    epoch_candidates,
+    read_table,
+    read_trial_row,
+    read_trial_rows,
+    results_root,
+    trial_ids,
+    write_parquet,
+    write_relearn_results,
+    write_trial_results,
+)
+from .rows import examples_table, metrics_table, relearn_table, trials_table, weights_table
+from .schema import (
     EXAMPLES_SCHEMA,
     EXAMPLES_SCHEMA_V1,
     METRICS_SCHEMA,
@@ -16,19 +29,6 @@ from .io import (
     TRIALS_SCHEMA,
     VERSION_KEY,
     WEIGHTS_SCHEMA,
-    epoch_candidates,
-    examples_table,
-    metrics_table,
-    read_table,
-    read_trial_row,
-    read_trial_rows,
-    relearn_table,
-    results_root,
-    trial_ids,
-    trials_table,
-    weights_table,
-    write_relearn_results,
-    write_trial_results,
 )
 
 __all__ = [
@@ -36,8 +36,8 @@ __all__ = [
     "EXAMPLES_SCHEMA",
     "EXAMPLES_SCHEMA_V1",
     "METRICS_SCHEMA",
-    "PART_NAME",
     "PARTITION_KEY",
+    "PART_NAME",
     "READABLE_VERSIONS",
     "RELEARN_ATTACKS",
     "RELEARN_SCHEMA",
@@ -57,6 +57,7 @@ __all__ = [
     "trial_ids",
     "trials_table",
     "weights_table",
+    "write_parquet",
     "write_relearn_results",
     "write_trial_results",
 ]

@@ -623,7 +623,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..config.run import load_sweep_config
 
-    parser = argparse.ArgumentParser(prog="python -m raysimnpo.training.resource_plan", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m raysimnpo.training.resource_plan", description=main.__doc__
+    )
     parser.add_argument("sweep", help="a sweep name or YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--cpus", type=int, help="CPUs for a CPU sweep (default: this machine's)")
