@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from raysimnpo.benchmarks.tofu_evaluation import tofu_metrics
-from raysimnpo.config.run import load_sweep_config
+from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.recipes import unlearn as recipe
 
 NAME = "eval_engines"

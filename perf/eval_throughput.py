@@ -35,7 +35,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from raysimnpo.benchmarks import tofu_evaluation as evaluation
 from raysimnpo.benchmarks.tofu import EvalSplit
 from raysimnpo.benchmarks.tofu_evaluation import evaluate_tofu
-from raysimnpo.config.run import EvalSettings, load_run_config
+from raysimnpo.config.base import EvalSettings
+from raysimnpo.config.run import load_run_config
 from raysimnpo.data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
 from raysimnpo.maths.logprobs import sequence_nll
 from raysimnpo.maths.metrics import text, tofu

@@ -45,7 +45,8 @@ import harness  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
 import torch  # noqa: E402
 
 from raysimnpo.cache import default_cache_dir  # noqa: E402
-from raysimnpo.config.run import DataSettings, ModelSettings, RunConfig, TrainSettings  # noqa: E402
+from raysimnpo.config.base import TrainSettings  # noqa: E402
+from raysimnpo.config.run import DataSettings, ModelSettings, RunConfig  # noqa: E402
 from raysimnpo.methods import SimNPOParams  # noqa: E402
 from raysimnpo.training import resource_plan  # noqa: E402
 

@@ -29,7 +29,7 @@ import harness  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-from raysimnpo.config.run import TrainSettings  # noqa: E402
+from raysimnpo.config.base import TrainSettings  # noqa: E402
 from raysimnpo.data.formatting import EncodedExample  # noqa: E402
 from raysimnpo.maths.logprobs import IGNORE_INDEX  # noqa: E402
 from raysimnpo.methods import SimNPOParams  # noqa: E402

@@ -31,7 +31,8 @@ from typing import Any
 import harness
 import numpy as np
 
-from raysimnpo.config.run import RunConfig, load_sweep_config
+from raysimnpo.config.run import RunConfig
+from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.recipes import unlearn as recipe
 
 NAME = "scaling"

@@ -35,7 +35,7 @@ from typing import Any
 import harness
 
 from raysimnpo import results
-from raysimnpo.config.run import load_sweep_config
+from raysimnpo.config.sweep import load_sweep_config
 
 NAME = "sweep_overhead"
 TARGET_COMPUTE_SHARE = 0.80

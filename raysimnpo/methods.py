@@ -13,7 +13,9 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .config.base import Frozen
 
 if TYPE_CHECKING:
     import torch
@@ -38,10 +40,9 @@ else:
 Need = Literal["reference_nll", "idk", "frozen_model", "hidden_states"]
 
 
-class MethodParams(BaseModel):
+class MethodParams(Frozen):
     """Hyperparameters shared by all methods; subclasses add β, γ, ..."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
     name: str
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from safetensors import SafetensorError
 
 if TYPE_CHECKING:  # torch and transformers load with the first model, not when configs are validated
@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # torch and transformers load with the first model, not when 
     from .data.formatting import PromptFormat
 
 from .cache import default_cache_dir
+from .config.base import Frozen
 from .data import hub
 from .errors import UserInputError, first_line
 
@@ -74,7 +75,7 @@ _DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class TinyModelConfig(BaseModel):
+class TinyModelConfig(Frozen):
     """Shape of the ``tiny`` preset: a Llama decoder (RMSNorm, RoPE, SwiGLU) trained from scratch.
 
     Sized so that fine-tuning from scratch memorises ~1000 QA pairs within 40-60 epochs on 2 CPU cores:
@@ -86,8 +87,6 @@ class TinyModelConfig(BaseModel):
     fine-tune pretrained 7B models. `vocab_size` and `tokenizer_min_frequency` set the BPE tokenizer
     trained on the corpus (the model's vocabulary is the tokenizer's actual size, which can be smaller).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     hidden_size: int = Field(default=128, gt=0)
     num_hidden_layers: int = Field(default=4, gt=0)

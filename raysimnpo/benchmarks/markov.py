@@ -52,7 +52,15 @@ from pydantic import Field, model_validator
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from ..config.run import Frozen, TrainSettings, apply_overrides, content_hash, load_yaml, sweep_file, validate
+from ..config.base import (
+    Frozen,
+    TrainSettings,
+    apply_overrides,
+    content_hash,
+    load_yaml,
+    sweep_file,
+    validate,
+)
 from ..data.formatting import EncodedExample
 from ..errors import UserInputError
 from ..maths.logprobs import IGNORE_INDEX

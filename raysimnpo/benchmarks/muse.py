@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..config.base import Frozen
 from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
 from ..data.generators.muse import GENERATOR_VERSION, MuseGeneratorConfig, generate_muse_dataset
 from ..data.sources import generated_folder
@@ -56,10 +57,8 @@ class MuseSource(BenchmarkSource):
     generator: MuseGeneratorConfig = MuseGeneratorConfig()
 
 
-class MuseSettings(BaseModel):
+class MuseSettings(Frozen):
     """The `muse:` section of a run."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     corpus: Literal["news", "books"] = "news"
     source: MuseSource = MuseSource()

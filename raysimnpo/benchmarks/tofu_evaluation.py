@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config.run import EvalSettings
+from ..config.base import EvalSettings
 from ..data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
 from ..maths.metrics import text, tofu
 from ..training.scoring import generate_greedy, score_sequences

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..config.base import Frozen
 from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
 from ..data.generators.wmdp import GENERATOR_VERSION, WmdpGeneratorConfig, generate_wmdp_dataset
 from ..data.sources import generated_folder
@@ -66,10 +67,8 @@ class WmdpSource(BenchmarkSource):
     generator: WmdpGeneratorConfig = WmdpGeneratorConfig()
 
 
-class WmdpSettings(BaseModel):
+class WmdpSettings(Frozen):
     """The `wmdp:` section of a run."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     source: WmdpSource = WmdpSource()
     subsets: list[Subset] = Field(default_factory=lambda: list[Subset](["bio", "cyber"]), min_length=1)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..config.run import RelearnSettings, SweepConfig, load_sweep_config
+from ..config.sweep import RelearnSettings, SweepConfig, load_sweep_config
 from ..errors import UserInputError
 from .parser import ArgumentParser
 from .sweep import add_ray_arguments, open_checked_storage, ray_arguments

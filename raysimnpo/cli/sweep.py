@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config.run import SweepConfig, load_sweep_config, load_yaml, sweep_file
+from ..config.base import load_yaml, sweep_file
+from ..config.sweep import SweepConfig, load_sweep_config
 from ..errors import UserInputError, first_line
 from .parser import ArgumentParser
 

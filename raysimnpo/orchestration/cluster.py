@@ -18,7 +18,7 @@ from ..errors import UserInputError
 from ..results.storage import Storage, check_writable, open_storage
 
 if TYPE_CHECKING:
-    from ..config.run import SweepConfig
+    from ..config.sweep import SweepConfig
 
 DEFAULT_ADDRESS_TIMEOUT_S = 5.0
 # host:port of a head's GCS (or ray://host:port, the Ray Client); IPv6 hosts in brackets.

@@ -30,7 +30,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from ..config.run import SweepConfig
+from ..config.sweep import SweepConfig
 from ..maths.pareto import Direction, dominated_by_margin
 from ..orchestration.study import EPOCH_POINT, search_distributions
 

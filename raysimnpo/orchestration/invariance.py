@@ -26,7 +26,8 @@ from ray.train.v2.api.config import ScalingConfig
 from ray.train.v2.api.result import Result
 from ray.train.v2.torch.torch_trainer import TorchTrainer
 
-from ..config.run import DataSettings, EvalSettings, ModelSettings, RunConfig, TrainSettings
+from ..config.base import EvalSettings, TrainSettings
+from ..config.run import DataSettings, ModelSettings, RunConfig
 from ..data.generators.tofu import TofuGeneratorConfig
 from ..data.sources import TofuSource
 from ..methods import GradDiffParams, MethodParams, NPOParams, RMUParams, SimNPOParams

@@ -18,7 +18,8 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from .. import results
-from ..config.run import RelearnSettings, RunConfig, SweepConfig
+from ..config.run import RunConfig
+from ..config.sweep import RelearnSettings, SweepConfig
 from ..recipes import relearn as relearning
 from ..recipes import unlearn as recipe
 from ..results.storage import local_copy

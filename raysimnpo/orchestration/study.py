@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ..config.run import ParamRange, SearchSettings, SweepConfig
+from ..config.sweep import ParamRange, SearchSettings, SweepConfig
 from ..results.storage import Storage
 
 INTERRUPTED = "interrupted"

@@ -21,7 +21,7 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.tune import Callback
 
 from .. import results
-from ..config.run import SweepConfig
+from ..config.sweep import SweepConfig
 from ..results.storage import Storage
 
 EPOCH_PREFIX = "epoch/"

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 
 from .. import results
 from ..benchmarks.base import Evaluation
-from ..config.run import SweepConfig
+from ..config.sweep import SweepConfig
 from ..maths.metrics import metric_direction
 from ..methods import CLOSED_FORM_WEIGHTS
 from ..orchestration.epochs import EpochEvaluation, epoch_stopper, front_actor_name

@@ -33,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .. import results
 from ..cache import mirror_prepared
-from ..config.run import ParamRange, SearchSettings, SweepConfig
+from ..config.sweep import ParamRange, SearchSettings, SweepConfig
 from ..maths.metrics import metric_direction
 from ..methods import needs_of
 from ..orchestration.epochs import EpochPoints, known_points, start_front

@@ -21,7 +21,8 @@ import torch
 from transformers import PreTrainedModel
 
 from ..benchmarks.tofu_evaluation import example_statistics
-from ..config.run import RelearnSettings, TrainSettings
+from ..config.base import TrainSettings
+from ..config.sweep import RelearnSettings
 from ..maths.metrics import tofu
 from ..training.loop import train
 from .unlearn import Workspace

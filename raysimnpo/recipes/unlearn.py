@@ -35,7 +35,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..benchmarks import base
 from ..benchmarks.base import Benchmark, Evaluation, Role, TrainingKind
 from ..benchmarks.registry import benchmark
-from ..config.run import RunConfig, content_hash
+from ..config.base import content_hash
+from ..config.run import RunConfig
 from ..data.formatting import EncodedExample, PromptFormat, encode_qa
 from ..errors import UserInputError, first_line
 from ..maths.metrics import NOISE_CEILING

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
-from ..config.run import TrainSettings
+from ..config.base import TrainSettings
 from ..data.collate import pad_right
 from ..data.formatting import EncodedExample
 from ..maths import objectives

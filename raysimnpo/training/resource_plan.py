@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from ..config.run import load_sweep_config
+    from ..config.sweep import load_sweep_config
 
     parser = argparse.ArgumentParser(
         prog="python -m raysimnpo.training.resource_plan", description=main.__doc__

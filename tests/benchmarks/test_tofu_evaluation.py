@@ -13,7 +13,7 @@ import pytest
 
 from raysimnpo.benchmarks.tofu import UTILITY_SPECS, EvalSplitSpec, eval_split_specs, load_tofu_run_data
 from raysimnpo.benchmarks.tofu_evaluation import evaluate_tofu, tofu_metrics
-from raysimnpo.config.run import EvalSettings
+from raysimnpo.config.base import EvalSettings
 from raysimnpo.data.sources import TofuSource
 from raysimnpo.models import TinyModelConfig, load_model_and_tokenizer
 

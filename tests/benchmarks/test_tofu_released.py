@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from raysimnpo.config.run import SWEEPS_DIR, RunConfig, load_sweep_config
+from raysimnpo.config.base import SWEEPS_DIR
+from raysimnpo.config.run import RunConfig
+from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.errors import UserInputError
 from raysimnpo.recipes import unlearn as recipe
 from raysimnpo.training.resource_plan import check, plan_for

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from raysimnpo.config.run import RunConfig, apply_overrides, load_run_config, sweep_file
+from raysimnpo.config.base import apply_overrides, sweep_file
+from raysimnpo.config.run import RunConfig, load_run_config
 from raysimnpo.errors import UserInputError
 from raysimnpo.methods import NPOParams, SimNPOParams
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from raysimnpo.cli import sweep
-from raysimnpo.config.run import load_sweep_config
+from raysimnpo.config.sweep import load_sweep_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TOFU_ALLOWED = (

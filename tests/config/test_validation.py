@@ -23,7 +23,9 @@ import yaml
 from pydantic import BaseModel
 
 from raysimnpo.cli import relearn, run, sweep
-from raysimnpo.config.run import ParamRange, RunConfig, SweepConfig, _members, load_sweep_config
+from raysimnpo.config.base import _members
+from raysimnpo.config.run import RunConfig
+from raysimnpo.config.sweep import ParamRange, SweepConfig, load_sweep_config
 from raysimnpo.errors import UserInputError
 
 CPUS = os.cpu_count()

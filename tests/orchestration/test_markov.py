@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from raysimnpo.cli import sweep
-from raysimnpo.config.run import SWEEPS_DIR
+from raysimnpo.config.base import SWEEPS_DIR
 
 SHORT = {
     "seed": 0,

@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import optuna
 import pytest
 
-from raysimnpo.config.run import SearchSettings
+from raysimnpo.config.sweep import SearchSettings
 from raysimnpo.orchestration.tuner import DefineByRun
 
 # (method, FQ, MU): the first two are the Pareto front, the third is dominated by the second.

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from raysimnpo import results
-from raysimnpo.config.run import SweepConfig, load_sweep_config
+from raysimnpo.config.sweep import SweepConfig, load_sweep_config
 from raysimnpo.errors import UserInputError
 from raysimnpo.results.storage import open_storage
 

@@ -16,7 +16,8 @@ import torch
 from ray.train import WorkerGroupError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from raysimnpo.config.run import DataSettings, ModelSettings, RunConfig, TrainSettings
+from raysimnpo.config.base import TrainSettings
+from raysimnpo.config.run import DataSettings, ModelSettings, RunConfig
 from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
 from raysimnpo.data.generators.tofu import TofuGeneratorConfig
 from raysimnpo.data.sources import TofuSource

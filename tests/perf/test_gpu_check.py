@@ -38,7 +38,7 @@ def test_gpu_check_settings_validate(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "perf"))
     import gpu_check
 
-    from raysimnpo.config.run import load_sweep_config
+    from raysimnpo.config.sweep import load_sweep_config
 
     sweep = load_sweep_config("tofu", gpu_check.sweep_overrides(8))
     assert (sweep.search.num_trials, sweep.resources.workers, sweep.relearn) == (2, 8, None)

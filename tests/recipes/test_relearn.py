@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from raysimnpo.config.run import RelearnSettings, RunConfig
+from raysimnpo.config.run import RunConfig
+from raysimnpo.config.sweep import RelearnSettings
 from raysimnpo.recipes import relearn as relearning
 from raysimnpo.recipes import unlearn as recipe
 

@@ -15,7 +15,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from raysimnpo import methods
-from raysimnpo.config.run import TrainSettings
+from raysimnpo.config.base import TrainSettings
 from raysimnpo.data.formatting import EncodedExample
 from raysimnpo.maths.logprobs import IGNORE_INDEX, sequence_nll
 from raysimnpo.methods import (

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from raysimnpo.config.run import TrainSettings
+from raysimnpo.config.base import TrainSettings
 from raysimnpo.data.formatting import EncodedExample
 from raysimnpo.maths.logprobs import IGNORE_INDEX
 from raysimnpo.training.loop import train

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from raysimnpo.cli import sweep
-from raysimnpo.config.run import load_sweep_config
+from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.errors import UserInputError
 from raysimnpo.training import resource_plan
 from raysimnpo.training.resource_plan import GB, Hardware, check, model_shape, plan_for, plan_sweep

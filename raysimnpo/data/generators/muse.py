@@ -30,7 +30,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from ...config.base import Frozen
 
 GENERATOR_VERSION = 1
 
@@ -171,10 +173,8 @@ _FIRM_TAILS = ("and Sons", "Builders", "Works", "and Partners")
 _VENUES = ("town hall", "old chapel", "harbour office", "community centre", "public library")
 
 
-class MuseGeneratorConfig(BaseModel):
+class MuseGeneratorConfig(Frozen):
     """Sizes of the generated MUSE-style corpus (articles per raw split) and its QA sets."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     seed: int = 0
     forget_articles: int = Field(32, ge=4)

@@ -42,7 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from ...config.base import Frozen
 
 GENERATOR_VERSION = 1
 """Bumped whenever the same config would produce different files (it is part of the cache key)."""
@@ -514,13 +516,11 @@ N_PERTURBED = 5
 N_OPTIONS = 4
 
 
-class TofuGeneratorConfig(BaseModel):
+class TofuGeneratorConfig(Frozen):
     """What `generate_tofu_dataset` writes. Defaults: 50 authors x 20 QA = 1000 rows in `full`;
     forget01/05/10 = the last 1/3/5 authors (20/60/100 QA); 5 holdout authors; 100 rows of
     `retain_perturbed`; 50 real_authors and 50 world_facts questions. `preset("small")` is a
     quick one for tests (10 authors x 6 QA)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     seed: int = 0
     n_authors: int = Field(default=50, ge=2, le=MAX_AUTHORS, description="fictitious authors in `full`")

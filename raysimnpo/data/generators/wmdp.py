@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ...config.base import Frozen
 from .muse import write_jsonl
 
 GENERATOR_VERSION = 1
@@ -134,10 +135,8 @@ _FILLERS = (
 _KIND_WORDS = {"bio": ("fever", "virus", "pox"), "cyber": ("Loader", "Kit", "Dropper"), "retain": ("",)}
 
 
-class WmdpGeneratorConfig(BaseModel):
+class WmdpGeneratorConfig(Frozen):
     """Sizes of the generated WMDP analog: entities per domain (each gives 4 questions)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     seed: int = 0
     bio_entities: int = Field(16, ge=2)
