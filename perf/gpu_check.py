@@ -79,7 +79,8 @@ def has_ray() -> bool:
 
 def smollm2_folder(cache: Path) -> Path | None:
     """The imported smollm2-135m (imported here when its package can be read), else None."""
-    from raysimnpo.models import SMOLLM2_FOLDER, import_smollm2
+    from raysimnpo.gguf import import_smollm2
+    from raysimnpo.models import SMOLLM2_FOLDER
 
     folder = cache / "models" / SMOLLM2_FOLDER
     if not (folder / "config.json").is_file():
@@ -545,7 +546,7 @@ def main() -> int:
             print(f"  Ray Train and the 2-trial sweep: {report['ray']}")
         elif folder is None:
             report["ray"] = (
-                "skipped: smollm2-135m is not imported (`python -m raysimnpo.models import smollm2-135m`)"
+                "skipped: smollm2-135m is not imported (`python -m raysimnpo import-model smollm2-135m`)"
             )
             print(f"  Ray Train and the 2-trial sweep: {report['ray']}")
         else:

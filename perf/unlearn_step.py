@@ -437,7 +437,7 @@ def main() -> None:
     for preset in args.models:
         config = preset_config(preset)
         if preset == "smollm2-135m" and not (Path(config.cache_dir) / "models" / SMOLLM2_FOLDER).is_dir():
-            print(f"skipping {preset}: not imported (python -m raysimnpo.models import smollm2-135m)")
+            print(f"skipping {preset}: not imported (python -m raysimnpo import-model smollm2-135m)")
             continue
         small = preset == "tiny"
         rounds = args.rounds or (12 if small else 3)
