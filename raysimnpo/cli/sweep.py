@@ -130,73 +130,6 @@ def check_extension(sweep: SweepConfig, storage: Storage) -> None:
         )
 
 
-def print_front(root: str, sweep: SweepConfig) -> None:
-    """Original, Retrain and the Pareto front of the sweep's objectives, with the benchmark's headline
-    metrics and each trial's hyperparameters, from the `trials` and `metrics` tables. Dominance uses
-    each objective metric's direction in `metrics.METRICS` (max, min, or closest to 0)."""
-    import numpy as np
-
-    from .. import results
-    from ..benchmarks.registry import benchmark
-    from ..maths.metrics import NOISE_CEILING, metric_direction
-    from ..maths.pareto import non_dominated_mask
-
-    trials = results.read_table(root, "trials").to_pylist()
-    done = [t for t in trials if t["kind"] == "trial" and t["status"] == "completed"]
-    failed = [t for t in trials if t["kind"] == "trial" and t["status"] == "failed"]
-    print(f"\n{len(done)} trials completed, {len(failed)} failed")
-    objectives = [o.metric for o in sweep.search.objectives]
-    metric_rows = results.read_table(root, "metrics").to_pylist()
-    # every evaluated epoch of a trial is a candidate of the front (`<trial id>.epoch-<epoch>`)
-    epoch_trials, epoch_metrics = results.epoch_candidates(trials, metric_rows, objectives)
-    done += epoch_trials
-    final: dict[str, dict[str, float]] = {}
-    for row in metric_rows + epoch_metrics:
-        if row["stage"] == "final":
-            final.setdefault(row["trial_id"], {})[row["metric"]] = row["value"]
-    directions = [metric_direction(m) for m in objectives]
-    headline = benchmark(sweep.run.benchmark).headline_metrics
-    shown = list(dict.fromkeys([*headline, *objectives]))
-
-    def num(v: float | None, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
-    def values(trial_id: str) -> str:
-        got = final.get(trial_id, {})
-        return "".join(f"{num(got.get(m), '.4g'):>{max(12, len(m) + 2)}}" for m in shown)
-
-    header = "".join(f"{m:>{max(12, len(m) + 2)}}" for m in shown)
-    print(f"  {'model':<9}{header}")
-    for t in trials:
-        if t["kind"] != "trial" and t["trial_id"] in final:
-            print(f"  {t['kind']:<9}{values(t['trial_id'])}")
-    ceiling = final.get("retrain", {}).get(NOISE_CEILING)
-    if ceiling is not None:
-        print(f"  noise ceiling: FQ {ceiling:.3g} (a second Retrain, seed + 1, against Retrain)")
-    done = [
-        t for t in done if all(np.isfinite(final.get(t["trial_id"], {}).get(m, np.nan)) for m in objectives)
-    ]
-    if not done:
-        return
-    matrix = np.array([[final[t["trial_id"]][m] for m in objectives] for t in done])
-    front = [t for t, keep in zip(done, non_dominated_mask(matrix, directions), strict=True) if keep]
-    first, direction = objectives[0], directions[0]
-    sign = {"max": -1.0, "min": 1.0, "zero": 1.0}[direction]
-    front.sort(
-        key=lambda t: (
-            sign * (abs(final[t["trial_id"]][first]) if direction == "zero" else final[t["trial_id"]][first])
-        )
-    )
-    print(f"\nPareto front ({', '.join(f'{m} {d}' for m, d in zip(objectives, directions, strict=True))}):")
-    print(f"  {'trial':<18}{'method':<12}{'beta':>7}{'gamma':>7}{'lambda':>8}{'epochs':>7}{'lr':>10}{header}")
-    for t in front:
-        print(
-            f"  {t['trial_id']:<18}{t['method']:<12}{num(t['beta'], '.3g'):>7}{num(t['gamma'], '.3g'):>7}"
-            f"{num(t['retain_weight'], '.3g'):>8}{t['epochs']:>7}{t['learning_rate']:>10.2e}"
-            f"{values(t['trial_id'])}"
-        )
-
-
 class SweepFailed(RuntimeError):
     """A sweep that started and then failed; its one-line reason is already on the console."""
 
@@ -284,6 +217,7 @@ def run_validated(
     console: Console,
 ) -> None:
     from .. import results
+    from ..analysis.fronts import print_front
     from ..orchestration.cluster import start_ray, stop_ray
     from ..orchestration.tuner import run_sweep
 
@@ -300,7 +234,7 @@ def run_validated(
     study = run_sweep(sweep, storage, resume=resume, log=log, ws=ws, log_file=console.log_file)
     root = results.results_root(storage.uri, sweep.name)
     with contextlib.redirect_stdout(console.out):
-        print_front(root, sweep)
+        print_front(root, [o.metric for o in sweep.search.objectives], sweep.run.benchmark)
     if sweep.relearn is not None:
         from .relearn import attack_sweep
 
