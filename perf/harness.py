@@ -1,7 +1,7 @@
 """What every benchmark script shares (import it before torch: it sets OMP_WAIT_POLICY): the machine description, thread setup, timing statistics,
 peak-memory probes, Markdown tables and the JSON result file.
 
-The scripts are run by hand (`.venv/bin/python benchmarks/<name>.py`), never in CI; each prints a
+The scripts are run by hand (`.venv/bin/python perf/<name>.py`), never in CI; each prints a
 Markdown table and writes `perf/results/<name>.json` with the raw samples and the machine.
 """
 

@@ -62,7 +62,7 @@ def trial_body(run_json: str, original: str, threads: int) -> dict[str, float]:
     evaluated, cpu_evaluated = time.perf_counter(), time.process_time()
     recipe.evaluate(ws, model, None)
     ended, cpu_ended = time.perf_counter(), time.process_time()
-    # (no `harness` here: a Ray task pickles this function by value and cannot import benchmarks/)
+    # (no `harness` here: a Ray task pickles this function by value and cannot import perf/)
     return {
         "unlearn": summary.seconds,
         "evaluate": ended - evaluated,
