@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from raysimnpo.analysis.fronts import front_table
-from raysimnpo.analysis.load import FORGET_QUALITY, Results, completed_trials, load_runs, objectives
+from .fronts import front_table
+from .load import FORGET_QUALITY, Results, completed_trials, load_runs, objectives
 
 
 @dataclass(frozen=True)

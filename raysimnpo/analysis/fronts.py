@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from raysimnpo.analysis.load import FORGET_QUALITY, MODEL_UTILITY
-from raysimnpo.maths.metrics import metric_direction
-from raysimnpo.maths.pareto import Direction, hypervolume_2d, pareto_ranks
+from ..maths.metrics import metric_direction
+from ..maths.pareto import Direction, hypervolume_2d, pareto_ranks
+from .load import FORGET_QUALITY, MODEL_UTILITY
 
 OBJECTIVES: tuple[str, str] = (FORGET_QUALITY, MODEL_UTILITY)
 # Each objective's direction is its metric's in `raysimnpo.maths.metrics.METRICS` (both "max").

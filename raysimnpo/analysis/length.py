@@ -14,8 +14,8 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from raysimnpo.analysis.load import REFERENCE_KINDS, REFERENCE_LABELS, Results
-from raysimnpo.maths.metrics.tofu import forget_quality
+from ..maths.metrics.tofu import forget_quality
+from .load import REFERENCE_KINDS, REFERENCE_LABELS, Results
 
 HALVES = ("short", "long")
 HALF_LABELS = {"short": "shortest 50%", "long": "longest 50%"}

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from raysimnpo import results
+from .. import results
 
 # The per-trial FQ / MU objectives (DESIGN §6), both "higher is better".
 FORGET_QUALITY = "forget_quality"

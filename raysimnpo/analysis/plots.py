@@ -28,8 +28,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from raysimnpo.analysis.length import HALF_LABELS, HALVES  # noqa: E402
-from raysimnpo.analysis.load import FORGET_QUALITY, MODEL_UTILITY, REFERENCE_LABELS  # noqa: E402
+from .length import HALF_LABELS, HALVES  # noqa: E402
+from .load import FORGET_QUALITY, MODEL_UTILITY, REFERENCE_LABELS  # noqa: E402
 
 RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "h", "<", ">")
 RUN_LINESTYLES = ("-", "--", ":", "-.")

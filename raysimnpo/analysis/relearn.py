@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from raysimnpo.analysis.load import FORGET_QUALITY, Results
+from .load import FORGET_QUALITY, Results
 
 CURVE_COLUMNS = (
     "run",

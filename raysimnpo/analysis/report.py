@@ -35,9 +35,12 @@ from pathlib import Path
 
 import polars as pl
 
-from raysimnpo.analysis import length, relearn, search, tables
-from raysimnpo.analysis.fronts import HV_REFERENCE, front_table, hypervolumes
-from raysimnpo.analysis.load import (
+from ..errors import UserInputError
+from ..maths.metrics import NOISE_CEILING
+from ..results import write_parquet
+from . import length, relearn, search, tables
+from .fronts import HV_REFERENCE, front_table, hypervolumes
+from .load import (
     FORGET_QUALITY,
     MODEL_UTILITY,
     Results,
@@ -46,7 +49,7 @@ from raysimnpo.analysis.load import (
     methods,
     reference_trials,
 )
-from raysimnpo.analysis.plots import (
+from .plots import (
     curves_figure,
     history_figure,
     importance_figure,
@@ -56,9 +59,6 @@ from raysimnpo.analysis.plots import (
     truth_ratio_by_length_figure,
     weights_figure,
 )
-from raysimnpo.errors import UserInputError
-from raysimnpo.maths.metrics import NOISE_CEILING
-from raysimnpo.results import write_parquet
 
 REPORT_FILES = (
     "pareto.parquet",

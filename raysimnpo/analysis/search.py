@@ -49,7 +49,7 @@ def _local_study_file(run_dir: str) -> Iterator[Path | None]:
         path = Path(run_dir.removeprefix("file://")) / STUDY_FILE
         yield path if path.is_file() else None
         return
-    from raysimnpo.results.storage import open_storage
+    from ..results.storage import open_storage
 
     storage = open_storage(run_dir)
     if not storage.is_file(STUDY_FILE):

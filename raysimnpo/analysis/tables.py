@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from raysimnpo.analysis.load import (
+from .load import (
     FORGET_QUALITY,
     MODEL_UTILITY,
     REFERENCE_KINDS,

@@ -43,8 +43,8 @@ def attack_targets(
     """The completed trials to attack and the Retrain model's forget truth ratios (in forget order)."""
     import polars as pl
 
-    from raysimnpo.analysis.load import load_runs
-    from raysimnpo.analysis.tables import select_configurations
+    from ..analysis.load import load_runs
+    from ..analysis.tables import select_configurations
 
     res = load_runs([run_dir])
     done = res.trials.filter((pl.col("kind") == "trial") & (pl.col("status") == "completed"))

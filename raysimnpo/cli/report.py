@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserInputError(f"--export-best: needs exactly one RUN_DIR; {len(args.run_dirs)} given")
         if args.examples < 0:
             raise UserInputError(f"--examples: {args.examples}; give 0 or more")
-        from raysimnpo.analysis.load import load_runs
-        from raysimnpo.analysis.report import (
+        from ..analysis.load import load_runs
+        from ..analysis.report import (
             best_checkpoint,
             check_export_target,
             report_folder,
