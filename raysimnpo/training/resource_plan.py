@@ -51,7 +51,7 @@ from typing import Any
 from ..errors import UserInputError
 
 GB = 1e9
-CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
 
 _OPEN_UNLEARNING_BASES = {
     "Llama-2-7b-chat-hf": "llama-2-7b.json",
