@@ -33,8 +33,9 @@ from ..methods import (
     StepTerms,
     all_parameters,
     gradient_weights,
-    needs_of,  # RMU's layer k (re-exported for the step benchmark)
+    needs_of,
 )
+from ..methods import rmu_layer as rmu_layer  # RMU's layer k (re-exported for the step benchmark)
 from . import sharding
 from .precision import keeps_fp32_master_weights
 from .state import load_training_state
