@@ -33,9 +33,9 @@ cluster-test: $(STAMP)
 
 # On a machine with NVIDIA GPUs, before a long sweep: GPU memory against the resource plan, FSDP2 on
 # NCCL in bf16 over every visible GPU against the unsharded paths, Ray Train 1 GPU vs all, a 2-trial
-# smollm2-135m sweep; writes benchmarks/results/gpu_check.json. Without a GPU it says so and exits 1.
+# smollm2-135m sweep; writes perf/results/gpu_check.json. Without a GPU it says so and exits 1.
 gpu-check: $(STAMP)
-	$(PY) benchmarks/gpu_check.py $(ARGS)
+	$(PY) perf/gpu_check.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

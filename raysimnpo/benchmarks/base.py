@@ -163,7 +163,7 @@ class Benchmark(Protocol):
 
 def objectives(benchmark: Benchmark) -> tuple[tuple[str, str], ...]:
     """The benchmark's default objectives as (metric, direction) with directions from `METRICS`."""
-    from ..metrics import metric_direction
+    from ..maths.metrics import metric_direction
 
     return tuple((m, metric_direction(m)) for m in benchmark.default_objectives)
 

@@ -1,6 +1,6 @@
 """The synthetic mixture-of-Markov-chains benchmark (SimNPO paper §5, appendix B, Fig. 6). No Ray.
 
-Data: three chains over 10 states (`raysimnpo.metrics.markov`): retain (10,000 sequences), Forget1 and
+Data: three chains over 10 states (`raysimnpo.maths.metrics.markov`): retain (10,000 sequences), Forget1 and
 Forget2 (5,000 each; the forget set is their equal mixture), each split 80/20 into train and test.
 Each chain is sampled from its own stream of the seed, so changing Forget2's length leaves the retain
 and Forget1 sequences as they were (and Retrain is shared by experiments with the same retain data).
@@ -20,10 +20,10 @@ Unlearning (appendix B): 50 iterations of AdamW (lr 5e-4) on batches of 4 forget
 NPO (eq. 2; π_ref = the Original, ℓ_ref computed once for the forget train set) or SimNPO (eq. 4,
 γ = 0), ℓ = summed NLL of a sequence's predicted tokens and |y| their number; with a retain weight
 λ > 0 the loss adds λ × the token-mean NLL of a retain batch (eq. 1). Every `eval_every` iterations
-(and at 0) the Markov KL (`raysimnpo.metrics.markov.sequence_kl`) is measured on the Forget1, Forget2
+(and at 0) the Markov KL (`raysimnpo.maths.metrics.markov.sequence_kl`) is measured on the Forget1, Forget2
 and retain test sequences. All runs of an experiment see the same batches.
 
-Both pretraining and unlearning run through the one training loop, `raysimnpo.training.train`, with
+Both pretraining and unlearning run through the one training loop, `raysimnpo.training.loop.train`, with
 NPO and SimNPO taken from `raysimnpo.methods.METHODS` (their losses, eqs. 2 and 4): a constant
 learning rate, no gradient clipping, unlearning stopped after `iterations` steps and evaluated by
 the loop's per-step hook. Forget batches are consecutive slices of a shuffled pass over the forget
@@ -52,21 +52,29 @@ from pydantic import Field, model_validator
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from ..config import Frozen, TrainSettings, apply_overrides, content_hash, load_yaml, sweep_file, validate
+from ..config.base import (
+    Frozen,
+    TrainSettings,
+    apply_overrides,
+    content_hash,
+    load_yaml,
+    sweep_file,
+    validate,
+)
 from ..data.formatting import EncodedExample
 from ..errors import UserInputError
-from ..logprobs import IGNORE_INDEX
+from ..maths.logprobs import IGNORE_INDEX
+from ..maths.metrics.markov import NUM_STATES, MarkovChain, paper_chain, sequence_kl
 from ..methods import METHODS as UNLEARNING_METHODS
 from ..methods import MethodParams
-from ..metrics.markov import NUM_STATES, MarkovChain, paper_chain, sequence_kl
-from ..scoring import score_sequences
-from ..training import UnlearnInputs, train
+from ..training.loop import UnlearnInputs, train
+from ..training.scoring import score_sequences
 
 NAME = "markov"
 SCHEMA_VERSION = 1
 CHAINS: tuple[str, ...] = ("retain", "forget1", "forget2")
 FIG6_METHODS: tuple[str, ...] = ("npo", "simnpo")
-"""The methods of Fig. 6: entries of `raysimnpo.methods.METHODS`, trained by `raysimnpo.training.train`."""
+"""The methods of Fig. 6: entries of `raysimnpo.methods.METHODS`, trained by `raysimnpo.training.loop.train`."""
 Method = Literal["npo", "simnpo"]
 Role = Literal["original", "retrain"]
 Log = Callable[[str], None]

@@ -1,14 +1,14 @@
 """The MUSE benchmark (Shi et al. 2024; the SimNPO paper's Table 3 / Table A1 setting).
 
 * Data: `muse-bench/MUSE-News` or `muse-bench/MUSE-Books` (configs raw / verbmem / knowmem /
-  privleak, `raysimnpo.data.muse_generator.MUSE_LAYOUT`), a local folder of the same layout, or the
+  privleak, `raysimnpo.data.generators.muse.MUSE_LAYOUT`), a local folder of the same layout, or the
   generated fictitious-news analog.
 * Training and unlearning are on raw text: each text is cut into fixed-length chunks
   (`chunk_length` tokens, BOS first) with the loss on every token after BOS. Original = forget +
   retain1 + retain2, Retrain = retain1 + retain2; unlearning forgets `raw/forget` and regularises on
   `raw/retain1`. With `target_model` / `retrain_model` set (the released `muse-bench/MUSE-News_target`
   and `..._retrain`), those models are used as they are instead of being fine-tuned here.
-* Metrics (`raysimnpo.metrics.muse`): VerbMem on D_f, KnowMem on D_f and D_r, PrivLeak against the
+* Metrics (`raysimnpo.maths.metrics.muse`): VerbMem on D_f, KnowMem on D_f and D_r, PrivLeak against the
   AUC of Retrain (ours, or MUSE's published constant with `auc_retrain: published`).
 * Default sweep objectives: |PrivLeak| (closest to 0) min, KnowMem on D_r max.
 """
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..config.base import Frozen
 from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
-from ..data.muse_generator import GENERATOR_VERSION, MuseGeneratorConfig, generate_muse_dataset
+from ..data.generators.muse import GENERATOR_VERSION, MuseGeneratorConfig, generate_muse_dataset
 from ..data.sources import generated_folder
-from ..metrics import muse as muse_metrics
+from ..maths.metrics import muse as muse_metrics
 from .base import RawTextBenchmark
 
 if TYPE_CHECKING:  # torch and transformers load with the first model, not with the config
@@ -56,10 +57,8 @@ class MuseSource(BenchmarkSource):
     generator: MuseGeneratorConfig = MuseGeneratorConfig()
 
 
-class MuseSettings(BaseModel):
+class MuseSettings(Frozen):
     """The `muse:` section of a run."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     corpus: Literal["news", "books"] = "news"
     source: MuseSource = MuseSource()
@@ -233,9 +232,9 @@ def score_items(
     continuation or answer and its ROUGE-L F1, or a text's Min-K% score."""
     # Scoring and generation load torch; imported here so that validating a config does not.
     from ..data.text_encoding import encode_prompt_text, encode_scored_text
-    from ..metrics.mia import min_k_percent_scores
-    from ..metrics.text import rouge_l_f1_batch
-    from ..scoring import generate_greedy, score_token_logprobs
+    from ..maths.metrics.mia import min_k_percent_scores
+    from ..maths.metrics.text import rouge_l_f1_batch
+    from ..training.scoring import generate_greedy, score_token_logprobs
 
     def generate(texts: list[str], new_tokens: int) -> list[str]:
         room = max(1, int(getattr(model.config, "max_position_embeddings", 10**9)) - new_tokens)
@@ -293,7 +292,7 @@ def aggregate(
 ) -> MuseEvaluation:
     """VerbMem, KnowMem f/r and PrivLeak from per-example rows. `auc_retrain` None: this model is
     Retrain (PrivLeak 0 by definition); otherwise PrivLeak is measured against it."""
-    from ..metrics.mia import auc
+    from ..maths.metrics.mia import auc
 
     by_split: dict[str, list[dict[str, Any]]] = {}
     for e in sorted(examples, key=lambda e: e["index"]):

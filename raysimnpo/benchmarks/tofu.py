@@ -21,13 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..data.generators.tofu import FORGET_SPLIT_RE, holdout_split_for, perturbed_split_for, retain_split_for
 from ..data.sources import TofuSource, list_splits, load_split, local_folder
-from ..data.tofu_generator import (
-    FORGET_SPLIT_RE,
-    holdout_split_for,
-    perturbed_split_for,
-    retain_split_for,
-)
 from ..errors import UserInputError
 
 NAME = "tofu"
@@ -366,7 +361,7 @@ class TofuBenchmark:
 
     def score_items(self, model: Any, ws: Any, items: Any) -> list[dict[str, Any]]:
         """`evaluation.example_statistics` of the items, one call per split (in the order met)."""
-        from ..evaluation import example_statistics
+        from .tofu_evaluation import example_statistics
 
         by_split: dict[str, list[dict[str, Any]]] = {}
         for item in items:
@@ -390,7 +385,7 @@ class TofuBenchmark:
         (None: this model is Retrain)."""
         import numpy as np
 
-        from ..evaluation import TofuEvaluation, tofu_metrics
+        from .tofu_evaluation import TofuEvaluation, tofu_metrics
 
         ratios = None if reference is None else np.asarray(reference, dtype=np.float64)
         metrics, done = tofu_metrics(examples, ws.data.eval_splits, ratios)
@@ -409,8 +404,8 @@ class TofuBenchmark:
         """Sizes for the resource plan without loading the data: the generator's for generated data,
         the published benchmark's otherwise (200 authors x 20 QA; forget01/05/10 = 2/10/20 authors),
         with TOFU_MEAN_TOKENS per QA (capped at unlearn.max_length)."""
-        from ..data.tofu_generator import TofuGeneratorConfig
-        from ..resource_plan import TOFU_MEAN_TOKENS, Workload
+        from ..data.generators.tofu import TofuGeneratorConfig
+        from ..training.resource_plan import TOFU_MEAN_TOKENS, Workload
 
         source = run.data.source
         generator = source.generator if source.kind == "generated" else TofuGeneratorConfig.preset("tofu")

@@ -7,9 +7,9 @@
   (`cais/wmdp-corpora` bio-retain-corpus / cyber-retain-corpus), all split `train`, field `text`,
   trained on as raw-text chunks (loss on every token after BOS).
 * A local folder mirrors this as `<path>/<local config>/<split>.jsonl` (`LOCAL_LAYOUT`); the generated
-  analog (`raysimnpo.data.wmdp_generator`) writes the same folder.
+  analog (`raysimnpo.data.generators.wmdp`) writes the same folder.
 * Metric: zero-shot multiple-choice accuracy from per-choice summed log-likelihoods
-  (`raysimnpo.metrics.wmdp`), with lm-evaluation-harness's prompt (`choice_format: letter`:
+  (`raysimnpo.maths.metrics.wmdp`), with lm-evaluation-harness's prompt (`choice_format: letter`:
   "question\\nA. c0\\nB. c1\\nC. c2\\nD. c3\\nAnswer:" then " A".." D") or the choice text after the
   question (`choice_format: text`, the cloze form the generated analog is written for).
 * Default sweep objectives: 1 − mean accuracy on bio/cyber (`wmdp_forget`, max) and MMLU (max).
@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..config.base import Frozen
 from ..data.benchmark_sources import BenchmarkSource, Rows, check_fields, read_hub_rows, read_local_rows
+from ..data.generators.wmdp import GENERATOR_VERSION, WmdpGeneratorConfig, generate_wmdp_dataset
 from ..data.sources import generated_folder
-from ..data.wmdp_generator import GENERATOR_VERSION, WmdpGeneratorConfig, generate_wmdp_dataset
 from ..errors import UserInputError
-from ..metrics.wmdp import choice_accuracy, predicted_choices
+from ..maths.metrics.wmdp import choice_accuracy, predicted_choices
 from .base import RawTextBenchmark
 
 if TYPE_CHECKING:  # torch and transformers load with the first model, not with the config
@@ -66,10 +67,8 @@ class WmdpSource(BenchmarkSource):
     generator: WmdpGeneratorConfig = WmdpGeneratorConfig()
 
 
-class WmdpSettings(BaseModel):
+class WmdpSettings(Frozen):
     """The `wmdp:` section of a run."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     source: WmdpSource = WmdpSource()
     subsets: list[Subset] = Field(default_factory=lambda: list[Subset](["bio", "cyber"]), min_length=1)
@@ -231,7 +230,7 @@ def score_items(
 ) -> list[dict[str, Any]]:
     """Per-question summed log-likelihood of each choice and the predicted choice, one scoring pass
     per set (in the order met)."""
-    from ..scoring import score_sequences
+    from ..training.scoring import score_sequences
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     by_split: dict[str, list[dict[str, Any]]] = {}

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
 
+from ..config.base import Frozen
 from ..errors import UserInputError
 from .sources import SPLIT_SUFFIXES, read_json, read_jsonl, read_parquet
 
@@ -65,7 +66,7 @@ def read_hub_rows(hub_id: str, config: str | None, split: str) -> tuple[Rows, st
     """`datasets.load_dataset(hub_id, config, split=split)` as a list of dicts."""
     import datasets
 
-    from ..hub import prefer_offline_when_unreachable
+    from .hub import prefer_offline_when_unreachable
 
     prefer_offline_when_unreachable()  # no retry storm when there is no network
 
@@ -81,11 +82,9 @@ def read_hub_rows(hub_id: str, config: str | None, split: str) -> tuple[Rows, st
     return [dict(row) for row in loaded], where
 
 
-class BenchmarkSource(BaseModel):
+class BenchmarkSource(Frozen):
     """Where a benchmark's rows come from: `hub`, `local` (`path` with `<config>/<split>.jsonl|.json|
     .parquet`, the hub's layout) or `generated` (the subclass's `generator`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     kind: Literal["hub", "local", "generated"] = "generated"
     path: str | None = None

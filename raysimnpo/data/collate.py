@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..data.formatting import EncodedExample
-from ..logprobs import IGNORE_INDEX
+from ..maths.logprobs import IGNORE_INDEX
 
 
 def _fields(example: EncodedExample | Mapping[str, Any]) -> tuple[list[int], list[int]]:

@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import UserInputError
-from ..logprobs import IGNORE_INDEX
+from ..maths.logprobs import IGNORE_INDEX
 
 PromptFormat = Literal["plain", "llama2-chat", "chat-template"]
 """How a question becomes a prompt (DESIGN §4); the one definition, models.py and recipes import it."""
@@ -168,3 +168,22 @@ def encode_qa(
             f"fits in max_length={max_length}; raise max_length or shorten the question"
         )
     return EncodedExample(input_ids=input_ids[:max_length], labels=labels[:max_length])
+
+
+def detect_prompt_format(
+    name: str, tokenizer: PreTrainedTokenizerBase, saved_from: str | None = None
+) -> PromptFormat:
+    """``llama2-chat`` for Llama-2 chat models and their TOFU fine-tunes (by name, or by the
+    ``_name_or_path`` a local config.json was saved from); else ``chat-template`` when the tokenizer has
+    one; else ``plain``."""
+    if any(_is_llama2_chat(n) for n in (name, saved_from) if n):
+        return "llama2-chat"
+    if getattr(tokenizer, "chat_template", None):
+        return "chat-template"
+    return "plain"
+
+
+def _is_llama2_chat(name: str) -> bool:
+    text = name.lower().replace("_", "-")
+    llama2 = "llama-2" in text or "llama2" in text
+    return (llama2 and "chat" in text) or "tofu-ft-llama2" in text

@@ -17,11 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from ..cache import default_cache_dir
-from ..data.tofu_generator import GENERATOR_VERSION, TofuGeneratorConfig, generate_tofu_dataset
+from ..config.base import Frozen
 from ..errors import UserInputError
+from .generators.tofu import GENERATOR_VERSION, TofuGeneratorConfig, generate_tofu_dataset
 
 DEFAULT_HUB_ID = "locuslab/TOFU"
 SPLIT_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -30,13 +31,11 @@ GENERATED_SUBDIR = "tofu-generated"
 GENERATOR_MANIFEST = ".generator.json"
 
 
-class TofuSource(BaseModel):
+class TofuSource(Frozen):
     """A TOFU data source. `kind="hub"` reads `hub_id` with `datasets.load_dataset(hub_id, split)`
     (TOFU names each split as a config); `kind="local"` reads `<path>/<split>.jsonl|.json|.parquet`;
     `kind="generated"` writes the `generator` dataset once into a cache folder keyed by a hash of
     the generator config and reads it as a local folder."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # finite floats only
 
     kind: Literal["hub", "local", "generated"] = "generated"
     hub_id: str = Field(default=DEFAULT_HUB_ID, min_length=1, description="hub dataset id, for kind=hub")
@@ -247,7 +246,7 @@ def load_hub_split(hub_id: str, split: str) -> list[dict[str, Any]]:
     """`datasets.load_dataset(hub_id, split)["train"]`: TOFU publishes each split as a config."""
     import datasets
 
-    from ..hub import prefer_offline_when_unreachable
+    from .hub import prefer_offline_when_unreachable
 
     prefer_offline_when_unreachable()  # no retry storm when there is no network
 

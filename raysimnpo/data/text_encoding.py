@@ -15,7 +15,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import UserInputError
-from ..logprobs import IGNORE_INDEX
+from ..maths.logprobs import IGNORE_INDEX
 from .formatting import EncodedExample
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserInputError
-from ..storage import Storage, check_writable, open_storage
+from ..results.storage import Storage, check_writable, open_storage
 
 if TYPE_CHECKING:
-    from ..config import SweepConfig
+    from ..config.sweep import SweepConfig
 
 DEFAULT_ADDRESS_TIMEOUT_S = 5.0
 # host:port of a head's GCS (or ray://host:port, the Ray Client); IPv6 hosts in brackets.
@@ -156,7 +156,7 @@ def start_ray(address: str | None, num_cpus: int | None, demand: TrialDemand | N
     again with one UserInputError (what it has, what a trial needs).
 
     The workers' output is forwarded to the driver (`log_to_driver`), whose descriptors a quiet
-    console points at the run's log file (raysimnpo.console)."""
+    console points at the run's log file (raysimnpo.cli.console)."""
     import ray
 
     if ray.is_initialized():  # a notebook or a test session that already started Ray

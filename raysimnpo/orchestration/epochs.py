@@ -30,9 +30,9 @@ from typing import Any
 import ray
 from ray import tune
 
-from ..config import SweepConfig
+from ..config.sweep import SweepConfig
+from ..maths.pareto import Direction, dominated_by_margin
 from ..orchestration.study import EPOCH_POINT, search_distributions
-from ..pareto import Direction, dominated_by_margin
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def front_actor_name(sweep: SweepConfig) -> str:
 def start_front(sweep: SweepConfig, known: dict[str, list[list[float]]]) -> Any:
     """The sweep's EpochFront actor (created by the driver, which keeps it alive), seeded with the
     epoch points of the trials already run."""
-    from ..metrics import metric_direction
+    from ..maths.metrics import metric_direction
 
     settings = sweep.search.early_stop
     assert settings is not None

@@ -20,8 +20,8 @@ from ray.data import ActorPoolStrategy
 from ..cache import default_cache_dir
 from ..data.formatting import EncodedExample
 from ..models import load_model_and_tokenizer
-from ..scoring import score_sequences
-from ..storage import local_copy
+from ..results.storage import local_copy
+from ..training.scoring import score_sequences
 
 
 class ExampleScorer:

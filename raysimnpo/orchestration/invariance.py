@@ -8,7 +8,7 @@ and every forget example's truth ratio), measured on rank 0 with the unsharded m
 gives, per method and run, the largest difference to the single process. One TorchTrainer start per
 world size runs all the methods (a start costs ~40 s on 2 cores).
 
-Used by tests/orchestration/test_invariance.py (CI, gloo, tiny model) and benchmarks/invariance.py
+Used by tests/orchestration/test_invariance.py (CI, gloo, tiny model) and perf/invariance.py
 (the table). On GPUs (NCCL) the workers compute in bf16 over float32 master weights, so (b) and (c)
 differ from (a) by the size that script reports.
 """
@@ -26,13 +26,15 @@ from ray.train.v2.api.config import ScalingConfig
 from ray.train.v2.api.result import Result
 from ray.train.v2.torch.torch_trainer import TorchTrainer
 
-from .. import recipe, sharding
-from ..config import DataSettings, EvalSettings, ModelSettings, RunConfig, TrainSettings
+from ..config.base import EvalSettings, TrainSettings
+from ..config.run import DataSettings, ModelSettings, RunConfig
+from ..data.generators.tofu import TofuGeneratorConfig
 from ..data.sources import TofuSource
-from ..data.tofu_generator import TofuGeneratorConfig
 from ..methods import GradDiffParams, MethodParams, NPOParams, RMUParams, SimNPOParams
 from ..models import TinyModelConfig
-from ..training import train
+from ..recipes import unlearn as recipe
+from ..training import sharding
+from ..training.loop import train
 
 RUNS = ("single_process", "one_worker", "two_workers")
 METHOD_PARAMS: dict[str, MethodParams] = {

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from ..benchmarks import markov as mk
 from ..errors import UserInputError
-from ..metrics.markov import first_reaching
+from ..maths.metrics.markov import first_reaching
 from ..orchestration.cluster import check_storage, start_ray
+from ..results import write_parquet
 
 Log = Callable[[str], None]
 Row = dict[str, Any]
@@ -173,14 +173,8 @@ def sort_rows(rows: list[Row]) -> list[Row]:
 def write_trajectories(rows: list[Row], path: Path) -> None:
     """Write the rows as Parquet, atomically: a hidden temporary file in the same folder, renamed over
     the target (a reader sees the old file or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist([dict(r, schema_version=mk.SCHEMA_VERSION) for r in rows], schema=SCHEMA)
-    temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    try:
-        pq.write_table(table, temporary, compression="zstd")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_parquet(table, path, compression="zstd")
 
 
 def _reference(rows: list[Row], experiment: str, role: str) -> Row:

@@ -2,7 +2,7 @@
 
 One row per (unlearned checkpoint, attack, seed) goes through a pool of `RelearnAttacker` actors;
 each actor builds the run's data and tokenizer once, and per row loads the checkpoint, relearns with
-`raysimnpo.relearning.relearn` and returns one row per relearning epoch. The rows land in the
+`raysimnpo.recipes.relearn.relearn` and returns one row per relearning epoch. The rows land in the
 `relearn` results table, one file per attacked trial.
 """
 
@@ -17,9 +17,12 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
-from .. import recipe, relearning, results
-from ..config import RelearnSettings, RunConfig, SweepConfig
-from ..storage import local_copy
+from .. import results
+from ..config.run import RunConfig
+from ..config.sweep import RelearnSettings, SweepConfig
+from ..recipes import relearn as relearning
+from ..recipes import unlearn as recipe
+from ..results.storage import local_copy
 
 
 class RelearnAttacker:

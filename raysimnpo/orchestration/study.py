@@ -10,8 +10,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ..config import ParamRange, SearchSettings, SweepConfig
-from ..storage import Storage
+from ..config.sweep import ParamRange, SearchSettings, SweepConfig
+from ..results.storage import Storage
 
 INTERRUPTED = "interrupted"
 """User attr of an Optuna trial that was asked for by a killed driver and never ran."""

@@ -21,8 +21,8 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.tune import Callback
 
 from .. import results
-from ..config import SweepConfig
-from ..storage import Storage
+from ..config.sweep import SweepConfig
+from ..results.storage import Storage
 
 EPOCH_PREFIX = "epoch/"
 

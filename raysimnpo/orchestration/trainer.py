@@ -2,14 +2,14 @@
 
 `unlearn_with_torch_trainer` starts `num_workers` Ray Train workers (torch.distributed on gloo for
 CPUs, NCCL for GPUs). Each worker rebuilds the run's `Workspace` from the config and calls the one
-unlearning recipe, `recipe.unlearn_model`, which shards the Original with FSDP2 (`raysimnpo.sharding`)
-and runs `raysimnpo.training.train` with the worker's rank, so every rank walks the same global
+unlearning recipe, `recipe.unlearn_model`, which shards the Original with FSDP2 (`raysimnpo.training.sharding`)
+and runs `raysimnpo.training.loop.train` with the worker's rank, so every rank walks the same global
 batches and trains on its slice of each. Per epoch every rank
 reports the loop's row to Ray Train (rank 0's is kept); at the end the model is gathered on rank 0,
 written as a Hugging Face folder at `output_path` and reported as the run's checkpoint.
 
 Fault tolerance: with `max_failures` > 0 every epoch also reports a training state
-(`raysimnpo.training_state`: weights, AdamW moments, schedule, RNG) as a checkpoint. When a worker
+(`raysimnpo.training.state`: weights, AdamW moments, schedule, RNG) as a checkpoint. When a worker
 dies, Ray Train restarts the worker group and the new workers resume from the last one, so the run
 finishes with the weights an uninterrupted run would have.
 
@@ -45,14 +45,15 @@ from ray.train.v2.api.exceptions import TrainingFailedError
 from ray.train.v2.api.result import Result
 from ray.train.v2.torch.torch_trainer import TorchTrainer
 
-from .. import recipe, sharding
-from ..config import RunConfig
+from ..config.run import RunConfig
 from ..errors import UserInputError
 from ..methods import CLOSED_FORM_WEIGHTS, METHODS, MethodParams, register
 from ..orchestration.epochs import EpochEvaluation, epoch_stopper
-from ..storage import open_storage
-from ..training import GradientWeightLog, TrainingDiverged
-from ..training_state import STATE_FILE, save_training_state, saved_extra
+from ..recipes import unlearn as recipe
+from ..results.storage import open_storage
+from ..training import sharding
+from ..training.loop import GradientWeightLog, TrainingDiverged
+from ..training.state import STATE_FILE, save_training_state, saved_extra
 
 CHECKPOINT_DIR_NAME = "model"
 

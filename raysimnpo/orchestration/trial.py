@@ -30,14 +30,15 @@ from pydantic import BaseModel, ConfigDict
 from ray import tune
 from transformers import PreTrainedModel
 
-from .. import recipe, results
+from .. import results
 from ..benchmarks.base import Evaluation
-from ..config import SweepConfig
+from ..config.sweep import SweepConfig
+from ..maths.metrics import metric_direction
 from ..methods import CLOSED_FORM_WEIGHTS
-from ..metrics import metric_direction
 from ..orchestration.epochs import EpochEvaluation, epoch_stopper, front_actor_name
-from ..storage import exists, local_copy, open_storage
-from ..training import GradientWeightLog, TrainingDiverged
+from ..recipes import unlearn as recipe
+from ..results.storage import exists, local_copy, open_storage
+from ..training.loop import GradientWeightLog, TrainingDiverged
 
 FLAT = ("beta", "gamma", "retain_weight", "alpha")
 

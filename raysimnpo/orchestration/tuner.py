@@ -31,16 +31,17 @@ import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from .. import recipe, results
+from .. import results
 from ..cache import mirror_prepared
-from ..config import ParamRange, SearchSettings, SweepConfig
+from ..config.sweep import ParamRange, SearchSettings, SweepConfig
+from ..maths.metrics import metric_direction
 from ..methods import needs_of
-from ..metrics import metric_direction
 from ..orchestration.epochs import EpochPoints, known_points, start_front
 from ..orchestration.study import EPOCH_POINT, INTERRUPTED, finished_trials, study_file
 from ..orchestration.tracking import tracking_callbacks
 from ..orchestration.trial import PreparedModels, SharedWorkspace, unlearning_trial
-from ..storage import Storage, exists, open_storage
+from ..recipes import unlearn as recipe
+from ..results.storage import Storage, exists, open_storage
 
 Log = Callable[[str], None]
 
@@ -355,7 +356,6 @@ def write_reference_nll(
     """NPO / IdkDPO reference NLLs of the forget answers and refusals, once per sweep, scored by the
     Original in a Ray Data actor and stored next to it as Parquet (`out`: a path or a URI)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from ..orchestration.eval_pipeline import reference_nll_with_ray_data
 
@@ -371,12 +371,7 @@ def write_reference_nll(
     # Raw-text benchmarks (MUSE, WMDP) have no refusals: that column is NaN (IdkDPO is refused there).
     refusal = nll["refusal"] if refusals else [float("nan")] * len(forget)
     table = pa.table({"forget_nll": nll["forget"], "refusal_nll": refusal})
-    if "://" in out:  # an object store's put is whole
-        pq.write_table(table, out)
-        return
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.rename(out)
+    results.write_parquet(table, out)
 
 
 def prepare_stage(

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from raysimnpo.benchmarks import markov as mk
-from raysimnpo.config import SWEEPS_DIR
+from raysimnpo.config.base import SWEEPS_DIR
 from raysimnpo.errors import UserInputError
 from raysimnpo.methods import METHODS, StepTerms
 

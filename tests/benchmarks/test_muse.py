@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from raysimnpo.benchmarks import muse
-from raysimnpo.data.muse_generator import (
+from raysimnpo.data.generators.muse import (
     MUSE_FIELDS,
     MUSE_LAYOUT,
     MuseGeneratorConfig,
@@ -174,7 +174,7 @@ def test_evaluation_on_a_tiny_model(tmp_path: Path) -> None:
     against = muse.evaluate_muse(model, tokenizer, data, 8, 2, 64, 0.5).metrics
     assert against["privleak"] == pytest.approx((m["privleak_auc"] - 0.5) / 0.5 * 100)
     # The per-example Min-K% scores give back the AUC.
-    from raysimnpo.metrics.mia import auc
+    from raysimnpo.maths.metrics.mia import auc
 
     scores = {s: np.array([e["min_k_score"] for e in as_retrain.examples if e["split"] == f"privleak_{s}"])
               for s in ("forget", "holdout")}  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raysimnpo import run
+from raysimnpo.cli import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -103,7 +103,7 @@ def test_missing_local_muse_folder(capsys: pytest.CaptureFixture[str], tmp_path:
 
 @pytest.mark.parametrize("name", ["muse-news", "muse-books", "wmdp", "muse-news-generated", "wmdp-generated"])
 def test_sweep_files_load(name: str) -> None:
-    from raysimnpo.config import load_sweep_config
+    from raysimnpo.config.sweep import load_sweep_config
 
     loaded = load_sweep_config(name)
     assert loaded.run.benchmark == name.split("-")[0]
@@ -114,7 +114,7 @@ def test_sweep_files_load(name: str) -> None:
 
 
 def test_sweep_refuses_idk_methods_on_raw_text() -> None:
-    from raysimnpo.config import load_sweep_config
+    from raysimnpo.config.sweep import load_sweep_config
     from raysimnpo.errors import UserInputError
 
     with pytest.raises(

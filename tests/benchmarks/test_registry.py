@@ -10,7 +10,7 @@ import pytest
 
 from raysimnpo.benchmarks import BENCHMARKS
 from raysimnpo.benchmarks.base import objectives
-from raysimnpo.metrics import METRICS
+from raysimnpo.maths.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "raysimnpo"
@@ -21,7 +21,7 @@ CLASS_SUFFIXES = ("RunData", "Evaluation", "Settings", "Benchmark", "Workspace")
 ALLOWED = {
     # TofuGeneratorConfig.preset's "tofu" is the size preset of the generated data (TOFU's real
     # sizes), one of `default | small | tofu`, not the run's benchmark.
-    ("raysimnpo/data/tofu_generator.py", "name == 'tofu'"),
+    ("raysimnpo/data/generators/tofu.py", "name == 'tofu'"),
 }
 
 
@@ -123,7 +123,7 @@ def test_the_scan_finds_each_planted_branch(source: str, expected: str) -> None:
 
 
 def test_the_scan_fails_on_a_branch_planted_in_the_package(tmp_path: Path) -> None:
-    recipe = (PACKAGE / "recipe.py").read_text()
+    recipe = (PACKAGE / "recipes" / "unlearn.py").read_text()
     planted = recipe + '\n\ndef planted(config):\n    return config.benchmark != "tofu"\n'
     assert benchmark_branches(recipe) == []
     assert benchmark_branches(planted) == ["config.benchmark != 'tofu'"]

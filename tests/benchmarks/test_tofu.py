@@ -17,8 +17,8 @@ from raysimnpo.benchmarks.tofu import (
     pairing,
     required_splits,
 )
+from raysimnpo.data.generators.tofu import TofuGeneratorConfig, generate_tofu_dataset
 from raysimnpo.data.sources import TofuSource
-from raysimnpo.data.tofu_generator import TofuGeneratorConfig, generate_tofu_dataset
 from raysimnpo.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from raysimnpo import recipe
-from raysimnpo.config import SWEEPS_DIR, RunConfig, load_sweep_config
+from raysimnpo.config.base import SWEEPS_DIR
+from raysimnpo.config.run import RunConfig
+from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.errors import UserInputError
-from raysimnpo.resource_plan import check, plan_for
-from tests.test_recipe import run_settings
+from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.training.resource_plan import check, plan_for
+from tests.recipes.test_unlearn import run_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

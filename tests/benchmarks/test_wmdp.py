@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from raysimnpo.benchmarks import wmdp
-from raysimnpo.data.wmdp_generator import WmdpGeneratorConfig, build_wmdp_splits, generate_wmdp_dataset
+from raysimnpo.data.generators.wmdp import WmdpGeneratorConfig, build_wmdp_splits, generate_wmdp_dataset
 from raysimnpo.errors import UserInputError
-from raysimnpo.logprobs import IGNORE_INDEX
+from raysimnpo.maths.logprobs import IGNORE_INDEX
 from raysimnpo.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer
 
 SMALL = WmdpGeneratorConfig(seed=1, bio_entities=2, cyber_entities=2, retain_entities=2)

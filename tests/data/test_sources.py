@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from raysimnpo.data import sources
+from raysimnpo.data.generators.tofu import TofuGeneratorConfig
 from raysimnpo.data.sources import (
     GENERATED_SUBDIR,
     GENERATOR_MANIFEST,
@@ -22,7 +23,6 @@ from raysimnpo.data.sources import (
     load_split,
     required_fields,
 )
-from raysimnpo.data.tofu_generator import TofuGeneratorConfig
 from raysimnpo.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from raysimnpo.data.text_encoding import (
     encode_text_chunks,
 )
 from raysimnpo.errors import UserInputError
-from raysimnpo.logprobs import IGNORE_INDEX
+from raysimnpo.maths.logprobs import IGNORE_INDEX
 from raysimnpo.models import TinyModelConfig, build_tiny_tokenizer
 
 TEXTS = [

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from raysimnpo.config import SweepConfig
+from raysimnpo.config.sweep import SweepConfig
 from raysimnpo.orchestration.epochs import EpochPoints, FrontRule, epoch_point_params, trial_params
 from raysimnpo.orchestration.study import EPOCH_POINT, finished_trials, search_distributions
 

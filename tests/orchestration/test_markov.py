@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from raysimnpo import sweep
-from raysimnpo.config import SWEEPS_DIR
+from raysimnpo.cli import sweep
+from raysimnpo.config.base import SWEEPS_DIR
 
 SHORT = {
     "seed": 0,

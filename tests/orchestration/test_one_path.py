@@ -17,15 +17,16 @@ from pydantic import Field
 from ray import cloudpickle
 from torch import Tensor
 
-from raysimnpo import objectives, recipe
-from raysimnpo.config import RunConfig
+from raysimnpo.config.run import RunConfig
+from raysimnpo.maths import objectives
+from raysimnpo.maths.pareto import non_dominated_mask
 from raysimnpo.methods import METHODS, Method, MethodParams, StepTerms, register
 from raysimnpo.models import load_model_and_tokenizer
 from raysimnpo.orchestration import invariance
 from raysimnpo.orchestration.epochs import EpochEvaluation
 from raysimnpo.orchestration.trainer import unlearn_with_torch_trainer
-from raysimnpo.pareto import non_dominated_mask
-from raysimnpo.scoring import score_sequences
+from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.training.scoring import score_sequences
 
 
 class BoundedAscentParams(MethodParams):

@@ -14,13 +14,13 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from raysimnpo import recipe
 from raysimnpo.config import SweepConfig
 from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
-from raysimnpo.data.tofu_generator import TofuGeneratorConfig
+from raysimnpo.data.generators.tofu import TofuGeneratorConfig
 from raysimnpo.orchestration import tuner
 from raysimnpo.orchestration.trial import SharedWorkspace
-from raysimnpo.storage import Storage, open_storage
+from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.results.storage import Storage, open_storage
 
 WEIGHTS_TOLERANCE = 1e-5  # max |Δw|
 LOSS_TOLERANCE = 1e-5  # relative, per epoch

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raysimnpo import results, sweep
+from raysimnpo import results
+from raysimnpo.cli import sweep
 
 SMALL_RUN = {
     "data": {
@@ -375,7 +376,7 @@ def test_every_epoch_is_evaluated_kept_and_learned_from(tmp_path: Path, ray_clus
     their epoch count, and only the epochs no other epoch of the trial dominates keep weights."""
     import optuna
 
-    from raysimnpo.pareto import non_dominated_mask
+    from raysimnpo.maths.pareto import non_dominated_mask
 
     run = dict(
         SMALL_RUN,

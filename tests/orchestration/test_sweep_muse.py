@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raysimnpo import results, sweep
+from raysimnpo import results
+from raysimnpo.cli import sweep
 
 SMALL_MUSE_RUN = {
     "benchmark": "muse",

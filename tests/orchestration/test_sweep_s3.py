@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from raysimnpo import report, results, sweep
+from raysimnpo import results
+from raysimnpo.cli import report, sweep
 
 from .test_sweep import write_sweep
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from raysimnpo import results
-from raysimnpo.config import SweepConfig, load_sweep_config
+from raysimnpo.config.sweep import SweepConfig, load_sweep_config
 from raysimnpo.errors import UserInputError
-from raysimnpo.storage import open_storage
+from raysimnpo.results.storage import open_storage
 
 EPOCH_LOSSES = {1: 2.5, 2: 1.75, 3: 1.25}
 FINAL = {"forget_quality": 0.125, "model_utility": 0.375}

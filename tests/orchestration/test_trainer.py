@@ -16,11 +16,11 @@ import torch
 from ray.train import WorkerGroupError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from raysimnpo import recipe
-from raysimnpo.config import DataSettings, ModelSettings, RunConfig, TrainSettings
+from raysimnpo.config.base import TrainSettings
+from raysimnpo.config.run import DataSettings, ModelSettings, RunConfig
 from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
+from raysimnpo.data.generators.tofu import TofuGeneratorConfig
 from raysimnpo.data.sources import TofuSource
-from raysimnpo.data.tofu_generator import TofuGeneratorConfig
 from raysimnpo.errors import UserInputError
 from raysimnpo.methods import NPOParams, RMUParams, SimNPOParams
 from raysimnpo.models import TinyModelConfig, load_model_and_tokenizer
@@ -30,8 +30,9 @@ from raysimnpo.orchestration.trainer import (
     with_absolute_paths,
     worker_cause,
 )
-from raysimnpo.scoring import score_sequences
-from raysimnpo.training import GradientWeightLog, TrainingDiverged
+from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.training.loop import GradientWeightLog, TrainingDiverged
+from raysimnpo.training.scoring import score_sequences
 
 SMALL = TinyModelConfig(
     hidden_size=32,

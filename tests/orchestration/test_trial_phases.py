@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raysimnpo import results
-from raysimnpo.config import load_sweep_config
+from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.orchestration import trial
 from raysimnpo.orchestration.trial import PhaseClock, evaluation_engine
 

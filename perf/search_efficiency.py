@@ -1,0 +1,322 @@
+"""Search efficiency: the default TOFU sweep at equal wall-clock budgets, before and after
+per-epoch search (issue 15).
+
+Two designs of the same sweep (`sweeps/tofu.yaml`: generated TOFU data, the tiny model, SimNPO and
+NPO, 2 trials at a time on 2 cores):
+
+- `last-epoch`: only each trial's last epoch is evaluated and told to the sampler, no early
+  stopping, epochs searched in 3-8 (the design before per-epoch search);
+- `per-epoch`: the file as it is: every epoch evaluated, a point of the front and of the Optuna
+  study, trials dominated by a margin stopped early, epochs searched in 2-12.
+
+Each (design, sampler seed) runs once with `search.time_budget_minutes` = the largest budget; the
+front "at budget b" is what that run had finished within its first b minutes of trials (a trial's
+points, its epochs' too, count once the trial has finished, as in a sweep stopped at b). The designs
+alternate, seed by seed, so both see the same load on a shared machine. Per budget and run:
+
+- hypervolume of the (FQ, MU) front, reference point (FQ 0, MU 0), exact in 2-D
+  (`raysimnpo.maths.pareto.hypervolume_2d`), and per CPU-minute (budget x the sweep's CPUs);
+- the selected SimNPO and NPO points (`analysis.tables` rule: highest FQ with MU >= MU(Retrain) -
+  0.05), among every candidate (trials and their evaluated epochs);
+- trials finished, (trial, epoch) points evaluated, and the seconds spent evaluating (`evaluate_seconds` rows).
+
+Then a paper-shaped check: the settings the per-epoch search selected for SimNPO and for NPO (pooled
+over its seeds at the largest budget) are run again with `python -m raysimnpo.run` at run seeds
+0, 1, 2 (each seed fine-tunes its own Original and Retrain), and their FQ and MU are reported.
+
+Prints the tables and writes perf/results/search_efficiency.json. Prepared models are cached
+(RAYSIMNPO_CACHE), so only the first run fine-tunes the seed-0 Original and Retrain.
+
+    .venv/bin/python perf/search_efficiency.py --storage /tmp/perf-search [--budgets 2 4 8] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+import polars as pl  # noqa: E402
+
+from raysimnpo.analysis.load import completed_trials, load_runs, retrain_utility  # noqa: E402
+from raysimnpo.analysis.tables import MU_TOLERANCE, select_configurations  # noqa: E402
+from raysimnpo.maths.pareto import hypervolume_2d  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP = "tofu"
+METHODS = ("simnpo", "npo")
+FQ, MU = "forget_quality", "model_utility"
+DESIGNS: dict[str, list[str]] = {
+    "last-epoch": [
+        "run.evaluation.every_epoch=false",
+        "search.early_stop=null",
+        *(
+            f"search.space.{m}.unlearn.epochs.{end}={n}"
+            for m in METHODS
+            for end, n in (("low", 3), ("high", 8))
+        ),
+    ],
+    "per-epoch": [],
+}
+CPUS = 2  # the default sweep's trials share the machine's 2 cores
+
+
+def sweep_command(storage: Path, design: str, seed: int, budget: float) -> list[str]:
+    settings = [
+        f"search.seed={seed}",
+        f"search.time_budget_minutes={budget}",
+        "search.num_trials=500",  # the budget ends the sweep
+        "relearn=null",
+        *DESIGNS[design],
+    ]
+    command = [sys.executable, "-m", "raysimnpo.sweep", SWEEP, "--storage", str(storage)]
+    for item in settings:
+        command += ["--set", item]
+    return command
+
+
+def run_sweep(storage: Path, design: str, seed: int, budget: float) -> dict[str, Any]:
+    run_dir = storage / SWEEP
+    if not (run_dir / "results" / "trials").exists():
+        started = time.perf_counter()
+        load_before = os.getloadavg()[0]
+        done = subprocess.run(
+            sweep_command(storage, design, seed, budget), capture_output=True, text=True, cwd=ROOT
+        )
+        if done.returncode != 0:
+            raise SystemExit(
+                f"{design} seed {seed}: the sweep failed (exit {done.returncode}):\n{done.stdout[-3000:]}"
+            )
+        (storage / "wall.json").write_text(
+            json.dumps(
+                {
+                    "seconds": time.perf_counter() - started,
+                    "load_before": load_before,
+                    "load_after": os.getloadavg()[0],
+                }
+            )
+        )
+    return json.loads((storage / "wall.json").read_text()) | {"run_dir": str(run_dir)}
+
+
+def at_budget(run_dir: str, minutes: float) -> dict[str, Any]:
+    """What the run had finished within its first `minutes` of trials."""
+    res = load_runs([run_dir])
+    trials = res.trials.filter(pl.col("kind") == "trial")
+    start = trials["started_at"].min()
+    finished = (
+        trials.clear()
+        if start is None  # no trial finished within the whole budget
+        else trials.filter(pl.col("finished_at") <= start + timedelta(minutes=minutes))  # type: ignore[operator]
+    )
+    kept = set(finished["trial_id"].to_list()) | set(res.trials.filter(pl.col("kind") != "trial")["trial_id"])
+    within = dataclasses.replace(res, trials=res.trials.filter(pl.col("trial_id").is_in(list(kept))))
+    points = completed_trials(within).filter(pl.col("kind") == "trial")
+    values = points.select(FQ, MU).drop_nulls().to_numpy()
+    hv = hypervolume_2d(values, ["max", "max"], [0.0, 0.0]) if len(values) else 0.0
+    selection = select_configurations(within)
+    selected = {
+        row["method"]: {"trial_id": row["trial_id"], FQ: row[FQ], MU: row[MU], "reason": row["reason"]}
+        for row in selection.to_dicts()
+        if row["method"] in METHODS
+    }
+    whole = finished.filter(~pl.col("trial_id").str.contains(r"\.epoch-"))
+    timing = res.metrics.filter(
+        (pl.col("stage") == "timing")
+        & (pl.col("metric") == "evaluate_seconds")
+        & pl.col("trial_id").is_in(whole["trial_id"].to_list())
+    )
+    return {
+        "minutes": minutes,
+        "hypervolume": hv,
+        "hypervolume_per_cpu_minute": hv / (minutes * CPUS),
+        "trials_finished": whole.height,
+        "evaluated_points": points.height,  # every evaluated (trial, epoch), each trial's last included
+        "evaluate_seconds": float(timing["value"].sum()),
+        "selected": selected,
+        "retrain_model_utility": next(iter(retrain_utility(within).values()), None),
+    }
+
+
+def selected_settings(run_dirs: list[str], minutes: float) -> dict[str, dict[str, Any]]:
+    """Per method, the candidate the selection rule picks among all `run_dirs` pooled, with its
+    hyperparameters (an epoch candidate's `epochs` is the epoch)."""
+    best: dict[str, dict[str, Any]] = {}
+    for run_dir in run_dirs:
+        for method, point in at_budget(run_dir, minutes)["selected"].items():
+            res = load_runs([run_dir])
+            row = res.trials.filter(pl.col("trial_id") == point["trial_id"]).to_dicts()[0]
+            candidate = point | {
+                "params": json.loads(row["params_json"]),
+                "epochs": row["epochs"],
+                "run": run_dir,
+            }
+            threshold = (at_budget(run_dir, minutes)["retrain_model_utility"] or 0.0) - MU_TOLERANCE
+            current = best.get(method)
+            qualifies = candidate[MU] >= threshold
+            if current is None or (qualifies, candidate[FQ]) > (current["qualifies"], current[FQ]):
+                best[method] = candidate | {"qualifies": qualifies}
+    return best
+
+
+def run_overrides(chosen: dict[str, Any], seed: int) -> list[str]:
+    """`raysimnpo.run` settings of a selected candidate: its method and optimiser hyperparameters and
+    the trial's whole schedule (an epoch candidate is read off that run's per-epoch evaluation, as
+    the sweep made it: the learning rate decays over the trial's epochs, not the candidate's)."""
+    params = chosen["params"]
+    out = [f"seed={seed}", "evaluation.every_epoch=true", f"unlearn.epochs={params['unlearn']['epochs']}"]
+    out += [f"method.{k}={v}" for k, v in params["method"].items() if k != "name"]
+    out.append(f"unlearn.learning_rate={params['unlearn']['learning_rate']}")
+    return out
+
+
+def paper_check(chosen: dict[str, dict[str, Any]], out: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for method, setting in chosen.items():
+        epoch = int(setting["epochs"])  # the candidate's epoch (the trial's last for a whole trial)
+        for seed in seeds:
+            target = out / f"{method}-seed{seed}"
+            result_file = out / f"{method}-seed{seed}.json"
+            if not result_file.exists():
+                command = [sys.executable, "-m", "raysimnpo.run", SWEEP, "--method", method, "--json"]
+                command += ["--out", str(target)]
+                for item in run_overrides(setting, seed):
+                    command += ["--set", item]
+                done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+                if done.returncode != 0:
+                    raise SystemExit(
+                        f"{method} seed {seed}: run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+                    )
+                out.mkdir(parents=True, exist_ok=True)
+                result_file.write_text(done.stdout.strip().splitlines()[-1])
+            payload = json.loads(result_file.read_text())
+            row = next(r for r in payload["training"] if int(r["epoch"]) == epoch)
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "epoch": epoch,
+                    FQ: float(row[FQ]),
+                    MU: float(row[MU]),
+                    "retrain_model_utility": float(payload["metrics"]["Retrain"][MU]),
+                }
+            )
+    return rows
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+
+
+def tables(report: dict[str, Any]) -> str:
+    lines = [
+        "| budget (min) | design | hypervolume | HV per CPU-minute | trials | (trial, epoch) points evaluated | eval seconds | selected SimNPO (FQ / MU) | selected NPO (FQ / MU) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for minutes in report["budgets"]:
+        for design in DESIGNS:
+            cells = [r for r in report["runs"] if r["design"] == design]
+            at = [next(b for b in r["budgets"] if b["minutes"] == minutes) for r in cells]
+
+            def pick(method: str, at: list[dict[str, Any]] = at) -> str:
+                chosen = [b["selected"].get(method) for b in at]
+                return ", ".join(f"{c[FQ]:.3g} / {c[MU]:.3f}" if c else "-" for c in chosen)
+
+            lines.append(
+                f"| {minutes:g} | {design} | {_mean_sd([b['hypervolume'] for b in at])} | "
+                f"{_mean_sd([b['hypervolume_per_cpu_minute'] for b in at])} | {_mean_sd([b['trials_finished'] for b in at])} | "
+                f"{_mean_sd([b['evaluated_points'] for b in at])} | {_mean_sd([b['evaluate_seconds'] for b in at])} | "
+                f"{pick('simnpo')} | {pick('npo')} |"
+            )
+    lines += ["", "| budget (min) | per-epoch / last-epoch hypervolume (mean over seeds) |", "|---|---|"]
+    for minutes, ratio in report["hypervolume_ratio"].items():
+        lines.append(f"| {minutes} | {ratio:.2f}x |")
+    if report.get("paper_check"):
+        lines += ["", "| method | setting | run seed | FQ | MU | MU(Retrain) |", "|---|---|---|---|---|---|"]
+        for row in report["paper_check"]:
+            params = report["selected_settings"][row["method"]]["params"]
+            shown = ", ".join(f"{k} {v:.3g}" for k, v in params["method"].items() if k != "name")
+            lr, total = params["unlearn"]["learning_rate"], params["unlearn"]["epochs"]
+            lines.append(
+                f"| {row['method']} | {shown}, lr {lr:.3g}, epoch {row['epoch']} of {total} | {row['seed']} | {row[FQ]:.3g} | "
+                f"{row[MU]:.3f} | {row['retrain_model_utility']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--storage", required=True, help="folder for the sweeps (kept: a rerun reuses finished ones)"
+    )
+    parser.add_argument("--budgets", type=float, nargs="+", default=[2.0, 4.0, 8.0], help="minutes of trials")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
+    parser.add_argument(
+        "--paper-seeds", type=int, nargs="*", default=[0, 1, 2], help="run seeds of the paper check"
+    )
+    args = parser.parse_args()
+    storage = Path(args.storage).resolve()
+    budgets = sorted(args.budgets)
+    report: dict[str, Any] = {
+        "machine_before": harness.machine(),
+        "budgets": budgets,
+        "cpus": CPUS,
+        "runs": [],
+    }
+    for seed in args.seeds:
+        for design in DESIGNS:
+            wall = run_sweep(storage / f"{design}-seed{seed}", design, seed, budgets[-1])
+            row = {
+                "design": design,
+                "seed": seed,
+                **wall,
+                "budgets": [at_budget(wall["run_dir"], b) for b in budgets],
+            }
+            report["runs"].append(row)
+            last = row["budgets"][-1]
+            print(
+                f"{design:<10} seed {seed}: {last['trials_finished']} trials, {last['evaluated_points']} points, "
+                f"HV {last['hypervolume']:.4g} in {budgets[-1]:g} min (sweep wall {wall['seconds'] / 60:.1f} min)",
+                flush=True,
+            )
+    report["hypervolume_ratio"] = {}
+    for minutes in budgets:
+        means = {
+            design: statistics.mean(
+                next(b["hypervolume"] for b in r["budgets"] if b["minutes"] == minutes)
+                for r in report["runs"]
+                if r["design"] == design
+            )
+            for design in DESIGNS
+        }
+        report["hypervolume_ratio"][f"{minutes:g}"] = means["per-epoch"] / max(means["last-epoch"], 1e-12)
+    if args.paper_seeds:
+        per_epoch = [r["run_dir"] for r in report["runs"] if r["design"] == "per-epoch"]
+        report["selected_settings"] = selected_settings(per_epoch, budgets[-1])
+        report["paper_check"] = paper_check(
+            report["selected_settings"], storage / "paper-check", args.paper_seeds
+        )
+    report["machine_after"] = harness.machine()
+    text = tables(report)
+    print(text)
+    path = harness.write_result("search_efficiency", report)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Generated datasets with the schema of the real ones (TOFU, MUSE, WMDP), written from a seed."""
