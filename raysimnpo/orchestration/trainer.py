@@ -116,9 +116,10 @@ def unlearn_with_torch_trainer(
     output = Path(output_path).expanduser().resolve()
     storage = storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
     in_run_folder = "://" not in storage and output.is_relative_to(Path(storage) / name)
-    trainer = TorchTrainer(
+    started = time.perf_counter()
+    result = fit_workers(
         train_loop_per_worker,
-        train_loop_config={
+        {
             "config": config.model_dump(mode="json"),
             "original_path": str(Path(original_path).expanduser().resolve()),
             "output_path": str(output),
@@ -132,25 +133,16 @@ def unlearn_with_torch_trainer(
             "method": None if method is None else METHODS[method.name],
             "epoch_evaluation": epoch_evaluation,
         },
-        scaling_config=ScalingConfig(
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})},
-        ),
-        run_config=TrainRunConfig(
-            name=name,
-            storage_path=storage,
-            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
-            # The last epoch's state until the model is reported; then only the model is kept.
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            worker_runtime_env=worker_env(),
-        ),
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+        storage=storage,
+        name=name,
+        max_failures=max_failures,
+        # The last epoch's state until the model is reported; then only the model is kept.
+        checkpoint_config=CheckpointConfig(num_to_keep=1),
     )
-    started = time.perf_counter()
-    try:
-        result = cast(Result, trainer.fit())
-    except TrainingFailedError as exc:
-        raise worker_cause(exc) from exc
     assert result.checkpoint is not None, "the train loop reports its checkpoint last"
     returned = dict(result.return_value or {})
     return {
@@ -195,14 +187,46 @@ def finetune_with_torch_trainer(
     check_workers(config, num_workers=num_workers, use_gpu=use_gpu)
     config = with_absolute_paths(config)
     storage = storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
-    trainer = TorchTrainer(
+    started = time.perf_counter()
+    result = fit_workers(
         finetune_loop_per_worker,
-        train_loop_config={
+        {
             "config": config.model_dump(mode="json"),
             "jobs": [dataclasses.replace(j, folder=Path(j.folder).expanduser().resolve()) for j in jobs],
             "workspace": workspace,
             "upload_to": upload_to,
         },
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+        storage=storage,
+        name=name,
+        max_failures=max_failures,
+    )
+    returned = dict(result.return_value or {})
+    return {"models": list(returned.get("models", [])), "seconds": time.perf_counter() - started}
+
+
+def fit_workers(
+    loop: Any,
+    loop_config: dict[str, Any],
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    storage: str,
+    name: str,
+    max_failures: int,
+    checkpoint_config: CheckpointConfig | None = None,
+) -> Result:
+    """Run `loop(loop_config)` on a TorchTrainer of `num_workers` workers, run folder `<storage>/<name>`;
+    `max_failures` worker-group restarts. A worker's UserInputError or TrainingDiverged is raised as
+    itself (`worker_cause`)."""
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=num_workers,
             use_gpu=use_gpu,
@@ -212,16 +236,14 @@ def finetune_with_torch_trainer(
             name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
+            checkpoint_config=checkpoint_config,
             worker_runtime_env=worker_env(),
         ),
     )
-    started = time.perf_counter()
     try:
-        result = cast(Result, trainer.fit())
+        return cast(Result, trainer.fit())
     except TrainingFailedError as exc:
         raise worker_cause(exc) from exc
-    returned = dict(result.return_value or {})
-    return {"models": list(returned.get("models", [])), "seconds": time.perf_counter() - started}
 
 
 def check_trainer_settings(config: RunConfig, original_path: str, *, num_workers: int, use_gpu: bool) -> None:
