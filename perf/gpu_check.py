@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from raysimnpo.cache import default_cache_dir  # noqa: E402
 from raysimnpo.config.base import TrainSettings  # noqa: E402
-from raysimnpo.config.run import DataSettings, ModelSettings, RunConfig  # noqa: E402
+from raysimnpo.config.run import DataSettings, ModelSettings, RunSettings  # noqa: E402
 from raysimnpo.methods import SimNPOParams  # noqa: E402
 from raysimnpo.training import resource_plan  # noqa: E402
 
@@ -353,8 +353,8 @@ class GpuMemoryPoll:
         self._thread.join()
 
 
-def run_config(cache: Path, folder: Path) -> RunConfig:
-    return RunConfig(
+def run_config(cache: Path, folder: Path) -> RunSettings:
+    return RunSettings(
         seed=0,
         device="cuda",
         cache_dir=str(cache),
@@ -366,7 +366,7 @@ def run_config(cache: Path, folder: Path) -> RunConfig:
 
 
 def ray_train_invariance(
-    folder: Path, config: RunConfig, gpus: int, scratch: Path, noise: dict[str, float]
+    folder: Path, config: RunSettings, gpus: int, scratch: Path, noise: dict[str, float]
 ) -> dict[str, Any]:
     """1 Ray Train worker (unsharded) against `gpus` (FSDP2); `noise`: check 2's unsharded bf16 vs
     float32 gaps, the yardstick for the two bf16 paths' difference."""

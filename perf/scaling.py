@@ -31,7 +31,7 @@ from typing import Any
 import harness
 import numpy as np
 
-from raysimnpo.config.run import RunConfig
+from raysimnpo.config.run import RunSettings
 from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.recipes import unlearn as recipe
 
@@ -40,7 +40,7 @@ SPLITS = ("forget01", "forget05", "forget10")
 PHASES = ("unlearn", "evaluate", "unlearn_cpu", "evaluate_cpu")
 
 
-def split_config(base: RunConfig, split: str, epochs: int) -> RunConfig:
+def split_config(base: RunSettings, split: str, epochs: int) -> RunSettings:
     return base.model_copy(
         update={
             "data": base.data.model_copy(update={"forget_split": split}),
@@ -55,7 +55,7 @@ def trial_body(run_json: str, original: str, threads: int) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(threads)
-    run = RunConfig.model_validate_json(run_json)
+    run = RunSettings.model_validate_json(run_json)
     ws = recipe.workspace(run)
     started, cpu_started = time.perf_counter(), time.process_time()
     model, summary = recipe.unlearn_model(ws, Path(original))
@@ -86,7 +86,7 @@ def fit_line(x: list[float], y: list[float]) -> dict[str, float]:
 
 
 def forget_size_scaling(
-    base: RunConfig, original: Path, rounds: int, epochs: int, threads: int
+    base: RunSettings, original: Path, rounds: int, epochs: int, threads: int
 ) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     for r in range(rounds):
@@ -106,7 +106,7 @@ def forget_size_scaling(
     return {"samples": samples, "fits": fits, "table": table}
 
 
-def concurrency_scaling(base: RunConfig, original: Path, rounds: int, epochs: int) -> dict[str, Any]:
+def concurrency_scaling(base: RunSettings, original: Path, rounds: int, epochs: int) -> dict[str, Any]:
     import ray
 
     harness.start_ray()

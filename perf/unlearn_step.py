@@ -46,7 +46,7 @@ import harness
 import torch
 from torch import Tensor
 
-from raysimnpo.config.run import RunConfig, load_run_config
+from raysimnpo.config.run import RunSettings, load_run_config
 from raysimnpo.data.collate import pad_right
 from raysimnpo.data.formatting import EncodedExample
 from raysimnpo.maths import objectives
@@ -95,7 +95,7 @@ SMOLLM2_OVERRIDES = [
 ]
 
 
-def preset_config(preset: str) -> RunConfig:
+def preset_config(preset: str) -> RunSettings:
     """The default run (sweeps/tofu.yaml); for smollm2-135m its model and a short unlearning batch."""
     return load_run_config("tofu", SMOLLM2_OVERRIDES if preset == "smollm2-135m" else [])
 

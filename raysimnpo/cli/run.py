@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.run import RunConfig, load_run_config
+from ..config.run import RunSettings, load_run_config
 from ..errors import UserInputError
 from .parser import ArgumentParser
 
@@ -97,7 +97,7 @@ class SavedRun:
         return self.payload["metrics"]
 
 
-def default_out(config: RunConfig) -> Path:
+def default_out(config: RunSettings) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / "single" / f"{config.benchmark}-{config.method.name}-{stamp}"
 

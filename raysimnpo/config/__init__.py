@@ -1,6 +1,6 @@
 """L1: the configs. `base` is at the bottom (`Frozen`, YAML, `--set` overrides, the training and
 evaluation settings; it imports nothing of raysimnpo but `errors`); `run` assembles one run's config
-(`RunConfig`) from the benchmarks', methods' and models' settings; `sweep` wraps a run in a search
+(`RunSettings`) from the benchmarks', methods' and models' settings; `sweep` wraps a run in a search
 (`SweepConfig`).
 
 `from raysimnpo.config import load_sweep_config` (any public name of the three) keeps working: the

@@ -1,4 +1,4 @@
-"""One unlearning run's config (`RunConfig`, the `run:` section of a sweep file): model, data,
+"""One unlearning run's config (`RunSettings`, the `run:` section of a sweep file): model, data,
 preparing, unlearning and evaluation settings, assembled from the benchmarks' and methods' own
 settings on top of `config.base`."""
 
@@ -56,7 +56,7 @@ class DataSettings(Frozen):
         return self
 
 
-class RunConfig(Frozen):
+class RunSettings(Frozen):
     """One unlearning run: what to prepare, which method, how to evaluate."""
 
     benchmark: Literal["tofu", "muse", "wmdp"] = "tofu"
@@ -73,7 +73,13 @@ class RunConfig(Frozen):
     wmdp: WmdpSettings = Field(WmdpSettings(), description="data and metrics of benchmark: wmdp")
 
 
-def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: str | None = None) -> RunConfig:
+RunConfig = RunSettings
+"""The former name, kept so that existing imports work; Ray Train and Tune have a `RunConfig` of their own."""
+
+
+def load_run_config(
+    name_or_path: str, overrides: Iterable[str] = (), method: str | None = None
+) -> RunSettings:
     """The `run:` section of a sweep file, with `--method` and `--set` applied."""
     path = sweep_file(name_or_path)
     data = load_yaml(path)
@@ -94,4 +100,4 @@ def load_run_config(name_or_path: str, overrides: Iterable[str] = (), method: st
     if method is not None:
         overrides.insert(0, f"method={json.dumps({'name': method})}")
     labels = {f"method={json.dumps({'name': method})}": f"--method {method}"} if method is not None else {}
-    return validate(RunConfig, run, str(path), overrides, labels)
+    return validate(RunSettings, run, str(path), overrides, labels)

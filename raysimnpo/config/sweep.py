@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..errors import UserInputError
 from ..methods import METHODS
 from .base import Frozen, apply_overrides, describe_validation_error, load_yaml, sweep_file, validate
-from .run import RunConfig
+from .run import RunSettings
 
 SAMPLERS_MULTI_OBJECTIVE = ("tpe", "nsga2", "gp", "random")
 
@@ -268,7 +268,7 @@ class SweepConfig(Frozen):
         "Tune's trial folders under it stay within the filesystem's 255-byte name limit",
     )
     storage: str = Field("runs", description="a local folder or a pyarrow filesystem URI (s3://, gs://)")
-    run: RunConfig = RunConfig()
+    run: RunSettings = RunSettings()
     search: SearchSettings = SearchSettings()
     resources: TrialResources = TrialResources()
     fault_tolerance: FaultTolerance = FaultTolerance()
@@ -289,7 +289,7 @@ class SweepConfig(Frozen):
         name = run.get("benchmark") if isinstance(run, dict) else getattr(run, "benchmark", None)
         from ..benchmarks.registry import BENCHMARKS
 
-        bench = BENCHMARKS.get(str(name or RunConfig.model_fields["benchmark"].default))
+        bench = BENCHMARKS.get(str(name or RunSettings.model_fields["benchmark"].default))
         if bench is None or not isinstance(search, dict | None):
             return data  # an unknown benchmark or a malformed search: the field validation reports it
         from ..benchmarks.base import objectives
@@ -363,7 +363,7 @@ class SweepConfig(Frozen):
                         ) from None
         return self
 
-    def trial_run_config(self, params: Mapping[str, Any]) -> RunConfig:
+    def trial_run_config(self, params: Mapping[str, Any]) -> RunSettings:
         """The run of one trial: the base run with the sampled `method` and its dotted settings
         (`{"method": "simnpo", "simnpo": {"method.beta": 2.5, ...}}`, as the search space names them)."""
         method = params["method"]
@@ -371,7 +371,7 @@ class SweepConfig(Frozen):
         if data["method"]["name"] != method:
             data["method"] = {"name": method}
         overrides = [f"{k}={json.dumps(v)}" for k, v in (params.get(method) or {}).items()]
-        return RunConfig.model_validate(apply_overrides(data, overrides, RunConfig))
+        return RunSettings.model_validate(apply_overrides(data, overrides, RunSettings))
 
 
 def load_sweep_config(

@@ -27,7 +27,7 @@ from ray.train.v2.api.result import Result
 from ray.train.v2.torch.torch_trainer import TorchTrainer
 
 from ..config.base import EvalSettings, TrainSettings
-from ..config.run import DataSettings, ModelSettings, RunConfig
+from ..config.run import DataSettings, ModelSettings, RunSettings
 from ..data.generators.tofu import TofuGeneratorConfig
 from ..data.sources import TofuSource
 from ..methods import GradDiffParams, MethodParams, NPOParams, RMUParams, SimNPOParams
@@ -55,11 +55,11 @@ TINY = TinyModelConfig(
 )
 
 
-def case_config(cache_dir: Path, seed: int = 3) -> RunConfig:
+def case_config(cache_dir: Path, seed: int = 3) -> RunSettings:
     """forget10 of the small generated TOFU set (6 forget, 54 retain QA), batches of 4, so the last
     forget and retain batches of an epoch hold 2 examples: one per rank with two workers. Evaluation
     generates for 4 questions per split (ROUGE-L enters model utility)."""
-    return RunConfig(
+    return RunSettings(
         seed=seed,
         device="cpu",
         cache_dir=str(cache_dir),
@@ -70,7 +70,7 @@ def case_config(cache_dir: Path, seed: int = 3) -> RunConfig:
     )
 
 
-def prepare_case(workdir: Path) -> tuple[RunConfig, Path, list[float]]:
+def prepare_case(workdir: Path) -> tuple[RunSettings, Path, list[float]]:
     """The case's config, an Original folder (the seeded tiny model, briefly fine-tuned on the full
     set so the losses are not those of a random model) and the reference forget truth ratios that
     forget quality is measured against (the Original's own: any fixed reference serves here)."""
@@ -100,7 +100,7 @@ def run_methods(
     dict as numpy arrays, "metrics": every TOFU metric (forget quality, model utility and its 9
     parts, ...), "truth_ratios": the forget
     examples'}. Other ranks return {}."""
-    config = RunConfig.model_validate_json(config_json)
+    config = RunSettings.model_validate_json(config_json)
     ws = recipe.workspace(config)
     rank, _ = sharding.rank_and_world_size()
     out: dict[str, dict[str, Any]] = {}
@@ -139,7 +139,7 @@ def _worker(loop_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def run_on_workers(
-    config: RunConfig, original: Path, reference_ratios: list[float], methods: list[str], num_workers: int
+    config: RunSettings, original: Path, reference_ratios: list[float], methods: list[str], num_workers: int
 ) -> dict[str, dict[str, Any]]:
     """`run_methods` on `num_workers` Ray Train workers (gloo on CPU; FSDP2 when more than one);
     rank 0's result."""

@@ -18,7 +18,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from .. import results
-from ..config.run import RunConfig
+from ..config.run import RunSettings
 from ..config.sweep import RelearnSettings, SweepConfig
 from ..recipes import relearn as relearning
 from ..recipes import unlearn as recipe
@@ -40,7 +40,7 @@ class RelearnAttacker:
 
         if threads > 0:
             torch.set_num_threads(threads)
-        self.run = RunConfig.model_validate_json(run_json)
+        self.run = RunSettings.model_validate_json(run_json)
         # The sweep's workspace from the object store when the caller has one; else built here.
         if isinstance(workspace, ray.ObjectRef):
             workspace = ray.get(workspace)

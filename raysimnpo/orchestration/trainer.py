@@ -45,7 +45,7 @@ from ray.train.v2.api.exceptions import TrainingFailedError
 from ray.train.v2.api.result import Result
 from ray.train.v2.torch.torch_trainer import TorchTrainer
 
-from ..config.run import RunConfig
+from ..config.run import RunSettings
 from ..errors import UserInputError
 from ..methods import CLOSED_FORM_WEIGHTS, METHODS, MethodParams, register
 from ..orchestration.epochs import EpochEvaluation, epoch_stopper
@@ -59,7 +59,7 @@ CHECKPOINT_DIR_NAME = "model"
 
 
 def unlearn_with_torch_trainer(
-    config: RunConfig,
+    config: RunSettings,
     original_path: str,
     output_path: str,
     *,
@@ -90,7 +90,7 @@ def unlearn_with_torch_trainer(
     worker-group restarts; restarted workers resume from the last epoch's training state.
 
     `method`: the method's hyperparameters when they are not `config.method` (e.g. a method added
-    with `methods.register`, which a RunConfig does not know); its registry entry goes to the workers.
+    with `methods.register`, which a RunSettings does not know); its registry entry goes to the workers.
 
     `epoch_evaluation`: evaluate after every epoch on the workers (every rank takes part, rank 0
     reports), keep the selectable epochs' weights beside `output_path`, and stop early when the
@@ -158,7 +158,7 @@ def unlearn_with_torch_trainer(
 
 
 def finetune_with_torch_trainer(
-    config: RunConfig,
+    config: RunSettings,
     jobs: Sequence[recipe.FineTune],
     *,
     num_workers: int,
@@ -246,7 +246,9 @@ def fit_workers(
         raise worker_cause(exc) from exc
 
 
-def check_trainer_settings(config: RunConfig, original_path: str, *, num_workers: int, use_gpu: bool) -> None:
+def check_trainer_settings(
+    config: RunSettings, original_path: str, *, num_workers: int, use_gpu: bool
+) -> None:
     """What can be checked before any worker starts; one UserInputError line each."""
     if not (Path(original_path).expanduser() / "config.json").is_file():
         raise UserInputError(
@@ -263,7 +265,7 @@ def check_trainer_settings(config: RunConfig, original_path: str, *, num_workers
         )
 
 
-def check_workers(config: RunConfig, *, num_workers: int, use_gpu: bool) -> None:
+def check_workers(config: RunSettings, *, num_workers: int, use_gpu: bool) -> None:
     """The worker count and devices, for any TorchTrainer of a run; one UserInputError line each."""
     if num_workers < 0:
         raise UserInputError(f"num_workers: {num_workers}; allowed: 0 (in this process) or more workers")
@@ -281,7 +283,7 @@ def worker_env() -> dict[str, Any] | None:
     return {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
 
 
-def with_absolute_paths(config: RunConfig) -> RunConfig:
+def with_absolute_paths(config: RunSettings) -> RunSettings:
     """Ray Train workers run in the run folder, so relative paths in the config are resolved here."""
     update: dict[str, Any] = {"cache_dir": str(Path(config.cache_dir).expanduser().resolve())}
     source = config.data.source
@@ -316,7 +318,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
     """
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    config = RunConfig.model_validate(loop_config["config"])
+    config = RunSettings.model_validate(loop_config["config"])
     method = loop_config.get("method")
     if method is not None and method.name not in METHODS:  # a method registered by the caller
         register(method)
@@ -400,7 +402,7 @@ def finetune_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict
     rank 0 already has (written before a worker-group restart) is skipped by every rank."""
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    config = RunConfig.model_validate(loop_config["config"])
+    config = RunSettings.model_validate(loop_config["config"])
     ws = _workspace(config, first=context.get_local_rank() == 0, shared=loop_config.get("workspace"))
 
     def log(message: str) -> None:
@@ -443,7 +445,7 @@ def upload_model(storage: Any, final: Path) -> None:
         storage.upload_file(path, "prepared", final.name, "model", *path.relative_to(folder).parts)
 
 
-def _workspace(config: RunConfig, *, first: bool, shared: Any = None) -> recipe.Workspace:
+def _workspace(config: RunSettings, *, first: bool, shared: Any = None) -> recipe.Workspace:
     """The sweep's workspace from the object store (`shared`), else: the local rank 0 builds (and
     caches) data and tokenizer before the other ranks read them."""
     if shared is not None:

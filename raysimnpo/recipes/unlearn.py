@@ -36,7 +36,7 @@ from ..benchmarks import base
 from ..benchmarks.base import Benchmark, Evaluation, Role, TrainingKind
 from ..benchmarks.registry import benchmark
 from ..config.base import content_hash
-from ..config.run import RunConfig
+from ..config.run import RunSettings
 from ..data.formatting import EncodedExample, PromptFormat, encode_qa
 from ..errors import UserInputError, first_line
 from ..maths.metrics import NOISE_CEILING
@@ -62,7 +62,7 @@ class Workspace:
     Built once per sweep (`workspace`) and handed to the trials as it is (`for_run`): what it holds
     depends only on the parts of the config in `workspace_key`."""
 
-    config: RunConfig
+    config: RunSettings
     data: Any
     tokenizer: PreTrainedTokenizerBase
     prompt_format: PromptFormat
@@ -74,7 +74,7 @@ class Workspace:
     def benchmark(self) -> Benchmark:
         return benchmark(self.config.benchmark)
 
-    def for_run(self, config: RunConfig) -> Workspace:
+    def for_run(self, config: RunSettings) -> Workspace:
         """This workspace for another run of the same data and model (a trial's sampled method and
         training settings); a run whose `workspace_key` differs gets a workspace of its own."""
         if workspace_key(config) != self.key:
@@ -117,7 +117,7 @@ class RunResult:
     workspace: Workspace | None = None
 
 
-def resolve_device(config: RunConfig) -> torch.device:
+def resolve_device(config: RunSettings) -> torch.device:
     if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise UserInputError("device: cuda was asked for but no GPU is visible; allowed: auto, cpu")
@@ -125,17 +125,17 @@ def resolve_device(config: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def original_key(config: RunConfig) -> str:
+def original_key(config: RunSettings) -> str:
     return content_hash("original", *benchmark(config.benchmark).cache_key_parts(config, "original"))
 
 
-def retrain_key(config: RunConfig) -> str:
+def retrain_key(config: RunSettings) -> str:
     return content_hash(
         original_key(config), "retrain", *benchmark(config.benchmark).cache_key_parts(config, "retrain")
     )
 
 
-def workspace_key(config: RunConfig) -> str:
+def workspace_key(config: RunSettings) -> str:
     """What a workspace depends on: the benchmark's data settings, the model (its tokenizer), the
     seed (the tiny tokenizer's), the cache and the encoding lengths; not the method or optimiser."""
     return content_hash(
@@ -148,7 +148,7 @@ def workspace_key(config: RunConfig) -> str:
     )
 
 
-def load_run_data(config: RunConfig) -> Any:
+def load_run_data(config: RunSettings) -> Any:
     """The benchmark's rows; a method the benchmark cannot run is a UserInputError."""
     bench = benchmark(config.benchmark)
     bench.check_method(config.method.name)
@@ -167,7 +167,7 @@ def training_examples(
     return ws.encoded[(kind, length)]
 
 
-def initial_model(config: RunConfig, corpus: Iterable[str]) -> LoadedModel:
+def initial_model(config: RunSettings, corpus: Iterable[str]) -> LoadedModel:
     """The run's starting model and tokenizer (on CPU): a preset built from the run's seed (the
     `tiny` tokenizer trained on `corpus`, the run's texts), a local folder or a hub id."""
     return load_model_and_tokenizer(
@@ -181,7 +181,7 @@ def initial_model(config: RunConfig, corpus: Iterable[str]) -> LoadedModel:
     )
 
 
-def workspace(config: RunConfig) -> Workspace:
+def workspace(config: RunSettings) -> Workspace:
     """Load the data, train or load the tokenizer and encode what unlearning trains on; built once
     per sweep and handed to the trials (`Workspace.for_run`)."""
     bench = benchmark(config.benchmark)
@@ -199,7 +199,7 @@ def workspace(config: RunConfig) -> Workspace:
     return ws
 
 
-def load_prepared_model(path: Path, config: RunConfig) -> PreTrainedModel:
+def load_prepared_model(path: Path, config: RunSettings) -> PreTrainedModel:
     loaded = load_model_and_tokenizer(
         str(path), dtype=config.model.dtype, cache_dir=Path(config.cache_dir), trust_remote_code=False
     )
@@ -224,7 +224,7 @@ def evaluate(ws: Workspace, model: PreTrainedModel, retrain_reference: Any | Non
     return base.evaluate(ws.benchmark, model, ws, retrain_reference)
 
 
-def evaluation_key(config: RunConfig) -> str:
+def evaluation_key(config: RunSettings) -> str:
     """What a prepared model's stored evaluation depends on besides its weights."""
     return content_hash(
         "evaluation",
@@ -242,7 +242,7 @@ def retrain_reference(ws: Workspace, retrain: PreparedModel | None) -> Any | Non
     return ws.benchmark.retrain_reference(Evaluation(retrain.metrics, retrain.examples))
 
 
-def as_is_model(config: RunConfig, name: str) -> str | None:
+def as_is_model(config: RunSettings, name: str) -> str | None:
     """The released model to use as the prepared `name` (Original / Retrain) instead of fine-tuning."""
     role: Role = "original" if name == "Original" else "retrain"
     return benchmark(config.benchmark).released_model(config, role)
@@ -389,7 +389,7 @@ class FineTune:
     seed: int
 
 
-def fine_tunes(config: RunConfig, root: Path | None = None) -> list[FineTune]:
+def fine_tunes(config: RunSettings, root: Path | None = None) -> list[FineTune]:
     """The models `prepare` fine-tunes (whether or not their weights are made already), in its order:
     Retrain (when the benchmark has one), the Original, and with `evaluation.noise_ceiling` the
     second Retrain of `noise_ceiling`. Released models, used as they are, are not among them."""
@@ -425,7 +425,7 @@ def prepare_one(ws: Workspace, name: str, root: Path | None = None, log: Log = _
         finetune_weights(ws, name, final, "original", log)
 
 
-def prepared_dirs(config: RunConfig, root: Path | None = None) -> tuple[Path, Path]:
+def prepared_dirs(config: RunSettings, root: Path | None = None) -> tuple[Path, Path]:
     """Where Original and Retrain live: `<root>/<content hash>` (root: `<cache_dir>/prepared`)."""
     root = Path(config.cache_dir) / "prepared" if root is None else root
     return root / f"original-{original_key(config)}", root / f"retrain-{retrain_key(config)}"
@@ -450,7 +450,7 @@ def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepa
 SECOND_RETRAIN = "Retrain (seed + 1)"
 
 
-def second_retrain_config(config: RunConfig) -> RunConfig:
+def second_retrain_config(config: RunSettings) -> RunSettings:
     """The run the noise ceiling's second Retrain is fine-tuned for: the same, from seed + 1."""
     return config.model_copy(update={"seed": config.seed + 1})
 
@@ -686,7 +686,7 @@ class EpochEvaluator:
         return True
 
 
-def run(config: RunConfig, log: Log = _quiet) -> RunResult:
+def run(config: RunSettings, log: Log = _quiet) -> RunResult:
     ws = workspace(config)
     prepared = prepare(ws, log)
     forget = ws.benchmark.forget_description(ws.data)

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from raysimnpo.config.base import SWEEPS_DIR
-from raysimnpo.config.run import RunConfig
+from raysimnpo.config.run import RunSettings
 from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.errors import UserInputError
 from raysimnpo.recipes import unlearn as recipe
@@ -83,7 +83,7 @@ def test_a_folder_without_weights_is_refused(tmp_path: Path) -> None:
 
 
 def test_local_released_folders_are_used_as_they_are(tmp_path: Path) -> None:
-    fine_tuned = RunConfig.model_validate({**run_settings(), "cache_dir": str(tmp_path / "cache")})
+    fine_tuned = RunSettings.model_validate({**run_settings(), "cache_dir": str(tmp_path / "cache")})
     ws = recipe.workspace(fine_tuned)
     saved = {}
     for name, seed in (("original", 1), ("retrain", 2)):  # two different models, in HF folders
@@ -97,7 +97,7 @@ def test_local_released_folders_are_used_as_they_are(tmp_path: Path) -> None:
         "original_model": str(tmp_path / "released-original"),
         "retrain_model": str(tmp_path / "released-retrain"),
     }
-    config = RunConfig.model_validate({**settings, "cache_dir": str(tmp_path / "cache")})
+    config = RunSettings.model_validate({**settings, "cache_dir": str(tmp_path / "cache")})
     assert recipe.original_key(config) != recipe.original_key(fine_tuned)
     assert recipe.retrain_key(config) != recipe.retrain_key(fine_tuned)
 

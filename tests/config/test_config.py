@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from raysimnpo.config.base import apply_overrides, sweep_file
-from raysimnpo.config.run import RunConfig, load_run_config
+from raysimnpo.config.run import RunSettings, load_run_config
 from raysimnpo.errors import UserInputError
 from raysimnpo.methods import NPOParams, SimNPOParams
 
@@ -87,6 +87,6 @@ def test_malformed_override_and_yaml(tmp_path: Path) -> None:
 
 
 def test_configs_are_frozen() -> None:
-    config = RunConfig()
+    config = RunSettings()
     with pytest.raises(Exception, match="frozen"):
         config.seed = 3  # type: ignore[misc]

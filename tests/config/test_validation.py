@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from raysimnpo.cli import relearn, run, sweep
 from raysimnpo.config.base import _members
-from raysimnpo.config.run import RunConfig
+from raysimnpo.config.run import RunSettings
 from raysimnpo.config.sweep import ParamRange, SweepConfig, load_sweep_config
 from raysimnpo.errors import UserInputError
 
@@ -529,7 +529,7 @@ def test_set_mistakes_name_the_override(tmp_path: Path, override: str, message: 
 def test_trial_run_config_takes_the_same_dotted_keys() -> None:
     sweep_config = SweepConfig(name="x")
     trial = sweep_config.trial_run_config({"method": "npo", "npo": {"method.beta": 0.3, "unlearn.epochs": 2}})
-    assert isinstance(trial, RunConfig)
+    assert isinstance(trial, RunSettings)
     assert (trial.method.name, trial.method.beta, trial.unlearn.epochs) == ("npo", 0.3, 2)
 
 

@@ -17,7 +17,7 @@ from pydantic import Field
 from ray import cloudpickle
 from torch import Tensor
 
-from raysimnpo.config.run import RunConfig
+from raysimnpo.config.run import RunSettings
 from raysimnpo.maths import objectives
 from raysimnpo.maths.pareto import non_dominated_mask
 from raysimnpo.methods import METHODS, Method, MethodParams, StepTerms, register
@@ -45,7 +45,7 @@ def bounded_ascent_loss(t: StepTerms, p: MethodParams) -> tuple[Tensor, Tensor |
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Path, np.ndarray]:
+def case(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunSettings, Path, np.ndarray]:
     config, original, reference = invariance.prepare_case(tmp_path_factory.mktemp("one-path"))
     return config, original, np.asarray(reference)
 
@@ -71,7 +71,7 @@ def forget_nll_per_token(model: Any, ws: recipe.Workspace) -> float:
 
 @pytest.mark.ray
 def test_a_registered_method_runs_on_two_fsdp_workers(
-    ray_cluster: None, tmp_path: Path, case: tuple[RunConfig, Path, np.ndarray], bounded_ascent: Method
+    ray_cluster: None, tmp_path: Path, case: tuple[RunSettings, Path, np.ndarray], bounded_ascent: Method
 ) -> None:
     config, original, _ = case
     params = BoundedAscentParams(retain_weight=0.0)  # the forget term alone, so it shows
@@ -104,7 +104,7 @@ def test_a_registered_method_runs_on_two_fsdp_workers(
 
 @pytest.mark.ray
 def test_a_chat_model_unlearned_by_two_workers_reloads_and_evaluates_in_its_format(
-    ray_cluster: None, tmp_path: Path, case: tuple[RunConfig, Path, np.ndarray]
+    ray_cluster: None, tmp_path: Path, case: tuple[RunSettings, Path, np.ndarray]
 ) -> None:
     """The Original is recorded as a Llama-2 chat model (`[INST] q [/INST]` prompts; its name and
     tokenizer would say `plain`). Two FSDP2 workers unlearn it with SimNPO; the checkpoint they

@@ -17,7 +17,7 @@ from ray.train import WorkerGroupError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from raysimnpo.config.base import TrainSettings
-from raysimnpo.config.run import DataSettings, ModelSettings, RunConfig
+from raysimnpo.config.run import DataSettings, ModelSettings, RunSettings
 from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
 from raysimnpo.data.generators.tofu import TofuGeneratorConfig
 from raysimnpo.data.sources import TofuSource
@@ -45,9 +45,9 @@ SMALL = TinyModelConfig(
 )
 
 
-def run_config(cache: Path) -> RunConfig:
+def run_config(cache: Path) -> RunSettings:
     # forget10 of the small generated set: 6 forget and 54 retain QA; batch 4 leaves last batches of 2.
-    return RunConfig(
+    return RunSettings(
         seed=3,
         device="cpu",
         cache_dir=str(cache),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raysimnpo.config.run import RunConfig
+from raysimnpo.config.run import RunSettings
 from raysimnpo.config.sweep import RelearnSettings
 from raysimnpo.recipes import relearn as relearning
 from raysimnpo.recipes import unlearn as recipe
@@ -36,7 +36,7 @@ def test_random_draws_repeat_per_seed_and_differ_across_seeds() -> None:
 
 
 def test_relearning_the_original_raises_forget_probability(tmp_path: Path) -> None:
-    config = RunConfig.model_validate({**run_settings(), "cache_dir": str(tmp_path / "cache")})
+    config = RunSettings.model_validate({**run_settings(), "cache_dir": str(tmp_path / "cache")})
     ws = recipe.workspace(config)
     prepared = recipe.prepare(ws)
     retrain = prepared.retrain.forget_truth_ratios()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from raysimnpo.config.run import RunConfig
+from raysimnpo.config.run import RunSettings
 from raysimnpo.data.generators.tofu import TofuGeneratorConfig
 from raysimnpo.errors import UserInputError
 from raysimnpo.recipes import unlearn as recipe
@@ -71,12 +71,12 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def config(cache: Path) -> RunConfig:
-    return RunConfig.model_validate({**run_settings(), "cache_dir": str(cache)})
+def config(cache: Path) -> RunSettings:
+    return RunSettings.model_validate({**run_settings(), "cache_dir": str(cache)})
 
 
 @pytest.fixture(scope="module")
-def first(single_thread: None, config: RunConfig) -> recipe.RunResult:
+def first(single_thread: None, config: RunSettings) -> recipe.RunResult:
     return recipe.run(config)
 
 
@@ -85,7 +85,9 @@ def check_metrics(metrics: dict[str, float]) -> None:
         assert math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, (key, metrics.get(key))
 
 
-def test_run_gives_original_retrain_and_unlearned_metrics(first: recipe.RunResult, config: RunConfig) -> None:
+def test_run_gives_original_retrain_and_unlearned_metrics(
+    first: recipe.RunResult, config: RunSettings
+) -> None:
     for metrics in (first.original.metrics, first.retrain.metrics, first.unlearned.metrics):
         check_metrics(metrics)
     assert first.retrain.metrics["forget_quality"] == 1.0  # Retrain against itself
@@ -104,7 +106,7 @@ def test_run_gives_original_retrain_and_unlearned_metrics(first: recipe.RunResul
     assert first.original.path == original_dir / "model"
 
 
-def test_second_run_reuses_cache_and_repeats_numbers(first: recipe.RunResult, config: RunConfig) -> None:
+def test_second_run_reuses_cache_and_repeats_numbers(first: recipe.RunResult, config: RunSettings) -> None:
     folders = recipe.prepared_dirs(config)
     evaluation = f"eval-{recipe.evaluation_key(config)}"
     stamps = {
@@ -123,7 +125,7 @@ def test_second_run_reuses_cache_and_repeats_numbers(first: recipe.RunResult, co
 
 
 def test_every_epoch_run_scores_each_epoch_and_ends_with_the_same_model(
-    first: recipe.RunResult, config: RunConfig
+    first: recipe.RunResult, config: RunSettings
 ) -> None:
     every = config.model_copy(
         update={"evaluation": config.evaluation.model_copy(update={"every_epoch": True})}
@@ -151,7 +153,7 @@ def test_every_epoch_run_scores_each_epoch_and_ends_with_the_same_model(
 
 
 def test_new_evaluation_settings_reevaluate_cached_weights(
-    first: recipe.RunResult, config: RunConfig
+    first: recipe.RunResult, config: RunSettings
 ) -> None:
     changed = config.model_copy(
         update={"evaluation": config.evaluation.model_copy(update={"max_new_tokens": 3})}
@@ -192,7 +194,7 @@ def test_cli_prints_one_json_object(first: recipe.RunResult, cache: Path, tmp_pa
 
 
 def test_noise_ceiling_is_a_second_retrain_scored_against_the_first(
-    first: recipe.RunResult, config: RunConfig
+    first: recipe.RunResult, config: RunSettings
 ) -> None:
     """`evaluation.noise_ceiling`: Retrain from seed + 1 (same data and tokenizer), its forget quality
     measured against Retrain's truth ratios, becomes Retrain's `forget_quality_noise_ceiling`."""
@@ -222,7 +224,7 @@ def test_noise_ceiling_is_a_second_retrain_scored_against_the_first(
     assert sum("fine-tuning" in line for line in logs) == 1
 
 
-def test_fine_tunes_lists_what_prepare_trains_and_leaves_released_models_out(config: RunConfig) -> None:
+def test_fine_tunes_lists_what_prepare_trains_and_leaves_released_models_out(config: RunSettings) -> None:
     root = Path("/prepared")
     original_dir, retrain_dir = recipe.prepared_dirs(config, root)
     assert recipe.fine_tunes(config, root) == [
@@ -250,7 +252,7 @@ def test_fine_tunes_lists_what_prepare_trains_and_leaves_released_models_out(con
     assert recipe.fine_tunes(released, root) == []
 
 
-def test_fine_tuning_on_workers_refuses_batches_it_cannot_split(config: RunConfig) -> None:
+def test_fine_tuning_on_workers_refuses_batches_it_cannot_split(config: RunSettings) -> None:
     # full + utility QA: 76 examples for the Original, 70 for Retrain.
     ws = recipe.workspace(config)
     recipe.check_finetune_batches(ws, "original", 2)  # batches of 16: the last holds 12
@@ -268,5 +270,5 @@ def test_fine_tuning_on_workers_refuses_batches_it_cannot_split(config: RunConfi
     recipe.check_finetune_batches(ws.for_run(with_prepare_batch(config, 15)), "retrain", 2)  # 70 = 4·15 + 10
 
 
-def with_prepare_batch(config: RunConfig, batch_size: int) -> RunConfig:
+def with_prepare_batch(config: RunSettings, batch_size: int) -> RunSettings:
     return config.model_copy(update={"prepare": config.prepare.model_copy(update={"batch_size": batch_size})})

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from raysimnpo.config.run import RunConfig
+from raysimnpo.config.run import RunSettings
 from raysimnpo.data.generators.tofu import TofuGeneratorConfig
 from raysimnpo.recipes import unlearn as recipe
 
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
-    return RunConfig.model_validate(
+def config(tmp_path_factory: pytest.TempPathFactory) -> RunSettings:
+    return RunSettings.model_validate(
         {
             "device": "cpu",
             "cache_dir": str(tmp_path_factory.mktemp("cache")),
@@ -45,12 +45,12 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def ws(config: RunConfig) -> recipe.Workspace:
+def ws(config: RunSettings) -> recipe.Workspace:
     return recipe.workspace(config)
 
 
 def test_a_trial_of_other_method_and_optimiser_settings_shares_the_workspace(
-    ws: recipe.Workspace, config: RunConfig
+    ws: recipe.Workspace, config: RunSettings
 ) -> None:
     trial = config.model_copy(
         update={
@@ -68,7 +68,7 @@ def test_a_trial_of_other_method_and_optimiser_settings_shares_the_workspace(
 
 
 def test_a_trial_that_changes_the_data_gets_its_own_workspace(
-    ws: recipe.Workspace, config: RunConfig
+    ws: recipe.Workspace, config: RunSettings
 ) -> None:
     other = config.model_copy(update={"seed": 1})
     assert recipe.workspace_key(other) != ws.key
