@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 import polars as pl  # noqa: E402
 
-from raysimnpo.analysis.load import completed_trials, load_runs, retrain_utility  # noqa: E402
+from raysimnpo.analysis.load import Results, completed_trials, load_runs, retrain_utility  # noqa: E402
 from raysimnpo.analysis.tables import MU_TOLERANCE, select_configurations  # noqa: E402
 from raysimnpo.maths.pareto import hypervolume_2d  # noqa: E402
 
@@ -109,9 +109,8 @@ def run_sweep(storage: Path, design: str, seed: int, budget: float) -> dict[str,
     return json.loads((storage / "wall.json").read_text()) | {"run_dir": str(run_dir)}
 
 
-def at_budget(run_dir: str, minutes: float) -> dict[str, Any]:
-    """What the run had finished within its first `minutes` of trials."""
-    res = load_runs([run_dir])
+def at_budget(res: Results, minutes: float) -> dict[str, Any]:
+    """What a run (`load_runs` of its folder) had finished within its first `minutes` of trials."""
     trials = res.trials.filter(pl.col("kind") == "trial")
     start = trials["started_at"].min()
     finished = (
@@ -125,8 +124,18 @@ def at_budget(run_dir: str, minutes: float) -> dict[str, Any]:
     values = points.select(FQ, MU).drop_nulls().to_numpy()
     hv = hypervolume_2d(values, ["max", "max"], [0.0, 0.0]) if len(values) else 0.0
     selection = select_configurations(within)
+    params = dict(zip(res.trials["trial_id"].to_list(), res.trials["params_json"].to_list(), strict=True))
+    epochs = dict(zip(res.trials["trial_id"].to_list(), res.trials["epochs"].to_list(), strict=True))
     selected = {
-        row["method"]: {"trial_id": row["trial_id"], FQ: row[FQ], MU: row[MU], "reason": row["reason"]}
+        row["method"]: {
+            "trial_id": row["trial_id"],
+            FQ: row[FQ],
+            MU: row[MU],
+            "reason": row["reason"],
+            "threshold": row["threshold"],
+            "params": json.loads(params[row["trial_id"]]),
+            "epochs": epochs[row["trial_id"]],  # an epoch candidate's: its epoch
+        }
         for row in selection.to_dicts()
         if row["method"] in METHODS
     }
@@ -148,24 +157,18 @@ def at_budget(run_dir: str, minutes: float) -> dict[str, Any]:
     }
 
 
-def selected_settings(run_dirs: list[str], minutes: float) -> dict[str, dict[str, Any]]:
-    """Per method, the candidate the selection rule picks among all `run_dirs` pooled, with its
-    hyperparameters (an epoch candidate's `epochs` is the epoch)."""
+def selected_settings(runs: dict[str, Results], minutes: float) -> dict[str, dict[str, Any]]:
+    """Per method, the candidate the selection rule picks among all `runs` (run folder -> results)
+    pooled, with its hyperparameters (an epoch candidate's `epochs` is the epoch)."""
     best: dict[str, dict[str, Any]] = {}
-    for run_dir in run_dirs:
-        for method, point in at_budget(run_dir, minutes)["selected"].items():
-            res = load_runs([run_dir])
-            row = res.trials.filter(pl.col("trial_id") == point["trial_id"]).to_dicts()[0]
-            candidate = point | {
-                "params": json.loads(row["params_json"]),
-                "epochs": row["epochs"],
-                "run": run_dir,
-            }
-            threshold = (at_budget(run_dir, minutes)["retrain_model_utility"] or 0.0) - MU_TOLERANCE
+    for run_dir, res in runs.items():
+        for method, point in at_budget(res, minutes)["selected"].items():
+            # MU(Retrain) - MU_TOLERANCE; without a Retrain row, -MU_TOLERANCE
+            threshold = point["threshold"] if point["threshold"] is not None else -MU_TOLERANCE
+            qualifies = point[MU] >= threshold
             current = best.get(method)
-            qualifies = candidate[MU] >= threshold
-            if current is None or (qualifies, candidate[FQ]) > (current["qualifies"], current[FQ]):
-                best[method] = candidate | {"qualifies": qualifies}
+            if current is None or (qualifies, point[FQ]) > (current["qualifies"], current[FQ]):
+                best[method] = point | {"run": run_dir, "qualifies": qualifies}
     return best
 
 
@@ -277,15 +280,12 @@ def main() -> int:
         "cpus": CPUS,
         "runs": [],
     }
+    loaded: dict[str, Results] = {}  # run folder -> its results, read once
     for seed in args.seeds:
         for design in DESIGNS:
             wall = run_sweep(storage / f"{design}-seed{seed}", design, seed, budgets[-1])
-            row = {
-                "design": design,
-                "seed": seed,
-                **wall,
-                "budgets": [at_budget(wall["run_dir"], b) for b in budgets],
-            }
+            loaded[wall["run_dir"]] = res = load_runs([wall["run_dir"]])
+            row = {"design": design, "seed": seed, **wall, "budgets": [at_budget(res, b) for b in budgets]}
             report["runs"].append(row)
             last = row["budgets"][-1]
             print(
@@ -305,7 +305,7 @@ def main() -> int:
         }
         report["hypervolume_ratio"][f"{minutes:g}"] = means["per-epoch"] / max(means["last-epoch"], 1e-12)
     if args.paper_seeds:
-        per_epoch = [r["run_dir"] for r in report["runs"] if r["design"] == "per-epoch"]
+        per_epoch = {r["run_dir"]: loaded[r["run_dir"]] for r in report["runs"] if r["design"] == "per-epoch"}
         report["selected_settings"] = selected_settings(per_epoch, budgets[-1])
         report["paper_check"] = paper_check(
             report["selected_settings"], storage / "paper-check", args.paper_seeds
