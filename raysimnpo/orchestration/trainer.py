@@ -114,7 +114,7 @@ def unlearn_with_torch_trainer(
         )
     config = with_absolute_paths(config)
     output = Path(output_path).expanduser().resolve()
-    storage = storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
+    storage = run_storage(storage_path)
     in_run_folder = "://" not in storage and output.is_relative_to(Path(storage) / name)
     started = time.perf_counter()
     result = fit_workers(
@@ -186,7 +186,7 @@ def finetune_with_torch_trainer(
     """
     check_workers(config, num_workers=num_workers, use_gpu=use_gpu)
     config = with_absolute_paths(config)
-    storage = storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
+    storage = run_storage(storage_path)
     started = time.perf_counter()
     result = fit_workers(
         finetune_loop_per_worker,
@@ -206,6 +206,11 @@ def finetune_with_torch_trainer(
     )
     returned = dict(result.return_value or {})
     return {"models": list(returned.get("models", [])), "seconds": time.perf_counter() - started}
+
+
+def run_storage(storage_path: str) -> str:
+    """Ray Train's storage_path: a URI as given, a local path made absolute (workers run elsewhere)."""
+    return storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
 
 
 def fit_workers(
