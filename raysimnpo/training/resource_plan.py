@@ -212,6 +212,11 @@ class PhaseMemory:
         return self.weights + self.gradients + self.optimizer + self.activations
 
 
+def block_elements(shape: ModelShape) -> int:
+    """Activation elements one decoder block holds per token (the stated estimate)."""
+    return ACTIVATION_ELEMENTS_HIDDEN * shape.hidden + ACTIVATION_ELEMENTS_MLP * shape.intermediate
+
+
 def training_memory(
     phase: str,
     shape: ModelShape,
@@ -234,12 +239,7 @@ def training_memory(
         compute_copy = (2 * shape.largest_block + shape.outside_blocks) * compute_bytes
     weights = MASTER_BYTES * p / w + compute_copy + (MASTER_BYTES * p if frozen_copy else 0)
     tokens = passes * math.ceil(batch_size / w) * max_length
-    per_token = (
-        shape.layers
-        * (ACTIVATION_ELEMENTS_HIDDEN * shape.hidden + ACTIVATION_ELEMENTS_MLP * shape.intermediate)
-        * compute_bytes
-        + LOGIT_BYTES * shape.vocab
-    )
+    per_token = shape.layers * block_elements(shape) * compute_bytes + LOGIT_BYTES * shape.vocab
     return PhaseMemory(
         phase=phase,
         work="fine-tune",
@@ -264,12 +264,7 @@ def inference_memory(
     tokens with an unsharded model in its loaded dtype."""
     logits = batch_size * max_length * shape.vocab * LOGIT_BYTES
     # without autograd one decoder block's intermediates are alive at a time
-    block = (
-        batch_size
-        * max_length
-        * (ACTIVATION_ELEMENTS_HIDDEN * shape.hidden + ACTIVATION_ELEMENTS_MLP * shape.intermediate)
-        * weight_bytes
-    )
+    block = batch_size * max_length * block_elements(shape) * weight_bytes
     kv_cache = (
         batch_size * (max_length + max_new_tokens) * shape.layers * 2 * shape.kv_width * weight_bytes
         if max_new_tokens
