@@ -110,15 +110,28 @@ def run_sweep(storage: Path, design: str, seed: int, budget: float) -> dict[str,
 
 
 def at_budget(res: Results, minutes: float) -> dict[str, Any]:
-    """What a run (`load_runs` of its folder) had finished within its first `minutes` of trials."""
+    """What a run (`load_runs` of its folder) had within its first `minutes` of trials: the trials
+    finished by then, and the epoch candidates evaluated by then (`evaluated_at`), as a sweep with
+    that time budget keeps them (its running trials stop after their epoch, `epochs.epoch_stop_rule`)."""
     trials = res.trials.filter(pl.col("kind") == "trial")
     start = trials["started_at"].min()
-    finished = (
-        trials.clear()
-        if start is None  # no trial finished within the whole budget
-        else trials.filter(pl.col("finished_at") <= start + timedelta(minutes=minutes))  # type: ignore[operator]
+    if start is None:  # no trial finished within the whole budget
+        finished, evaluated = trials.clear(), set()
+    else:
+        cutoff = start + timedelta(minutes=minutes)  # type: ignore[operator]
+        whole = trials.filter(~pl.col("trial_id").str.contains(r"\.epoch-"))
+        finished = whole.filter(pl.col("finished_at") <= cutoff)
+        at = res.metrics.filter((pl.col("stage") == "final") & (pl.col("metric") == "evaluated_at"))
+        evaluated = set(
+            at.filter(pl.col("trial_id").str.contains(r"\.epoch-") & (pl.col("value") <= cutoff.timestamp()))[
+                "trial_id"
+            ].to_list()
+        )
+    kept = (
+        set(finished["trial_id"].to_list())
+        | evaluated
+        | set(res.trials.filter(pl.col("kind") != "trial")["trial_id"])
     )
-    kept = set(finished["trial_id"].to_list()) | set(res.trials.filter(pl.col("kind") != "trial")["trial_id"])
     within = dataclasses.replace(res, trials=res.trials.filter(pl.col("trial_id").is_in(list(kept))))
     points = completed_trials(within).filter(pl.col("kind") == "trial")
     values = points.select(FQ, MU).drop_nulls().to_numpy()
@@ -139,17 +152,16 @@ def at_budget(res: Results, minutes: float) -> dict[str, Any]:
         for row in selection.to_dicts()
         if row["method"] in METHODS
     }
-    whole = finished.filter(~pl.col("trial_id").str.contains(r"\.epoch-"))
     timing = res.metrics.filter(
         (pl.col("stage") == "timing")
         & (pl.col("metric") == "evaluate_seconds")
-        & pl.col("trial_id").is_in(whole["trial_id"].to_list())
+        & pl.col("trial_id").is_in(finished["trial_id"].to_list())
     )
     return {
         "minutes": minutes,
         "hypervolume": hv,
         "hypervolume_per_cpu_minute": hv / (minutes * CPUS),
-        "trials_finished": whole.height,
+        "trials_finished": finished.height,
         "evaluated_points": points.height,  # every evaluated (trial, epoch), each trial's last included
         "evaluate_seconds": float(timing["value"].sum()),
         "selected": selected,
@@ -245,9 +257,22 @@ def tables(report: dict[str, Any]) -> str:
                 f"{_mean_sd([b['evaluated_points'] for b in at])} | {_mean_sd([b['evaluate_seconds'] for b in at])} | "
                 f"{pick('simnpo')} | {pick('npo')} |"
             )
-    lines += ["", "| budget (min) | per-epoch / last-epoch hypervolume (mean over seeds) |", "|---|---|"]
+    lines += [
+        "",
+        "| budget b (min) | per-epoch / last-epoch HV at b (mean over seeds) | minutes per-epoch needs to reach last-epoch's HV at b: mean curves; per seed | 2x last-epoch's HV at b | HV of the noise-ceiling point |",
+        "|---|---|---|---|---|",
+    ]
+    ceiling = report.get("noise_ceiling_hypervolume")
     for minutes, ratio in report["hypervolume_ratio"].items():
-        lines.append(f"| {minutes} | {ratio:.2f}x |")
+        reach = report["minutes_to_reach_last_epoch_hv"][minutes]
+        seeds = ", ".join(
+            "-" if m is None else f"{m:g}" for m in report["minutes_to_reach_per_seed"][minutes]
+        )
+        twice = 2 * report["hypervolume_curve"]["last-epoch"][report["curve_minutes"].index(float(minutes))]
+        lines.append(
+            f"| {minutes} | {ratio:.2f}x | {'not reached' if reach is None else f'{reach:g}'}; {seeds} | {twice:.3f} | "
+            f"{'-' if ceiling is None else f'{ceiling:.3f}'} |"
+        )
     if report.get("paper_check"):
         lines += ["", "| method | setting | run seed | FQ | MU | MU(Retrain) |", "|---|---|---|---|---|---|"]
         for row in report["paper_check"]:
@@ -304,6 +329,49 @@ def main() -> int:
             for design in DESIGNS
         }
         report["hypervolume_ratio"][f"{minutes:g}"] = means["per-epoch"] / max(means["last-epoch"], 1e-12)
+    # HV against minutes of trials, mean over seeds, and how long per-epoch takes to reach the HV
+    # last-epoch has at each budget: the per-CPU-minute comparison read the other way round.
+    grid = [round(0.25 * k, 2) for k in range(1, int(budgets[-1] / 0.25) + 1)]
+    report["hypervolume_curve"] = {
+        design: [
+            statistics.mean(
+                at_budget(loaded[r["run_dir"]], m)["hypervolume"]
+                for r in report["runs"]
+                if r["design"] == design
+            )
+            for m in grid
+        ]
+        for design in DESIGNS
+    }
+    report["curve_minutes"] = grid
+    report["minutes_to_reach_last_epoch_hv"] = {}
+    for minutes in budgets:
+        target = report["hypervolume_curve"]["last-epoch"][grid.index(minutes)]
+        reached = [
+            m for m, hv in zip(grid, report["hypervolume_curve"]["per-epoch"], strict=True) if hv >= target
+        ]
+        report["minutes_to_reach_last_epoch_hv"][f"{minutes:g}"] = reached[0] if reached else None
+    # The same per sampler seed: the minutes the per-epoch run needs to reach the HV the last-epoch
+    # run of that seed has at b (None: not within the largest budget).
+    report["minutes_to_reach_per_seed"] = {f"{m:g}": [] for m in budgets}
+    for seed in args.seeds:
+        pair = {r["design"]: loaded[r["run_dir"]] for r in report["runs"] if r["seed"] == seed}
+        curve = [at_budget(pair["per-epoch"], m)["hypervolume"] for m in grid]
+        for minutes in budgets:
+            target = at_budget(pair["last-epoch"], minutes)["hypervolume"]
+            reached = [m for m, hv in zip(grid, curve, strict=True) if hv >= target]
+            report["minutes_to_reach_per_seed"][f"{minutes:g}"].append(reached[0] if reached else None)
+    # The HV of a perfect unlearner's point: FQ of a second Retrain against Retrain (the noise
+    # ceiling) at MU(Retrain). Twice the baseline's HV above it is out of reach of any search.
+    ceilings = []
+    for res in loaded.values():
+        nc = res.metrics.filter(
+            (pl.col("trial_id") == "retrain") & (pl.col("metric") == "forget_quality_noise_ceiling")
+        )
+        mu = retrain_utility(res)
+        if nc.height and mu:
+            ceilings.append(float(nc["value"][0]) * next(iter(mu.values())))
+    report["noise_ceiling_hypervolume"] = max(ceilings) if ceilings else None
     if args.paper_seeds:
         per_epoch = {r["run_dir"]: loaded[r["run_dir"]] for r in report["runs"] if r["design"] == "per-epoch"}
         report["selected_settings"] = selected_settings(per_epoch, budgets[-1])

@@ -370,8 +370,7 @@ class TofuBenchmark:
         for split, group in by_split.items():
             out += example_statistics(
                 model,
-                ws.tokenizer,
-                ws.prompt_format,
+                ws.encoder,
                 ws.data.eval_split(split),
                 [item["row"] for item in group],
                 ws.config.evaluation,

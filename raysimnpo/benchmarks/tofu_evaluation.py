@@ -15,7 +15,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config.base import EvalSettings
-from ..data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
+from ..data.formatting import EncodedExample, PromptFormat, QAEncoder
 from ..maths.metrics import text, tofu
 from ..training.scoring import generate_greedy, score_sequences
 from .tofu import EvalSplit, EvalSplitSpec
@@ -44,8 +44,7 @@ class _Sequences:
 
 def example_statistics(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompt_format: PromptFormat,
+    encoder: QAEncoder,
     split: EvalSplitSpec,
     rows: Sequence[dict[str, Any]],
     settings: EvalSettings,
@@ -58,15 +57,15 @@ def example_statistics(
     no greedy answers, for metrics that need no ROUGE):
     summed NLLs and token counts of the answer, the truth-ratio reference and each perturbed
     answer, and the greedy answer. Everything TOFU's metrics need, nothing aggregated."""
+    tokenizer = encoder.tokenizer
     seqs = _Sequences()
     for r, row in enumerate(rows):
         q = row["question"]
-        seqs.add(encode_qa(tokenizer, q, row["answer"], prompt_format, max_length), split.name, r, "answer")
+        seqs.add(encoder.qa(q, row["answer"], max_length), split.name, r, "answer")
         if split.reference_field != "answer":
-            ref = encode_qa(tokenizer, q, row[split.reference_field], prompt_format, max_length)
-            seqs.add(ref, split.name, r, "reference")
+            seqs.add(encoder.qa(q, row[split.reference_field], max_length), split.name, r, "reference")
         for j, wrong in enumerate(row["perturbed_answer"]):
-            seqs.add(encode_qa(tokenizer, q, wrong, prompt_format, max_length), split.name, r, "perturbed", j)
+            seqs.add(encoder.qa(q, wrong, max_length), split.name, r, "perturbed", j)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     nll, n_tokens = score_sequences(model, seqs.encoded, settings.batch_size, pad_id)
     scored = {owner: (float(nll[i]), int(n_tokens[i])) for i, owner in enumerate(seqs.owner)}
@@ -74,7 +73,7 @@ def example_statistics(
     positions = list(range(len(rows))) if indices is None else list(indices)
     limit = settings.generation_limit
     generate_rows = [r for r in range(len(rows)) if generate and (limit is None or positions[r] < limit)]
-    prompts = [encode_prompt(tokenizer, rows[r]["question"], prompt_format) for r in generate_rows]
+    prompts = [encoder.prompt(rows[r]["question"]) for r in generate_rows]
     texts = generate_greedy(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
     generations = dict(zip(generate_rows, texts, strict=True))
 
@@ -157,10 +156,9 @@ def evaluate_tofu(
     retrain_forget_truth_ratios: np.ndarray | None,
 ) -> TofuEvaluation:
     """In-process evaluation: per-example statistics of every split, then the metrics."""
+    encoder = QAEncoder(tokenizer, prompt_format)
     examples: list[dict[str, Any]] = []
     for split in splits:
-        examples += example_statistics(
-            model, tokenizer, prompt_format, split, split.rows, settings, max_length
-        )
+        examples += example_statistics(model, encoder, split, split.rows, settings, max_length)
     metrics, examples = tofu_metrics(examples, splits, retrain_forget_truth_ratios)
     return TofuEvaluation(metrics=metrics, examples=examples)

@@ -123,8 +123,9 @@ class SearchSettings(Frozen):
     time_budget_minutes: float | None = Field(
         None,
         gt=0,
-        description="stop starting trials after this many minutes of trials (running ones are stopped "
-        "and their finished epochs kept); None: run num_trials",
+        description="start no trial after this many minutes of trials; running ones stop after their "
+        "current epoch with `evaluation.every_epoch` (their evaluated epochs kept), else at once; "
+        "None: run num_trials",
     )
     seed: int = 0
 

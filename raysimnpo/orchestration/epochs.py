@@ -23,7 +23,8 @@ per epoch. Two things use them:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +39,15 @@ from ..orchestration.study import EPOCH_POINT, search_distributions
 @dataclass(frozen=True)
 class EpochEvaluation:
     """What the workers need to evaluate after every epoch (`recipe.EpochEvaluator`): the Retrain
-    reference, the sweep's objectives (metric, direction), and the sweep's EpochFront actor (its name;
-    None: no early stopping) with the trial's id."""
+    reference, the sweep's objectives (metric, direction), the sweep's EpochFront actor (its name;
+    None: no early stopping) with the trial's id, and the end of the sweep's time budget (unix
+    seconds; None: no budget)."""
 
     retrain_reference: Any
     objectives: list[tuple[str, str]]
     front: str | None
     trial_id: str
+    deadline: float | None = None
 
 
 EPOCHS_SETTING = "unlearn.epochs"
@@ -142,8 +145,9 @@ class EpochPoints(tune.Callback):
         params = trial_params(trial.config)
         storage = optuna.storages.RDBStorage(f"sqlite:///{self.study_path}")
         study = optuna.load_study(study_name=self.study_name, storage=storage)
-        # A completed trial's own Optuna trial holds its last epoch; a stopped one was told PRUNED.
-        last = int(result["epoch"]) if result.get("completed") else None
+        # A trial that ran its planned epochs holds its last epoch in its own Optuna trial; one stopped
+        # before them (early stopping, the time budget) was told PRUNED (`SweepSearch`): every epoch is a point.
+        last = None if result.get("stopped_early") else int(result["epoch"])
         for row in points:
             epoch = int(row["epoch"])
             point = epoch_point_params(params, self.distributions, epoch)
@@ -171,6 +175,25 @@ def epoch_stopper(front_name: str, metrics: Sequence[str], trial_id: str) -> Any
             return False
         point = [float(row[m]) for m in metrics]
         return bool(ray.get(front.judge.remote(trial_id, int(row["epoch"]), point)))
+
+    return stop
+
+
+def epoch_stop_rule(
+    front_name: str | None, deadline: float | None, metrics: Sequence[str], trial_id: str
+) -> Callable[[dict[str, float]], bool] | None:
+    """`stop_after` for the training loop of a trial evaluated after every epoch: stop when the
+    sweep's EpochFront says its epochs are dominated (`epoch_stopper`; asked every epoch, so the
+    front records every point), or when the sweep's time budget has run out (`deadline`). A trial
+    stopped by the budget keeps the epochs it evaluated, rows, weights and study points, instead of
+    being killed with them; None: neither rule applies."""
+    if front_name is None and deadline is None:
+        return None
+    dominated = None if front_name is None else epoch_stopper(front_name, metrics, trial_id)
+
+    def stop(row: dict[str, float]) -> bool:
+        verdict = dominated is not None and dominated(row)
+        return verdict or (deadline is not None and time.time() >= deadline)
 
     return stop
 

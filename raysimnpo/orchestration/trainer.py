@@ -48,7 +48,7 @@ from ray.train.v2.torch.torch_trainer import TorchTrainer
 from ..config.run import RunSettings
 from ..errors import UserInputError
 from ..methods import CLOSED_FORM_WEIGHTS, METHODS, MethodParams, register
-from ..orchestration.epochs import EpochEvaluation, epoch_stopper
+from ..orchestration.epochs import EpochEvaluation, epoch_stop_rule
 from ..recipes import unlearn as recipe
 from ..results.storage import open_storage
 from ..training import sharding
@@ -342,9 +342,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
     if per_epoch is not None:
         keep = Path(loop_config["output_path"])
         evaluator = recipe.EpochEvaluator(ws, per_epoch.retrain_reference, per_epoch.objectives, keep=keep)
-        if per_epoch.front is not None and rank == 0:  # rank 0 asks; the loop gives every rank its answer
+        if rank == 0:  # rank 0 asks; the loop gives every rank its answer
             metrics = [m for m, _ in per_epoch.objectives]
-            stop = epoch_stopper(per_epoch.front, metrics, per_epoch.trial_id)
+            stop = epoch_stop_rule(per_epoch.front, per_epoch.deadline, metrics, per_epoch.trial_id)
 
     def report_with_state(rows: list[dict[str, float]], optimizer: Any, scheduler: Any) -> None:
         extra = {"weights": weights.rows if weights is not None else []}

@@ -35,7 +35,7 @@ from ..benchmarks.base import Evaluation
 from ..config.sweep import SweepConfig
 from ..maths.metrics import metric_direction
 from ..methods import CLOSED_FORM_WEIGHTS
-from ..orchestration.epochs import EpochEvaluation, epoch_stopper, front_actor_name
+from ..orchestration.epochs import EpochEvaluation, epoch_stop_rule, front_actor_name
 from ..recipes import unlearn as recipe
 from ..results.storage import exists, local_copy, open_storage
 from ..training.loop import GradientWeightLog, TrainingDiverged
@@ -220,6 +220,7 @@ def unlearn(
     epochs: list[dict[str, float]],
     shared_workspace: Any = None,
     retrain_reference: Any = None,
+    deadline: float | None = None,
 ) -> Unlearned:
     """The trial's one unlearning path: the recipe `recipe.unlearn_model`, run in this process when
     the trial has one CPU worker (Ray's per-trial start-up would dwarf a tiny model's training on
@@ -230,8 +231,9 @@ def unlearn(
 
     With `evaluation.every_epoch`, the model is evaluated after every epoch (`recipe.EpochEvaluator`,
     against `retrain_reference`), the epochs that can still be selected keep their weights beside the
-    checkpoint, and with `search.early_stop` the sweep's EpochFront may end the run after an epoch;
-    `Unlearned.evaluation` is then the last epoch's evaluation (the run's final one)."""
+    checkpoint, and with `search.early_stop` the sweep's EpochFront may end the run after an epoch,
+    as does the end of the sweep's time budget (`deadline`, unix seconds); `Unlearned.evaluation` is
+    then the last epoch's evaluation (the run's final one)."""
     run = ws.config
     objectives = [(o.metric, metric_direction(o.metric)) for o in sweep.search.objectives]
     front = front_actor_name(sweep) if sweep.search.early_stop is not None else None
@@ -242,7 +244,11 @@ def unlearn(
             if run.evaluation.every_epoch
             else None
         )
-        stop = None if front is None else epoch_stopper(front, [m for m, _ in objectives], trial_id)
+        stop = (
+            epoch_stop_rule(front, deadline, [m for m, _ in objectives], trial_id)
+            if run.evaluation.every_epoch
+            else None
+        )
         model, summary = recipe.unlearn_model(
             ws,
             original,
@@ -286,6 +292,7 @@ def unlearn(
             objectives=objectives,
             front=front,
             trial_id=trial_id,
+            deadline=deadline,
         )
         if run.evaluation.every_epoch
         else None,
@@ -316,10 +323,17 @@ def unlearn(
 
 
 def unlearning_trial(
-    params: dict[str, Any], *, sweep_json: str, prepared: PreparedModels, workspace: SharedWorkspace
+    params: dict[str, Any],
+    *,
+    sweep_json: str,
+    prepared: PreparedModels,
+    workspace: SharedWorkspace,
+    deadline: float | None = None,
 ) -> None:
     """The Tune function trainable (define-by-run params: `method` plus dotted run settings).
-    `workspace` is the sweep's, built once by the driver and handed over through the object store."""
+    `workspace` is the sweep's, built once by the driver and handed over through the object store;
+    `deadline`: when the sweep's time budget ends (unix seconds), after which a trial evaluated
+    every epoch stops after its current epoch."""
     sweep = SweepConfig.model_validate_json(sweep_json)
     run = sweep.trial_run_config(params)
     trial_id = tune.get_context().get_trial_id()
@@ -370,6 +384,7 @@ def unlearning_trial(
             epochs,
             workspace.ref,
             retrain_reference,
+            deadline,
         )
         for phase, seconds in unlearned.seconds.items():
             clock.add(phase, seconds)
@@ -460,6 +475,8 @@ def unlearning_trial(
         checkpoint=stored_checkpoint,
         forget_quality=metrics.get("forget_quality"),
         model_utility=metrics.get("model_utility"),
+        # a stopped trial's model is that of the epochs it ran (params_json keeps the planned ones)
+        **({} if stopped_at_epoch is None else {"epochs": stopped_at_epoch}),
     )
     example_rows = [dict(e, sweep=sweep.name, trial_id=trial_id) for e in examples]
     results.write_trial_results(

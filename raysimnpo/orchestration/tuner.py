@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import results
@@ -556,9 +557,15 @@ def run_sweep(
             log(f"[prepare] {kind.capitalize()} {' '.join(f'{k} {metrics[k]:.3g}' for k in headline)}")
     # The workspace and the handoff go through the object store once (`with_parameters`); every
     # trial gets them from there instead of loading, tokenizing and encoding the data again.
+    budget = sweep.search.time_budget_minutes
+    deadline = None if budget is None else time.time() + 60 * budget
     trainable = tune.with_resources(
         tune.with_parameters(
-            unlearning_trial, sweep_json=sweep.model_dump_json(), prepared=prepared, workspace=shared
+            unlearning_trial,
+            sweep_json=sweep.model_dump_json(),
+            prepared=prepared,
+            workspace=shared,
+            deadline=deadline,
         ),
         trial_resources(sweep),
     )
@@ -604,12 +611,36 @@ def run_sweep(
         name = "tune" if not experiments else f"tune-{len(experiments) + 1}"
         if experiments:
             log(f"[sweep] extending {sweep.name} by {remaining} trials (experiment {name})")
-        new_tuner(sweep, storage, study, trainable, name, remaining, callbacks).fit()
+        new_tuner(sweep, storage, study, trainable, name, remaining, callbacks, deadline).fit()
         mark_interrupted(study, sweep.name, log)
     sync_study(study, storage, sweep.name)
     if sweep.search.early_stop is not None:
         ray.kill(front)
     return study
+
+
+class SweepSearch(OptunaSearch):
+    """Tune's OptunaSearch with the sweep's two rules. Once the time budget is spent (`deadline`,
+    unix seconds) it proposes no more trials; the running ones end themselves after their epoch
+    when they evaluate every epoch (`epochs.epoch_stop_rule`), else Tune stops them. A trial stopped
+    before its planned epochs (early stopping, the budget) is told PRUNED: the `unlearn.epochs` it
+    was given never ran, and its epochs join the study as points of their own (`EpochPoints`)."""
+
+    def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.deadline is not None and time.time() >= self.deadline:
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if result and result.get("stopped_early"):
+            result = None  # no values and no error: PRUNED
+        super().on_trial_complete(trial_id, result, error)
 
 
 def new_tuner(
@@ -620,18 +651,20 @@ def new_tuner(
     name: str,
     num_trials: int,
     callbacks: list[Any],
+    deadline: float | None = None,
 ) -> tune.Tuner:
     """A Tune experiment `<run>/<name>` of `num_trials` trials proposed by the sweep's Optuna study
-    (created, or loaded when it exists: an extension continues the same study)."""
+    (created, or loaded when it exists: an extension continues the same study), proposing none
+    after `deadline`."""
     objectives = sweep.search.objectives
-    budget = sweep.search.time_budget_minutes
-    search = OptunaSearch(
+    search = SweepSearch(
         space=DefineByRun(sweep.search),
         metric=[o.metric for o in objectives],
         mode=[o.mode for o in objectives],
         sampler=sampler_for(sweep.search),
         study_name=sweep.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{study}"),
+        deadline=deadline,
     )
     # Named objectives: the report's importances and history, and optuna-dashboard, show them.
     with warnings.catch_warnings():  # set_metric_names is marked experimental
@@ -643,7 +676,11 @@ def new_tuner(
             search_alg=search,
             num_samples=num_trials,
             max_concurrent_trials=max_concurrent(sweep),
-            time_budget_s=None if budget is None else 60 * budget,
+            # Trials evaluated every epoch stop themselves at the budget, keeping their epochs;
+            # the others are stopped by Tune.
+            time_budget_s=None
+            if deadline is None or sweep.run.evaluation.every_epoch
+            else max(deadline - time.time(), 1.0),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(

@@ -52,8 +52,7 @@ def forget_scores(
     split = ws.data.eval_split("forget")
     stats = example_statistics(
         model,
-        ws.tokenizer,
-        ws.prompt_format,
+        ws.encoder,
         split,
         split.rows,
         ws.config.evaluation,

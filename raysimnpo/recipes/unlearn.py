@@ -37,7 +37,7 @@ from ..benchmarks.base import Benchmark, Evaluation, Role, TrainingKind
 from ..benchmarks.registry import benchmark
 from ..config.base import content_hash
 from ..config.run import RunSettings
-from ..data.formatting import EncodedExample, PromptFormat, encode_qa
+from ..data.formatting import EncodedExample, PromptFormat, QAEncoder, encode_qa
 from ..errors import UserInputError, first_line
 from ..maths.metrics import NOISE_CEILING
 from ..methods import METHODS, MethodParams, apply_task_vector, needs_of
@@ -69,6 +69,11 @@ class Workspace:
     pad_id: int
     key: str = ""
     encoded: dict[tuple[str, int], list[EncodedExample]] = field(default_factory=dict)
+    encoder: QAEncoder = None  # type: ignore[assignment]  # set from the tokenizer; kept by `for_run`
+
+    def __post_init__(self) -> None:
+        if self.encoder is None:
+            self.encoder = QAEncoder(self.tokenizer, self.prompt_format)
 
     @property
     def benchmark(self) -> Benchmark:
@@ -645,7 +650,8 @@ class EpochEvaluator:
         if self.keep is not None:
             self._keep(model, epoch, [float(self.last.metrics[m]) for m, _ in self.objectives])
         self.seconds += time.perf_counter() - started
-        return {k: float(v) for k, v in self.last.metrics.items()}
+        # `evaluated_at` (unix seconds): when the point existed, e.g. to draw a front against time
+        return {**{k: float(v) for k, v in self.last.metrics.items()}, "evaluated_at": time.time()}
 
     def _keep(self, model: PreTrainedModel, epoch: int, point: list[float]) -> None:
         import math

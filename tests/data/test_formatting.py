@@ -8,6 +8,7 @@ from transformers import PreTrainedTokenizerFast
 
 from raysimnpo.data.formatting import (
     SYSTEM_PROMPT,
+    QAEncoder,
     encode_prompt,
     encode_qa,
     format_prompt,
@@ -179,3 +180,13 @@ def test_other_user_errors(word_tok: PreTrainedTokenizerFast) -> None:
     no_eos = PreTrainedTokenizerFast(tokenizer_object=word_tok.backend_tokenizer)
     with pytest.raises(UserInputError, match="has no eos_token"):
         encode_qa(no_eos, Q, A, "plain", max_length=64)
+
+
+def test_qa_encoder_memoises_encode_qa_and_encode_prompt(word_tok: PreTrainedTokenizerFast) -> None:
+    encoder = QAEncoder(word_tok, "llama2-chat")
+    first = encoder.qa("w4 w5", "w6 w7", 32)
+    assert first == encode_qa(word_tok, "w4 w5", "w6 w7", "llama2-chat", 32)
+    assert encoder.qa("w4 w5", "w6 w7", 32) is first  # tokenized once
+    assert encoder.qa("w4 w5", "w6 w7", 10) == encode_qa(word_tok, "w4 w5", "w6 w7", "llama2-chat", 10)
+    assert encoder.prompt("w4 w5") == encode_prompt(word_tok, "w4 w5", "llama2-chat")
+    assert encoder.prompt("w4 w5") is encoder.prompt("w4 w5")

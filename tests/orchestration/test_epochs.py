@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
+from ray.tune.search import Searcher
 
 from raysimnpo.config.sweep import SweepConfig
-from raysimnpo.orchestration.epochs import EpochPoints, FrontRule, epoch_point_params, trial_params
+from raysimnpo.orchestration.epochs import (
+    EpochPoints,
+    FrontRule,
+    epoch_point_params,
+    epoch_stop_rule,
+    trial_params,
+)
 from raysimnpo.orchestration.study import EPOCH_POINT, finished_trials, search_distributions
+from raysimnpo.orchestration.tuner import DefineByRun, SweepSearch
 
 
 def test_front_rule_stops_a_trial_only_when_all_its_epochs_are_dominated() -> None:
@@ -101,3 +110,62 @@ def test_epoch_points_callback_adds_earlier_epochs_to_the_study(tmp_path: Path) 
 def test_early_stop_needs_per_epoch_evaluation() -> None:
     with pytest.raises(ValueError, match="search.early_stop: needs per-epoch points"):
         SweepConfig.model_validate({"name": "demo", "search": {"early_stop": {"margin": 0.1}}})
+
+
+def test_a_stopped_trial_adds_every_epoch_it_ran(tmp_path: Path) -> None:
+    """Stopped after epoch 3 of 4 planned (early stopping or the time budget): its own Optuna trial
+    is PRUNED (`SweepSearch`), so epoch 3 is a point of the study like the others."""
+    sweep = sweep_with_epochs({"choices": [2, 3, 4]})
+    path = tmp_path / "optuna.sqlite"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    optuna.create_study(study_name="demo", storage=storage, directions=["maximize", "maximize"])
+    trial = SimpleNamespace(
+        trial_id="t1",
+        config={"method": "simnpo", "simnpo": {"method.beta": 2.5, "unlearn.epochs": 4}},
+        last_result={
+            "stopped_early": 1.0,
+            "epoch": 3,
+            "epoch_points": [
+                {"epoch": e, "forget_quality": 0.1 * e, "model_utility": 0.5} for e in (1, 2, 3)
+            ],
+        },
+    )
+    EpochPoints(sweep, str(path)).on_trial_complete(0, [], trial)
+    added = optuna.load_study(study_name="demo", storage=storage).get_trials()
+    assert [t.params["simnpo/unlearn.epochs"] for t in added] == [2, 3]
+
+
+def test_the_time_budget_stops_after_the_epoch_that_passes_it() -> None:
+    assert epoch_stop_rule(None, None, ["forget_quality"], "t1") is None  # neither rule: never asked
+    row = {"epoch": 2.0, "forget_quality": 0.1}
+    assert epoch_stop_rule(None, time.time() - 1, ["forget_quality"], "t1")(row) is True  # type: ignore[misc]
+    assert epoch_stop_rule(None, time.time() + 3600, ["forget_quality"], "t1")(row) is False  # type: ignore[misc]
+
+
+def sweep_search(tmp_path: Path, deadline: float | None) -> SweepSearch:
+    sweep = sweep_with_epochs({"choices": [2, 3, 4]})
+    return SweepSearch(
+        space=DefineByRun(sweep.search),
+        metric=["forget_quality", "model_utility"],
+        mode=["max", "max"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name="demo",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.sqlite'}"),
+        deadline=deadline,
+    )
+
+
+def test_sweep_search_proposes_nothing_once_the_budget_is_spent(tmp_path: Path) -> None:
+    assert sweep_search(tmp_path, time.time() - 1).suggest("t1") == Searcher.FINISHED
+    (tmp_path / "later").mkdir()
+    assert isinstance(sweep_search(tmp_path / "later", time.time() + 3600).suggest("t1"), dict)
+
+
+def test_sweep_search_prunes_a_stopped_trial_and_completes_the_others(tmp_path: Path) -> None:
+    search = sweep_search(tmp_path, None)
+    search.suggest("done")
+    search.suggest("stopped")
+    search.on_trial_complete("done", {"forget_quality": 0.2, "model_utility": 0.7, "stopped_early": 0.0})
+    search.on_trial_complete("stopped", {"forget_quality": 0.1, "model_utility": 0.6, "stopped_early": 1.0})
+    states = [t.state for t in search._ot_study.get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]

@@ -408,7 +408,7 @@ def test_every_epoch_is_evaluated_kept_and_learned_from(tmp_path: Path, ray_clus
         for t in optuna.load_study(study_name="citest", storage=storage).trials
         if t.user_attrs.get("epoch_point")
     ]
-    expected_points = 0
+    expected_points = stopped_trials = 0
     for trial in trials:
         mine = [m for m in metrics if m["trial_id"] == trial["trial_id"]]
         per_epoch: dict[int, dict[str, float]] = {}
@@ -417,11 +417,13 @@ def test_every_epoch_is_evaluated_kept_and_learned_from(tmp_path: Path, ray_clus
                 per_epoch.setdefault(m["epoch"], {})[m["metric"]] = m["value"]
         final = {m["metric"]: m["value"] for m in mine if m["stage"] == "final"}
         ran = sorted(per_epoch)
-        assert ran == list(range(1, len(ran) + 1)) and 1 <= len(ran) <= trial["epochs"]
+        planned = json.loads(trial["params_json"])["unlearn"]["epochs"]
+        stopped = len(ran) < planned
+        assert ran == list(range(1, len(ran) + 1)) and trial["epochs"] == len(ran)  # what the model ran
         assert all({"forget_quality", "model_utility"} <= set(v) for v in per_epoch.values())
         assert final["forget_quality"] == pytest.approx(per_epoch[ran[-1]]["forget_quality"])
         assert final["model_utility"] == pytest.approx(per_epoch[ran[-1]]["model_utility"])
-        assert ("stopped_at_epoch" in final) == (len(ran) < trial["epochs"])
+        assert ("stopped_at_epoch" in final) == stopped
         values = [[per_epoch[e]["forget_quality"], per_epoch[e]["model_utility"]] for e in ran]
         front = {e for e, keep in zip(ran, non_dominated_mask(values, ["max", "max"]), strict=True) if keep}
         kept = {
@@ -429,6 +431,12 @@ def test_every_epoch_is_evaluated_kept_and_learned_from(tmp_path: Path, ray_clus
             for p in Path(trial["checkpoint"]).parent.glob(f"{trial['trial_id']}.epoch-*")
         }
         assert kept == front - {ran[-1]}  # the last epoch's weights are the trial's checkpoint
-        expected_points += sum(1 for e in ran[:-1] if e in (2, 3))  # epochs inside the searched choices
+        # epochs inside the searched choices; a stopped trial's last one too (its own trial is PRUNED)
+        expected_points += sum(1 for e in (ran if stopped else ran[:-1]) if e in (2, 3))
+        stopped_trials += stopped
     assert len(points) == expected_points
+    pruned = [
+        t for t in optuna.load_study(study_name="citest", storage=storage).trials if t.state.name == "PRUNED"
+    ]
+    assert len(pruned) == stopped_trials
     assert {p.user_attrs["of_trial"] for p in points} <= {t["trial_id"] for t in trials}

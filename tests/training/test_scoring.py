@@ -63,6 +63,39 @@ def test_score_sequences_equals_one_by_one(tiny_llama: TinyLlama) -> None:
     np.testing.assert_array_equal(n, expected_n[perm])
 
 
+class FullLogitsOnly(torch.nn.Module):
+    """A causal LM whose forward has no `logits_to_keep`: scored on every position, as before the cut."""
+
+    def __init__(self, model: LlamaForCausalLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_score_sequences_keeps_logits_from_the_first_target_only(tiny_llama: TinyLlama) -> None:
+    """The prompt positions get no logits (the LM head is skipped there); the values are those of
+    a model that computes logits everywhere."""
+    model = tiny_llama(seed=0, initializer_range=0.2)
+    examples = random_examples(11, seed=2)
+    kept: list[tuple[int, int]] = []
+    forward = model.forward
+
+    def recording(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0) -> object:
+        out = forward(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
+        kept.append((input_ids.shape[1], out.logits.shape[1]))
+        return out
+
+    model.forward = recording  # type: ignore[method-assign]
+    nll, n = score_sequences(model, examples, 4, PAD_ID)
+    shortest_prompt = min(e.labels.index(next(x for x in e.labels if x != IGNORE_INDEX)) for e in examples)
+    assert shortest_prompt >= 2 and all(k < t for t, k in kept)  # every batch was cut
+    full_nll, full_n = score_sequences(FullLogitsOnly(model), examples, 4, PAD_ID)
+    np.testing.assert_allclose(nll, full_nll, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(n, full_n)
+
+
 def test_score_sequences_restores_training_mode(tiny_llama: TinyLlama) -> None:
     model = tiny_llama(seed=0).train()
     score_sequences(model, random_examples(2, seed=0), 2, PAD_ID)
