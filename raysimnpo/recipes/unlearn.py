@@ -69,10 +69,12 @@ class Workspace:
     pad_id: int
     key: str = ""
     encoded: dict[tuple[str, int], list[EncodedExample]] = field(default_factory=dict)
-    encoder: QAEncoder = None  # type: ignore[assignment]  # set from the tokenizer; kept by `for_run`
+    encoder: QAEncoder = None  # type: ignore[assignment]  # the evaluation encodings, kept by `for_run`
 
     def __post_init__(self) -> None:
-        if self.encoder is None:
+        # A copy with another tokenizer or prompt format (dataclasses.replace) encodes anew.
+        e = self.encoder
+        if e is None or e.tokenizer is not self.tokenizer or e.prompt_format != self.prompt_format:
             self.encoder = QAEncoder(self.tokenizer, self.prompt_format)
 
     @property

@@ -4,6 +4,7 @@ prints them as one JSON object."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -272,3 +273,13 @@ def test_fine_tuning_on_workers_refuses_batches_it_cannot_split(config: RunSetti
 
 def with_prepare_batch(config: RunSettings, batch_size: int) -> RunSettings:
     return config.model_copy(update={"prepare": config.prepare.model_copy(update={"batch_size": batch_size})})
+
+
+def test_workspace_copies_share_the_evaluation_encodings_of_the_same_format(first: recipe.RunResult) -> None:
+    """A trial's copy (`for_run`) reuses the encodings; a copy prompted another way encodes anew."""
+    ws = first.workspace
+    assert ws is not None
+    assert ws.for_run(ws.config).encoder is ws.encoder
+    other = "llama2-chat" if ws.prompt_format == "plain" else "plain"
+    reformatted = dataclasses.replace(ws, prompt_format=other)
+    assert reformatted.encoder is not ws.encoder and reformatted.encoder.prompt_format == other
