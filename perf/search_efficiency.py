@@ -169,6 +169,11 @@ def at_budget(res: Results, minutes: float) -> dict[str, Any]:
     }
 
 
+def first_reaching(minutes: list[float], curve: list[float], target: float) -> float | None:
+    """The first of `minutes` at which the hypervolume `curve` reaches `target` (None: never)."""
+    return next((m for m, hv in zip(minutes, curve, strict=True) if hv >= target), None)
+
+
 def selected_settings(runs: dict[str, Results], minutes: float) -> dict[str, dict[str, Any]]:
     """Per method, the candidate the selection rule picks among all `runs` (run folder -> results)
     pooled, with its hyperparameters (an epoch candidate's `epochs` is the epoch)."""
@@ -347,10 +352,8 @@ def main() -> int:
     report["minutes_to_reach_last_epoch_hv"] = {}
     for minutes in budgets:
         target = report["hypervolume_curve"]["last-epoch"][grid.index(minutes)]
-        reached = [
-            m for m, hv in zip(grid, report["hypervolume_curve"]["per-epoch"], strict=True) if hv >= target
-        ]
-        report["minutes_to_reach_last_epoch_hv"][f"{minutes:g}"] = reached[0] if reached else None
+        reached = first_reaching(grid, report["hypervolume_curve"]["per-epoch"], target)
+        report["minutes_to_reach_last_epoch_hv"][f"{minutes:g}"] = reached
     # The same per sampler seed: the minutes the per-epoch run needs to reach the HV the last-epoch
     # run of that seed has at b (None: not within the largest budget).
     report["minutes_to_reach_per_seed"] = {f"{m:g}": [] for m in budgets}
@@ -359,8 +362,7 @@ def main() -> int:
         curve = [at_budget(pair["per-epoch"], m)["hypervolume"] for m in grid]
         for minutes in budgets:
             target = at_budget(pair["last-epoch"], minutes)["hypervolume"]
-            reached = [m for m, hv in zip(grid, curve, strict=True) if hv >= target]
-            report["minutes_to_reach_per_seed"][f"{minutes:g}"].append(reached[0] if reached else None)
+            report["minutes_to_reach_per_seed"][f"{minutes:g}"].append(first_reaching(grid, curve, target))
     # The HV of a perfect unlearner's point: FQ of a second Retrain against Retrain (the noise
     # ceiling) at MU(Retrain). Twice the baseline's HV above it is out of reach of any search.
     ceilings = []
