@@ -303,13 +303,20 @@ def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def generate_muse_dataset(out_dir: str | Path, config: MuseGeneratorConfig | None = None) -> list[Path]:
-    """Write `<out_dir>/<config>/<split>.jsonl` for every MUSE config and split; returns the paths."""
-    out = Path(out_dir)
+def write_config_splits(
+    out_dir: str | Path, configs: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]
+) -> list[Path]:
+    """Write `<out_dir>/<config>/<split>.jsonl` for every config and split (a hub dataset's layout);
+    returns the paths."""
     written = []
-    for name, splits in build_muse_splits(config or MuseGeneratorConfig()).items():
+    for name, splits in configs.items():
         for split, rows in splits.items():
-            path = out / name / f"{split}.jsonl"
+            path = Path(out_dir) / name / f"{split}.jsonl"
             write_jsonl(path, rows)
             written.append(path)
     return written
+
+
+def generate_muse_dataset(out_dir: str | Path, config: MuseGeneratorConfig | None = None) -> list[Path]:
+    """Write `<out_dir>/<config>/<split>.jsonl` for every MUSE config and split; returns the paths."""
+    return write_config_splits(out_dir, build_muse_splits(config or MuseGeneratorConfig()))

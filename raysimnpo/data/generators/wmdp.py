@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import Field
 
 from ...config.base import Frozen
-from .muse import write_jsonl
+from .muse import write_config_splits
 
 GENERATOR_VERSION = 1
 
@@ -226,11 +226,4 @@ def build_wmdp_splits(config: WmdpGeneratorConfig) -> dict[str, dict[str, list[d
 
 def generate_wmdp_dataset(out_dir: str | Path, config: WmdpGeneratorConfig | None = None) -> list[Path]:
     """Write `<out_dir>/<config>/<split>.jsonl` for every local config; returns the paths."""
-    out = Path(out_dir)
-    written = []
-    for name, splits in build_wmdp_splits(config or WmdpGeneratorConfig()).items():
-        for split, rows in splits.items():
-            path = out / name / f"{split}.jsonl"
-            write_jsonl(path, rows)
-            written.append(path)
-    return written
+    return write_config_splits(out_dir, build_wmdp_splits(config or WmdpGeneratorConfig()))
