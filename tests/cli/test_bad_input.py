@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from raysimnpo.cli import run, sweep
+from tests.sweep_files import write_citest_sweep
 
 
 @dataclass(frozen=True)
@@ -63,20 +64,7 @@ def run_yaml(tmp: Path, run_section: object, **top: object) -> list[str]:
 
 
 def sweep_yaml(tmp: Path, **changes: object) -> list[str]:
-    spec: dict[str, object] = {
-        "name": "citest",
-        "storage": str(tmp / "runs"),
-        "run": {"cache_dir": str(tmp / "cache")},
-        "search": {
-            "methods": ["simnpo", "npo"],
-            "space": {"simnpo": {"method.beta": {"low": 1.0, "high": 4.0}}},
-            "num_trials": 2,
-        },
-    }
-    spec.update(changes)
-    path = tmp / "citest.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return [str(path)]
+    return [str(write_citest_sweep(tmp, **changes))]
 
 
 def list_yaml(tmp: Path) -> list[str]:

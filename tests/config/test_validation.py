@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pydantic import BaseModel
 
 from raysimnpo.cli import relearn, run, sweep
@@ -27,22 +26,9 @@ from raysimnpo.config.base import _members
 from raysimnpo.config.run import RunSettings
 from raysimnpo.config.sweep import ParamRange, SweepConfig, load_sweep_config
 from raysimnpo.errors import UserInputError
+from tests.sweep_files import write_citest_sweep
 
 CPUS = os.cpu_count()
-
-
-def spec(tmp: Path, **changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": "citest",
-        "storage": str(tmp / "runs"),
-        "run": {"cache_dir": str(tmp / "cache")},
-        "search": {
-            "methods": ["simnpo", "npo"],
-            "space": {"simnpo": {"method.beta": {"low": 1.0, "high": 4.0}}},
-            "num_trials": 2,
-        },
-    }
-    return {**base, **changes}
 
 
 def space(method: str, key: str, rng: dict[str, Any], methods: tuple[str, ...] = ("simnpo", "npo")) -> Any:
@@ -51,9 +37,7 @@ def space(method: str, key: str, rng: dict[str, Any], methods: tuple[str, ...] =
 
 def yaml_file(**changes: Any) -> Callable[[Path], str]:
     def write(tmp: Path) -> str:
-        path = tmp / "citest.yaml"
-        path.write_text(yaml.safe_dump(spec(tmp, **changes)))
-        return str(path)
+        return str(write_citest_sweep(tmp, **changes))
 
     return write
 
