@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 import torch  # noqa: E402
 
+from raysimnpo.benchmarks.tofu_evaluation import scored_answers  # noqa: E402
 from raysimnpo.config.run import load_run_config  # noqa: E402
 from raysimnpo.data.formatting import QAEncoder  # noqa: E402
 from raysimnpo.recipes import unlearn as recipe  # noqa: E402
@@ -51,14 +52,8 @@ class LogitsEverywhere(torch.nn.Module):
 def evaluation_inputs(ws: recipe.Workspace, encoder: QAEncoder) -> tuple[list[Any], list[list[int]]]:
     """Every answer the TOFU evaluation scores and every prompt it answers, as `example_statistics` builds them."""
     length = ws.config.prepare.max_length
-    answers, prompts = [], []
-    for split in ws.data.eval_splits:
-        for row in split.rows:
-            answers.append(encoder.qa(row["question"], row["answer"], length))
-            if split.reference_field != "answer":
-                answers.append(encoder.qa(row["question"], row[split.reference_field], length))
-            answers += [encoder.qa(row["question"], wrong, length) for wrong in row["perturbed_answer"]]
-            prompts.append(encoder.prompt(row["question"]))
+    answers = [e for s in ws.data.eval_splits for e in scored_answers(encoder, s, s.rows, length).encoded]
+    prompts = [encoder.prompt(row["question"]) for s in ws.data.eval_splits for row in s.rows]
     return answers, prompts
 
 

@@ -31,7 +31,7 @@ class TofuEvaluation:
 
 
 @dataclass
-class _Sequences:
+class ScoredAnswers:
     """Every answer to score, flattened, with where each one belongs."""
 
     encoded: list[EncodedExample] = field(default_factory=list)
@@ -40,6 +40,22 @@ class _Sequences:
     def add(self, example: EncodedExample, split: str, row: int, kind: str, j: int = 0) -> None:
         self.encoded.append(example)
         self.owner.append((split, row, kind, j))
+
+
+def scored_answers(
+    encoder: QAEncoder, split: EvalSplitSpec, rows: Sequence[dict[str, Any]], max_length: int
+) -> ScoredAnswers:
+    """The answers TOFU scores for each row: the answer, the truth-ratio reference (when it is
+    another field) and each perturbed answer."""
+    seqs = ScoredAnswers()
+    for r, row in enumerate(rows):
+        q = row["question"]
+        seqs.add(encoder.qa(q, row["answer"], max_length), split.name, r, "answer")
+        if split.reference_field != "answer":
+            seqs.add(encoder.qa(q, row[split.reference_field], max_length), split.name, r, "reference")
+        for j, wrong in enumerate(row["perturbed_answer"]):
+            seqs.add(encoder.qa(q, wrong, max_length), split.name, r, "perturbed", j)
+    return seqs
 
 
 def example_statistics(
@@ -58,14 +74,7 @@ def example_statistics(
     summed NLLs and token counts of the answer, the truth-ratio reference and each perturbed
     answer, and the greedy answer. Everything TOFU's metrics need, nothing aggregated."""
     tokenizer = encoder.tokenizer
-    seqs = _Sequences()
-    for r, row in enumerate(rows):
-        q = row["question"]
-        seqs.add(encoder.qa(q, row["answer"], max_length), split.name, r, "answer")
-        if split.reference_field != "answer":
-            seqs.add(encoder.qa(q, row[split.reference_field], max_length), split.name, r, "reference")
-        for j, wrong in enumerate(row["perturbed_answer"]):
-            seqs.add(encoder.qa(q, wrong, max_length), split.name, r, "perturbed", j)
+    seqs = scored_answers(encoder, split, rows, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     nll, n_tokens = score_sequences(model, seqs.encoded, settings.batch_size, pad_id)
     scored = {owner: (float(nll[i]), int(n_tokens[i])) for i, owner in enumerate(seqs.owner)}
