@@ -76,6 +76,8 @@ def sweep_command(storage: Path, design: str, seed: int, budget: float) -> list[
         f"search.seed={seed}",
         f"search.time_budget_minutes={budget}",
         "search.num_trials=500",  # the budget ends the sweep
+        # as measured (perf/results/search_efficiency.json): each trial suggested as soon as a slot frees
+        "search.deterministic=false",
         "relearn=null",
         *DESIGNS[design],
     ]

@@ -169,6 +169,7 @@ def launch(
             "--set name=... for a new one"
         )
     from ..orchestration.cluster import check_local_capacity, trial_demand
+    from ..orchestration.tuner import finetunes_on_workers, trials_use_torch_trainer
 
     if resume:
         check_extension(settings, location)
@@ -184,6 +185,8 @@ def launch(
         if target.address is None:  # a local Ray that can never hold one trial would wait forever
             check_local_capacity(demand, target.num_cpus)
         built.append(validate_inputs(checked))
+        if trials_use_torch_trainer(checked):  # batches the workers cannot split: refused now, not on them
+            finetunes_on_workers(checked, location, built[-1])
 
     # The plan is printed first (when the model's config is at hand), then the inputs are validated.
     check_sweep(settings, validate, target.num_cpus, print)

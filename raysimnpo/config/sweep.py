@@ -128,6 +128,13 @@ class SearchSettings(Frozen):
         "None: run num_trials",
     )
     seed: int = 0
+    deterministic: bool = Field(
+        True,
+        description="same trials and numbers from the same file and seed, whatever the trials' timing: with "
+        "k trials at a time, suggestion i is made from the results of trials 0..i-(2k-1) only (a slot "
+        "waits while trial i-(2k-1) runs), and early stopping judges trial i against those trials; "
+        "false: a trial is suggested as soon as a slot frees, from every trial ended by then",
+    )
 
     def resolved_sampler(self) -> str:
         if self.sampler != "auto":

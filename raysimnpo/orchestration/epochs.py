@@ -10,9 +10,9 @@ per epoch. Two things use them:
   rule is Pareto-rank, not successive halving: multi-objective successive halving needs a scalar
   rung score, and the front is what the sweep is after. Stopping is decided in the trial (it stops
   after the epoch, writes its rows and checkpoint as any trial), not by Tune killing it.
-* `EpochPoints` (a Tune callback on the driver): when a trial ends, each of its epochs e is added to
-  the Optuna study as a completed trial with the same settings and `unlearn.epochs = e`, so the
-  sampler learns from every epoch and not only the last. Why epochs as points with their epoch count
+* `add_epoch_points` (called by the sweep's searcher, `tuner.SweepSearch`, when it tells a trial's
+  result): each of the trial's epochs e is added to the Optuna study as a completed trial with the
+  same settings and `unlearn.epochs = e`, so the sampler learns from every epoch and not only the last. Why epochs as points with their epoch count
   rather than a fidelity: Optuna's multi-objective samplers take no intermediate values, and the
   epoch count is already a searched setting, so an epoch-e point is a real observation of "e epochs".
   It is an approximation in one respect, stated here: the learning rate at epoch e of an E-epoch run
@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray import tune
 
 from ..config.sweep import SweepConfig
 from ..maths.pareto import Direction, dominated_by_margin
-from ..orchestration.study import EPOCH_POINT, search_distributions
+from ..orchestration.study import EPOCH_POINT
 
 
 @dataclass(frozen=True)
@@ -55,19 +54,39 @@ FRONT_NAMESPACE = "raysimnpo"
 
 
 class FrontRule:
-    """The epoch points of every trial of a sweep, and the early-stopping rule over them."""
+    """The epoch points of every trial of a sweep, and the early-stopping rule over them.
 
-    def __init__(self, directions: Sequence[Direction], margin: float, min_epochs: int) -> None:
+    `deterministic` (`search.deterministic`): a trial is judged only against the trials whose results
+    the search had been told when it suggested the trial (`snapshot`, `complete`), not against those
+    running beside it, whose points arrive in an order that depends on timing."""
+
+    def __init__(
+        self, directions: Sequence[Direction], margin: float, min_epochs: int, deterministic: bool = False
+    ) -> None:
         self.directions, self.margin, self.min_epochs = list(directions), margin, min_epochs
         self.points: dict[str, list[list[float]]] = {}
+        self.deterministic = deterministic
+        self.completed: set[str] = set()
+        self.visible: dict[str, set[str]] = {}  # deterministic: whom each trial is judged against
 
     def add(self, trial_id: str, points: Sequence[Sequence[float]]) -> None:
         """Points of a trial known from elsewhere (a resumed sweep's finished trials)."""
         self.points.setdefault(trial_id, []).extend([list(map(float, p)) for p in points])
+        self.completed.add(trial_id)
+
+    def complete(self, trial_ids: Sequence[str]) -> None:
+        """Trials whose results the search has been told: trials suggested from now on see them."""
+        self.completed.update(trial_ids)
+
+    def snapshot(self, trial_id: str) -> None:
+        """`trial_id` has just been suggested: with `deterministic`, it is judged against the trials
+        told so far."""
+        self.visible[trial_id] = set(self.completed)
 
     def restart(self, trial_id: str) -> None:
-        """A retried trial starts its epochs again."""
+        """A trial starts (or a retried one starts its epochs again)."""
         self.points.pop(trial_id, None)
+        self.visible.setdefault(trial_id, set(self.completed))  # a restored sweep's: no snapshot
 
     def judge(self, trial_id: str, epoch: int, point: Sequence[float]) -> bool:
         """Record `trial_id`'s point of `epoch` (from 1); True when the trial should stop: it has run
@@ -77,7 +96,10 @@ class FrontRule:
         own.append([float(v) for v in point])
         if epoch < self.min_epochs:
             return False
-        others = [p for t, ps in self.points.items() if t != trial_id for p in ps]
+        seen = self.visible.get(trial_id, set()) if self.deterministic else None
+        others = [
+            p for t, ps in self.points.items() if t != trial_id and (seen is None or t in seen) for p in ps
+        ]
         return bool(others) and all(dominated_by_margin(p, others, self.directions, self.margin) for p in own)
 
 
@@ -98,7 +120,7 @@ def start_front(sweep: SweepConfig, known: dict[str, list[list[float]]]) -> Any:
     directions = [metric_direction(o.metric) for o in sweep.search.objectives]
     actor = EpochFront.options(  # type: ignore[attr-defined]
         name=front_actor_name(sweep), namespace=FRONT_NAMESPACE, get_if_exists=True
-    ).remote(directions, settings.margin, settings.min_epochs)
+    ).remote(directions, settings.margin, settings.min_epochs, sweep.search.deterministic)
     for trial_id, points in known.items():
         actor.add.remote(trial_id, points)
     return actor
@@ -120,48 +142,36 @@ def epoch_point_params(
     return {**params, key: epoch}
 
 
-def trial_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The Optuna params of a Tune trial from its config (`{"method": m, m: {setting: value}}`, the
-    define-by-run names `<method>/<setting>` that Tune unflattens at the slash)."""
-    method = config["method"]
-    return {"method": method, **{f"{method}/{k}": v for k, v in (config.get(method) or {}).items()}}
+def add_epoch_points(
+    study: Any,
+    trial_id: str,
+    params: dict[str, Any],
+    distributions: dict[str, Any],
+    result: dict[str, Any],
+    metrics: Sequence[str],
+) -> None:
+    """Add the epochs of a finished trial (`result`: its last Tune result, with `epoch_points`) to the
+    Optuna `study` as completed points: its `params` and `distributions` with the epoch count set to
+    each epoch (`epoch_point_params`). A trial that ran its planned epochs holds its last epoch in its
+    own Optuna trial; one stopped before them (early stopping, the time budget) was told PRUNED
+    (`SweepSearch`), so every epoch it ran is a point."""
+    import optuna
 
-
-class EpochPoints(tune.Callback):
-    """Adds each finished trial's earlier epochs to the Optuna study as completed points."""
-
-    def __init__(self, sweep: SweepConfig, study_path: str) -> None:
-        self.study_name, self.study_path = sweep.name, study_path
-        self.metrics = [o.metric for o in sweep.search.objectives]
-        self.distributions = search_distributions(sweep.search)
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        points = result.get("epoch_points") or []
-        if not points:
-            return
-        import optuna
-
-        params = trial_params(trial.config)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{self.study_path}")
-        study = optuna.load_study(study_name=self.study_name, storage=storage)
-        # A trial that ran its planned epochs holds its last epoch in its own Optuna trial; one stopped
-        # before them (early stopping, the time budget) was told PRUNED (`SweepSearch`): every epoch is a point.
-        last = None if result.get("stopped_early") else int(result["epoch"])
-        for row in points:
-            epoch = int(row["epoch"])
-            point = epoch_point_params(params, self.distributions, epoch)
-            values = [row.get(m) for m in self.metrics]
-            if epoch == last or point is None or any(v is None for v in values):
-                continue
-            study.add_trial(
-                optuna.trial.create_trial(
-                    params=point,
-                    distributions={k: self.distributions[k] for k in point},
-                    values=[float(v) for v in values],
-                    user_attrs={EPOCH_POINT: True, "of_trial": trial.trial_id, "epoch": epoch},
-                )
+    last = None if result.get("stopped_early") else int(result["epoch"])
+    for row in result.get("epoch_points") or []:
+        epoch = int(row["epoch"])
+        point = epoch_point_params(params, distributions, epoch)
+        values = [row.get(m) for m in metrics]
+        if epoch == last or point is None or any(v is None for v in values):
+            continue
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=point,
+                distributions={k: distributions[k] for k in point},
+                values=[float(v) for v in values],
+                user_attrs={EPOCH_POINT: True, "of_trial": trial_id, "epoch": epoch},
             )
+        )
 
 
 def epoch_stopper(front_name: str, metrics: Sequence[str], trial_id: str) -> Any:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
-from ..config.sweep import ParamRange, SearchSettings, SweepConfig
+from ..config.sweep import SweepConfig
 from ..results.storage import Storage
 
 INTERRUPTED = "interrupted"
 """User attr of an Optuna trial that was asked for by a killed driver and never ran."""
+ENDED = "ended"
+"""User attr of a study trial that has ended but is not told yet (`tuner.SweepSearch`, deterministic)."""
 EPOCH_POINT = "epoch_point"
 """User attr of a study trial that is an earlier epoch of a trial (`orchestration.epochs`), not a trial."""
 
@@ -47,28 +48,6 @@ def finished_trials(study_path: Path, study_name: str) -> int:
         for t in study.get_trials(deepcopy=False, states=ended)
         if not t.user_attrs.get(INTERRUPTED) and not t.user_attrs.get(EPOCH_POINT)
     )
-
-
-def distribution_of(rng: ParamRange) -> Any:
-    """The Optuna distribution that `tuner.DefineByRun` suggests `rng` from."""
-    import optuna
-
-    if rng.choices is not None:
-        return optuna.distributions.CategoricalDistribution(rng.choices)
-    assert rng.low is not None and rng.high is not None
-    if rng.integer:
-        return optuna.distributions.IntDistribution(int(rng.low), int(rng.high), log=rng.log)
-    return optuna.distributions.FloatDistribution(rng.low, rng.high, log=rng.log)
-
-
-def search_distributions(search: SearchSettings) -> dict[str, Any]:
-    """Every Optuna parameter of the sweep's conditional space: `method`, and `<method>/<setting>`."""
-    import optuna
-
-    found: dict[str, Any] = {"method": optuna.distributions.CategoricalDistribution(search.methods)}
-    for method, space in search.space.items():
-        found.update({f"{method}/{key}": distribution_of(rng) for key, rng in space.items()})
-    return found
 
 
 def fetch_study(study_path: Path, storage: Storage, sweep_name: str) -> None:

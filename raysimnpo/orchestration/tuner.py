@@ -37,8 +37,14 @@ from ..cache import mirror_prepared
 from ..config.sweep import ParamRange, SearchSettings, SweepConfig
 from ..maths.metrics import metric_direction
 from ..methods import needs_of
-from ..orchestration.epochs import EpochPoints, known_points, start_front
-from ..orchestration.study import EPOCH_POINT, INTERRUPTED, finished_trials, study_file
+from ..orchestration.epochs import (
+    FRONT_NAMESPACE,
+    add_epoch_points,
+    front_actor_name,
+    known_points,
+    start_front,
+)
+from ..orchestration.study import ENDED, EPOCH_POINT, INTERRUPTED, finished_trials, study_file
 from ..orchestration.tracking import tracking_callbacks
 from ..orchestration.trial import PreparedModels, SharedWorkspace, unlearning_trial
 from ..recipes import unlearn as recipe
@@ -117,7 +123,10 @@ class Progress(tune.Callback):
         done = failed = 0
         best = {metric: float("nan") for metric, _ in self.objectives}
         for t in study.get_trials(deepcopy=False):
-            if t.user_attrs.get(INTERRUPTED) or t.state == optuna.trial.TrialState.RUNNING:
+            if t.user_attrs.get(INTERRUPTED):
+                continue
+            if t.state == optuna.trial.TrialState.RUNNING:
+                done += 1 if t.user_attrs.get(ENDED) else 0  # ended, told later (deterministic search)
                 continue
             if t.state == optuna.trial.TrialState.FAIL:
                 failed += 1
@@ -302,6 +311,24 @@ def trials_use_torch_trainer(sweep: SweepConfig) -> bool:
     return r.workers > 1 or r.gpus_per_worker > 0
 
 
+def finetunes_on_workers(sweep: SweepConfig, storage: Storage, ws: recipe.Workspace) -> list[recipe.FineTune]:
+    """The models `prepare_on_workers` fine-tunes: those of `recipe.fine_tunes` made neither in the
+    storage nor in the cache. Each must split its batches over the trial's workers
+    (`recipe.check_finetune_batches`; the sweep CLI asks before Ray starts)."""
+    run = sweep.run
+    cache_root = Path(run.cache_dir).expanduser().resolve() / "prepared"
+    root = cache_root if storage.remote else Path(storage.uri) / "prepared"
+    wanted = []
+    for job in recipe.fine_tunes(run, root):
+        made = any((d / job.folder.name / "model" / "config.json").is_file() for d in (root, cache_root))
+        if storage.remote:
+            made = made or storage.is_file("prepared", job.folder.name, "model", "config.json")
+        if not made:
+            recipe.check_finetune_batches(ws, job.kind, sweep.resources.workers)
+            wanted.append(job)
+    return wanted
+
+
 def prepare_on_workers(
     sweep: SweepConfig, storage: Storage, ws: recipe.Workspace, shared: SharedWorkspace, log: Log
 ) -> None:
@@ -316,19 +343,9 @@ def prepare_on_workers(
     from ..orchestration.trainer import finetune_with_torch_trainer
 
     run, r = sweep.run, sweep.resources
-    cache_root = Path(run.cache_dir).expanduser().resolve() / "prepared"
-    root = cache_root if storage.remote else Path(storage.uri) / "prepared"
-    wanted = []
-    for job in recipe.fine_tunes(run, root):
-        made = any((d / job.folder.name / "model" / "config.json").is_file() for d in (root, cache_root))
-        if storage.remote:
-            made = made or storage.is_file("prepared", job.folder.name, "model", "config.json")
-        if not made:
-            wanted.append(job)
+    wanted = finetunes_on_workers(sweep, storage, ws)
     if not wanted:
         return
-    for job in wanted:  # refused before any worker starts
-        recipe.check_finetune_batches(ws, job.kind, r.workers)
     shape = f"{r.workers} FSDP2 workers" if r.workers > 1 else "1 worker"
     log(f"[prepare] fine-tuning {', '.join(j.name for j in wanted)} on a TorchTrainer of {shape}")
     outcome = finetune_with_torch_trainer(
@@ -583,8 +600,6 @@ def run_sweep(
         log_file=log_file,
     )
     callbacks = [progress, *tracking_callbacks(sweep, storage)]
-    if sweep.run.evaluation.every_epoch:  # every epoch a point of the study (orchestration.epochs)
-        callbacks.insert(0, EpochPoints(sweep, str(study)))
     if sweep.search.early_stop is not None:  # kept alive by this driver until the sweep ends
         front = start_front(
             sweep,
@@ -620,27 +635,100 @@ def run_sweep(
 
 
 class SweepSearch(OptunaSearch):
-    """Tune's OptunaSearch with the sweep's two rules. Once the time budget is spent (`deadline`,
-    unix seconds) it proposes no more trials; the running ones end themselves after their epoch
-    when they evaluate every epoch (`epochs.epoch_stop_rule`), else Tune stops them. A trial stopped
-    before its planned epochs (early stopping, the budget) is told PRUNED: the `unlearn.epochs` it
-    was given never ran, and its epochs join the study as points of their own (`EpochPoints`)."""
+    """Tune's OptunaSearch with the sweep's rules.
 
-    def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
+    - Once the time budget is spent (`deadline`, unix seconds) it proposes no more trials; the running
+      ones end themselves after their epoch when they evaluate every epoch
+      (`epochs.epoch_stop_rule`), else Tune stops them.
+    - A trial stopped before its planned epochs (early stopping, the budget) is told PRUNED: the
+      `unlearn.epochs` it was given never ran.
+    - `epoch_points`: with a trial's result, its epochs are added to the study as points of their
+      own (`epochs.add_epoch_points`).
+    - `front`: the name of the sweep's EpochFront actor, told which trials the search has been told of.
+    - `lag` (`search.deterministic`: L = 2k - 1 for k concurrent trials): suggestion i is made from
+      exactly the results of trials 0..i-L, told in suggestion order, and waits until they have
+      ended; trial i's early stopping judges it against those trials only (`FrontRule.snapshot`). So
+      the suggestions do not depend on which running trial ends first, and a sweep reruns to the same
+      numbers. L >= k keeps k trials running; the slack of L = 2k - 1 lets a long trial be overtaken
+      by 2k - 2 later ones before a slot waits for it (`perf/deterministic_search.py`). None: each
+      trial is told as it ends and a suggestion uses whatever has ended by then.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        deadline: float | None = None,
+        epoch_points: bool = False,
+        front: str | None = None,
+        lag: int | None = None,
+        num_trials: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.deadline = deadline
+        self.deadline, self.epoch_points, self.front = deadline, epoch_points, front
+        self.lag, self.num_trials = lag, num_trials
+        self.closed = False  # no more suggestions: the budget is spent
+        self.order: list[str] = []  # trials in suggestion order
+        self.told = 0  # trials order[:told] have been told
+        self.ended: dict[str, tuple[dict[str, Any] | None, bool]] = {}  # (result, error) not told yet
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.deadline is not None and time.time() >= self.deadline:
+            self.closed = True
+            self._tell_ready()
             return Searcher.FINISHED
-        return super().suggest(trial_id)
+        if self.lag is not None:
+            self._tell_ready()
+            if self.told < len(self.order) - self.lag + 1:
+                return None  # trial i - L still runs
+        suggestion = super().suggest(trial_id)
+        self.order.append(trial_id)
+        if self.front is not None and self.lag is not None:
+            ray.get(self._front().snapshot.remote(trial_id))
+        return suggestion
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        if result and result.get("stopped_early"):
-            result = None  # no values and no error: PRUNED
-        super().on_trial_complete(trial_id, result, error)
+        if trial_id in self._completed_trials or trial_id in self.ended:
+            return  # told once: a repeated completion would add its epoch points twice
+        self.ended[trial_id] = (result, error)
+        if self.lag is None:
+            self._tell(trial_id)
+        else:
+            self._ot_trials[trial_id].set_user_attr(ENDED, True)  # counted as done by `Progress`
+            self._tell_ready()
+
+    def _tell_ready(self) -> None:
+        """Tell, in suggestion order, the ended trials that every later suggestion may see."""
+        assert self.lag is not None or self.closed
+        done = self.closed or (self.num_trials is not None and len(self.order) >= self.num_trials)
+        visible = len(self.order) if done or self.lag is None else len(self.order) - self.lag + 1
+        while self.told < min(visible, len(self.order)) and self.order[self.told] in self.ended:
+            self._tell(self.order[self.told])
+            self.told += 1
+
+    def _tell(self, trial_id: str) -> None:
+        result, error = self.ended.pop(trial_id)
+        stopped = bool(result and result.get("stopped_early"))
+        super().on_trial_complete(trial_id, None if stopped else result, error)  # None: PRUNED
+        if self.epoch_points and result and not error:
+            ot_trial = self._ot_trials[trial_id]
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            add_epoch_points(
+                self._ot_study, trial_id, ot_trial.params, ot_trial.distributions, result, metrics
+            )
+        if self.front is not None:
+            ray.get(self._front().complete.remote([trial_id]))
+
+    def _front(self) -> Any:
+        assert self.front is not None
+        return ray.get_actor(self.front, namespace=FRONT_NAMESPACE)
+
+
+def deterministic_lag(concurrent: int) -> int:
+    """How many suggestions back a deterministic search's suggestion sees results (`SweepSearch`)."""
+    return 2 * concurrent - 1
 
 
 def new_tuner(
@@ -657,6 +745,7 @@ def new_tuner(
     (created, or loaded when it exists: an extension continues the same study), proposing none
     after `deadline`."""
     objectives = sweep.search.objectives
+    concurrent = max_concurrent(sweep)
     search = SweepSearch(
         space=DefineByRun(sweep.search),
         metric=[o.metric for o in objectives],
@@ -665,6 +754,11 @@ def new_tuner(
         study_name=sweep.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{study}"),
         deadline=deadline,
+        # every epoch a point of the study (orchestration.epochs)
+        epoch_points=sweep.run.evaluation.every_epoch,
+        front=None if sweep.search.early_stop is None else front_actor_name(sweep),
+        lag=deterministic_lag(concurrent) if sweep.search.deterministic else None,
+        num_trials=num_trials,
     )
     # Named objectives: the report's importances and history, and optuna-dashboard, show them.
     with warnings.catch_warnings():  # set_metric_names is marked experimental
@@ -675,7 +769,7 @@ def new_tuner(
         tune_config=tune.TuneConfig(
             search_alg=search,
             num_samples=num_trials,
-            max_concurrent_trials=max_concurrent(sweep),
+            max_concurrent_trials=concurrent,
             # Trials evaluated every epoch stop themselves at the budget, keeping their epochs;
             # the others are stopped by Tune.
             time_budget_s=None

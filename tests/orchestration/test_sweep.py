@@ -88,6 +88,18 @@ def write_sweep(tmp_path: Path, **changes: object) -> Path:
             "search.methods: unknown ['forget_harder']",
         ),
         (["FILE", "--storage", "/proc/raysimnpo-runs"], "storage: /proc/raysimnpo-runs is not writable"),
+        (
+            [
+                "FILE",
+                "--set",
+                "resources.workers=2",
+                "--set",
+                "resources.cpus_per_worker=0.5",
+                "--set",
+                "run.prepare.batch_size=1",
+            ],
+            "prepare.batch_size: 1 cannot be split over 2 workers; allowed: >= 2",
+        ),
     ],
 )
 def test_bad_input_exits_2_before_ray(
@@ -440,3 +452,43 @@ def test_every_epoch_is_evaluated_kept_and_learned_from(tmp_path: Path, ray_clus
     ]
     assert len(pruned) == stopped_trials
     assert {p.user_attrs["of_trial"] for p in points} <= {t["trial_id"] for t in trials}
+
+
+@pytest.mark.ray
+def test_a_deterministic_sweep_reruns_to_the_same_study(tmp_path: Path, ray_cluster: None) -> None:
+    """`search.deterministic`: two trials at a time, each evaluated every epoch and stopped early when
+    dominated; two runs of the same file (whose trials end in whatever order the machine gives) make
+    the same suggestions, stop the same trials and hold the same values, in the same order."""
+    import optuna
+
+    run = dict(
+        SMALL_RUN,
+        cache_dir=str(tmp_path / "cache"),  # shared: the second run reuses the prepared models
+        evaluation=dict(SMALL_RUN["evaluation"], engine="auto", every_epoch=True),
+    )
+    search = {
+        "methods": ["simnpo"],
+        "space": {
+            "simnpo": {
+                "method.beta": {"low": 1.0, "high": 4.0},
+                "unlearn.learning_rate": {"low": 1.0e-4, "high": 3.0e-3, "log": True},
+                "unlearn.epochs": {"choices": [2, 3]},
+            }
+        },
+        # Probabilities: continuous where this 2-epoch model's FQ and MU take a few values.
+        "objectives": [{"metric": "forget_prob", "mode": "min"}, {"metric": "retain_prob", "mode": "max"}],
+        "num_trials": 4,
+        "max_concurrent_trials": 2,
+        "sampler": "tpe",
+        "early_stop": {"margin": 0.0, "min_epochs": 1},
+        "deterministic": True,
+    }
+    studies = []
+    for name in ("first", "second"):
+        path = write_sweep(tmp_path, name=name, run=run, search=search, storage=str(tmp_path / name))
+        assert sweep.main([str(path)]) == 0
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / name / name / 'optuna.sqlite'}")
+        trials = optuna.load_study(study_name=name, storage=storage).trials
+        studies.append([(t.params, t.values, t.state.name, t.user_attrs.get("epoch")) for t in trials])
+    assert sum(1 for t in studies[0] if t[3] is None) == 4  # the 4 trials, beside their epoch points
+    assert studies[0] == studies[1]
