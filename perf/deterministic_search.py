@@ -5,8 +5,8 @@
    each sequence is scheduled on k slots under four rules:
    - `free`: a trial starts as soon as a slot frees (`search.deterministic: false`);
    - `L = k` / `L = 2k - 1`: trial i also waits until trial i - L has ended, the rule a deterministic
-     search needs so that suggestion i sees exactly trials 0..i-L (`tuner.SweepSearch`; the sweep
-     uses L = 2k - 1, `tuner.deterministic_lag`);
+     search needs so that suggestion i sees exactly trials 0..i-L (`search.SweepSearch`; the sweep
+     uses L = 2k - 1, `search.deterministic_lag`);
    - `batch`: k trials at a time, the next k when all have ended (Tune's `ConcurrencyLimiter(batch=True)`).
    Reported: the mean time to finish the sequence, and its ratio to `free`.
 2. Reruns (`--storage`). The default sweep (`sweeps/tofu.yaml`, 10 trials, 2 at a time, relearning
@@ -30,7 +30,7 @@ import harness  # noqa: E402
 import polars as pl  # noqa: E402
 
 from raysimnpo.analysis.load import load_runs  # noqa: E402
-from raysimnpo.orchestration.tuner import deterministic_lag  # noqa: E402
+from raysimnpo.orchestration.search import deterministic_lag  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOTS = 2  # the default sweep's trials at a time on 2 cores

@@ -311,7 +311,7 @@ def main() -> None:
     print(f"ray.init: {ray_init_seconds:.1f} s")
 
     # Prepare (or find cached) Original, Retrain and reference NLLs once, untimed.
-    from raysimnpo.orchestration.tuner import prepare_stage
+    from raysimnpo.orchestration.prepare import prepare_stage
 
     warm = load_sweep_config("tofu", ["name=overhead-prepare", f"storage={storage}", *args.overrides])
     (storage / "overhead-prepare").mkdir(exist_ok=True)

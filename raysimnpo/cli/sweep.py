@@ -168,8 +168,8 @@ def launch(
             f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
             "--set name=... for a new one"
         )
-    from ..orchestration.cluster import check_local_capacity, trial_demand
-    from ..orchestration.tuner import finetunes_on_workers, trials_use_torch_trainer
+    from ..orchestration.cluster import check_local_capacity, trial_demand, trials_use_torch_trainer
+    from ..orchestration.prepare import finetunes_on_workers
 
     if resume:
         check_extension(settings, location)

@@ -194,3 +194,9 @@ def stop_ray() -> None:
     import ray
 
     ray.shutdown()
+
+
+def trials_use_torch_trainer(sweep: SweepConfig) -> bool:
+    """Whether a trial unlearns on TorchTrainer workers (`trial.unlearn`): several workers, or GPUs."""
+    r = sweep.resources
+    return r.workers > 1 or r.gpus_per_worker > 0

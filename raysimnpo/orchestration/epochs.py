@@ -10,7 +10,7 @@ per epoch. Two things use them:
   rule is Pareto-rank, not successive halving: multi-objective successive halving needs a scalar
   rung score, and the front is what the sweep is after. Stopping is decided in the trial (it stops
   after the epoch, writes its rows and checkpoint as any trial), not by Tune killing it.
-* `add_epoch_points` (called by the sweep's searcher, `tuner.SweepSearch`, when it tells a trial's
+* `add_epoch_points` (called by the sweep's searcher, `search.SweepSearch`, when it tells a trial's
   result): each of the trial's epochs e is added to the Optuna study as a completed trial with the
   same settings and `unlearn.epochs = e`, so the sampler learns from every epoch and not only the last. Why epochs as points with their epoch count
   rather than a fidelity: Optuna's multi-objective samplers take no intermediate values, and the

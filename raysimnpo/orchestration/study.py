@@ -15,7 +15,7 @@ from ..results.storage import Storage
 INTERRUPTED = "interrupted"
 """User attr of an Optuna trial that was asked for by a killed driver and never ran."""
 ENDED = "ended"
-"""User attr of a study trial that has ended but is not told yet (`tuner.SweepSearch`, deterministic)."""
+"""User attr of a study trial that has ended but is not told yet (`search.SweepSearch`, deterministic)."""
 EPOCH_POINT = "epoch_point"
 """User attr of a study trial that is an earlier epoch of a trial (`orchestration.epochs`), not a trial."""
 

@@ -11,8 +11,9 @@ from ray.tune.search import Searcher
 
 from raysimnpo.config.sweep import SweepConfig
 from raysimnpo.orchestration.epochs import FrontRule, epoch_point_params, epoch_stop_rule
+from raysimnpo.orchestration.search import DefineByRun, SweepSearch
 from raysimnpo.orchestration.study import EPOCH_POINT, finished_trials
-from raysimnpo.orchestration.tuner import DefineByRun, Progress, SweepSearch
+from raysimnpo.orchestration.tuner import Progress
 
 
 def test_front_rule_stops_a_trial_only_when_all_its_epochs_are_dominated() -> None:

@@ -1,4 +1,4 @@
-"""Fine-tuning Original and Retrain on the trial's TorchTrainer workers (`tuner.prepare_on_workers`):
+"""Fine-tuning Original and Retrain on the trial's TorchTrainer workers (`prepare.prepare_on_workers`):
 two FSDP2 workers on gloo write the weights and losses the in-process fine-tune gives, into the
 prepared folders the in-process prepare uses, which then only evaluates them; a second call trains
 nothing."""
@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM
 from raysimnpo.config import SweepConfig
 from raysimnpo.data.formatting import PROMPT_FORMAT_FILE
 from raysimnpo.data.generators.tofu import TofuGeneratorConfig
-from raysimnpo.orchestration import tuner
+from raysimnpo.orchestration import prepare
+from raysimnpo.orchestration.cluster import trials_use_torch_trainer
 from raysimnpo.orchestration.trial import SharedWorkspace
 from raysimnpo.recipes import unlearn as recipe
 from raysimnpo.results.storage import Storage, open_storage
@@ -76,12 +77,12 @@ def test_two_fsdp2_workers_fine_tune_the_in_process_weights_into_the_prepared_fo
 ) -> None:
     torch.set_num_threads(1)
     sweep = sweep_config(tmp_path)
-    assert tuner.trials_use_torch_trainer(sweep)
+    assert trials_use_torch_trainer(sweep)
     storage = open_storage(sweep.storage)
     ws = recipe.workspace(sweep.run)
     lines: list[str] = []
     started = time.perf_counter()
-    tuner.prepare_on_workers(sweep, storage, ws, SharedWorkspace(ray.put(ws)), lines.append)
+    prepare.prepare_on_workers(sweep, storage, ws, SharedWorkspace(ray.put(ws)), lines.append)
     print(f"prepare on 2 workers: {time.perf_counter() - started:.1f} s")
     assert lines[0] == "[prepare] fine-tuning Retrain, Original on a TorchTrainer of 2 FSDP2 workers"
 
@@ -111,7 +112,7 @@ def test_two_fsdp2_workers_fine_tune_the_in_process_weights_into_the_prepared_fo
 
     # Made before: nothing is trained again, and the prepare only evaluates the workers' weights.
     again: list[str] = []
-    tuner.prepare_on_workers(sweep, storage, ws, SharedWorkspace(ray.put(ws)), again.append)
+    prepare.prepare_on_workers(sweep, storage, ws, SharedWorkspace(ray.put(ws)), again.append)
     assert again == []
     logs: list[str] = []
     prepared = recipe.prepare(ws, log=logs.append, root=root)
@@ -148,5 +149,5 @@ def test_weights_made_on_workers_reach_a_remote_storage_and_come_back_whole(
     assert len(uploaded) == 4
 
     elsewhere = tmp_path / "node-b" / "original-abc"
-    tuner._sync_prepared(storage, (elsewhere,), "eval-key", upload=False)
+    prepare._sync_prepared(storage, (elsewhere,), "eval-key", upload=False)
     assert sorted(p.name for p in (elsewhere / "model").iterdir()) == sorted(uploaded)

@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from raysimnpo.config.sweep import SearchSettings
-from raysimnpo.orchestration.tuner import DefineByRun
+from raysimnpo.orchestration.search import DefineByRun
 
 # (method, FQ, MU): the first two are the Pareto front, the third is dominated by the second.
 TRIALS = [("simnpo", 0.9, 0.2), ("npo", 0.5, 0.6), ("npo", 0.4, 0.5)]

@@ -1,0 +1,152 @@
+"""The sweep's search: its conditional space as Optuna suggestions (`DefineByRun`), the sampler, and
+`SweepSearch`, the Tune searcher that asks and tells the sweep's Optuna study (time budget, pruned
+stopped trials, epoch points, deterministic suggestions)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+import ray
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from ..config.sweep import ParamRange, SearchSettings
+from ..orchestration.epochs import FRONT_NAMESPACE, add_epoch_points
+from ..orchestration.study import ENDED
+
+
+def sampler_for(search: SearchSettings) -> optuna.samplers.BaseSampler:
+    name = search.resolved_sampler()
+    seed = search.seed
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, search.num_trials // 3)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.CmaEsSampler(seed=seed)
+
+
+def _suggest(trial: optuna.Trial, name: str, rng: ParamRange) -> Any:
+    if rng.choices is not None:
+        return trial.suggest_categorical(name, rng.choices)
+    assert rng.low is not None and rng.high is not None
+    if rng.integer:
+        return trial.suggest_int(name, int(rng.low), int(rng.high), log=rng.log)
+    return trial.suggest_float(name, rng.low, rng.high, log=rng.log)
+
+
+class DefineByRun:
+    """Conditional space: the method first, then that method's own ranges, named
+    `<method>/<dotted setting>` so that β of NPO and β of SimNPO are separate parameters.
+    A class rather than a closure: Tune pickles the searcher into its experiment state."""
+
+    def __init__(self, search: SearchSettings) -> None:
+        self.search = search
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        method = trial.suggest_categorical("method", self.search.methods)
+        for key, rng in self.search.space.get(method, {}).items():
+            _suggest(trial, f"{method}/{key}", rng)
+        return None
+
+
+class SweepSearch(OptunaSearch):
+    """Tune's OptunaSearch with the sweep's rules.
+
+    - Once the time budget is spent (`deadline`, unix seconds) it proposes no more trials; the running
+      ones end themselves after their epoch when they evaluate every epoch
+      (`epochs.epoch_stop_rule`), else Tune stops them.
+    - A trial stopped before its planned epochs (early stopping, the budget) is told PRUNED: the
+      `unlearn.epochs` it was given never ran.
+    - `epoch_points`: with a trial's result, its epochs are added to the study as points of their
+      own (`epochs.add_epoch_points`).
+    - `front`: the name of the sweep's EpochFront actor, told which trials the search has been told of.
+    - `lag` (`search.deterministic`: L = 2k - 1 for k concurrent trials): suggestion i is made from
+      exactly the results of trials 0..i-L, told in suggestion order, and waits until they have
+      ended; trial i's early stopping judges it against those trials only (`FrontRule.snapshot`). So
+      the suggestions do not depend on which running trial ends first, and a sweep reruns to the same
+      numbers. L >= k keeps k trials running; the slack of L = 2k - 1 lets a long trial be overtaken
+      by 2k - 2 later ones before a slot waits for it (`perf/deterministic_search.py`). None: each
+      trial is told as it ends and a suggestion uses whatever has ended by then.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        deadline: float | None = None,
+        epoch_points: bool = False,
+        front: str | None = None,
+        lag: int | None = None,
+        num_trials: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline, self.epoch_points, self.front = deadline, epoch_points, front
+        self.lag, self.num_trials = lag, num_trials
+        self.closed = False  # no more suggestions: the budget is spent
+        self.order: list[str] = []  # trials in suggestion order
+        self.told = 0  # trials order[:told] have been told
+        self.ended: dict[str, tuple[dict[str, Any] | None, bool]] = {}  # (result, error) not told yet
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.closed = True
+            self._tell_ready()
+            return Searcher.FINISHED
+        if self.lag is not None:
+            self._tell_ready()
+            if self.told < len(self.order) - self.lag + 1:
+                return None  # trial i - L still runs
+        suggestion = super().suggest(trial_id)
+        self.order.append(trial_id)
+        if self.front is not None and self.lag is not None:
+            ray.get(self._front().snapshot.remote(trial_id))
+        return suggestion
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id in self.ended:
+            return  # told once: a repeated completion would add its epoch points twice
+        self.ended[trial_id] = (result, error)
+        if self.lag is None:
+            self._tell(trial_id)
+        else:
+            self._ot_trials[trial_id].set_user_attr(ENDED, True)  # counted as done by `Progress`
+            self._tell_ready()
+
+    def _tell_ready(self) -> None:
+        """Tell, in suggestion order, the ended trials that every later suggestion may see."""
+        assert self.lag is not None or self.closed
+        done = self.closed or (self.num_trials is not None and len(self.order) >= self.num_trials)
+        visible = len(self.order) if done or self.lag is None else len(self.order) - self.lag + 1
+        while self.told < min(visible, len(self.order)) and self.order[self.told] in self.ended:
+            self._tell(self.order[self.told])
+            self.told += 1
+
+    def _tell(self, trial_id: str) -> None:
+        result, error = self.ended.pop(trial_id)
+        stopped = bool(result and result.get("stopped_early"))
+        super().on_trial_complete(trial_id, None if stopped else result, error)  # None: PRUNED
+        if self.epoch_points and result and not error:
+            ot_trial = self._ot_trials[trial_id]
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            add_epoch_points(
+                self._ot_study, trial_id, ot_trial.params, ot_trial.distributions, result, metrics
+            )
+        if self.front is not None:
+            ray.get(self._front().complete.remote([trial_id]))
+
+    def _front(self) -> Any:
+        assert self.front is not None
+        return ray.get_actor(self.front, namespace=FRONT_NAMESPACE)
+
+
+def deterministic_lag(concurrent: int) -> int:
+    """How many suggestions back a deterministic search's suggestion sees results (`SweepSearch`)."""
+    return 2 * concurrent - 1
