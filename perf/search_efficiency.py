@@ -1,13 +1,17 @@
 """Search efficiency: the default TOFU sweep at equal wall-clock budgets, before and after
 per-epoch search (issue 15).
 
-Two designs of the same sweep (`sweeps/tofu.yaml`: generated TOFU data, the tiny model, SimNPO and
+Three designs of the same sweep (`sweeps/tofu.yaml`: generated TOFU data, the tiny model, SimNPO and
 NPO, 2 trials at a time on 2 cores):
 
 - `last-epoch`: only each trial's last epoch is evaluated and told to the sampler, no early
-  stopping, epochs searched in 3-8 (the design before per-epoch search);
-- `per-epoch`: the file as it is: every epoch evaluated, a point of the front and of the Optuna
-  study, trials dominated by a margin stopped early, epochs searched in 2-12.
+  stopping, epochs searched in 3-8, each trial suggested as soon as a slot frees (the design before
+  per-epoch search);
+- `per-epoch`: every epoch evaluated, a point of the front and of the Optuna study, trials dominated
+  by a margin stopped early, epochs searched in 2-12; suggested as soon as a slot frees
+  (`search.deterministic=false`);
+- `per-epoch-deterministic`: the file as it is, `per-epoch` with the deterministic search
+  (`search.deterministic`: suggestion i made from trials 0..i-3 only).
 
 Each (design, sampler seed) runs once with `search.time_budget_minutes` = the largest budget; the
 front "at budget b" is what that run had finished within its first b minutes of trials (a trial's
@@ -65,9 +69,13 @@ DESIGNS: dict[str, list[str]] = {
             for m in METHODS
             for end, n in (("low", 3), ("high", 8))
         ),
+        "search.deterministic=false",
     ],
-    "per-epoch": [],
+    # each trial suggested as soon as a slot frees, from every trial ended by then
+    "per-epoch": ["search.deterministic=false"],
+    "per-epoch-deterministic": [],  # the file as shipped
 }
+BASELINE = "last-epoch"
 CPUS = 2  # the default sweep's trials share the machine's 2 cores
 
 
@@ -76,8 +84,6 @@ def sweep_command(storage: Path, design: str, seed: int, budget: float) -> list[
         f"search.seed={seed}",
         f"search.time_budget_minutes={budget}",
         "search.num_trials=500",  # the budget ends the sweep
-        # as measured (perf/results/search_efficiency.json): each trial suggested as soon as a slot frees
-        "search.deterministic=false",
         "relearn=null",
         *DESIGNS[design],
     ]
@@ -266,20 +272,21 @@ def tables(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| budget b (min) | per-epoch / last-epoch HV at b (mean over seeds) | minutes per-epoch needs to reach last-epoch's HV at b: mean curves; per seed | 2x last-epoch's HV at b | HV of the noise-ceiling point |",
-        "|---|---|---|---|---|",
+        "| budget b (min) | design | HV at b / last-epoch's (mean over seeds) | minutes to reach last-epoch's HV at b: mean curves; per seed | 2x last-epoch's HV at b | HV of the noise-ceiling point |",
+        "|---|---|---|---|---|---|",
     ]
     ceiling = report.get("noise_ceiling_hypervolume")
-    for minutes, ratio in report["hypervolume_ratio"].items():
-        reach = report["minutes_to_reach_last_epoch_hv"][minutes]
-        seeds = ", ".join(
-            "-" if m is None else f"{m:g}" for m in report["minutes_to_reach_per_seed"][minutes]
-        )
-        twice = 2 * report["hypervolume_curve"]["last-epoch"][report["curve_minutes"].index(float(minutes))]
-        lines.append(
-            f"| {minutes} | {ratio:.2f}x | {'not reached' if reach is None else f'{reach:g}'}; {seeds} | {twice:.3f} | "
-            f"{'-' if ceiling is None else f'{ceiling:.3f}'} |"
-        )
+    for design, ratios in report["hypervolume_ratio"].items():
+        for minutes, ratio in ratios.items():
+            reach = report["minutes_to_reach_last_epoch_hv"][design][minutes]
+            seeds = ", ".join(
+                "-" if m is None else f"{m:g}" for m in report["minutes_to_reach_per_seed"][design][minutes]
+            )
+            twice = 2 * report["hypervolume_curve"][BASELINE][report["curve_minutes"].index(float(minutes))]
+            lines.append(
+                f"| {minutes} | {design} | {ratio:.2f}x | {'not reached' if reach is None else f'{reach:g}'}; "
+                f"{seeds} | {twice:.3f} | {'-' if ceiling is None else f'{ceiling:.3f}'} |"
+            )
     if report.get("paper_check"):
         lines += ["", "| method | setting | run seed | FQ | MU | MU(Retrain) |", "|---|---|---|---|---|---|"]
         for row in report["paper_check"]:
@@ -325,7 +332,8 @@ def main() -> int:
                 f"HV {last['hypervolume']:.4g} in {budgets[-1]:g} min (sweep wall {wall['seconds'] / 60:.1f} min)",
                 flush=True,
             )
-    report["hypervolume_ratio"] = {}
+    challengers = [d for d in DESIGNS if d != BASELINE]
+    report["hypervolume_ratio"] = {design: {} for design in challengers}  # over last-epoch's
     for minutes in budgets:
         means = {
             design: statistics.mean(
@@ -335,7 +343,8 @@ def main() -> int:
             )
             for design in DESIGNS
         }
-        report["hypervolume_ratio"][f"{minutes:g}"] = means["per-epoch"] / max(means["last-epoch"], 1e-12)
+        for design in challengers:
+            report["hypervolume_ratio"][design][f"{minutes:g}"] = means[design] / max(means[BASELINE], 1e-12)
     # HV against minutes of trials, mean over seeds, and how long per-epoch takes to reach the HV
     # last-epoch has at each budget: the per-CPU-minute comparison read the other way round.
     grid = [round(0.25 * k, 2) for k in range(1, int(budgets[-1] / 0.25) + 1)]
@@ -351,20 +360,23 @@ def main() -> int:
         for design in DESIGNS
     }
     report["curve_minutes"] = grid
-    report["minutes_to_reach_last_epoch_hv"] = {}
-    for minutes in budgets:
-        target = report["hypervolume_curve"]["last-epoch"][grid.index(minutes)]
-        reached = first_reaching(grid, report["hypervolume_curve"]["per-epoch"], target)
-        report["minutes_to_reach_last_epoch_hv"][f"{minutes:g}"] = reached
-    # The same per sampler seed: the minutes the per-epoch run needs to reach the HV the last-epoch
-    # run of that seed has at b (None: not within the largest budget).
-    report["minutes_to_reach_per_seed"] = {f"{m:g}": [] for m in budgets}
-    for seed in args.seeds:
-        pair = {r["design"]: loaded[r["run_dir"]] for r in report["runs"] if r["seed"] == seed}
-        curve = [at_budget(pair["per-epoch"], m)["hypervolume"] for m in grid]
+    report["minutes_to_reach_last_epoch_hv"] = {design: {} for design in challengers}
+    for design in challengers:
         for minutes in budgets:
-            target = at_budget(pair["last-epoch"], minutes)["hypervolume"]
-            report["minutes_to_reach_per_seed"][f"{minutes:g}"].append(first_reaching(grid, curve, target))
+            target = report["hypervolume_curve"][BASELINE][grid.index(minutes)]
+            reached = first_reaching(grid, report["hypervolume_curve"][design], target)
+            report["minutes_to_reach_last_epoch_hv"][design][f"{minutes:g}"] = reached
+    # The same per sampler seed: the minutes a run needs to reach the HV the last-epoch run of that
+    # seed has at b (None: not within the largest budget).
+    report["minutes_to_reach_per_seed"] = {design: {f"{m:g}": [] for m in budgets} for design in challengers}
+    for seed in args.seeds:
+        runs = {r["design"]: loaded[r["run_dir"]] for r in report["runs"] if r["seed"] == seed}
+        for design in challengers:
+            curve = [at_budget(runs[design], m)["hypervolume"] for m in grid]
+            for minutes in budgets:
+                target = at_budget(runs[BASELINE], minutes)["hypervolume"]
+                reached = first_reaching(grid, curve, target)
+                report["minutes_to_reach_per_seed"][design][f"{minutes:g}"].append(reached)
     # The HV of a perfect unlearner's point: FQ of a second Retrain against Retrain (the noise
     # ceiling) at MU(Retrain). Twice the baseline's HV above it is out of reach of any search.
     ceilings = []

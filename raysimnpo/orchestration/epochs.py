@@ -12,9 +12,10 @@ per epoch. Two things use them:
   after the epoch, writes its rows and checkpoint as any trial), not by Tune killing it.
 * `add_epoch_points` (called by the sweep's searcher, `search.SweepSearch`, when it tells a trial's
   result): each of the trial's epochs e is added to the Optuna study as a completed trial with the
-  same settings and `unlearn.epochs = e`, so the sampler learns from every epoch and not only the last. Why epochs as points with their epoch count
-  rather than a fidelity: Optuna's multi-objective samplers take no intermediate values, and the
-  epoch count is already a searched setting, so an epoch-e point is a real observation of "e epochs".
+  same settings and `unlearn.epochs = e`, so the sampler learns from every epoch and not only the
+  last. Why epochs as points with their epoch count rather than a fidelity: Optuna's
+  multi-objective samplers take no intermediate values, and the epoch count is already a searched
+  setting, so an epoch-e point is a real observation of "e epochs".
   It is an approximation in one respect, stated here: the learning rate at epoch e of an E-epoch run
   has not decayed to zero as an e-epoch run's has. Epochs outside the searched range, and methods
   whose space does not search `unlearn.epochs`, add no points (the same settings with another value
