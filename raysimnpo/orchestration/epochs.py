@@ -155,15 +155,22 @@ def add_epoch_points(
     Optuna `study` as completed points: its `params` and `distributions` with the epoch count set to
     each epoch (`epoch_point_params`). A trial that ran its planned epochs holds its last epoch in its
     own Optuna trial; one stopped before them (early stopping, the time budget) was told PRUNED
-    (`SweepSearch`), so every epoch it ran is a point."""
+    (`SweepSearch`), so every epoch it ran is a point. Epochs the study already holds for this trial
+    are not added again (a restored sweep's searcher tells the trials it had told after its last
+    saved state once more)."""
     import optuna
 
+    added = {
+        t.user_attrs.get("epoch")
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(EPOCH_POINT) and t.user_attrs.get("of_trial") == trial_id
+    }
     last = None if result.get("stopped_early") else int(result["epoch"])
     for row in result.get("epoch_points") or []:
         epoch = int(row["epoch"])
         point = epoch_point_params(params, distributions, epoch)
         values = [row.get(m) for m in metrics]
-        if epoch == last or point is None or any(v is None for v in values):
+        if epoch == last or epoch in added or point is None or any(v is None for v in values):
             continue
         study.add_trial(
             optuna.trial.create_trial(

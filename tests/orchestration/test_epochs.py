@@ -10,7 +10,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from raysimnpo.config.sweep import SweepConfig
-from raysimnpo.orchestration.epochs import FrontRule, epoch_point_params, epoch_stop_rule
+from raysimnpo.orchestration.epochs import FrontRule, add_epoch_points, epoch_point_params, epoch_stop_rule
 from raysimnpo.orchestration.search import DefineByRun, SweepSearch
 from raysimnpo.orchestration.study import EPOCH_POINT, finished_trials
 from raysimnpo.orchestration.tuner import Progress
@@ -120,9 +120,15 @@ def test_a_trial_result_adds_its_earlier_epochs_to_the_study(tmp_path: Path) -> 
     search = sweep_search(tmp_path, epoch_points=True)
     config = search.suggest("t1")
     assert isinstance(config, dict)
-    planned = config["simnpo"]["unlearn.epochs"]
+    planned = 4
+    config["simnpo"]["unlearn.epochs"] = planned  # ran 4 epochs: points for epochs 2 and 3
     search.on_trial_complete("t1", epoch_result(config))
     search.on_trial_complete("t1", epoch_result(config))  # a repeated completion adds nothing
+    ot_trial = search._ot_trials["t1"]
+    # nor does a restored searcher telling it once more (its saved state predates the tell)
+    add_epoch_points(
+        search._ot_study, "t1", ot_trial.params, ot_trial.distributions, epoch_result(config), search.metric
+    )
     trials = optuna.load_study(study_name="demo", storage=search._ot_study._storage).get_trials()
     added = [t for t in trials if t.user_attrs.get(EPOCH_POINT)]
     # epoch 1 is outside the choices [2, 3, 4]; the last epoch is the trial's own Optuna trial
