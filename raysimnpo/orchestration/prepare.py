@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,8 @@ from ..methods import needs_of
 from ..orchestration.cluster import trials_use_torch_trainer
 from ..orchestration.trial import PreparedModels, SharedWorkspace
 from ..recipes import unlearn as recipe
+from ..recipes.unlearn import Log
 from ..results.storage import Storage, exists, open_storage
-
-Log = Callable[[str], None]
 
 
 def _sync_prepared(storage: Storage, local_dirs: tuple[Path, Path], marker: str, *, upload: bool) -> None:

@@ -65,7 +65,8 @@ class SweepSearch(OptunaSearch):
       `unlearn.epochs` it was given never ran.
     - `epoch_points`: with a trial's result, its epochs are added to the study as points of their
       own (`epochs.add_epoch_points`).
-    - `front`: the name of the sweep's EpochFront actor, told which trials the search has been told of.
+    - `front`: the name of the sweep's EpochFront actor; with `lag`, told which trials each
+      suggestion saw (`FrontRule.snapshot`, `FrontRule.complete`).
     - `lag` (`search.deterministic`: L = 2k - 1 for k concurrent trials): suggestion i is made from
       exactly the results of trials 0..i-L, told in suggestion order, and waits until they have
       ended; trial i's early stopping judges it against those trials only (`FrontRule.snapshot`). So
@@ -125,7 +126,7 @@ class SweepSearch(OptunaSearch):
         assert self.lag is not None or self.closed
         done = self.closed or (self.num_trials is not None and len(self.order) >= self.num_trials)
         visible = len(self.order) if done or self.lag is None else len(self.order) - self.lag + 1
-        while self.told < min(visible, len(self.order)) and self.order[self.told] in self.ended:
+        while self.told < visible and self.order[self.told] in self.ended:
             self._tell(self.order[self.told])
             self.told += 1
 
@@ -139,7 +140,7 @@ class SweepSearch(OptunaSearch):
             add_epoch_points(
                 self._ot_study, trial_id, ot_trial.params, ot_trial.distributions, result, metrics
             )
-        if self.front is not None:
+        if self.front is not None and self.lag is not None:  # only a deterministic front tracks them
             ray.get(self._front().complete.remote([trial_id]))
 
     def _front(self) -> Any:

@@ -39,9 +39,8 @@ from ..orchestration.study import ENDED, EPOCH_POINT, INTERRUPTED, finished_tria
 from ..orchestration.tracking import tracking_callbacks
 from ..orchestration.trial import SharedWorkspace, unlearning_trial
 from ..recipes import unlearn as recipe
+from ..recipes.unlearn import Log
 from ..results.storage import Storage
-
-Log = Callable[[str], None]
 
 
 class Progress(tune.Callback):
