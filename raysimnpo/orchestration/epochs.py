@@ -57,9 +57,9 @@ FRONT_NAMESPACE = "raysimnpo"
 class FrontRule:
     """The epoch points of every trial of a sweep, and the early-stopping rule over them.
 
-    `deterministic` (`search.deterministic`): a trial is judged only against the trials whose results
-    the search had been told when it suggested the trial (`snapshot`, `complete`), not against those
-    running beside it, whose points arrive in an order that depends on timing."""
+    `deterministic` (`search.deterministic`): a trial is judged only against the trials the search
+    names when it suggests the trial (`snapshot`: those whose results it had been told), not against
+    those running beside it, whose points arrive in an order that depends on timing."""
 
     def __init__(
         self, directions: Sequence[Direction], margin: float, min_epochs: int, deterministic: bool = False
@@ -67,27 +67,20 @@ class FrontRule:
         self.directions, self.margin, self.min_epochs = list(directions), margin, min_epochs
         self.points: dict[str, list[list[float]]] = {}
         self.deterministic = deterministic
-        self.completed: set[str] = set()
         self.visible: dict[str, set[str]] = {}  # deterministic: whom each trial is judged against
 
     def add(self, trial_id: str, points: Sequence[Sequence[float]]) -> None:
         """Points of a trial known from elsewhere (a resumed sweep's finished trials)."""
         self.points.setdefault(trial_id, []).extend([list(map(float, p)) for p in points])
-        self.completed.add(trial_id)
 
-    def complete(self, trial_ids: Sequence[str]) -> None:
-        """Trials whose results the search has been told: trials suggested from now on see them."""
-        self.completed.update(trial_ids)
-
-    def snapshot(self, trial_id: str) -> None:
-        """`trial_id` has just been suggested: with `deterministic`, it is judged against the trials
-        told so far."""
-        self.visible[trial_id] = set(self.completed)
+    def snapshot(self, trial_id: str, seen: Sequence[str]) -> None:
+        """With `deterministic`, `trial_id` is judged against the trials `seen` only (a trial without
+        a snapshot never stops)."""
+        self.visible[trial_id] = set(seen)
 
     def restart(self, trial_id: str) -> None:
         """A trial starts (or a retried one starts its epochs again)."""
         self.points.pop(trial_id, None)
-        self.visible.setdefault(trial_id, set(self.completed))  # a restored sweep's: no snapshot
 
     def judge(self, trial_id: str, epoch: int, point: Sequence[float]) -> bool:
         """Record `trial_id`'s point of `epoch` (from 1); True when the trial should stop: it has run

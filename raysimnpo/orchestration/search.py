@@ -5,6 +5,7 @@ stopped trials, epoch points, deterministic suggestions)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -66,7 +67,10 @@ class SweepSearch(OptunaSearch):
     - `epoch_points`: with a trial's result, its epochs are added to the study as points of their
       own (`epochs.add_epoch_points`).
     - `front`: the name of the sweep's EpochFront actor; with `lag`, told which trials each
-      suggestion saw (`FrontRule.snapshot`, `FrontRule.complete`).
+      suggestion saw (`FrontRule.snapshot`): the `earlier` ones (finished in the sweep's earlier Tune
+      experiments) and those of this experiment told so far. The snapshots are part of the searcher's
+      saved state, and a restored searcher gives them to the new EpochFront again, so a trial rerun
+      after the driver was killed is judged against the same trials.
     - `lag` (`search.deterministic`: L = 2k - 1 for k concurrent trials): suggestion i is made from
       exactly the results of trials 0..i-L, told in suggestion order, and waits until they have
       ended; trial i's early stopping judges it against those trials only (`FrontRule.snapshot`). So
@@ -84,15 +88,17 @@ class SweepSearch(OptunaSearch):
         front: str | None = None,
         lag: int | None = None,
         num_trials: int | None = None,
+        earlier: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.deadline, self.epoch_points, self.front = deadline, epoch_points, front
-        self.lag, self.num_trials = lag, num_trials
+        self.lag, self.num_trials, self.earlier = lag, num_trials, list(earlier)
         self.closed = False  # no more suggestions: the budget is spent
         self.order: list[str] = []  # trials in suggestion order
         self.told = 0  # trials order[:told] have been told
         self.ended: dict[str, tuple[dict[str, Any] | None, bool]] = {}  # (result, error) not told yet
+        self.seen: dict[str, list[str]] = {}  # with `lag`: the trials each trial is judged against
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.deadline is not None and time.time() >= self.deadline:
@@ -104,10 +110,20 @@ class SweepSearch(OptunaSearch):
             if self.told < len(self.order) - self.lag + 1:
                 return None  # trial i - L still runs
         suggestion = super().suggest(trial_id)
+        if self.lag is not None:
+            self.seen[trial_id] = [*self.earlier, *self.order[: self.told]]
+            if self.front is not None:
+                ray.get(self._front().snapshot.remote(trial_id, self.seen[trial_id]))
         self.order.append(trial_id)
-        if self.front is not None and self.lag is not None:
-            ray.get(self._front().snapshot.remote(trial_id))
         return suggestion
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune restores a killed sweep's searcher before it reruns the trials that were running:
+        the new EpochFront gets their snapshots first."""
+        super().restore(checkpoint_path)
+        if self.front is not None and self.lag is not None:
+            front = self._front()
+            ray.get([front.snapshot.remote(t, seen) for t, seen in self.seen.items()])
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -140,8 +156,6 @@ class SweepSearch(OptunaSearch):
             add_epoch_points(
                 self._ot_study, trial_id, ot_trial.params, ot_trial.distributions, result, metrics
             )
-        if self.front is not None and self.lag is not None:  # only a deterministic front tracks them
-            ray.get(self._front().complete.remote([trial_id]))
 
     def _front(self) -> Any:
         assert self.front is not None

@@ -239,13 +239,9 @@ def run_sweep(
         log_file=log_file,
     )
     callbacks = [progress, *tracking_callbacks(sweep, storage)]
+    root, metrics = results.results_root(storage.uri, sweep.name), [o.metric for o in sweep.search.objectives]
     if sweep.search.early_stop is not None:  # kept alive by this driver until the sweep ends
-        front = start_front(
-            sweep,
-            known_points(
-                results.results_root(storage.uri, sweep.name), [o.metric for o in sweep.search.objectives]
-            ),
-        )
+        front = start_front(sweep, known_points(root, metrics))
         log(
             f"[sweep] early stopping: a trial stops when all its epochs are dominated by a margin of "
             f"{sweep.search.early_stop.margin:g} (rank percentiles), after {sweep.search.early_stop.min_epochs} epochs"
@@ -265,7 +261,9 @@ def run_sweep(
         name = "tune" if not experiments else f"tune-{len(experiments) + 1}"
         if experiments:
             log(f"[sweep] extending {sweep.name} by {remaining} trials (experiment {name})")
-        new_tuner(sweep, storage, study, trainable, name, remaining, callbacks, deadline).fit()
+        # Every trial of the earlier experiments is told: a deterministic front shows them to all new ones.
+        earlier = sorted(known_points(root, metrics)) if sweep.search.early_stop is not None else []
+        new_tuner(sweep, storage, study, trainable, name, remaining, callbacks, deadline, earlier).fit()
         mark_interrupted(study, sweep.name, log)
     sync_study(study, storage, sweep.name)
     if sweep.search.early_stop is not None:
@@ -282,10 +280,11 @@ def new_tuner(
     num_trials: int,
     callbacks: list[Any],
     deadline: float | None = None,
+    earlier: list[str] | None = None,
 ) -> tune.Tuner:
     """A Tune experiment `<run>/<name>` of `num_trials` trials proposed by the sweep's Optuna study
     (created, or loaded when it exists: an extension continues the same study), proposing none
-    after `deadline`."""
+    after `deadline`. `earlier`: the trials of the sweep's earlier experiments in its EpochFront."""
     objectives = sweep.search.objectives
     concurrent = max_concurrent(sweep)
     search = SweepSearch(
@@ -301,6 +300,7 @@ def new_tuner(
         front=None if sweep.search.early_stop is None else front_actor_name(sweep),
         lag=deterministic_lag(concurrent) if sweep.search.deterministic else None,
         num_trials=num_trials,
+        earlier=earlier or [],
     )
     # Named objectives: the report's importances and history, and optuna-dashboard, show them.
     with warnings.catch_warnings():  # set_metric_names is marked experimental

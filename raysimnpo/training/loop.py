@@ -288,8 +288,8 @@ def train(
     (the Markov study's AdamW) instead of the paper's warm-up and linear decay.
 
     `stop_after(row)` is asked after every epoch (its row holds `after_epoch`'s values, e.g. the
-    epoch's evaluation); True ends the run there (early stopping). Under several ranks, rank 0's
-    answer is taken by all (`sharding.rank0_decides`).
+    epoch's evaluation); True ends the run there (early stopping) unless it was the last epoch.
+    Under several ranks, rank 0's answer is taken by all (`sharding.rank0_decides`).
     """
     if (params is None) != (unlearn is None) or (unlearn is None and examples is None):
         raise ValueError("pass `examples` to fine-tune, or `unlearn` and `params` to unlearn")
@@ -413,8 +413,10 @@ def train(
             report(row)
         if epoch_end is not None:
             epoch_end(list(summary.epochs), optimizer, scheduler)
-        last = epoch + 1 == settings.epochs
-        if stop_after is not None and not last and sharding.rank0_decides(rank == 0 and stop_after(row)):
+        # Asked after the last epoch too, where its answer ends nothing: an early-stopping rule sees
+        # every epoch's point, as a resumed sweep's rule reads them all back from the results.
+        stop = stop_after is not None and sharding.rank0_decides(rank == 0 and stop_after(row))
+        if stop and epoch + 1 < settings.epochs:
             summary.stopped_at_epoch = epoch + 1
             break
     summary.seconds = time.perf_counter() - started

@@ -39,20 +39,18 @@ def test_front_rule_with_no_other_trial_never_stops() -> None:
     assert not rule.judge("only", 2, [0.05, 6.0])
 
 
-def test_a_deterministic_front_judges_a_trial_only_against_trials_told_before_it() -> None:
+def test_a_deterministic_front_judges_a_trial_only_against_the_trials_its_snapshot_names() -> None:
     rule = FrontRule(["max", "max"], margin=0.0, min_epochs=1, deterministic=True)
-    rule.snapshot("a")
-    rule.snapshot("b")  # suggested while a runs
+    rule.snapshot("a", [])
+    rule.snapshot("b", [])  # suggested while a runs
     for trial in ("a", "b"):
         rule.restart(trial)
     assert not rule.judge("a", 1, [0.9, 0.9])
     assert not rule.judge("b", 1, [0.1, 0.1])  # a's point is not seen: it may arrive before or after
-    rule.complete(["a"])
-    rule.snapshot("c")
-    rule.complete(["b"])  # told after c was suggested: c does not see it
+    rule.snapshot("c", ["a"])  # a was told before c was suggested, b after
     rule.restart("c")
-    assert rule.judge("c", 1, [0.1, 0.1])  # a was told before c was suggested
-    assert rule.visible["c"] == {"a"}
+    assert rule.judge("c", 1, [0.1, 0.1])
+    assert not rule.judge("d", 1, [0.0, 0.0])  # no snapshot (not a suggestion of this search): never stops
     free = FrontRule(["max", "max"], margin=0.0, min_epochs=1)
     free.judge("a", 1, [0.9, 0.9])
     assert free.judge("b", 1, [0.1, 0.1])  # not deterministic: every point known now
@@ -241,3 +239,21 @@ def test_a_deterministic_suggestion_waits_for_the_trial_k_before_it(tmp_path: Pa
     search.on_trial_complete("t2", epoch_result(third))
     own = [t for t in search._ot_study.get_trials() if not t.user_attrs.get(EPOCH_POINT)]
     assert [t.state.name for t in own] == ["COMPLETE"] * 3
+
+
+def test_a_deterministic_search_keeps_each_trials_snapshot_in_its_saved_state(tmp_path: Path) -> None:
+    """What each trial is judged against: the earlier experiments' trials and those told before it
+    was suggested. Saved with the searcher, so a restored sweep reruns a killed trial against them."""
+    search = sweep_search(tmp_path, epoch_points=True, lag=2, num_trials=9, earlier=["old"])
+    first, second = search.suggest("t0"), search.suggest("t1")
+    search.on_trial_complete("t1", epoch_result(second))
+    search.on_trial_complete("t0", epoch_result(first))
+    search.suggest("t2")
+    search.on_trial_complete("t2", epoch_result(first))  # t2 is told only when suggestion 4 sees it
+    search.suggest("t3")
+    assert search.seen == {"t0": ["old"], "t1": ["old"], "t2": ["old", "t0"], "t3": ["old", "t0", "t1"]}
+    search.save(str(tmp_path / "searcher.pkl"))
+    (tmp_path / "restored").mkdir()
+    restored = sweep_search(tmp_path / "restored", lag=2)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.seen == search.seen and restored.earlier == ["old"]

@@ -455,10 +455,18 @@ def test_every_epoch_is_evaluated_kept_and_learned_from(tmp_path: Path, ray_clus
 
 
 @pytest.mark.ray
-def test_a_deterministic_sweep_reruns_to_the_same_study(tmp_path: Path, ray_cluster: None) -> None:
+def test_a_deterministic_sweep_killed_and_resumed_ends_with_the_same_study(
+    tmp_path: Path, ray_cluster: None
+) -> None:
     """`search.deterministic`: two trials at a time, each evaluated every epoch and stopped early when
-    dominated; two runs of the same file (whose trials end in whatever order the machine gives) make
+    dominated. A run straight through and a run whose driver is killed after two trials and resumed
+    (trials end in whatever order the machine gives; the killed run's running trials run again) make
     the same suggestions, stop the same trials and hold the same values, in the same order."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
     import optuna
 
     run = dict(
@@ -472,23 +480,46 @@ def test_a_deterministic_sweep_reruns_to_the_same_study(tmp_path: Path, ray_clus
             "simnpo": {
                 "method.beta": {"low": 1.0, "high": 4.0},
                 "unlearn.learning_rate": {"low": 1.0e-4, "high": 3.0e-3, "log": True},
-                "unlearn.epochs": {"choices": [2, 3]},
+                "unlearn.epochs": {"choices": [2, 3, 4]},
             }
         },
-        # Probabilities: continuous where this 2-epoch model's FQ and MU take a few values.
-        "objectives": [{"metric": "forget_prob", "mode": "min"}, {"metric": "retain_prob", "mode": "max"}],
-        "num_trials": 4,
+        # Two utilities: continuous where this 2-epoch model's FQ and MU take a few values, and most
+        # trials are dominated, so early stopping decides much of the study.
+        "objectives": [
+            {"metric": "retain_prob", "mode": "max"},
+            {"metric": "world_facts_prob", "mode": "max"},
+        ],
+        "num_trials": 10,
         "max_concurrent_trials": 2,
         "sampler": "tpe",
         "early_stop": {"margin": 0.0, "min_epochs": 1},
         "deterministic": True,
     }
+    path = write_sweep(tmp_path, name="straight", run=run, search=search, storage=str(tmp_path / "straight"))
+    assert sweep.main([str(path)]) == 0
+    path = write_sweep(tmp_path, name="killed", run=run, search=search, storage=str(tmp_path / "killed"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raysimnpo.sweep", str(path), "--num-cpus", "2"],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    root = results.results_root(str(tmp_path / "killed"), "killed")
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and len(results.trial_ids(root) - {"original", "retrain"}) < 2:
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    assert sweep.main([str(path), "--resume"]) == 0
     studies = []
-    for name in ("first", "second"):
-        path = write_sweep(tmp_path, name=name, run=run, search=search, storage=str(tmp_path / name))
-        assert sweep.main([str(path)]) == 0
+    for name in ("straight", "killed"):
         storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / name / name / 'optuna.sqlite'}")
         trials = optuna.load_study(study_name=name, storage=storage).trials
         studies.append([(t.params, t.values, t.state.name, t.user_attrs.get("epoch")) for t in trials])
-    assert sum(1 for t in studies[0] if t[3] is None) == 4  # the 4 trials, beside their epoch points
-    assert studies[0] == studies[1]
+    own = [t for t in studies[0] if t[3] is None]
+    assert len(own) == 10 and any(t[2] == "PRUNED" for t in own)  # beside their epoch points
+    assert studies[0] == [t for t in studies[1] if t[2] != "FAIL"]  # FAIL: asked just before the kill

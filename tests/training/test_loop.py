@@ -288,6 +288,31 @@ def test_report_once_per_epoch(tiny_llama: TinyLlama, finetuned: State) -> None:
     assert summary.epochs == rows
 
 
+@pytest.mark.parametrize(("stop_at", "ran"), [(2, 2), (3, 3), (None, 3)])
+def test_stop_after_is_asked_every_epoch_and_ends_the_run_before_the_last(
+    tiny_llama: TinyLlama, finetuned: State, stop_at: int | None, ran: int
+) -> None:
+    """Early stopping: a True after epoch 2 of 3 ends the run there; after the last epoch it is
+    asked too (an early-stopping rule records that epoch's point) and changes nothing."""
+    asked: list[int] = []
+
+    def stop_after(row: dict[str, float]) -> bool:
+        asked.append(int(row["epoch"]))
+        return int(row["epoch"]) == stop_at
+
+    summary = train(
+        original(tiny_llama, finetuned),
+        settings(epochs=3),
+        pad_id=PAD_ID,
+        seed=0,
+        unlearn=UnlearnInputs(forget=FORGET, retain=RETAIN),
+        params=GradDiffParams(retain_weight=0.5),
+        stop_after=stop_after,
+    )
+    assert asked == list(range(1, ran + 1)) and len(summary.epochs) == ran
+    assert summary.stopped_at_epoch == (2 if stop_at == 2 else None)
+
+
 # ------------------------------------------------------------------------- RMU, Task Vector
 
 
