@@ -34,7 +34,9 @@ import torch  # noqa: E402
 from raysimnpo.benchmarks.tofu_evaluation import scored_answers  # noqa: E402
 from raysimnpo.config.run import load_run_config  # noqa: E402
 from raysimnpo.data.formatting import QAEncoder  # noqa: E402
-from raysimnpo.recipes import unlearn as recipe  # noqa: E402
+from raysimnpo.recipes.prepare import prepare, retrain_reference  # noqa: E402
+from raysimnpo.recipes.unlearn import unlearn_model  # noqa: E402
+from raysimnpo.recipes.workspace import Workspace, workspace  # noqa: E402
 from raysimnpo.training.scoring import generate_greedy, score_sequences  # noqa: E402
 
 
@@ -49,7 +51,7 @@ class LogitsEverywhere(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask)
 
 
-def evaluation_inputs(ws: recipe.Workspace, encoder: QAEncoder) -> tuple[list[Any], list[list[int]]]:
+def evaluation_inputs(ws: Workspace, encoder: QAEncoder) -> tuple[list[Any], list[list[int]]]:
     """Every answer the TOFU evaluation scores and every prompt it answers, as `example_statistics` builds them."""
     length = ws.config.prepare.max_length
     answers = [e for s in ws.data.eval_splits for e in scored_answers(encoder, s, s.rows, length).encoded]
@@ -63,14 +65,14 @@ def main() -> int:
     args = parser.parse_args()
     harness.set_threads(1)
     config = load_run_config("tofu", ["unlearn.epochs=2", "evaluation.every_epoch=false"], method="simnpo")
-    ws = recipe.workspace(config)
-    prepared = recipe.prepare(ws)
-    model, _ = recipe.unlearn_model(ws, prepared.original.path)
+    ws = workspace(config)
+    prepared = prepare(ws)
+    model, _ = unlearn_model(ws, prepared.original.path)
     one_more = load_run_config("tofu", ["unlearn.epochs=1"], method="simnpo")
     settings, pad_id = config.evaluation, ws.pad_id
     bench = ws.benchmark
     items = bench.evaluation_items(ws)
-    reference = recipe.retrain_reference(ws, prepared.retrain)
+    reference = retrain_reference(ws, prepared.retrain)
     bench.aggregate(ws, bench.score_items(model, ws, items), reference)  # warms the workspace's encoder
 
     samples: dict[str, list[float]] = {}
@@ -95,7 +97,7 @@ def main() -> int:
             "evaluation as a trial runs it",
             harness.timed(lambda: bench.aggregate(ws, bench.score_items(model, ws, items), reference))[0],
         )
-        _, summary = recipe.unlearn_model(ws.for_run(one_more), prepared.original.path)
+        _, summary = unlearn_model(ws.for_run(one_more), prepared.original.path)
         add("unlearning epoch", summary.seconds)
 
     epoch = harness.median(samples["unlearning epoch"])

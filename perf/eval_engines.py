@@ -9,9 +9,9 @@ The two engines a sweep trial can evaluate with (`evaluation.engine`), on the sa
   which starts a Ray worker process, imports torch/transformers, loads the folder and scores;
   measured from the call to the last row, split into the actor's load, its batches, and the rest
   (Ray Data planning, actor start-up and imports);
-* `in_process`: load the folder in this process (`recipe.load_prepared_model`) and `recipe.evaluate`;
-  and `in_memory`: `recipe.evaluate` on the model already loaded (what `engine: auto` does in a trial
-  that unlearned on CPU: no load at all).
+* `in_process`: load the folder in this process (`recipes.workspace.load_prepared_model`) and
+  `recipes.evaluate.evaluate`; and `in_memory`: `recipes.evaluate.evaluate` on the model already loaded
+  (what `engine: auto` does in a trial that unlearned on CPU: no load at all).
 
 Rounds alternate the order. The per-example statistics of both engines give metrics that must agree
 to 1e-5 (`evaluation.tofu_metrics` on each engine's examples).
@@ -31,7 +31,9 @@ import pyarrow.parquet as pq
 
 from raysimnpo.benchmarks.tofu_evaluation import tofu_metrics
 from raysimnpo.config.sweep import load_sweep_config
-from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.recipes.evaluate import evaluate, evaluation_key
+from raysimnpo.recipes.prepare import PreparedModel, prepared_dirs
+from raysimnpo.recipes.workspace import load_prepared_model, workspace
 
 NAME = "eval_engines"
 TOLERANCE = 1e-5
@@ -56,16 +58,14 @@ def main() -> None:
 
     sweep = load_sweep_config("tofu", [f"storage={args.storage}", *args.overrides])
     run = sweep.run
-    original, retrain = recipe.prepared_dirs(run, Path(args.storage) / "prepared")
+    original, retrain = prepared_dirs(run, Path(args.storage) / "prepared")
     if not (original / "model" / "config.json").is_file():
         raise SystemExit(f"no prepared Original at {original}; run perf/sweep_overhead.py first")
-    ws = recipe.workspace(run)
-    retrain_eval = retrain / f"eval-{recipe.evaluation_key(run)}" / "examples.parquet"
-    retrain_ratios = recipe.PreparedModel(
-        retrain, {}, pq.read_table(retrain_eval).to_pylist()
-    ).forget_truth_ratios()
+    ws = workspace(run)
+    retrain_eval = retrain / f"eval-{evaluation_key(run)}" / "examples.parquet"
+    retrain_ratios = PreparedModel(retrain, {}, pq.read_table(retrain_eval).to_pylist()).forget_truth_ratios()
     folder = original / "model"
-    memory_model = recipe.load_prepared_model(folder, run)
+    memory_model = load_prepared_model(folder, run)
 
     def ray_data() -> tuple[list[dict[str, Any]], dict[str, float]]:
         timings: dict[str, float] = {}
@@ -80,12 +80,12 @@ def main() -> None:
         return stats, timings
 
     def in_process() -> tuple[list[dict[str, Any]], dict[str, float]]:
-        load, model = harness.timed(lambda: recipe.load_prepared_model(folder, run))
-        took, evaluation = harness.timed(lambda: recipe.evaluate(ws, model, None))
+        load, model = harness.timed(lambda: load_prepared_model(folder, run))
+        took, evaluation = harness.timed(lambda: evaluate(ws, model, None))
         return evaluation.examples, {"load_checkpoint": load, "evaluate": took}
 
     def in_memory() -> tuple[list[dict[str, Any]], dict[str, float]]:
-        took, evaluation = harness.timed(lambda: recipe.evaluate(ws, memory_model, None))
+        took, evaluation = harness.timed(lambda: evaluate(ws, memory_model, None))
         return evaluation.examples, {"load_checkpoint": 0.0, "evaluate": took}
 
     engines = {"ray_data": ray_data, "in_process": in_process, "in_memory": in_memory}

@@ -40,7 +40,7 @@ from raysimnpo.config.run import load_run_config
 from raysimnpo.data.formatting import EncodedExample, PromptFormat, encode_prompt, encode_qa
 from raysimnpo.maths.logprobs import sequence_nll
 from raysimnpo.maths.metrics import text, tofu
-from raysimnpo.recipes.unlearn import Workspace, initial_model, workspace
+from raysimnpo.recipes.workspace import Workspace, initial_model, workspace
 from raysimnpo.training.loop import train
 from raysimnpo.training.scoring import score_sequences
 

@@ -5,7 +5,7 @@
    proportions, 1 / 5 / 10% of the authors — starting from the same Original (it is trained on the
    full set, so it does not depend on the split). Measured in this process, `--threads` torch
    threads: the unlearning loop (`TrainingSummary.seconds`) and the full evaluation
-   (`recipe.evaluate`: forget, retain, real authors, world facts). Rounds rotate the split order.
+   (`recipes.evaluate.evaluate`: forget, retain, real authors, world facts). Rounds rotate the split order.
    The fitted line: seconds = intercept + slope x forget examples (least squares over every round),
    for wall seconds and for the process's CPU seconds — the latter barely moves with other users'
    load on a shared machine, so its fit is the one to read there.
@@ -33,7 +33,10 @@ import numpy as np
 
 from raysimnpo.config.run import RunSettings
 from raysimnpo.config.sweep import load_sweep_config
-from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.recipes.evaluate import evaluate
+from raysimnpo.recipes.prepare import prepared_dirs
+from raysimnpo.recipes.unlearn import unlearn_model
+from raysimnpo.recipes.workspace import workspace
 
 NAME = "scaling"
 SPLITS = ("forget01", "forget05", "forget10")
@@ -56,11 +59,11 @@ def trial_body(run_json: str, original: str, threads: int) -> dict[str, float]:
 
     torch.set_num_threads(threads)
     run = RunSettings.model_validate_json(run_json)
-    ws = recipe.workspace(run)
+    ws = workspace(run)
     started, cpu_started = time.perf_counter(), time.process_time()
-    model, summary = recipe.unlearn_model(ws, Path(original))
+    model, summary = unlearn_model(ws, Path(original))
     evaluated, cpu_evaluated = time.perf_counter(), time.process_time()
-    recipe.evaluate(ws, model, None)
+    evaluate(ws, model, None)
     ended, cpu_ended = time.perf_counter(), time.process_time()
     # (no `harness` here: a Ray task pickles this function by value and cannot import perf/)
     return {
@@ -198,7 +201,7 @@ def main() -> None:
     harness.set_threads(args.threads)
     machine = harness.machine()
     base = load_sweep_config("tofu", [f"storage={args.storage}", *args.overrides]).run
-    original, _ = recipe.prepared_dirs(base, Path(args.storage) / "prepared")
+    original, _ = prepared_dirs(base, Path(args.storage) / "prepared")
     original = original / "model"
     if not (original / "config.json").is_file():
         raise SystemExit(f"no prepared Original at {original}; run perf/sweep_overhead.py first")

@@ -30,7 +30,7 @@ from raysimnpo.config.run import load_run_config
 from raysimnpo.maths import objectives
 from raysimnpo.maths.logprobs import sequence_nll
 from raysimnpo.models import SMOLLM2_FOLDER
-from raysimnpo.recipes.unlearn import initial_model, workspace
+from raysimnpo.recipes.workspace import initial_model, workspace
 
 NAME = "train_throughput"
 TARGET_MFU = {"smollm2-135m": 0.5}

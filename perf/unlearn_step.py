@@ -6,7 +6,7 @@ clipping and AdamW. Every method gets the same forget and retain batch (drawn fr
 with the package's `shuffled_batches` / `cycling_batches`) and the same starting weights.
 
 Methods: SimNPO; NPO with cached reference NLLs (the package's path: ℓ_ref computed once by the
-Original through `recipe.unlearn_inputs`); NPO with an *online* reference model — not a package
+Original through `recipes.unlearn.unlearn_inputs`); NPO with an *online* reference model — not a package
 feature, built here from public functions: a frozen copy of the model (as `train` makes for RMU)
 runs the forget batch every step under no_grad, `logprobs.sequence_nll` gives ℓ_ref, and
 `objectives.npo_loss` + `objectives.retain_nll_loss` make the loss — the NPO setting of the paper's
@@ -61,7 +61,8 @@ from raysimnpo.methods import (
     SimNPOParams,
 )
 from raysimnpo.models import SMOLLM2_FOLDER
-from raysimnpo.recipes.unlearn import Workspace, initial_model, reference_examples, unlearn_inputs, workspace
+from raysimnpo.recipes.unlearn import unlearn_inputs
+from raysimnpo.recipes.workspace import Workspace, initial_model, reference_examples, workspace
 from raysimnpo.training import sharding
 from raysimnpo.training.loop import (
     UnlearnInputs,

@@ -398,7 +398,7 @@ def register(method: Method) -> Method:
     """Add a method to `METHODS` under its name (an existing name is refused). Its hyperparameter
     model must have a `name` Literal equal to `method.name`; configs that go through
     `AnyMethodParams` know only the built-in methods, so a registered method is run with its own
-    params object (`recipe.unlearn_model(..., method=params)`)."""
+    params object (`recipes.unlearn.unlearn_model(..., method=params)`)."""
     if method.name in METHODS:
         raise ValueError(f"method {method.name!r} is already registered")
     unknown = sorted(set(method.gathered) - set(sequence_fields()))

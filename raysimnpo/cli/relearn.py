@@ -83,7 +83,7 @@ def attack_sweep(
     workspace: Any = None,
 ) -> list[dict[str, Any]]:
     """Run the relearning attacks of a finished sweep (Ray must be started) and print the table.
-    `workspace`: the sweep's (`recipe.Workspace`), when the caller has built it already."""
+    `workspace`: the sweep's (`recipes.workspace.Workspace`), when the caller has built it already."""
     from .. import results
     from ..orchestration.relearn import run_relearn_attacks
 

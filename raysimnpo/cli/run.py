@@ -126,11 +126,13 @@ def launch(
     config = load_run_config(benchmark, overrides, method=method)
     folder = Path(out) if out is not None else default_out(config)
     check_out(folder)
-    from ..recipes import unlearn as recipe
+    from ..recipes import unlearn
+    from ..recipes.evaluate import write_examples
+    from ..recipes.workspace import save_model
     from .console import quiet_libraries
 
     quiet_libraries()
-    result = recipe.run(config, log=log)
+    result = unlearn.run(config, log=log)
     columns = {"Original": result.original.metrics}
     if result.retrain is not None:
         columns["Retrain"] = result.retrain.metrics
@@ -146,8 +148,8 @@ def launch(
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         ws = result.workspace
-        recipe.save_model(result.model, ws.tokenizer, ws.prompt_format, staging / "model")
-        recipe.write_examples(result.unlearned.examples, staging / "examples.parquet")
+        save_model(result.model, ws.tokenizer, ws.prompt_format, staging / "model")
+        write_examples(result.unlearned.examples, staging / "examples.parquet")
         (staging / "metrics.json").write_text(json.dumps(payload, indent=1))
         staging.rename(folder)
     except BaseException:

@@ -110,9 +110,9 @@ def is_markov(name_or_path: str) -> bool:
 def validate_inputs(sweep: SweepConfig) -> Any:
     """Load data and tokenizer, encode every example: data mistakes surface before any trial. The
     workspace built here is the sweep's: the prepare stage and every trial get it."""
-    from ..recipes import unlearn as recipe
+    from ..recipes.workspace import workspace
 
-    return recipe.workspace(sweep.run)
+    return workspace(sweep.run)
 
 
 def check_extension(sweep: SweepConfig, storage: Storage) -> None:

@@ -38,7 +38,7 @@ from ..orchestration.study import EPOCH_POINT
 
 @dataclass(frozen=True)
 class EpochEvaluation:
-    """What the workers need to evaluate after every epoch (`recipe.EpochEvaluator`): the Retrain
+    """What the workers need to evaluate after every epoch (`recipes.evaluate.EpochEvaluator`): the Retrain
     reference, the sweep's objectives (metric, direction), the sweep's EpochFront actor (its name;
     None: no early stopping) with the trial's id, and the end of the sweep's time budget (unix
     seconds; None: no budget)."""

@@ -68,7 +68,7 @@ def evaluate_with_ray_data(
 ) -> list[dict[str, Any]]:
     """Per-example rows of every evaluation item of the workspace's benchmark
     (`Benchmark.evaluation_items`), computed by a pool of `ExampleScorer` actors; the caller
-    aggregates them (`Benchmark.aggregate`). `workspace`: a `recipe.Workspace` or its object ref.
+    aggregates them (`Benchmark.aggregate`). `workspace`: a `recipes.workspace.Workspace` or its object ref.
 
     `timings`, when given, receives the actors' own seconds summed over actors: `load_checkpoint`
     (loading the model folder) and `evaluate` (scoring and generating the batches); the rest of the

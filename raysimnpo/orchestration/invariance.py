@@ -1,7 +1,7 @@
 """Same numbers at any worker count: one trial config and seed run as (a) a single process, (b) one
 TorchTrainer worker and (c) two FSDP2 TorchTrainer workers (DESIGN §2 "One path", §7).
 
-Every run calls the one unlearning recipe (`recipe.unlearn_model`) for each method in turn and
+Every run calls the one unlearning recipe (`recipes.unlearn.unlearn_model`) for each method in turn and
 records, per method: the forget indices of every global batch, the per-epoch losses, the final
 weights (gathered on rank 0) and the TOFU evaluation of those weights (forget quality, model utility
 and every forget example's truth ratio), measured on rank 0 with the unsharded model. `compare`
@@ -32,7 +32,9 @@ from ..data.generators.tofu import TofuGeneratorConfig
 from ..data.sources import TofuSource
 from ..methods import GradDiffParams, MethodParams, NPOParams, RMUParams, SimNPOParams
 from ..models import TinyModelConfig
-from ..recipes import unlearn as recipe
+from ..recipes.evaluate import evaluate
+from ..recipes.unlearn import unlearn_model
+from ..recipes.workspace import initial_model, load_prepared_model, save_model, training_examples, workspace
 from ..training import sharding
 from ..training.loop import train
 
@@ -75,18 +77,18 @@ def prepare_case(workdir: Path) -> tuple[RunSettings, Path, list[float]]:
     set so the losses are not those of a random model) and the reference forget truth ratios that
     forget quality is measured against (the Original's own: any fixed reference serves here)."""
     config = case_config(workdir / "cache")
-    ws = recipe.workspace(config)
-    model = recipe.initial_model(config, ws.data.corpus()).model
+    ws = workspace(config)
+    model = initial_model(config, ws.data.corpus()).model
     train(
         model,
         TrainSettings(epochs=12, batch_size=16, learning_rate=3e-3, warmup_epochs=0.0),
         pad_id=ws.pad_id,
         seed=config.seed,
-        examples=recipe.training_examples(ws, "original"),
+        examples=training_examples(ws, "original"),
     )
     original = workdir / "original"
-    recipe.save_model(model, ws.tokenizer, ws.prompt_format, original)
-    reference = recipe.evaluate(ws, model, None)
+    save_model(model, ws.tokenizer, ws.prompt_format, original)
+    reference = evaluate(ws, model, None)
     ratios = [e["truth_ratio"] for e in reference.examples if e["split"] == "forget"]
     return config, original, ratios
 
@@ -94,20 +96,20 @@ def prepare_case(workdir: Path) -> tuple[RunSettings, Path, list[float]]:
 def run_methods(
     config_json: str, original: str, reference_ratios: list[float], methods: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """Unlearn the Original with each method through `recipe.unlearn_model` on this rank (all ranks
+    """Unlearn the Original with each method through `recipes.unlearn.unlearn_model` on this rank (all ranks
     of a torch.distributed group call it); rank 0 returns, per method, {"batches": the sorted
     forget indices of every step, "losses": the per-epoch loss rows, "weights": the final full state
     dict as numpy arrays, "metrics": every TOFU metric (forget quality, model utility and its 9
     parts, ...), "truth_ratios": the forget
     examples'}. Other ranks return {}."""
     config = RunSettings.model_validate_json(config_json)
-    ws = recipe.workspace(config)
+    ws = workspace(config)
     rank, _ = sharding.rank_and_world_size()
     out: dict[str, dict[str, Any]] = {}
     for name in methods:
         batches: list[list[int]] = []
         epochs: list[dict[str, float]] = []
-        model, _ = recipe.unlearn_model(
+        model, _ = unlearn_model(
             ws,
             original,
             METHOD_PARAMS[name],
@@ -118,9 +120,9 @@ def run_methods(
         if rank != 0:
             continue
         assert state is not None
-        plain = recipe.load_prepared_model(Path(original), config)
+        plain = load_prepared_model(Path(original), config)
         plain.load_state_dict(state)
-        evaluation = recipe.evaluate(ws, plain, np.asarray(reference_ratios, dtype=np.float64))
+        evaluation = evaluate(ws, plain, np.asarray(reference_ratios, dtype=np.float64))
         out[name] = {
             "batches": batches,
             "losses": [{k: float(v) for k, v in row.items()} for row in epochs],

@@ -13,13 +13,15 @@ from typing import Any
 import ray
 
 from .. import results
+from ..benchmarks.registry import benchmark
 from ..cache import mirror_prepared
 from ..config.sweep import SweepConfig
 from ..methods import needs_of
 from ..orchestration.cluster import trials_use_torch_trainer
 from ..orchestration.trial import PreparedModels, SharedWorkspace
-from ..recipes import unlearn as recipe
-from ..recipes.unlearn import Log
+from ..recipes import prepare as prepared_models
+from ..recipes.evaluate import evaluation_key
+from ..recipes.workspace import Log, Workspace, reference_examples, workspace
 from ..results.storage import Storage, exists, open_storage
 
 
@@ -42,7 +44,7 @@ def _sync_prepared(storage: Storage, local_dirs: tuple[Path, Path], marker: str,
 
 
 @ray.remote
-def _prepare_remote(ws: recipe.Workspace, storage_uri: str) -> dict[str, Any]:
+def _prepare_remote(ws: Workspace, storage_uri: str) -> dict[str, Any]:
     import torch
 
     run = ws.config
@@ -50,21 +52,21 @@ def _prepare_remote(ws: recipe.Workspace, storage_uri: str) -> dict[str, Any]:
     storage = open_storage(storage_uri)
     # A remote storage's prepared models are made (or fetched) in this node's cache, then uploaded.
     root = Path(run.cache_dir) / "prepared" if storage.remote else Path(storage.uri) / "prepared"
-    local_dirs = recipe.prepared_dirs(run, root)
-    marker = f"eval-{recipe.evaluation_key(run)}"
+    local_dirs = prepared_models.prepared_dirs(run, root)
+    marker = f"eval-{evaluation_key(run)}"
     if storage.remote:
         _sync_prepared(storage, local_dirs, marker, upload=False)
     else:
         _share_with_cache(run, root, into_storage=True)
-    prepared = recipe.prepare(ws, log=lambda m: print(m, flush=True), root=root)
+    prepared = prepared_models.prepare(ws, log=lambda m: print(m, flush=True), root=root)
     if storage.remote:
         _sync_prepared(storage, local_dirs, marker, upload=True)
     else:
         _share_with_cache(run, root, into_storage=False)
     retrain = prepared.retrain
-    reference = recipe.retrain_reference(ws, retrain)
+    reference = prepared_models.retrain_reference(ws, retrain)
 
-    def location(model: recipe.PreparedModel) -> str:
+    def location(model: prepared_models.PreparedModel) -> str:
         folder = model.path.parent.name
         return storage.join("prepared", folder, "model") if storage.remote else str(model.path)
 
@@ -87,7 +89,7 @@ def _share_with_cache(run: Any, root: Path, *, into_storage: bool) -> None:
     another one); after, the cache takes what the storage made. Hard links: no second copy on disk."""
     cache_root = Path(run.cache_dir).expanduser() / "prepared"
     for here, cached in zip(
-        recipe.prepared_dirs(run, root), recipe.prepared_dirs(run, cache_root), strict=True
+        prepared_models.prepared_dirs(run, root), prepared_models.prepared_dirs(run, cache_root), strict=True
     ):
         source, target = (cached, here) if into_storage else (here, cached)
         for part in mirror_prepared(source, target):
@@ -96,15 +98,15 @@ def _share_with_cache(run: Any, root: Path, *, into_storage: bool) -> None:
 
 
 @ray.remote
-def _prepare_one_remote(ws: recipe.Workspace, root: str, name: str) -> float:
-    """Fine-tune one prepared model (`recipe.prepare_one`) in its own task; returns its seconds."""
+def _prepare_one_remote(ws: Workspace, root: str, name: str) -> float:
+    """Fine-tune one prepared model (`recipes.prepare.prepare_one`) in its own task; returns its seconds."""
     import torch
 
     started = time.monotonic()
     run = ws.config
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     _share_with_cache(run, Path(root), into_storage=True)
-    recipe.prepare_one(ws, name, Path(root), log=lambda m: print(m, flush=True))
+    prepared_models.prepare_one(ws, name, Path(root), log=lambda m: print(m, flush=True))
     _share_with_cache(run, Path(root), into_storage=False)
     return time.monotonic() - started
 
@@ -121,20 +123,20 @@ def prepare_concurrently(
         return
     run = sweep.run
     root = Path(storage.uri) / "prepared"
-    original_dir, retrain_dir = recipe.prepared_dirs(run, root)
+    original_dir, retrain_dir = prepared_models.prepared_dirs(run, root)
     cache_root = Path(run.cache_dir).expanduser() / "prepared"
     wanted = []
     for name, here, cached in zip(
         ("Retrain", "Original"),
         (retrain_dir, original_dir),
-        recipe.prepared_dirs(run, cache_root),
+        prepared_models.prepared_dirs(run, cache_root),
         strict=True,
     ):
         made = any((d / "model" / "config.json").is_file() for d in (here, cached))
         if (
             not made
-            and recipe.as_is_model(run, name) is None
-            and (name == "Original" or recipe.benchmark(run.benchmark).has_retrain(run))
+            and prepared_models.as_is_model(run, name) is None
+            and (name == "Original" or benchmark(run.benchmark).has_retrain(run))
         ):
             wanted.append(name)
     if not wanted:
@@ -154,31 +156,33 @@ def prepare_concurrently(
         log(f"[prepare] {tasks[done[0]]} fine-tuned in {seconds:.0f} s")
 
 
-def finetunes_on_workers(sweep: SweepConfig, storage: Storage, ws: recipe.Workspace) -> list[recipe.FineTune]:
-    """The models `prepare_on_workers` fine-tunes: those of `recipe.fine_tunes` made neither in the
+def finetunes_on_workers(
+    sweep: SweepConfig, storage: Storage, ws: Workspace
+) -> list[prepared_models.FineTune]:
+    """The models `prepare_on_workers` fine-tunes: those of `recipes.prepare.fine_tunes` made neither in the
     storage nor in the cache. Each must split its batches over the trial's workers
-    (`recipe.check_finetune_batches`; the sweep CLI asks before Ray starts)."""
+    (`recipes.prepare.check_finetune_batches`; the sweep CLI asks before Ray starts)."""
     run = sweep.run
     cache_root = Path(run.cache_dir).expanduser().resolve() / "prepared"
     root = cache_root if storage.remote else Path(storage.uri) / "prepared"
     wanted = []
-    for job in recipe.fine_tunes(run, root):
+    for job in prepared_models.fine_tunes(run, root):
         made = any((d / job.folder.name / "model" / "config.json").is_file() for d in (root, cache_root))
         if storage.remote:
             made = made or storage.is_file("prepared", job.folder.name, "model", "config.json")
         if not made:
-            recipe.check_finetune_batches(ws, job.kind, sweep.resources.workers)
+            prepared_models.check_finetune_batches(ws, job.kind, sweep.resources.workers)
             wanted.append(job)
     return wanted
 
 
 def prepare_on_workers(
-    sweep: SweepConfig, storage: Storage, ws: recipe.Workspace, shared: SharedWorkspace, log: Log
+    sweep: SweepConfig, storage: Storage, ws: Workspace, shared: SharedWorkspace, log: Log
 ) -> None:
     """When the trials run on TorchTrainer workers, the models the prepare fine-tunes (Retrain, the
-    Original, the noise ceiling's second Retrain: `recipe.fine_tunes`) are fine-tuned on a
+    Original, the noise ceiling's second Retrain: `recipes.prepare.fine_tunes`) are fine-tuned on a
     TorchTrainer with the trial's workers and resources, FSDP2-sharded when there are several (a
-    7B model with AdamW does not fit one GPU). Each rank calls `recipe.finetune_weights`, the step
+    7B model with AdamW does not fit one GPU). Each rank calls `recipes.prepare.finetune_weights`, the step
     the in-process prepare calls, and rank 0 writes each model where that prepare would: the
     storage's prepared folder, or on a remote storage this node's cache, uploaded to the storage.
     `_prepare_remote` then only evaluates them. Models already made (in the storage or the cache)
@@ -212,7 +216,7 @@ def prepare_on_workers(
 
 
 def write_reference_nll(
-    sweep: SweepConfig, ws: recipe.Workspace, original: str, out: str, gpus: float, cpus: float
+    sweep: SweepConfig, ws: Workspace, original: str, out: str, gpus: float, cpus: float
 ) -> None:
     """NPO / IdkDPO reference NLLs of the forget answers and refusals, once per sweep, scored by the
     Original in a Ray Data actor and stored next to it as Parquet (`out`: a path or a URI)."""
@@ -220,7 +224,7 @@ def write_reference_nll(
 
     from ..orchestration.eval_pipeline import reference_nll_with_ray_data
 
-    forget, refusals = recipe.reference_examples(ws)
+    forget, refusals = reference_examples(ws)
     nll = reference_nll_with_ray_data(
         original,
         {"forget": forget, "refusal": refusals},
@@ -239,7 +243,7 @@ def prepare_stage(
     sweep: SweepConfig,
     storage: Storage,
     log: Log,
-    ws: recipe.Workspace | None = None,
+    ws: Workspace | None = None,
     shared: SharedWorkspace | None = None,
 ) -> PreparedModels:
     """Original and Retrain (cached by content hash under `<storage>/prepared`), their result rows,
@@ -247,7 +251,7 @@ def prepare_stage(
     here when not given). The fine-tuning runs where the trials' unlearning runs: on TorchTrainer
     workers (`prepare_on_workers`) when the trials use them, else in Ray tasks; the evaluation in
     `_prepare_remote`."""
-    ws = recipe.workspace(sweep.run) if ws is None else ws
+    ws = workspace(sweep.run) if ws is None else ws
     shared = SharedWorkspace(ray.put(ws)) if shared is None else shared
     root = storage.join("prepared")
     gpus = 1 if sweep.resources.gpus_per_worker > 0 else 0

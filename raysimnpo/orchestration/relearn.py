@@ -21,7 +21,7 @@ from .. import results
 from ..config.run import RunSettings
 from ..config.sweep import RelearnSettings, SweepConfig
 from ..recipes import relearn as relearning
-from ..recipes import unlearn as recipe
+from ..recipes import workspace as workspaces
 from ..results.storage import local_copy
 
 
@@ -44,8 +44,8 @@ class RelearnAttacker:
         # The sweep's workspace from the object store when the caller has one; else built here.
         if isinstance(workspace, ray.ObjectRef):
             workspace = ray.get(workspace)
-        self.ws = recipe.workspace(self.run) if workspace is None else workspace.for_run(self.run)
-        self.device = recipe.resolve_device(self.run)
+        self.ws = workspaces.workspace(self.run) if workspace is None else workspace.for_run(self.run)
+        self.device = workspaces.resolve_device(self.run)
         self.settings = RelearnSettings.model_validate_json(settings_json)
         self.retrain = np.asarray(retrain_truth_ratios, dtype=np.float64)
 
@@ -53,7 +53,7 @@ class RelearnAttacker:
         out: list[dict[str, Any]] = []
         for plan in (json.loads(text) for text in batch["plan"]):
             checkpoint = local_copy(plan["checkpoint"], self.run.cache_dir)  # a local path or a URI
-            model = recipe.load_prepared_model(checkpoint, self.run).to(self.device)
+            model = workspaces.load_prepared_model(checkpoint, self.run).to(self.device)
             rows = relearning.relearn(
                 self.ws, model, plan["attack"], plan["seed"], self.settings, self.retrain
             )

@@ -2,9 +2,9 @@
 
 `unlearn_with_torch_trainer` starts `num_workers` Ray Train workers (torch.distributed on gloo for
 CPUs, NCCL for GPUs). Each worker rebuilds the run's `Workspace` from the config and calls the one
-unlearning recipe, `recipe.unlearn_model`, which shards the Original with FSDP2 (`raysimnpo.training.sharding`)
-and runs `raysimnpo.training.loop.train` with the worker's rank, so every rank walks the same global
-batches and trains on its slice of each. Per epoch every rank
+unlearning recipe, `recipes.unlearn.unlearn_model`, which shards the Original with FSDP2
+(`raysimnpo.training.sharding`) and runs `raysimnpo.training.loop.train` with the worker's rank, so
+every rank walks the same global batches and trains on its slice of each. Per epoch every rank
 reports the loop's row to Ray Train (rank 0's is kept); at the end the model is gathered on rank 0,
 written as a Hugging Face folder at `output_path` and reported as the run's checkpoint.
 
@@ -14,7 +14,7 @@ dies, Ray Train restarts the worker group and the new workers resume from the la
 finishes with the weights an uninterrupted run would have.
 
 Fine-tuning the Original and Retrain when the trials run on workers (`finetune_with_torch_trainer`)
-is the same: each rank calls the prepare's fine-tuning step, `recipe.finetune_weights`, and rank 0
+is the same: each rank calls the prepare's fine-tuning step, `recipes.prepare.finetune_weights`, and rank 0
 writes each model into its prepared folder.
 
 `num_workers=0` is Ray Train's local mode: the same worker function runs in the calling process,
@@ -49,7 +49,10 @@ from ..config.run import RunSettings
 from ..errors import UserInputError
 from ..methods import CLOSED_FORM_WEIGHTS, METHODS, MethodParams, register
 from ..orchestration.epochs import EpochEvaluation, epoch_stop_rule
-from ..recipes import unlearn as recipe
+from ..recipes.evaluate import EpochEvaluator
+from ..recipes.prepare import FineTune, finetune_weights
+from ..recipes.unlearn import unlearn_model
+from ..recipes.workspace import Workspace, load_prepared_model, workspace
 from ..results.storage import open_storage
 from ..training import sharding
 from ..training.loop import GradientWeightLog, TrainingDiverged
@@ -79,9 +82,9 @@ def unlearn_with_torch_trainer(
     workers (FSDP2 when more than one) and write the result as a Hugging Face folder at `output_path`.
 
     `reference_nll`: the pair (ℓ_ref of the forget answers, ℓ_ref of their refusals) of the Original
-    (eq. 2), each in forget order, as `recipe.unlearn_inputs` takes it, for the methods that need them (NPO,
-    IdkDPO); None makes each worker score them with the Original before sharding. Ignored by the
-    other methods.
+    (eq. 2), each in forget order, as `recipes.unlearn.unlearn_inputs` takes it, for the methods that
+    need them (NPO, IdkDPO); None makes each worker score them with the Original before sharding.
+    Ignored by the other methods.
 
     `storage_path`/`name`: Ray Train's run folder (`<storage_path>/<name>`). When `output_path`
     lies inside it, the reported checkpoint is that folder; otherwise Ray Train copies the folder
@@ -159,7 +162,7 @@ def unlearn_with_torch_trainer(
 
 def finetune_with_torch_trainer(
     config: RunSettings,
-    jobs: Sequence[recipe.FineTune],
+    jobs: Sequence[FineTune],
     *,
     num_workers: int,
     use_gpu: bool,
@@ -171,10 +174,11 @@ def finetune_with_torch_trainer(
     workspace: Any = None,
     upload_to: str | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune the prepared models `jobs` (`recipe.fine_tunes`) one after the other on `num_workers`
-    Ray Train workers (FSDP2 when more than one): each rank calls `recipe.finetune_weights`, the
-    step the in-process prepare calls, and rank 0 writes each model to `<job.folder>/model`. One
-    worker group makes them all (a start costs more than a tiny model's fine-tuning).
+    """Fine-tune the prepared models `jobs` (`recipes.prepare.fine_tunes`) one after the other on
+    `num_workers` Ray Train workers (FSDP2 when more than one): each rank calls
+    `recipes.prepare.finetune_weights`, the step the in-process prepare calls, and rank 0 writes each
+    model to `<job.folder>/model`. One worker group makes them all (a start costs more than a tiny
+    model's fine-tuning).
 
     `upload_to`: a remote storage URI; rank 0 then also copies each folder's `model/` to
     `<upload_to>/prepared/<folder name>/model` (config.json last: a folder with it is complete).
@@ -315,7 +319,7 @@ def worker_cause(error: Exception) -> Exception:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """One Ray Train worker: `recipe.unlearn_model` (the one unlearning recipe; it shards the
+    """One Ray Train worker: `recipes.unlearn.unlearn_model` (the one unlearning recipe; it shards the
     model with FSDP2 when there are several ranks) -> HF folder gathered on rank 0.
 
     Returns {"epochs": the per-epoch rows, "weights": the gradient weight rows} (Ray Train keeps
@@ -329,7 +333,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
         register(method)
     params = config.method if loop_config.get("params") is None else loop_config["params"]
     ws = _workspace(config, first=context.get_local_rank() == 0, shared=loop_config.get("workspace"))
-    original = recipe.load_prepared_model(Path(loop_config["original_path"]), config)
+    original = load_prepared_model(Path(loop_config["original_path"]), config)
     loaded_dtype = original.dtype
     given = loop_config["reference_nll"]
 
@@ -341,7 +345,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
     evaluator = stop = None
     if per_epoch is not None:
         keep = Path(loop_config["output_path"])
-        evaluator = recipe.EpochEvaluator(ws, per_epoch.retrain_reference, per_epoch.objectives, keep=keep)
+        evaluator = EpochEvaluator(ws, per_epoch.retrain_reference, per_epoch.objectives, keep=keep)
         if rank == 0:  # rank 0 asks; the loop gives every rank its answer
             metrics = [m for m, _ in per_epoch.objectives]
             stop = epoch_stop_rule(per_epoch.front, per_epoch.deadline, metrics, per_epoch.trial_id)
@@ -363,7 +367,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
         resume = resume_dir if resume_dir is not None and (Path(resume_dir) / STATE_FILE).is_file() else None
         if resume is not None and weights is not None:
             weights.rows = list(saved_extra(resume)["weights"])
-        model, summary = recipe.unlearn_model(
+        model, summary = unlearn_model(
             ws,
             original,
             params,
@@ -402,7 +406,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[st
 
 
 def finetune_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """One Ray Train worker of `finetune_with_torch_trainer`: `recipe.finetune_weights` for each job
+    """One Ray Train worker of `finetune_with_torch_trainer`: `recipes.prepare.finetune_weights` for each job
     (sharded with FSDP2 when there are several ranks; rank 0 writes the folder). A job whose folder
     rank 0 already has (written before a worker-group restart) is skipped by every rank."""
     context = ray.train.get_context()
@@ -419,7 +423,7 @@ def finetune_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, list[dict
         if sharding.rank0_decides((final / "model" / "config.json").is_file()):
             continue
         started = time.perf_counter()
-        model, summary = recipe.finetune_weights(
+        model, summary = finetune_weights(
             ws.for_run(config.model_copy(update={"seed": job.seed})), job.name, final, job.kind, log
         )
         del model  # its shards, before the next job's model is loaded
@@ -450,12 +454,12 @@ def upload_model(storage: Any, final: Path) -> None:
         storage.upload_file(path, "prepared", final.name, "model", *path.relative_to(folder).parts)
 
 
-def _workspace(config: RunSettings, *, first: bool, shared: Any = None) -> recipe.Workspace:
+def _workspace(config: RunSettings, *, first: bool, shared: Any = None) -> Workspace:
     """The sweep's workspace from the object store (`shared`), else: the local rank 0 builds (and
     caches) data and tokenizer before the other ranks read them."""
     if shared is not None:
         return ray.get(shared).for_run(config)
-    ws = recipe.workspace(config) if first else None
+    ws = workspace(config) if first else None
     if dist.is_initialized():
         dist.barrier()
-    return ws if ws is not None else recipe.workspace(config)
+    return ws if ws is not None else workspace(config)

@@ -1,6 +1,6 @@
 """One Tune trial: build the trial's run -> unlearn -> evaluate -> write Parquet -> report.
 
-Unlearning is the one recipe (`recipe.unlearn_model`, see `unlearn`): run in the trial's own
+Unlearning is the one recipe (`recipes.unlearn.unlearn_model`, see `unlearn`): run in the trial's own
 process when the trial has one CPU worker (Ray's per-trial start-up would dwarf a tiny model's
 training on CPU), and by every worker of a TorchTrainer (FSDP2) otherwise. Evaluation streams the
 evaluation questions through Ray Data actors that load the unlearned checkpoint once, or runs
@@ -36,7 +36,9 @@ from ..config.sweep import SweepConfig
 from ..maths.metrics import metric_direction
 from ..methods import CLOSED_FORM_WEIGHTS
 from ..orchestration.epochs import EpochEvaluation, epoch_stop_rule, front_actor_name
-from ..recipes import unlearn as recipe
+from ..recipes.evaluate import EpochEvaluator
+from ..recipes.unlearn import unlearn_model
+from ..recipes.workspace import Workspace, load_prepared_model, save_model
 from ..results.storage import exists, local_copy, open_storage
 from ..training.loop import GradientWeightLog, TrainingDiverged
 
@@ -74,7 +76,7 @@ class SharedWorkspace:
 
     ref: ray.ObjectRef
 
-    def get(self) -> recipe.Workspace:
+    def get(self) -> Workspace:
         return ray.get(self.ref)
 
 
@@ -106,7 +108,7 @@ class PhaseClock:
 
     workspace          the sweep's workspace (data, tokenizer, encoded examples) for this trial's run:
                        handed over through the object store; rebuilt only when the trial's settings
-                       change what it holds (`recipe.Workspace.for_run`)
+                       change what it holds (`recipes.workspace.Workspace.for_run`)
     load_original      loading the Original and the cached reference NLLs, building the unlearning inputs
     trainer_startup    TorchTrainer trials only: worker start-up, FSDP set-up, gathering (Ray overhead)
     unlearn            the unlearning loop itself (`TrainingSummary.seconds`): compute
@@ -210,7 +212,7 @@ class Unlearned:
 
 def unlearn(
     sweep: SweepConfig,
-    ws: recipe.Workspace,
+    ws: Workspace,
     original: Path,
     checkpoint: Path,
     storage: Any,
@@ -222,25 +224,25 @@ def unlearn(
     retrain_reference: Any = None,
     deadline: float | None = None,
 ) -> Unlearned:
-    """The trial's one unlearning path: the recipe `recipe.unlearn_model`, run in this process when
+    """The trial's one unlearning path: the recipe `recipes.unlearn.unlearn_model`, run in this process when
     the trial has one CPU worker (Ray's per-trial start-up would dwarf a tiny model's training on
     CPU), else by every worker of a TorchTrainer (FSDP2 when several); both write the unlearned
     model as a Hugging Face folder at `checkpoint`. `epochs` receives the per-epoch rows (also those
     of a run that diverges in this process). `shared_workspace`: the sweep's workspace in the object
     store, which the TorchTrainer workers take instead of building their own.
 
-    With `evaluation.every_epoch`, the model is evaluated after every epoch (`recipe.EpochEvaluator`,
-    against `retrain_reference`), the epochs that can still be selected keep their weights beside the
-    checkpoint, and with `search.early_stop` the sweep's EpochFront may end the run after an epoch,
-    as does the end of the sweep's time budget (`deadline`, unix seconds); `Unlearned.evaluation` is
-    then the last epoch's evaluation (the run's final one)."""
+    With `evaluation.every_epoch`, the model is evaluated after every epoch
+    (`recipes.evaluate.EpochEvaluator`, against `retrain_reference`), the epochs that can still be
+    selected keep their weights beside the checkpoint, and with `search.early_stop` the sweep's
+    EpochFront may end the run after an epoch, as does the end of the sweep's time budget (`deadline`,
+    unix seconds); `Unlearned.evaluation` is then the last epoch's evaluation (the run's final one)."""
     run = ws.config
     objectives = [(o.metric, metric_direction(o.metric)) for o in sweep.search.objectives]
     front = front_actor_name(sweep) if sweep.search.early_stop is not None else None
     if sweep.resources.workers <= 1 and sweep.resources.gpus_per_worker == 0:
         started = time.perf_counter()
         evaluator = (
-            recipe.EpochEvaluator(ws, retrain_reference, objectives, keep=checkpoint)
+            EpochEvaluator(ws, retrain_reference, objectives, keep=checkpoint)
             if run.evaluation.every_epoch
             else None
         )
@@ -249,7 +251,7 @@ def unlearn(
             if run.evaluation.every_epoch
             else None
         )
-        model, summary = recipe.unlearn_model(
+        model, summary = unlearn_model(
             ws,
             original,
             report=epochs.append,
@@ -261,7 +263,7 @@ def unlearn(
         saving = time.perf_counter()
         last_epoch = int(summary.epochs[-1]["epoch"])
         if evaluator is None or not evaluator.final_checkpoint(checkpoint, last_epoch):
-            recipe.save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
+            save_model(model, ws.tokenizer, ws.prompt_format, checkpoint)
         seconds = {
             # the recipe loads the Original and builds the inputs before its loop
             "load_original": saving - started - summary.seconds,
@@ -431,7 +433,7 @@ def unlearning_trial(
                         if checkpoint.is_dir()
                         else local_copy(stored_checkpoint, sweep.run.cache_dir)
                     )
-                    model = recipe.load_prepared_model(local, run)
+                    model = load_prepared_model(local, run)
             with clock.phase("evaluate"):
                 stats = ws.benchmark.score_items(model, ws, ws.benchmark.evaluation_items(ws))
             del model

@@ -38,8 +38,7 @@ from ..orchestration.search import DefineByRun, SweepSearch, deterministic_lag, 
 from ..orchestration.study import ENDED, EPOCH_POINT, INTERRUPTED, finished_trials, study_file
 from ..orchestration.tracking import tracking_callbacks
 from ..orchestration.trial import SharedWorkspace, unlearning_trial
-from ..recipes import unlearn as recipe
-from ..recipes.unlearn import Log
+from ..recipes.workspace import Log, Workspace, workspace
 from ..results.storage import Storage
 
 
@@ -190,7 +189,7 @@ def run_sweep(
     *,
     resume: bool,
     log: Log,
-    ws: recipe.Workspace | None = None,
+    ws: Workspace | None = None,
     log_file: Path | None = None,
 ) -> Path:
     """Run the sweep into `<storage>/<sweep name>/`; returns the driver's Optuna study file. `ws`: the
@@ -204,7 +203,7 @@ def run_sweep(
     pin_autoscaling_coordinator()
     study = study_file(sweep, storage)
     study.parent.mkdir(parents=True, exist_ok=True)
-    ws = recipe.workspace(sweep.run) if ws is None else ws
+    ws = workspace(sweep.run) if ws is None else ws
     shared = SharedWorkspace(ray.put(ws))
     prepared = prepare_stage(sweep, storage, log, ws, shared)
     headline = ws.benchmark.headline_metrics

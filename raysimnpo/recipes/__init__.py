@@ -1,2 +1,3 @@
-"""L1: the plain callables that Ray wraps (a notebook can call them too): the workspace, preparing the
-Original and Retrain models, unlearning one configuration (`unlearn`) and relearning attacks (`relearn`)."""
+"""L1: the plain callables that Ray wraps (a notebook can call them too): the workspace (`workspace`),
+preparing the Original and Retrain models (`prepare`), evaluating a model (`evaluate`), unlearning one
+configuration (`unlearn`) and relearning attacks (`relearn`)."""

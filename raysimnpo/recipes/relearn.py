@@ -25,7 +25,7 @@ from ..config.base import TrainSettings
 from ..config.sweep import RelearnSettings
 from ..maths.metrics import tofu
 from ..training.loop import train
-from .unlearn import Workspace
+from .workspace import Workspace
 
 Attack = Literal["shortest", "random"]
 SCORES = ("forget_quality", "forget_quality_ks_statistic", "forget_prob", "forget_truth_ratio")

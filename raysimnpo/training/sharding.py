@@ -187,7 +187,7 @@ def save_hf_checkpoint(
     dtype: torch.dtype | None = None,
     extra_files: dict[str, str] | None = None,
 ) -> None:
-    """Write `model` as a Hugging Face folder at `path` from rank 0, as `recipe.save_model` does:
+    """Write `model` as a Hugging Face folder at `path` from rank 0, as `recipes.workspace.save_model` does:
     safetensors weights (from the gathered state dict), config, tokenizer and the prompt-format
     file (`models.write_prompt_format`, the one the loader reads). Floating tensors are cast to `dtype` when given (e.g. back to the bf16 the
     model was loaded in). `extra_files` (name -> text) are written into the folder too. The folder

@@ -13,9 +13,10 @@ from raysimnpo.config.base import SWEEPS_DIR
 from raysimnpo.config.run import RunSettings
 from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.errors import UserInputError
-from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.recipes.prepare import as_is_model, original_key, prepare, prepared_dirs, retrain_key
+from raysimnpo.recipes.workspace import initial_model, workspace
 from raysimnpo.training.resource_plan import check, plan_for
-from tests.recipes.test_unlearn import run_settings
+from tests.recipes.small_run import run_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -37,7 +38,7 @@ def test_released_sweep_validates_offline_and_fits_an_8_gpu_node(name: str) -> N
     base = "Llama-2-7b-chat-hf" if "llama2-7b" in name else "Llama-3.2-1B-Instruct"
     assert sweep.run.data.original_model == f"open-unlearning/tofu_{base}_full"
     assert sweep.run.data.retrain_model == f"open-unlearning/tofu_{base}_retain{100 - int(split[-2:]):02d}"
-    assert recipe.as_is_model(sweep.run, "Original") == sweep.run.data.original_model
+    assert as_is_model(sweep.run, "Original") == sweep.run.data.original_model
     # The paper's ranges (appendix C.1): SimNPO β ∈ [2.5, 5.5] for forget10, [1.5, 3.5] otherwise.
     beta = sweep.search.space["simnpo"]["method.beta"]
     assert (beta.low, beta.high) == ((2.5, 5.5) if split == "forget10" else (1.5, 3.5))
@@ -84,13 +85,13 @@ def test_a_folder_without_weights_is_refused(tmp_path: Path) -> None:
 
 def test_local_released_folders_are_used_as_they_are(tmp_path: Path) -> None:
     fine_tuned = RunSettings.model_validate({**run_settings(), "cache_dir": str(tmp_path / "cache")})
-    ws = recipe.workspace(fine_tuned)
+    ws = workspace(fine_tuned)
     saved = {}
     for name, seed in (("original", 1), ("retrain", 2)):  # two different models, in HF folders
         folder = tmp_path / f"released-{name}"
-        recipe.initial_model(
-            fine_tuned.model_copy(update={"seed": seed}), ws.data.corpus()
-        ).model.save_pretrained(folder)
+        initial_model(fine_tuned.model_copy(update={"seed": seed}), ws.data.corpus()).model.save_pretrained(
+            folder
+        )
         saved[name] = load_file(folder / "model.safetensors")
     settings = run_settings()
     settings["data"] |= {
@@ -98,11 +99,11 @@ def test_local_released_folders_are_used_as_they_are(tmp_path: Path) -> None:
         "retrain_model": str(tmp_path / "released-retrain"),
     }
     config = RunSettings.model_validate({**settings, "cache_dir": str(tmp_path / "cache")})
-    assert recipe.original_key(config) != recipe.original_key(fine_tuned)
-    assert recipe.retrain_key(config) != recipe.retrain_key(fine_tuned)
+    assert original_key(config) != original_key(fine_tuned)
+    assert retrain_key(config) != retrain_key(fine_tuned)
 
     logs: list[str] = []
-    prepared = recipe.prepare(recipe.workspace(config), logs.append)
+    prepared = prepare(workspace(config), logs.append)
     assert f"[prepare] Retrain: using {tmp_path / 'released-retrain'} as it is" in logs
     assert f"[prepare] Original: using {tmp_path / 'released-original'} as it is" in logs
     assert not any("fine-tuning" in line for line in logs)
@@ -115,8 +116,8 @@ def test_local_released_folders_are_used_as_they_are(tmp_path: Path) -> None:
     assert prepared.retrain.metrics["forget_quality"] == pytest.approx(1.0)
 
     again: list[str] = []
-    recipe.prepare(recipe.workspace(config), again.append)
+    prepare(workspace(config), again.append)
     assert again == [
-        f"[prepare] Retrain: cached at {recipe.prepared_dirs(config)[1]}",
-        f"[prepare] Original: cached at {recipe.prepared_dirs(config)[0]}",
+        f"[prepare] Retrain: cached at {prepared_dirs(config)[1]}",
+        f"[prepare] Original: cached at {prepared_dirs(config)[0]}",
     ]

@@ -25,7 +25,9 @@ from raysimnpo.models import load_model_and_tokenizer
 from raysimnpo.orchestration import invariance
 from raysimnpo.orchestration.epochs import EpochEvaluation
 from raysimnpo.orchestration.trainer import unlearn_with_torch_trainer
-from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.recipes.evaluate import EpochEvaluator, evaluate
+from raysimnpo.recipes.unlearn import unlearn_model
+from raysimnpo.recipes.workspace import Workspace, load_prepared_model, save_model, workspace
 from raysimnpo.training.scoring import score_sequences
 
 
@@ -64,7 +66,7 @@ def bounded_ascent() -> Iterator[Method]:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
-def forget_nll_per_token(model: Any, ws: recipe.Workspace) -> float:
+def forget_nll_per_token(model: Any, ws: Workspace) -> float:
     nll, n = score_sequences(model, ws.encode(ws.data.forget), 8, ws.pad_id)
     return float(nll.sum() / n.sum())
 
@@ -88,8 +90,8 @@ def test_a_registered_method_runs_on_two_fsdp_workers(
         name="bounded-ascent-2w",
         method=params,
     )
-    ws = recipe.workspace(config)
-    expected, summary = recipe.unlearn_model(ws, original, params)
+    ws = workspace(config)
+    expected, summary = unlearn_model(ws, original, params)
     got = load_model_and_tokenizer(
         out["output_path"], dtype="float32", cache_dir=Path(config.cache_dir)
     ).model
@@ -98,7 +100,7 @@ def test_a_registered_method_runs_on_two_fsdp_workers(
     for row, want in zip(out["epochs"], summary.epochs, strict=True):
         assert row["forget_loss"] == pytest.approx(want["forget_loss"], rel=1e-5)
         assert row["retain_loss"] == pytest.approx(want["retain_loss"], rel=1e-5)
-    before = recipe.load_prepared_model(original, config)
+    before = load_prepared_model(original, config)
     assert forget_nll_per_token(got, ws) > forget_nll_per_token(before, ws)
 
 
@@ -110,12 +112,12 @@ def test_a_chat_model_unlearned_by_two_workers_reloads_and_evaluates_in_its_form
     tokenizer would say `plain`). Two FSDP2 workers unlearn it with SimNPO; the checkpoint they
     write loads back as llama2-chat and evaluates to the in-process run's metrics."""
     base, plain_original, reference = case
-    ws_plain = recipe.workspace(base)
+    ws_plain = workspace(base)
     chat_original = tmp_path / "chat-original"
-    model = recipe.load_prepared_model(plain_original, base)
-    recipe.save_model(model, ws_plain.tokenizer, "llama2-chat", chat_original)
+    model = load_prepared_model(plain_original, base)
+    save_model(model, ws_plain.tokenizer, "llama2-chat", chat_original)
     config = base.model_copy(update={"model": base.model.model_copy(update={"name": str(chat_original)})})
-    ws = recipe.workspace(config)
+    ws = workspace(config)
     assert ws.prompt_format == "llama2-chat"
 
     objectives = [("forget_quality", "max"), ("model_utility", "max")]
@@ -135,15 +137,15 @@ def test_a_chat_model_unlearned_by_two_workers_reloads_and_evaluates_in_its_form
     )
     reloaded = load_model_and_tokenizer(out["output_path"], dtype="float32", cache_dir=Path(config.cache_dir))
     assert reloaded.prompt_format == "llama2-chat"
-    from_workers = recipe.evaluate(
+    from_workers = evaluate(
         dataclasses.replace(ws, tokenizer=reloaded.tokenizer, prompt_format=reloaded.prompt_format),
         reloaded.model,
         reference,
     ).metrics
 
-    evaluator = recipe.EpochEvaluator(ws, reference, objectives, keep=tmp_path / "in-process")
-    in_process, summary = recipe.unlearn_model(ws, chat_original, after_epoch=evaluator)
-    expected = recipe.evaluate(ws, in_process, reference).metrics
+    evaluator = EpochEvaluator(ws, reference, objectives, keep=tmp_path / "in-process")
+    in_process, summary = unlearn_model(ws, chat_original, after_epoch=evaluator)
+    expected = evaluate(ws, in_process, reference).metrics
     assert from_workers.keys() == expected.keys()
     for name, value in expected.items():
         assert from_workers[name] == pytest.approx(value, rel=1e-4, abs=1e-9), name
@@ -166,7 +168,5 @@ def test_a_chat_model_unlearned_by_two_workers_reloads_and_evaluates_in_its_form
     assert kept("unlearned") == front - {config.unlearn.epochs}
     assert (tmp_path / "unlearned" / "model.safetensors").is_file()
     # The format matters: the same weights prompted as a base model score differently.
-    as_plain = recipe.evaluate(
-        dataclasses.replace(ws, prompt_format="plain"), reloaded.model, reference
-    ).metrics
+    as_plain = evaluate(dataclasses.replace(ws, prompt_format="plain"), reloaded.model, reference).metrics
     assert as_plain["forget_prob"] != pytest.approx(expected["forget_prob"], rel=1e-3)

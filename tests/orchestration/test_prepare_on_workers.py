@@ -20,7 +20,8 @@ from raysimnpo.data.generators.tofu import TofuGeneratorConfig
 from raysimnpo.orchestration import prepare
 from raysimnpo.orchestration.cluster import trials_use_torch_trainer
 from raysimnpo.orchestration.trial import SharedWorkspace
-from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.recipes import prepare as prepared_models
+from raysimnpo.recipes.workspace import workspace
 from raysimnpo.results.storage import Storage, open_storage
 
 WEIGHTS_TOLERANCE = 1e-5  # max |Δw|
@@ -79,7 +80,7 @@ def test_two_fsdp2_workers_fine_tune_the_in_process_weights_into_the_prepared_fo
     sweep = sweep_config(tmp_path)
     assert trials_use_torch_trainer(sweep)
     storage = open_storage(sweep.storage)
-    ws = recipe.workspace(sweep.run)
+    ws = workspace(sweep.run)
     lines: list[str] = []
     started = time.perf_counter()
     prepare.prepare_on_workers(sweep, storage, ws, SharedWorkspace(ray.put(ws)), lines.append)
@@ -87,14 +88,14 @@ def test_two_fsdp2_workers_fine_tune_the_in_process_weights_into_the_prepared_fo
     assert lines[0] == "[prepare] fine-tuning Retrain, Original on a TorchTrainer of 2 FSDP2 workers"
 
     root = Path(sweep.storage) / "prepared"
-    jobs = recipe.fine_tunes(sweep.run, root)
+    jobs = prepared_models.fine_tunes(sweep.run, root)
     assert [j.name for j in jobs] == ["Retrain", "Original"]
     for job in jobs:
         folder = job.folder / "model"
         assert (folder / PROMPT_FORMAT_FILE).is_file() and (folder / "tokenizer.json").is_file()
         on_workers = json.loads((folder / "training.json").read_text())
         assert on_workers["workers"] == 2
-        model, summary = recipe.finetune_weights(
+        model, summary = prepared_models.finetune_weights(
             ws, job.name, tmp_path / "in-process" / job.folder.name, job.kind
         )
         expected = model.state_dict()
@@ -115,7 +116,7 @@ def test_two_fsdp2_workers_fine_tune_the_in_process_weights_into_the_prepared_fo
     prepare.prepare_on_workers(sweep, storage, ws, SharedWorkspace(ray.put(ws)), again.append)
     assert again == []
     logs: list[str] = []
-    prepared = recipe.prepare(ws, log=logs.append, root=root)
+    prepared = prepared_models.prepare(ws, log=logs.append, root=root)
     assert sum("weights cached" in line for line in logs) == 2
     assert not any("fine-tuning" in line for line in logs)
     assert prepared.retrain is not None and prepared.retrain.metrics["forget_quality"] == 1.0

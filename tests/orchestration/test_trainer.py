@@ -30,7 +30,8 @@ from raysimnpo.orchestration.trainer import (
     with_absolute_paths,
     worker_cause,
 )
-from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.recipes.unlearn import unlearn_inputs, unlearn_model
+from raysimnpo.recipes.workspace import Workspace, save_model, workspace
 from raysimnpo.training.loop import GradientWeightLog, TrainingDiverged
 from raysimnpo.training.scoring import score_sequences
 
@@ -60,7 +61,7 @@ def run_config(cache: Path) -> RunSettings:
     )
 
 
-def forget_nll_per_token(model: PreTrainedModel, ws: recipe.Workspace) -> float:
+def forget_nll_per_token(model: PreTrainedModel, ws: Workspace) -> float:
     nll, n = score_sequences(model, ws.encode(ws.data.forget), 8, ws.pad_id)
     return float(nll.sum() / n.sum())
 
@@ -97,7 +98,7 @@ def test_two_workers_survive_a_killed_worker_and_write_a_loadable_checkpoint(
     epoch, and the gathered checkpoint equals a single-process run that was never interrupted."""
     base = run_config(tmp_path / "cache")
     config = base.model_copy(update={"unlearn": base.unlearn.model_copy(update={"epochs": EPOCHS})})
-    ws = recipe.workspace(config)  # writes the data and tokenizer caches the workers read
+    ws = workspace(config)  # writes the data and tokenizer caches the workers read
     original = load_model_and_tokenizer(
         "tiny",
         dtype="float32",
@@ -106,7 +107,7 @@ def test_two_workers_survive_a_killed_worker_and_write_a_loadable_checkpoint(
         seed=3,
         tiny=SMALL,
     ).model
-    recipe.save_model(original, ws.tokenizer, ws.prompt_format, tmp_path / "original")
+    save_model(original, ws.tokenizer, ws.prompt_format, tmp_path / "original")
 
     killed: list[int] = []
     killer = threading.Thread(
@@ -148,7 +149,7 @@ def test_two_workers_survive_a_killed_worker_and_write_a_loadable_checkpoint(
     assert all(not torch.equal(after[k], before[k]) for k in before)
     # Nothing lost to the kill: the same weights as one process that ran the epochs straight.
     log = GradientWeightLog(config.method)
-    expected, summary = recipe.unlearn_model(ws, tmp_path / "original", on_forget_batch=log)
+    expected, summary = unlearn_model(ws, tmp_path / "original", on_forget_batch=log)
     for name, value in expected.state_dict().items():
         torch.testing.assert_close(after[name], value, rtol=1e-4, atol=1e-5, msg=name)
     for got, want in zip(out["epochs"], summary.epochs, strict=True):
@@ -165,11 +166,11 @@ def test_two_workers_survive_a_killed_worker_and_write_a_loadable_checkpoint(
 
 def test_local_mode_takes_the_single_process_recipe_path(tmp_path: Path) -> None:
     """num_workers=0 runs the worker function in this process (no Ray workers, no FSDP): with the
-    Original's ℓ_ref passed in, NPO gives bit-identical weights to recipe.unlearn_model."""
+    Original's ℓ_ref passed in, NPO gives bit-identical weights to unlearn_model."""
     config = run_config(tmp_path / "cache").model_copy(
         update={"method": NPOParams(beta=0.1, retain_weight=0.1)}
     )
-    ws = recipe.workspace(config)
+    ws = workspace(config)
     original = load_model_and_tokenizer(
         "tiny",
         dtype="float32",
@@ -178,8 +179,8 @@ def test_local_mode_takes_the_single_process_recipe_path(tmp_path: Path) -> None
         seed=3,
         tiny=SMALL,
     ).model
-    recipe.save_model(original, ws.tokenizer, ws.prompt_format, tmp_path / "original")
-    inputs = recipe.unlearn_inputs(ws, config.method, original)
+    save_model(original, ws.tokenizer, ws.prompt_format, tmp_path / "original")
+    inputs = unlearn_inputs(ws, config.method, original)
     assert inputs.forget_ref_nll is not None and inputs.idk_ref_nll is not None
     reference = (inputs.forget_ref_nll.tolist(), inputs.idk_ref_nll.tolist())
 
@@ -195,7 +196,7 @@ def test_local_mode_takes_the_single_process_recipe_path(tmp_path: Path) -> None
     )
 
     assert out["checkpoint_path"] == out["output_path"] == str(tmp_path / "unlearned")
-    expected, summary = recipe.unlearn_model(ws, tmp_path / "original", reference_nll=reference)
+    expected, summary = unlearn_model(ws, tmp_path / "original", reference_nll=reference)
     assert out["epochs"] == summary.epochs
     unlearned = AutoModelForCausalLM.from_pretrained(tmp_path / "unlearned", dtype=torch.float32).state_dict()
     assert all(torch.equal(unlearned[k], v) for k, v in expected.state_dict().items())

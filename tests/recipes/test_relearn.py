@@ -10,9 +10,10 @@ import pytest
 from raysimnpo.config.run import RunSettings
 from raysimnpo.config.sweep import RelearnSettings
 from raysimnpo.recipes import relearn as relearning
-from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.recipes.prepare import prepare
+from raysimnpo.recipes.workspace import load_prepared_model, workspace
 
-from .test_unlearn import run_settings
+from .small_run import run_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -37,13 +38,13 @@ def test_random_draws_repeat_per_seed_and_differ_across_seeds() -> None:
 
 def test_relearning_the_original_raises_forget_probability(tmp_path: Path) -> None:
     config = RunSettings.model_validate({**run_settings(), "cache_dir": str(tmp_path / "cache")})
-    ws = recipe.workspace(config)
-    prepared = recipe.prepare(ws)
+    ws = workspace(config)
+    prepared = prepare(ws)
     retrain = prepared.retrain.forget_truth_ratios()
     settings = RelearnSettings(epochs=2, learning_rate=3e-3, batch_size=2, fraction=0.5)
 
     def attack(seed: int) -> list[dict]:
-        model = recipe.load_prepared_model(prepared.original.path, config)
+        model = load_prepared_model(prepared.original.path, config)
         return relearning.relearn(ws, model, "random", seed, settings, retrain)
 
     rows = attack(seed=1)

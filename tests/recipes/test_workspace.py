@@ -9,7 +9,13 @@ import pytest
 
 from raysimnpo.config.run import RunSettings
 from raysimnpo.data.generators.tofu import TofuGeneratorConfig
-from raysimnpo.recipes import unlearn as recipe
+from raysimnpo.recipes.workspace import (
+    Workspace,
+    reference_examples,
+    training_examples,
+    workspace,
+    workspace_key,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -45,12 +51,12 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> RunSettings:
 
 
 @pytest.fixture(scope="module")
-def ws(config: RunSettings) -> recipe.Workspace:
-    return recipe.workspace(config)
+def ws(config: RunSettings) -> Workspace:
+    return workspace(config)
 
 
 def test_a_trial_of_other_method_and_optimiser_settings_shares_the_workspace(
-    ws: recipe.Workspace, config: RunSettings
+    ws: Workspace, config: RunSettings
 ) -> None:
     trial = config.model_copy(
         update={
@@ -61,22 +67,20 @@ def test_a_trial_of_other_method_and_optimiser_settings_shares_the_workspace(
     shared = ws.for_run(trial)
     assert shared.config is trial and shared.data is ws.data and shared.tokenizer is ws.tokenizer
     # The unlearning sets were encoded when the workspace was built; the trial reuses them.
-    forget = recipe.training_examples(shared, "forget", trial.unlearn.max_length)
+    forget = training_examples(shared, "forget", trial.unlearn.max_length)
     assert forget is ws.encoded[("forget", 128)]
     assert len(forget) == len(ws.data.forget) and all(e.n_targets > 0 for e in forget)
-    assert recipe.reference_examples(shared)[1] is ws.encoded[("refusal", 128)]
+    assert reference_examples(shared)[1] is ws.encoded[("refusal", 128)]
 
 
-def test_a_trial_that_changes_the_data_gets_its_own_workspace(
-    ws: recipe.Workspace, config: RunSettings
-) -> None:
+def test_a_trial_that_changes_the_data_gets_its_own_workspace(ws: Workspace, config: RunSettings) -> None:
     other = config.model_copy(update={"seed": 1})
-    assert recipe.workspace_key(other) != ws.key
+    assert workspace_key(other) != ws.key
     rebuilt = ws.for_run(other)
-    assert rebuilt.key == recipe.workspace_key(other) and rebuilt.data is not ws.data
+    assert rebuilt.key == workspace_key(other) and rebuilt.data is not ws.data
 
 
-def test_the_workspace_survives_serialisation(ws: recipe.Workspace) -> None:
+def test_the_workspace_survives_serialisation(ws: Workspace) -> None:
     """What the object store does to it (Ray serialises with pickle; nothing a user shares)."""
     back = pickle.loads(pickle.dumps(ws))
     assert back.key == ws.key
