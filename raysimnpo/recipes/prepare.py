@@ -37,9 +37,9 @@ from .evaluate import evaluate, evaluation_key, write_examples
 from .workspace import (
     Log,
     Workspace,
-    _quiet,
     initial_model,
     load_prepared_model,
+    quiet,
     resolve_device,
     save_model,
     training_examples,
@@ -148,7 +148,7 @@ def _finetune_and_store(
 
 
 def finetune_weights(
-    ws: Workspace, name: str, final: Path, kind: TrainingKind, log: Log = _quiet
+    ws: Workspace, name: str, final: Path, kind: TrainingKind, log: Log = quiet
 ) -> tuple[PreTrainedModel, TrainingSummary]:
     """Fine-tune one prepared model from the initial weights and write it to `final/model`.
 
@@ -166,7 +166,7 @@ def finetune_weights(
     model = initial_model(config, ws.benchmark.corpus(ws.data)).model.to(resolve_device(config))
     dtype = loaded_dtype(model)
     unit = ws.benchmark.training_unit
-    shown = log if rank == 0 else _quiet
+    shown = log if rank == 0 else quiet
     on = f" on {world_size} workers" if world_size > 1 else ""
     shown(f"[prepare] {name}: fine-tuning on {len(examples)} {unit} for {config.prepare.epochs} epochs{on}")
 
@@ -246,7 +246,7 @@ def fine_tunes(config: RunSettings, root: Path | None = None) -> list[FineTune]:
     return jobs
 
 
-def prepare_one(ws: Workspace, name: str, root: Path | None = None, log: Log = _quiet) -> None:
+def prepare_one(ws: Workspace, name: str, root: Path | None = None, log: Log = quiet) -> None:
     """Make one prepared model (`name`: Original or Retrain) on its own, so that the two can be made
     at the same time: Retrain is fine-tuned and evaluated (its evaluation needs no other model);
     the Original is only fine-tuned, since its evaluation (forget quality, PrivLeak) is measured
@@ -271,7 +271,7 @@ def prepared_dirs(config: RunSettings, root: Path | None = None) -> tuple[Path, 
     return root / f"original-{original_key(config)}", root / f"retrain-{retrain_key(config)}"
 
 
-def prepare(ws: Workspace, log: Log = _quiet, root: Path | None = None) -> Prepared:
+def prepare(ws: Workspace, log: Log = quiet, root: Path | None = None) -> Prepared:
     """Fine-tune Retrain (on retainXX, or the retain texts) first, so the Original can be measured
     against it (TOFU's forget quality, MUSE's PrivLeak); both are cached by content hash. A benchmark
     may have no Retrain (WMDP with a released Original used as it is)."""

@@ -38,8 +38,8 @@ from .prepare import PreparedModel, prepare, retrain_reference
 from .workspace import (
     Log,
     Workspace,
-    _quiet,
     load_prepared_model,
+    quiet,
     reference_examples,
     training_examples,
     workspace,
@@ -186,7 +186,7 @@ def unlearn_model(
     return model, summary
 
 
-def run(config: RunSettings, log: Log = _quiet) -> RunResult:
+def run(config: RunSettings, log: Log = quiet) -> RunResult:
     ws = workspace(config)
     prepared = prepare(ws, log)
     forget = ws.benchmark.forget_description(ws.data)

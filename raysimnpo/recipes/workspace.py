@@ -31,8 +31,8 @@ from ..models import LoadedModel, load_model_and_tokenizer, write_prompt_format
 Log = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
-    pass
+def quiet(_: str) -> None:
+    """The default `Log` of the recipes: a notebook or a worker that asks for no progress lines."""
 
 
 @dataclass
