@@ -98,7 +98,7 @@ class SweepSearch(OptunaSearch):
         self.order: list[str] = []  # trials in suggestion order
         self.told = 0  # trials order[:told] have been told
         self.ended: dict[str, tuple[dict[str, Any] | None, bool]] = {}  # (result, error) not told yet
-        self.seen: dict[str, list[str]] = {}  # with `lag`: the trials each trial is judged against
+        self.seen: dict[str, int] = {}  # with `lag`: trial -> how many of `order` it is judged against
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.deadline is not None and time.time() >= self.deadline:
@@ -111,11 +111,15 @@ class SweepSearch(OptunaSearch):
                 return None  # trial i - L still runs
         suggestion = super().suggest(trial_id)
         if self.lag is not None:
-            self.seen[trial_id] = [*self.earlier, *self.order[: self.told]]
+            self.seen[trial_id] = self.told
             if self.front is not None:
-                ray.get(self._front().snapshot.remote(trial_id, self.seen[trial_id]))
+                ray.get(self._front().snapshot.remote(trial_id, self.judged_against(trial_id)))
         self.order.append(trial_id)
         return suggestion
+
+    def judged_against(self, trial_id: str) -> list[str]:
+        """With `lag`: the trials `trial_id`'s early stopping sees, those told when it was suggested."""
+        return [*self.earlier, *self.order[: self.seen[trial_id]]]
 
     def restore(self, checkpoint_path: str) -> None:
         """Tune restores a killed sweep's searcher before it reruns the trials that were running:
@@ -123,7 +127,7 @@ class SweepSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if self.front is not None and self.lag is not None:
             front = self._front()
-            ray.get([front.snapshot.remote(t, seen) for t, seen in self.seen.items()])
+            ray.get([front.snapshot.remote(t, self.judged_against(t)) for t in self.seen])
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

@@ -196,6 +196,36 @@ def test_three_trial_sweep_writes_tables_and_study(tmp_path: Path, ray_cluster: 
         )
 
 
+def kill_once_trials_finish(
+    path: Path, trials: int, num_cpus: int, secrets: dict[str, str] | None = None
+) -> None:
+    """Run `python -m raysimnpo.sweep path` in a session of its own (with `secrets` in its
+    environment) and SIGKILL it, the driver and the local Ray it started, once `trials` trials are in
+    its results tables."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = yaml.safe_load(path.read_text())
+    root = results.results_root(spec["storage"], spec["name"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raysimnpo.sweep", str(path), "--num-cpus", str(num_cpus)],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "", **(secrets or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and len(results.trial_ids(root) - {"original", "retrain"}) < trials:
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 TRIALS = 5
 
 
@@ -207,11 +237,6 @@ def test_killed_sweep_resumes_with_every_trial_once(
     trial exactly once in the Parquet tables and in the Optuna study; `--resume --set
     search.num_trials=N` then extends the finished sweep, again with every trial once. Secrets in the driver's
     environment (a hub token, cloud keys) appear in no file of the run: results, study, Tune state."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     # In-memory evaluation makes trials finish within seconds: the kill lands right after a trial
     # completed, which Tune's experiment state must already hold.
     evaluation = {"batch_size": 32, "max_new_tokens": 8, "engine": "auto"}
@@ -224,23 +249,8 @@ def test_killed_sweep_resumes_with_every_trial_once(
         "AWS_ACCESS_KEY_ID": "AKIASECRETSENTINEL01",
         "AWS_SECRET_ACCESS_KEY": "aws-secret-sentinel-0123456789abcdef",
     }
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "", **secrets}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "raysimnpo.sweep", str(path), "--num-cpus", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    kill_once_trials_finish(path, 2, num_cpus=1, secrets=secrets)
     root = results.results_root(str(tmp_path / "runs"), "citest")
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and len(results.trial_ids(root) - {"original", "retrain"}) < 2:
-            assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
     assert len(results.trial_ids(root) - {"original", "retrain"}) < TRIALS
 
     assert sweep.main([str(path), "--resume"]) == 0
@@ -462,11 +472,6 @@ def test_a_deterministic_sweep_killed_and_resumed_ends_with_the_same_study(
     dominated. A run straight through and a run whose driver is killed after two trials and resumed
     (trials end in whatever order the machine gives; the killed run's running trials run again) make
     the same suggestions, stop the same trials and hold the same values, in the same order."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import optuna
 
     run = dict(
@@ -498,22 +503,7 @@ def test_a_deterministic_sweep_killed_and_resumed_ends_with_the_same_study(
     path = write_sweep(tmp_path, name="straight", run=run, search=search, storage=str(tmp_path / "straight"))
     assert sweep.main([str(path)]) == 0
     path = write_sweep(tmp_path, name="killed", run=run, search=search, storage=str(tmp_path / "killed"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "raysimnpo.sweep", str(path), "--num-cpus", "2"],
-        env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    root = results.results_root(str(tmp_path / "killed"), "killed")
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and len(results.trial_ids(root) - {"original", "retrain"}) < 2:
-            assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
+    kill_once_trials_finish(path, 2, num_cpus=2)
     assert sweep.main([str(path), "--resume"]) == 0
     studies = []
     for name in ("straight", "killed"):
