@@ -105,8 +105,7 @@ class TrialDemand:
 def trial_demand(sweep: SweepConfig) -> TrialDemand:
     """The resources of one trial as tuner.trial_resources and the TorchTrainer ask for them."""
     r = sweep.resources
-    trainer = r.workers > 1 or r.gpus_per_worker > 0  # the trial drives TorchTrainer workers
-    cpus = 0.01 + r.workers * r.cpus_per_worker if trainer else r.cpus_per_worker
+    cpus = 0.01 + r.workers * r.cpus_per_worker if trials_use_torch_trainer(sweep) else r.cpus_per_worker
     return TrialDemand(
         cpus, r.workers * r.gpus_per_worker, dict(r.custom), 1.0 if r.gpus_per_worker > 0 else 0.0
     )

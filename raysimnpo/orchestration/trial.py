@@ -35,6 +35,7 @@ from ..benchmarks.base import Evaluation
 from ..config.sweep import SweepConfig
 from ..maths.metrics import metric_direction
 from ..methods import CLOSED_FORM_WEIGHTS
+from ..orchestration.cluster import trials_use_torch_trainer
 from ..orchestration.epochs import EpochEvaluation, epoch_stop_rule, front_actor_name
 from ..recipes.evaluate import EpochEvaluator
 from ..recipes.unlearn import unlearn_model
@@ -192,8 +193,7 @@ def evaluation_engine(sweep: SweepConfig, run: Any) -> str:
     engine = str(run.evaluation.engine)
     if engine != "auto":
         return engine
-    in_trial = sweep.resources.workers == 1 and sweep.resources.gpus_per_worker == 0
-    return "in_process" if in_trial else "ray_data"
+    return "ray_data" if trials_use_torch_trainer(sweep) else "in_process"
 
 
 @dataclass
@@ -239,7 +239,7 @@ def unlearn(
     run = ws.config
     objectives = [(o.metric, metric_direction(o.metric)) for o in sweep.search.objectives]
     front = front_actor_name(sweep) if sweep.search.early_stop is not None else None
-    if sweep.resources.workers <= 1 and sweep.resources.gpus_per_worker == 0:
+    if not trials_use_torch_trainer(sweep):
         started = time.perf_counter()
         evaluator = (
             EpochEvaluator(ws, retrain_reference, objectives, keep=checkpoint)

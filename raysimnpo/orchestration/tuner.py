@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +279,7 @@ def new_tuner(
     num_trials: int,
     callbacks: list[Any],
     deadline: float | None = None,
-    earlier: list[str] | None = None,
+    earlier: Sequence[str] = (),
 ) -> tune.Tuner:
     """A Tune experiment `<run>/<name>` of `num_trials` trials proposed by the sweep's Optuna study
     (created, or loaded when it exists: an extension continues the same study), proposing none
@@ -299,7 +299,7 @@ def new_tuner(
         front=None if sweep.search.early_stop is None else front_actor_name(sweep),
         lag=deterministic_lag(concurrent) if sweep.search.deterministic else None,
         num_trials=num_trials,
-        earlier=earlier or [],
+        earlier=earlier,
     )
     # Named objectives: the report's importances and history, and optuna-dashboard, show them.
     with warnings.catch_warnings():  # set_metric_names is marked experimental
