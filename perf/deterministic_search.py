@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ import polars as pl  # noqa: E402
 from raysimnpo.analysis.load import load_runs  # noqa: E402
 from raysimnpo.orchestration.search import deterministic_lag  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 SLOTS = 2  # the default sweep's trials at a time on 2 cores
 
 
@@ -87,18 +85,9 @@ def rerun(storage: Path) -> dict[str, Any]:
     for label, deterministic in (("deterministic-1", True), ("deterministic-2", True), ("free", False)):
         where = storage / label
         if not (where / "tofu" / "results" / "trials").exists():
-            command = [sys.executable, "-m", "raysimnpo.sweep", "tofu", "--storage", str(where)]
-            command += [
-                "--set",
-                "relearn=null",
-                "--set",
-                f"search.deterministic={str(deterministic).lower()}",
-            ]
-            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-            if done.returncode != 0:
-                raise SystemExit(
-                    f"{label}: the sweep failed (exit {done.returncode}):\n{done.stdout[-3000:]}"
-                )
+            command = ["raysimnpo.sweep", "tofu", "--storage", str(where), "--set", "relearn=null"]
+            command += ["--set", f"search.deterministic={str(deterministic).lower()}"]
+            harness.run_cli(command, f"{label}: the sweep")
         trials = load_runs([str(where / "tofu")]).trials.filter(pl.col("kind") == "trial")
         minutes = (trials["finished_at"].max() - trials["started_at"].min()).total_seconds() / 60  # type: ignore[operator]
         busy = sum(trial_seconds([str(where / "tofu")])) / 60

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = RESULTS_DIR.parent.parent
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -176,6 +177,20 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     partial.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     partial.replace(path)
     return path
+
+
+def run_cli(args: Sequence[str], label: str) -> str:
+    """`python -m raysimnpo.<args>` from the repository root; returns its standard output, or ends
+    the benchmark with `label` and the tail of the command's output when it fails."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO_ROOT)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"{label}: failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
+    return done.stdout
 
 
 def start_ray(num_cpus: int = 2, object_store_mib: int = 256) -> float:

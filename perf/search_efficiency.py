@@ -41,7 +41,6 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -56,7 +55,6 @@ from raysimnpo.analysis.load import Results, completed_trials, load_runs, retrai
 from raysimnpo.analysis.tables import MU_TOLERANCE, select_configurations  # noqa: E402
 from raysimnpo.maths.pareto import hypervolume_2d  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 SWEEP = "tofu"
 METHODS = ("simnpo", "npo")
 FQ, MU = "forget_quality", "model_utility"
@@ -87,7 +85,7 @@ def sweep_command(storage: Path, design: str, seed: int, budget: float) -> list[
         "relearn=null",
         *DESIGNS[design],
     ]
-    command = [sys.executable, "-m", "raysimnpo.sweep", SWEEP, "--storage", str(storage)]
+    command = ["raysimnpo.sweep", SWEEP, "--storage", str(storage)]
     for item in settings:
         command += ["--set", item]
     return command
@@ -98,13 +96,7 @@ def run_sweep(storage: Path, design: str, seed: int, budget: float) -> dict[str,
     if not (run_dir / "results" / "trials").exists():
         started = time.perf_counter()
         load_before = os.getloadavg()[0]
-        done = subprocess.run(
-            sweep_command(storage, design, seed, budget), capture_output=True, text=True, cwd=ROOT
-        )
-        if done.returncode != 0:
-            raise SystemExit(
-                f"{design} seed {seed}: the sweep failed (exit {done.returncode}):\n{done.stdout[-3000:]}"
-            )
+        harness.run_cli(sweep_command(storage, design, seed, budget), f"{design} seed {seed}: the sweep")
         (storage / "wall.json").write_text(
             json.dumps(
                 {
@@ -216,17 +208,12 @@ def paper_check(chosen: dict[str, dict[str, Any]], out: Path, seeds: list[int]) 
             target = out / f"{method}-seed{seed}"
             result_file = out / f"{method}-seed{seed}.json"
             if not result_file.exists():
-                command = [sys.executable, "-m", "raysimnpo.run", SWEEP, "--method", method, "--json"]
-                command += ["--out", str(target)]
+                command = ["raysimnpo.run", SWEEP, "--method", method, "--json", "--out", str(target)]
                 for item in run_overrides(setting, seed):
                     command += ["--set", item]
-                done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-                if done.returncode != 0:
-                    raise SystemExit(
-                        f"{method} seed {seed}: run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-                    )
+                stdout = harness.run_cli(command, f"{method} seed {seed}: the run")
                 out.mkdir(parents=True, exist_ok=True)
-                result_file.write_text(done.stdout.strip().splitlines()[-1])
+                result_file.write_text(stdout.strip().splitlines()[-1])
             payload = json.loads(result_file.read_text())
             row = next(r for r in payload["training"] if int(r["epoch"]) == epoch)
             rows.append(
