@@ -4,14 +4,15 @@ per-epoch search (issue 15).
 Three designs of the same sweep (`sweeps/tofu.yaml`: generated TOFU data, the tiny model, SimNPO and
 NPO, 2 trials at a time on 2 cores):
 
-- `last-epoch`: only each trial's last epoch is evaluated and told to the sampler, no early
-  stopping, epochs searched in 3-8, each trial suggested as soon as a slot frees (the design before
-  per-epoch search);
-- `per-epoch`: every epoch evaluated, a point of the front and of the Optuna study, trials dominated
-  by a margin stopped early, epochs searched in 2-12; suggested as soon as a slot frees
-  (`search.deterministic=false`);
-- `per-epoch-deterministic`: the file as it is, `per-epoch` with the deterministic search
-  (`search.deterministic`: suggestion i made from trials 0..i-3 only).
+- `last-epoch`: the design before per-epoch search: only each trial's last epoch is evaluated and
+  told to the sampler, no early stopping, epochs searched in 3-8, each trial suggested as soon as a
+  slot frees, the method a categorical of the joint search (`search.method_choice=sampled`);
+- `per-epoch-sampled`: every epoch evaluated, a point of the front and of the Optuna study, trials
+  dominated by a margin stopped early, epochs searched in 2-12, deterministic suggestions
+  (`search.deterministic`); the method still sampled;
+- `per-epoch-round-robin`: the file as it is: `per-epoch-sampled` with `search.method_choice:
+  round_robin` (trial i unlearns with methods[i mod 2], each method's ranges sampled from its own
+  trials: `orchestration.search.RoundRobinSampler`).
 
 Each (design, sampler seed) runs once with `search.time_budget_minutes` = the largest budget; the
 front "at budget b" is what that run had finished within its first b minutes of trials (a trial's
@@ -24,7 +25,7 @@ alternate, seed by seed, so both see the same load on a shared machine. Per budg
   0.05), among every candidate (trials and their evaluated epochs);
 - trials finished, (trial, epoch) points evaluated, and the seconds spent evaluating (`evaluate_seconds` rows).
 
-Then a paper-shaped check: the settings the per-epoch search selected for SimNPO and for NPO (pooled
+Then a paper-shaped check: the settings the shipped design selected for SimNPO and for NPO (pooled
 over its seeds at the largest budget) are run again with `python -m raysimnpo.run` at run seeds
 0, 1, 2 (each seed fine-tunes its own Original and Retrain), and their FQ and MU are reported.
 
@@ -58,21 +59,24 @@ from raysimnpo.maths.pareto import hypervolume_2d  # noqa: E402
 SWEEP = "tofu"
 METHODS = ("simnpo", "npo")
 FQ, MU = "forget_quality", "model_utility"
+# The search space before issue 15 (epochs 3-8) and the way it chose methods: the baseline's, whatever
+# the file holds now.
+BEFORE = [
+    "search.method_choice=sampled",
+    *(f"search.space.{m}.unlearn.epochs.{end}={n}" for m in METHODS for end, n in (("low", 3), ("high", 8))),
+]
 DESIGNS: dict[str, list[str]] = {
     "last-epoch": [
+        *BEFORE,
         "run.evaluation.every_epoch=false",
         "search.early_stop=null",
-        *(
-            f"search.space.{m}.unlearn.epochs.{end}={n}"
-            for m in METHODS
-            for end, n in (("low", 3), ("high", 8))
-        ),
         "search.deterministic=false",
     ],
-    # each trial suggested as soon as a slot frees, from every trial ended by then
-    "per-epoch": ["search.deterministic=false"],
-    "per-epoch-deterministic": [],  # the file as shipped
+    # every epoch a point, the method a categorical of the joint search
+    "per-epoch-sampled": ["search.method_choice=sampled"],
+    "per-epoch-round-robin": [],  # the file as shipped
 }
+SHIPPED = "per-epoch-round-robin"
 BASELINE = "last-epoch"
 CPUS = 2  # the default sweep's trials share the machine's 2 cores
 
@@ -376,8 +380,8 @@ def main() -> int:
             ceilings.append(float(nc["value"][0]) * next(iter(mu.values())))
     report["noise_ceiling_hypervolume"] = max(ceilings) if ceilings else None
     if args.paper_seeds:
-        per_epoch = {r["run_dir"]: loaded[r["run_dir"]] for r in report["runs"] if r["design"] == "per-epoch"}
-        report["selected_settings"] = selected_settings(per_epoch, budgets[-1])
+        shipped = {r["run_dir"]: loaded[r["run_dir"]] for r in report["runs"] if r["design"] == SHIPPED}
+        report["selected_settings"] = selected_settings(shipped, budgets[-1])
         report["paper_check"] = paper_check(
             report["selected_settings"], storage / "paper-check", args.paper_seeds
         )

@@ -154,10 +154,12 @@ def print_front(root: str, objectives: list[str], benchmark_name: str) -> None:
         )
     )
     print(f"\nPareto front ({', '.join(f'{m} {d}' for m, d in zip(objectives, directions, strict=True))}):")
-    print(f"  {'trial':<18}{'method':<12}{'beta':>7}{'gamma':>7}{'lambda':>8}{'epochs':>7}{'lr':>10}{header}")
+    # hyperparameter columns one wider than the longest .3g form ("1.23e-05"), so
+    # neighbouring values never touch
+    print(f"  {'trial':<18}{'method':<12}{'beta':>9}{'gamma':>9}{'lambda':>9}{'epochs':>7}{'lr':>10}{header}")
     for t in front:
         print(
-            f"  {t['trial_id']:<18}{t['method']:<12}{num(t['beta'], '.3g'):>7}{num(t['gamma'], '.3g'):>7}"
-            f"{num(t['retain_weight'], '.3g'):>8}{t['epochs']:>7}{t['learning_rate']:>10.2e}"
+            f"  {t['trial_id']:<18}{t['method']:<12}{num(t['beta'], '.3g'):>9}{num(t['gamma'], '.3g'):>9}"
+            f"{num(t['retain_weight'], '.3g'):>9}{t['epochs']:>7}{t['learning_rate']:>10.2e}"
             f"{values(t['trial_id'])}"
         )

@@ -19,10 +19,20 @@ from ..orchestration.study import ENDED
 
 
 def sampler_for(search: SearchSettings) -> optuna.samplers.BaseSampler:
+    if search.method_choice == "sampled":
+        return _base_sampler(search, search.num_trials, search.seed)
+    share = search.num_trials // len(search.methods)
+    return RoundRobinSampler(
+        {m: _base_sampler(search, share, search.seed + i) for i, m in enumerate(search.methods)}
+    )
+
+
+def _base_sampler(search: SearchSettings, trials: int, seed: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler for a search of `trials` trials."""
     name = search.resolved_sampler()
-    seed = search.seed
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, search.num_trials // 3)))
+        # random start-up points: a third of the trials, 2 to 10
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 3)))
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if name == "gp":
@@ -30,6 +40,97 @@ def sampler_for(search: SearchSettings) -> optuna.samplers.BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.CmaEsSampler(seed=seed)
+
+
+class _MethodTrials:
+    """The study as one method's sampler sees it: only that method's trials (and their epoch points),
+    so they are ranked among themselves. Everything else (directions, storage) is the study's."""
+
+    def __init__(self, study: optuna.Study, method: str) -> None:
+        self._study, self._method = study, method
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, *args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self._study._get_trials(*args, **kwargs) if t.params.get("method") == self._method]
+
+    def get_trials(self, *args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self._study.get_trials(*args, **kwargs) if t.params.get("method") == self._method]
+
+
+class RoundRobinSampler(optuna.samplers.BaseSampler):
+    """`search.method_choice: round_robin`: the trial asked for at `turn` (its place in suggestion
+    order, set by `SweepSearch` before it asks) unlearns with methods[turn mod len(methods)], and
+    that method's own sampler (`samplers`, one per method, each with its own seed and state) samples
+    its ranges from that method's trials only (`_MethodTrials`).
+
+    Why: with the method as one categorical of a joint search, the sampler splits the trials into
+    good and bad by the front of all methods. When one method's points dominate the other's, the
+    other gets few trials and none of its points is good, so its ranges are drawn blind however many
+    of its trials ran (default sweep, seed 1: 3 SimNPO trials of 10). A joint relative sampler (GP,
+    CMA-ES, NSGA-II) fares no better: the parameters all trials share is the method alone. Comparing
+    methods needs each searched as well as its share of the budget allows."""
+
+    def __init__(self, samplers: dict[str, optuna.samplers.BaseSampler]) -> None:
+        self.samplers = samplers
+        self.turn: int | None = None
+
+    def _method(self) -> str:
+        if self.turn is None:
+            raise RuntimeError("RoundRobinSampler: a trial asked for without a turn")
+        methods = list(self.samplers)
+        return methods[self.turn % len(methods)]
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        method = self._method()
+        space = self.samplers[method].infer_relative_search_space(_MethodTrials(study, method), trial)  # type: ignore[arg-type]
+        space.pop("method", None)  # the turn decides it
+        return space
+
+    def sample_relative(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        search_space: dict[str, optuna.distributions.BaseDistribution],
+    ) -> dict[str, Any]:
+        method = self._method()
+        return self.samplers[method].sample_relative(_MethodTrials(study, method), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        method = self._method()
+        if param_name == "method":
+            return method
+        view = _MethodTrials(study, method)
+        return self.samplers[method].sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        method = self._method()
+        self.samplers[method].before_trial(_MethodTrials(study, method), trial)  # type: ignore[arg-type]
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        # told later than asked: another trial's turn may be set by now
+        method = trial.params.get("method")
+        if method in self.samplers:
+            self.samplers[method].after_trial(_MethodTrials(study, method), trial, state, values)  # type: ignore[arg-type]
+
+    def reseed_rng(self) -> None:
+        for sampler in self.samplers.values():
+            sampler.reseed_rng()
 
 
 def _suggest(trial: optuna.Trial, name: str, rng: ParamRange) -> Any:
@@ -66,6 +167,8 @@ class SweepSearch(OptunaSearch):
       `unlearn.epochs` it was given never ran.
     - `epoch_points`: with a trial's result, its epochs are added to the study as points of their
       own (`epochs.add_epoch_points`).
+    - `first_turn`: with a `RoundRobinSampler`, the turn of this experiment's first suggestion (the
+      trials of the sweep's earlier experiments), so trial i of the sweep takes turn i.
     - `front`: the name of the sweep's EpochFront actor; with `lag`, told which trials each
       suggestion saw (`FrontRule.snapshot`): the `earlier` ones (finished in the sweep's earlier Tune
       experiments) and those of this experiment told so far. The snapshots are part of the searcher's
@@ -89,11 +192,13 @@ class SweepSearch(OptunaSearch):
         lag: int | None = None,
         num_trials: int | None = None,
         earlier: Sequence[str] = (),
+        first_turn: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.deadline, self.epoch_points, self.front = deadline, epoch_points, front
         self.lag, self.num_trials, self.earlier = lag, num_trials, list(earlier)
+        self.first_turn = first_turn
         self.closed = False  # no more suggestions: the budget is spent
         self.order: list[str] = []  # trials in suggestion order
         self.told = 0  # trials order[:told] have been told
@@ -109,6 +214,8 @@ class SweepSearch(OptunaSearch):
             self._tell_ready()
             if self.told < len(self.order) - self.lag + 1:
                 return None  # trial i - L still runs
+        if isinstance(self._sampler, RoundRobinSampler):
+            self._sampler.turn = self.first_turn + len(self.order)
         suggestion = super().suggest(trial_id)
         if self.lag is not None:
             self.seen[trial_id] = self.told

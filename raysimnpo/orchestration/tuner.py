@@ -255,14 +255,15 @@ def run_sweep(
         restored._local_tuner.get_run_config().callbacks = callbacks
         restored.fit()
         mark_interrupted(study, sweep.name, log)
-    remaining = sweep.search.num_trials - (finished_trials(study, sweep.name) if resume else 0)
+    done = finished_trials(study, sweep.name) if resume else 0
+    remaining = sweep.search.num_trials - done
     if remaining > 0:
         name = "tune" if not experiments else f"tune-{len(experiments) + 1}"
         if experiments:
             log(f"[sweep] extending {sweep.name} by {remaining} trials (experiment {name})")
         # Every trial of the earlier experiments is told: a deterministic front shows them to all new ones.
         earlier = sorted(known_points(root, metrics)) if sweep.search.early_stop is not None else []
-        new_tuner(sweep, storage, study, trainable, name, remaining, callbacks, deadline, earlier).fit()
+        new_tuner(sweep, storage, study, trainable, name, remaining, callbacks, deadline, earlier, done).fit()
         mark_interrupted(study, sweep.name, log)
     sync_study(study, storage, sweep.name)
     if sweep.search.early_stop is not None:
@@ -280,10 +281,12 @@ def new_tuner(
     callbacks: list[Any],
     deadline: float | None = None,
     earlier: Sequence[str] = (),
+    first_turn: int = 0,
 ) -> tune.Tuner:
     """A Tune experiment `<run>/<name>` of `num_trials` trials proposed by the sweep's Optuna study
     (created, or loaded when it exists: an extension continues the same study), proposing none
-    after `deadline`. `earlier`: the trials of the sweep's earlier experiments in its EpochFront."""
+    after `deadline`. `earlier`: the trials of the sweep's earlier experiments in its EpochFront;
+    `first_turn`: how many trials they ran (an extension's first trial takes the next method's turn)."""
     objectives = sweep.search.objectives
     concurrent = max_concurrent(sweep)
     search = SweepSearch(
@@ -300,6 +303,7 @@ def new_tuner(
         lag=deterministic_lag(concurrent) if sweep.search.deterministic else None,
         num_trials=num_trials,
         earlier=earlier,
+        first_turn=first_turn,
     )
     # Named objectives: the report's importances and history, and optuna-dashboard, show them.
     with warnings.catch_warnings():  # set_metric_names is marked experimental

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from raysimnpo.analysis.fronts import front_table, hypervolumes
+from raysimnpo.analysis.fronts import front_table, hypervolumes, print_front
 from raysimnpo.analysis.load import completed_trials, load_runs
 from raysimnpo.maths.pareto import non_dominated_mask, pareto_ranks
 
@@ -85,3 +88,25 @@ def test_hypervolume_per_method_by_hand(demo_run: Path) -> None:
         "simnpo": 2,
         "all methods": 2,
     }
+
+
+def test_printed_front_keeps_long_hyperparameters_apart(
+    make_run: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sampled gamma of 0.00798 and a lambda of 1.23e-05 print as their own columns, not run into
+    their neighbours ("1.540.00798")."""
+    run_dir = make_run("long-values")
+    part = run_dir / "results" / "trials" / "trial_id=simnpo-s1" / "part-0.parquet"
+    table = pq.read_table(part)
+    for name, value in (("gamma", 0.00798), ("retain_weight", 1.23e-05)):
+        column = table.schema.get_field_index(name)
+        table = table.set_column(
+            column, table.schema.field(column), pa.array([value], table.schema.field(column).type)
+        )
+    pq.write_table(table, part)
+    print_front(str(run_dir / "results"), ["forget_quality", "model_utility"], "tofu")
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.split()[:2] == ["trial", "method"])
+    row = next(line for line in lines if line.split()[:1] == ["simnpo-s1"])
+    assert len(row.split()) == len(header.split())
+    assert row.split()[2:5] == ["2.5", "0.00798", "1.23e-05"]

@@ -23,6 +23,12 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs without --out write to ./runs/single/: keep them out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def sets(*items: str) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 

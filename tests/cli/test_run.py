@@ -11,6 +11,12 @@ from raysimnpo.cli import run
 TOFU = Path(__file__).resolve().parents[3] / "shared" / "data" / "tofu"
 
 
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs without --out write to ./runs/single/: keep them out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def call(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     code = run.main(list(argv))
     err = capsys.readouterr().err.strip().splitlines()

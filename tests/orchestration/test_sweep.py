@@ -240,7 +240,12 @@ def test_killed_sweep_resumes_with_every_trial_once(
     # In-memory evaluation makes trials finish within seconds: the kill lands right after a trial
     # completed, which Tune's experiment state must already hold.
     evaluation = {"batch_size": 32, "max_new_tokens": 8, "engine": "auto"}
-    search = {"methods": ["simnpo"], "num_trials": TRIALS, "max_concurrent_trials": 1, "sampler": "random"}
+    search = {
+        "methods": ["simnpo", "npo"],
+        "num_trials": TRIALS,
+        "max_concurrent_trials": 1,
+        "sampler": "random",
+    }
     path = write_sweep(
         tmp_path, run=dict(SMALL_RUN, cache_dir=str(tmp_path / "cache"), evaluation=evaluation), search=search
     )
@@ -269,8 +274,18 @@ def test_killed_sweep_resumes_with_every_trial_once(
     with sqlite3.connect(tmp_path / "runs" / "citest" / "optuna.sqlite") as db:
         states = [row[0] for row in db.execute("SELECT state FROM trials")]
         studies = db.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+        methods = [
+            row[0]
+            for row in db.execute(
+                "SELECT p.param_value FROM trial_params p JOIN trials t USING (trial_id) "
+                "WHERE p.param_name = 'method' AND t.state = 'COMPLETE' ORDER BY t.number"
+            )
+        ]
     assert states.count("COMPLETE") == TRIALS + 2 and studies == 1
     assert (tmp_path / "runs" / "citest" / "tune-2").is_dir()
+    # round_robin: trial i unlearns with methods[i mod 2] (Optuna stores the choice's index: 0 simnpo,
+    # 1 npo), through the kill and on into the extension
+    assert methods == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     # Resuming again with the same number runs nothing; a lower one is refused before Ray.
     assert sweep.main([str(path), "--resume", "--set", f"search.num_trials={TRIALS + 2}"]) == 0
     assert len(results.read_table(root, "trials")) == TRIALS + 2 + 2  # + Original and Retrain
@@ -469,9 +484,10 @@ def test_a_deterministic_sweep_killed_and_resumed_ends_with_the_same_study(
     tmp_path: Path, ray_cluster: None
 ) -> None:
     """`search.deterministic`: two trials at a time, each evaluated every epoch and stopped early when
-    dominated. A run straight through and a run whose driver is killed after two trials and resumed
-    (trials end in whatever order the machine gives; the killed run's running trials run again) make
-    the same suggestions, stop the same trials and hold the same values, in the same order."""
+    dominated, the two methods taking turns. A run straight through and a run whose driver is killed
+    after two trials and resumed (trials end in whatever order the machine gives; the killed run's
+    running trials run again) make the same suggestions, stop the same trials and hold the same
+    values, in the same order."""
     import optuna
 
     run = dict(
@@ -480,13 +496,18 @@ def test_a_deterministic_sweep_killed_and_resumed_ends_with_the_same_study(
         evaluation=dict(SMALL_RUN["evaluation"], engine="auto", every_epoch=True),
     )
     search = {
-        "methods": ["simnpo"],
+        "methods": ["simnpo", "npo"],
         "space": {
             "simnpo": {
                 "method.beta": {"low": 1.0, "high": 4.0},
                 "unlearn.learning_rate": {"low": 1.0e-4, "high": 3.0e-3, "log": True},
                 "unlearn.epochs": {"choices": [2, 3, 4]},
-            }
+            },
+            "npo": {
+                "method.beta": {"low": 0.05, "high": 0.5, "log": True},
+                "unlearn.learning_rate": {"low": 1.0e-4, "high": 3.0e-3, "log": True},
+                "unlearn.epochs": {"choices": [2, 3, 4]},
+            },
         },
         # Two utilities: continuous where this 2-epoch model's FQ and MU take a few values, and most
         # trials are dominated, so early stopping decides much of the study.
@@ -512,4 +533,5 @@ def test_a_deterministic_sweep_killed_and_resumed_ends_with_the_same_study(
         studies.append([(t.params, t.values, t.state.name, t.user_attrs.get("epoch")) for t in trials])
     own = [t for t in studies[0] if t[3] is None]
     assert len(own) == 10 and any(t[2] == "PRUNED" for t in own)  # beside their epoch points
+    assert [t[0]["method"] for t in own] == ["simnpo", "npo"] * 5  # search.method_choice: round_robin
     assert studies[0] == [t for t in studies[1] if t[2] != "FAIL"]  # FAIL: asked just before the kill

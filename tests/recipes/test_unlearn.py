@@ -73,6 +73,7 @@ def test_cli_prints_one_json_object(first: unlearn.RunResult, cache: Path, tmp_p
         capture_output=True,
         text=True,
         env=env,
+        cwd=tmp_path,  # its runs/single/ output stays out of the checkout
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
