@@ -7,12 +7,12 @@ NPO, 2 trials at a time on 2 cores):
 - `last-epoch`: the design before per-epoch search: only each trial's last epoch is evaluated and
   told to the sampler, no early stopping, epochs searched in 3-8, each trial suggested as soon as a
   slot frees, the method a categorical of the joint search (`search.method_choice=sampled`);
-- `per-epoch-sampled`: every epoch evaluated, a point of the front and of the Optuna study, trials
-  dominated by a margin stopped early, epochs searched in 2-12, deterministic suggestions
-  (`search.deterministic`); the method still sampled;
-- `per-epoch-round-robin`: the file as it is: `per-epoch-sampled` with `search.method_choice:
-  round_robin` (trial i unlearns with methods[i mod 2], each method's ranges sampled from its own
-  trials: `orchestration.search.RoundRobinSampler`).
+- `per-epoch`: the file as it is: every epoch evaluated, a point of the front and of the Optuna
+  study, trials dominated by a margin stopped early, epochs searched in 2-12, deterministic
+  suggestions (`search.deterministic`), the method still sampled;
+- `per-epoch-round-robin`: `per-epoch` with `search.method_choice=round_robin` (trial i unlearns
+  with methods[i mod 2], each method's ranges sampled from its own trials:
+  `orchestration.search.RoundRobinSampler`).
 
 Each (design, sampler seed) runs once with `search.time_budget_minutes` = the largest budget; the
 front "at budget b" is what that run had finished within its first b minutes of trials (a trial's
@@ -25,8 +25,8 @@ alternate, seed by seed, so both see the same load on a shared machine. Per budg
   0.05), among every candidate (trials and their evaluated epochs);
 - trials finished, (trial, epoch) points evaluated, and the seconds spent evaluating (`evaluate_seconds` rows).
 
-Then a paper-shaped check: the settings the shipped design selected for SimNPO and for NPO (pooled
-over its seeds at the largest budget) are run again with `python -m raysimnpo.run` at run seeds
+Then a paper-shaped check, per per-epoch design: the settings it selected for SimNPO and for NPO
+(pooled over its seeds at the largest budget) are run again with `python -m raysimnpo.run` at run seeds
 0, 1, 2 (each seed fine-tunes its own Original and Retrain), and their FQ and MU are reported.
 
 Prints the tables and writes perf/results/search_efficiency.json. Prepared models are cached
@@ -72,11 +72,11 @@ DESIGNS: dict[str, list[str]] = {
         "search.early_stop=null",
         "search.deterministic=false",
     ],
-    # every epoch a point, the method a categorical of the joint search
-    "per-epoch-sampled": ["search.method_choice=sampled"],
-    "per-epoch-round-robin": [],  # the file as shipped
+    # the file as shipped: every epoch a point, the method a categorical of the joint search
+    "per-epoch": [],
+    # methods taking turns, each with a sampler of its own
+    "per-epoch-round-robin": ["search.method_choice=round_robin"],
 }
-SHIPPED = "per-epoch-round-robin"
 BASELINE = "last-epoch"
 CPUS = 2  # the default sweep's trials share the machine's 2 cores
 
@@ -279,15 +279,20 @@ def tables(report: dict[str, Any]) -> str:
                 f"{seeds} | {twice:.3f} | {'-' if ceiling is None else f'{ceiling:.3f}'} |"
             )
     if report.get("paper_check"):
-        lines += ["", "| method | setting | run seed | FQ | MU | MU(Retrain) |", "|---|---|---|---|---|---|"]
-        for row in report["paper_check"]:
-            params = report["selected_settings"][row["method"]]["params"]
-            shown = ", ".join(f"{k} {v:.3g}" for k, v in params["method"].items() if k != "name")
-            lr, total = params["unlearn"]["learning_rate"], params["unlearn"]["epochs"]
-            lines.append(
-                f"| {row['method']} | {shown}, lr {lr:.3g}, epoch {row['epoch']} of {total} | {row['seed']} | {row[FQ]:.3g} | "
-                f"{row[MU]:.3f} | {row['retrain_model_utility']:.3f} |"
-            )
+        lines += [
+            "",
+            "| design | method | setting | run seed | FQ | MU | MU(Retrain) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for design, rows in report["paper_check"].items():
+            for row in rows:
+                params = report["selected_settings"][design][row["method"]]["params"]
+                shown = ", ".join(f"{k} {v:.3g}" for k, v in params["method"].items() if k != "name")
+                lr, total = params["unlearn"]["learning_rate"], params["unlearn"]["epochs"]
+                lines.append(
+                    f"| {design} | {row['method']} | {shown}, lr {lr:.3g}, epoch {row['epoch']} of {total} | "
+                    f"{row['seed']} | {row[FQ]:.3g} | {row[MU]:.3f} | {row['retrain_model_utility']:.3f} |"
+                )
     return "\n".join(lines)
 
 
@@ -380,11 +385,13 @@ def main() -> int:
             ceilings.append(float(nc["value"][0]) * next(iter(mu.values())))
     report["noise_ceiling_hypervolume"] = max(ceilings) if ceilings else None
     if args.paper_seeds:
-        shipped = {r["run_dir"]: loaded[r["run_dir"]] for r in report["runs"] if r["design"] == SHIPPED}
-        report["selected_settings"] = selected_settings(shipped, budgets[-1])
-        report["paper_check"] = paper_check(
-            report["selected_settings"], storage / "paper-check", args.paper_seeds
-        )
+        report["selected_settings"], report["paper_check"] = {}, {}
+        for design in challengers:
+            runs = {r["run_dir"]: loaded[r["run_dir"]] for r in report["runs"] if r["design"] == design}
+            chosen = report["selected_settings"][design] = selected_settings(runs, budgets[-1])
+            report["paper_check"][design] = paper_check(
+                chosen, storage / "paper-check" / design, args.paper_seeds
+            )
     report["machine_after"] = harness.machine()
     text = tables(report)
     print(text)

@@ -109,12 +109,13 @@ class SearchSettings(Frozen):
         "auto",
         description="auto: multi-objective TPE below 100 trials, NSGA-II from 100 (it needs generations)",
     )
-    method_choice: Literal["round_robin", "sampled"] = Field(
-        "round_robin",
-        description="round_robin: trial i unlearns with methods[i mod len(methods)], so every method gets "
-        "an equal share of the trials, and each method's ranges are sampled from how that method's own "
-        "trials ranked (a method whose points another method dominates is still searched); sampled: "
-        "the sampler picks the method too, from the front of all methods",
+    method_choice: Literal["sampled", "round_robin"] = Field(
+        "sampled",
+        description="sampled: the method is a categorical of one joint search, which spends the trials "
+        "where the front of all methods is; round_robin: trial i unlearns with methods[i mod "
+        "len(methods)], each method's ranges sampled by a sampler of its own from that method's trials "
+        "only: an equal share of the trials per method, and a method another dominates still searched "
+        "(perf/search_efficiency.py measures both)",
     )
     num_trials: int = Field(
         8,

@@ -143,9 +143,9 @@ def test_a_relative_sampler_models_each_method_s_own_ranges() -> None:
     search = SearchSettings.model_validate(
         {"methods": ["simnpo", "npo"], "space": SPACE, "num_trials": 10, "sampler": "gp"}
     )
-    joint = sampler_for(search.model_copy(update={"method_choice": "sampled"}))
+    joint = sampler_for(search)  # sampled, the default
     assert set(joint.infer_relative_search_space(study, study.trials[0])) == {"method"}
-    per_method = sampler_for(search)
+    per_method = sampler_for(search.model_copy(update={"method_choice": "round_robin"}))
     assert isinstance(per_method, RoundRobinSampler)
     spaces = []
     for turn in (0, 1):

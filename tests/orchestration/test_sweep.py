@@ -242,6 +242,7 @@ def test_killed_sweep_resumes_with_every_trial_once(
     evaluation = {"batch_size": 32, "max_new_tokens": 8, "engine": "auto"}
     search = {
         "methods": ["simnpo", "npo"],
+        "method_choice": "round_robin",
         "num_trials": TRIALS,
         "max_concurrent_trials": 1,
         "sampler": "random",
@@ -518,6 +519,7 @@ def test_a_deterministic_sweep_killed_and_resumed_ends_with_the_same_study(
         "num_trials": 10,
         "max_concurrent_trials": 2,
         "sampler": "tpe",
+        "method_choice": "round_robin",
         "early_stop": {"margin": 0.0, "min_epochs": 1},
         "deterministic": True,
     }
