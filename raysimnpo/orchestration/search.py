@@ -68,9 +68,11 @@ class RoundRobinSampler(optuna.samplers.BaseSampler):
     Why: with the method as one categorical of a joint search, the sampler splits the trials into
     good and bad by the front of all methods. When one method's points dominate the other's, the
     other gets few trials and none of its points is good, so its ranges are drawn blind however many
-    of its trials ran (default sweep, seed 1: 3 SimNPO trials of 10). A joint relative sampler (GP,
-    CMA-ES, NSGA-II) fares no better: the parameters all trials share is the method alone. Comparing
-    methods needs each searched as well as its share of the budget allows."""
+    of its trials ran (default sweep, 8-minute budget: 12-15 SimNPO trials of 37-41, 1-3 of the
+    first 10). A joint relative sampler (GP, CMA-ES, NSGA-II) fares no better: the only parameter all
+    trials share is the method. Comparing methods on an equal share of the budget needs each searched
+    on its own. Not the default: on the default sweep it lowers the hypervolume
+    (`perf/search_efficiency.py`)."""
 
     def __init__(self, samplers: dict[str, optuna.samplers.BaseSampler]) -> None:
         self.samplers = samplers
