@@ -1,18 +1,21 @@
 """Search efficiency: the default TOFU sweep at equal wall-clock budgets, before and after
 per-epoch search (issue 15).
 
-Three designs of the same sweep (`sweeps/tofu.yaml`: generated TOFU data, the tiny model, SimNPO and
+Four designs of the same sweep (`sweeps/tofu.yaml`: generated TOFU data, the tiny model, SimNPO and
 NPO, 2 trials at a time on 2 cores):
 
 - `last-epoch`: the design before per-epoch search: only each trial's last epoch is evaluated and
-  told to the sampler, no early stopping, epochs searched in 3-8, each trial suggested as soon as a
-  slot frees, the method a categorical of the joint search (`search.method_choice=sampled`);
-- `per-epoch`: the file as it is: every epoch evaluated, a point of the front and of the Optuna
-  study, trials dominated by a margin stopped early, epochs searched in 2-12, deterministic
-  suggestions (`search.deterministic`), the method still sampled;
-- `per-epoch-round-robin`: `per-epoch` with `search.method_choice=round_robin` (trial i unlearns
-  with methods[i mod 2], each method's ranges sampled from its own trials:
-  `orchestration.search.RoundRobinSampler`).
+  told to the sampler, no early stopping, the wide space (`WIDE_SPACE`) with epochs searched in 3-8,
+  each trial suggested as soon as a slot frees, the method a categorical of the joint search
+  (`search.method_choice=sampled`);
+- `per-epoch-wide`: every epoch evaluated, a point of the front and of the Optuna study, trials
+  dominated by a margin stopped early, deterministic suggestions (`search.deterministic`), the method
+  still sampled, in the wide space (epochs 2-12);
+- `per-epoch-wide-round-robin`: `per-epoch-wide` with `search.method_choice=round_robin` (trial i
+  unlearns with methods[i mod 2], each method's ranges sampled from its own trials:
+  `orchestration.search.RoundRobinSampler`);
+- `per-epoch`: the file as it is: `per-epoch-wide` in the space narrowed to where the good trials of
+  earlier searches lie (perf/space_from_points.py).
 
 Each (design, sampler seed) runs once with `search.time_budget_minutes` = the largest budget; the
 front "at budget b" is what that run had finished within its first b minutes of trials (a trial's
@@ -59,11 +62,45 @@ from raysimnpo.maths.pareto import hypervolume_2d  # noqa: E402
 SWEEP = "tofu"
 METHODS = ("simnpo", "npo")
 FQ, MU = "forget_quality", "model_utility"
-# The search space before issue 15 (epochs 3-8) and the way it chose methods: the baseline's, whatever
-# the file holds now.
+# The default sweep's space before it was narrowed to where its good trials lie (`sweeps/tofu.yaml`,
+# perf/space_from_points.py): per method, (setting, low, high).
+WIDE_SPACE = {
+    "simnpo": [
+        ("method.beta", 1.0, 5.0),
+        ("method.gamma", 0.0, 1.0),
+        ("method.retain_weight", 0.05, 1.0),
+        ("unlearn.learning_rate", 3.0e-4, 2.0e-3),
+        ("unlearn.epochs", 2, 12),
+    ],
+    "npo": [
+        ("method.beta", 0.05, 0.5),
+        ("method.retain_weight", 0.5, 1.5),
+        ("unlearn.learning_rate", 3.0e-4, 2.0e-3),
+        ("unlearn.epochs", 2, 12),
+    ],
+}
+
+
+def space_settings(space: dict[str, list[tuple[str, float, float]]]) -> list[str]:
+    """`--set` items that give the sweep file's space these ranges (the scales stay the file's)."""
+    return [
+        f"search.space.{method}.{key}.{end}={value}"
+        for method, ranges in space.items()
+        for key, low, high in ranges
+        for end, value in (("low", low), ("high", high))
+    ]
+
+
+WIDE = space_settings(WIDE_SPACE)
+# The design before issue 15: the wide space with epochs 3-8, the method sampled.
 BEFORE = [
     "search.method_choice=sampled",
-    *(f"search.space.{m}.unlearn.epochs.{end}={n}" for m in METHODS for end, n in (("low", 3), ("high", 8))),
+    *space_settings(
+        {
+            m: [(k, 3, 8) if k == "unlearn.epochs" else (k, lo, hi) for k, lo, hi in r]
+            for m, r in WIDE_SPACE.items()
+        }
+    ),
 ]
 DESIGNS: dict[str, list[str]] = {
     "last-epoch": [
@@ -72,10 +109,12 @@ DESIGNS: dict[str, list[str]] = {
         "search.early_stop=null",
         "search.deterministic=false",
     ],
-    # the file as shipped: every epoch a point, the method a categorical of the joint search
+    # every epoch a point, the method a categorical of the joint search, in the wide space
+    "per-epoch-wide": WIDE,
+    # methods taking turns, each with a sampler of its own, in the wide space
+    "per-epoch-wide-round-robin": [*WIDE, "search.method_choice=round_robin"],
+    # the file as shipped: per-epoch search in the narrowed space
     "per-epoch": [],
-    # methods taking turns, each with a sampler of its own
-    "per-epoch-round-robin": ["search.method_choice=round_robin"],
 }
 BASELINE = "last-epoch"
 CPUS = 2  # the default sweep's trials share the machine's 2 cores

@@ -98,7 +98,11 @@ class Progress(tune.Callback):
         left = max(0, self.total - done - failed)
         eta = elapsed / self.finished_here * left if self.finished_here else float("nan")
         short = {"forget_quality": "FQ", "model_utility": "MU"}
-        shown = " ".join(f"best {short.get(k, k)} {v:.3g}" for k, v in best.items())
+        # nothing told to the study yet (the deterministic search tells a trial later): "-", not "nan"
+        shown = " ".join(
+            f"best {short.get(k, k)} {v:.3g}" if v == v else f"best {short.get(k, k)} -"
+            for k, v in best.items()
+        )
         self.log(
             f"[sweep] {done}/{self.total} done, {running} running, {failed} failed | {shown} | "
             f"elapsed {elapsed / 60:.1f} min, left ~{eta / 60:.1f} min"

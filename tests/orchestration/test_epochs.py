@@ -226,8 +226,11 @@ def test_a_deterministic_suggestion_waits_for_the_trial_k_before_it(tmp_path: Pa
     search.on_trial_complete("t1", epoch_result(second))
     assert search.suggest("t2") is None  # t1 ended first: t0 still runs
     assert [t.state for t in search._ot_study.get_trials()] == [optuna.trial.TrialState.RUNNING] * 2
-    progress = Progress(9, print, [("forget_quality", "max")], tmp_path / "optuna.sqlite", "demo")
+    lines: list[str] = []
+    progress = Progress(9, lines.append, [("forget_quality", "max")], tmp_path / "optuna.sqlite", "demo")
     assert progress._study_state()[0] == 1  # the progress line counts t1 as done
+    progress._line([])
+    assert "1/9 done" in lines[-1] and "best FQ - |" in lines[-1]  # nothing told yet: no value, not "nan"
     search.on_trial_complete("t0", epoch_result(first))
     third = search.suggest("t2")
     assert isinstance(third, dict)

@@ -1,0 +1,182 @@
+"""Where a method's good trials lie: search ranges read off the (trial, epoch) points of finished
+sweeps (issue 15: "revisit the default space with per-epoch points in hand").
+
+For every sweep folder given (each `RUN_DIR` with `results/`), every trial is scored by its best
+candidate under the Table-2 selection rule: the highest FQ among its evaluated epochs (its last one
+included) with MU >= MU(Retrain) - 0.05 (`analysis.tables.MU_TOLERANCE`; 0 when no epoch qualifies).
+The same configuration run in several folders counts once, with its best score. Per method, the
+`ceil(top x trials)` best by that score (and any tied with the last of them) are the good ones, and each searched setting's
+range is the `--band` quantiles (10th-90th by default) of the good trials' values, rounded outward
+to 2 significant figures (whole epochs for `unlearn.epochs`). A setting counts as searched when its
+value differs between the method's trials.
+
+Prints, per method and setting, the range over all trials, the good trials' band, and the same as
+YAML for a sweep file's `search.space` (the scale, `log` or `integer`, stays the file's);
+writes perf/results/space_from_points.json.
+
+    .venv/bin/python perf/space_from_points.py RUN_DIR [RUN_DIR ...] [--top 0.1] [--band 0.1 0.9]
+
+Only folders of the same benchmark data and prepared models belong together (the script checks
+that their Retrain MUs agree to 1e-6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from raysimnpo.analysis.load import completed_trials, config_key, load_runs, retrain_utility  # noqa: E402
+from raysimnpo.analysis.tables import MU_TOLERANCE  # noqa: E402
+
+FQ, MU = "forget_quality", "model_utility"
+EPOCH_CANDIDATE = re.compile(r"\.epoch-\d+$")
+
+
+def flat_settings(params: dict[str, Any]) -> dict[str, float]:
+    """A trial's numeric `method.*` and `unlearn.*` settings, keyed as a sweep file's space keys them."""
+    return {
+        f"{section}.{key}": float(value)
+        for section in ("method", "unlearn")
+        for key, value in params.get(section, {}).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+def trial_scores(run_dir: str) -> tuple[pl.DataFrame, float]:
+    """One row per whole trial of a sweep folder: method, its schedule's settings, its best qualifying FQ."""
+    res = load_runs([run_dir])
+    retrain = retrain_utility(res)
+    if not retrain:
+        raise SystemExit(f"{run_dir}: no Retrain row, so no MU threshold for the selection rule")
+    mu_retrain = next(iter(retrain.values()))
+    threshold = mu_retrain - MU_TOLERANCE
+    points = completed_trials(res)
+    # an epoch candidate belongs to its trial, whose params hold the schedule it was read off
+    points = points.with_columns(pl.col("trial_id").str.replace(EPOCH_CANDIDATE.pattern, "").alias("parent"))
+    params = dict(zip(res.trials["trial_id"].to_list(), res.trials["params_json"].to_list(), strict=True))
+    rows = []
+    for (parent,), group in points.group_by(["parent"], maintain_order=True):
+        if parent not in params:  # a candidate whose trial is not a finished one: nothing to attribute
+            continue
+        qualifying = group.filter(pl.col(MU) >= threshold)[FQ]
+        rows.append(
+            {
+                "config": config_key(params[parent]),
+                "method": group["method"][0],
+                "best_forget_quality": max(qualifying.to_list(), default=0.0),
+                "settings": json.dumps(flat_settings(json.loads(params[parent]))),
+            }
+        )
+    return pl.DataFrame(rows), mu_retrain
+
+
+def round_out(value: float, up: bool, integer: bool) -> float:
+    """`value` rounded away from the band's inside to 2 significant figures (or to a whole number)."""
+    if value == 0:
+        return 0.0
+    scale = 1.0 if integer else 10 ** (math.floor(math.log10(abs(value))) - 1)
+    steps = round(value / scale, 9)  # 8.0999999 (a float quantile of 8 and 9) is 8.1, not 8.0
+    return round((math.ceil(steps) if up else math.floor(steps)) * scale, 12)
+
+
+def method_ranges(trials: pl.DataFrame, top: float, band: tuple[float, float]) -> dict[str, Any]:
+    """The good trials of one method (top fraction by best FQ) and each searched setting's band."""
+    # the ceil(top x n) best trials, and any that tie with the last of them (FQ takes few values)
+    ranked = sorted(trials["best_forget_quality"].to_list(), reverse=True)
+    cut = float(ranked[max(1, math.ceil(top * len(ranked))) - 1])
+    good = trials.filter(pl.col("best_forget_quality") >= cut)
+    settings = [json.loads(s) for s in trials["settings"].to_list()]
+    good_settings = [json.loads(s) for s in good["settings"].to_list()]
+    ranges = {}
+    for key in sorted(settings[0]):
+        values = [s[key] for s in settings if key in s]
+        if len(set(values)) < 2:
+            continue  # not searched
+        good_values = [s[key] for s in good_settings if key in s]
+        integer = key == "unlearn.epochs"
+        low = round_out(float(np.quantile(good_values, band[0])), False, integer)
+        high = round_out(float(np.quantile(good_values, band[1])), True, integer)
+        ranges[key] = {
+            "all_trials": [min(values), max(values)],
+            "good_trials": [min(good_values), max(good_values)],
+            "band": [low, high],
+        }
+    return {
+        "trials": trials.height,
+        "good_trials": good.height,
+        "good_if_forget_quality_at_least": cut,
+        "best_forget_quality": sorted(good["best_forget_quality"].to_list(), reverse=True),
+        "ranges": ranges,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run_dirs", nargs="+", help="sweep folders (each with results/)")
+    parser.add_argument(
+        "--top", type=float, default=0.1, help="fraction of each method's trials that are good"
+    )
+    parser.add_argument(
+        "--band", type=float, nargs=2, default=(0.1, 0.9), help="quantiles of the good trials' values"
+    )
+    args = parser.parse_args()
+
+    frames, utilities = [], {}
+    for run_dir in args.run_dirs:
+        frame, utilities[run_dir] = trial_scores(run_dir)
+        frames.append(frame)
+    spread = max(utilities.values()) - min(utilities.values())
+    if spread > 1e-6:
+        raise SystemExit(
+            f"the folders' Retrain MUs differ by {spread:.3g}: not the same data and models ({utilities})"
+        )
+    trials = (
+        pl.concat(frames)
+        .group_by("config", "method", "settings")
+        .agg(pl.col("best_forget_quality").max())
+        .sort("config")  # a fixed order whatever the folders' order
+    )
+    report = {
+        "runs": args.run_dirs,
+        "retrain_model_utility": next(iter(utilities.values())),
+        "selection": f"highest FQ with MU >= MU(Retrain) - {MU_TOLERANCE}",
+        "top": args.top,
+        "band": list(args.band),
+        "methods": {
+            method: method_ranges(trials.filter(pl.col("method") == method), args.top, tuple(args.band))
+            for method in sorted(trials["method"].unique().to_list())
+        },
+    }
+    for method, found in report["methods"].items():
+        print(
+            f"{method}: {found['trials']} trials, {found['good_trials']} good (best FQ >= "
+            f"{found['good_if_forget_quality_at_least']:.3g})"
+        )
+        for key, r in found["ranges"].items():
+            print(
+                f"  {key:24s} all {r['all_trials'][0]:.3g}-{r['all_trials'][1]:.3g}   good "
+                f"{r['good_trials'][0]:.3g}-{r['good_trials'][1]:.3g}   band {r['band'][0]:.3g}-{r['band'][1]:.3g}"
+            )
+    print("\nsearch.space (YAML):")
+    for method, found in report["methods"].items():
+        print(f"  {method}:")
+        for key, r in found["ranges"].items():
+            low, high = r["band"]
+            print(f"    {key}: {{low: {low:g}, high: {high:g}}}")
+    print(f"\nwrote {harness.write_result('space_from_points', report)}")
+
+
+if __name__ == "__main__":
+    main()
