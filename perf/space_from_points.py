@@ -5,10 +5,10 @@ For every sweep folder given (each `RUN_DIR` with `results/`), every trial is sc
 candidate under the Table-2 selection rule: the highest FQ among its evaluated epochs (its last one
 included) with MU >= MU(Retrain) - 0.05 (`analysis.tables.MU_TOLERANCE`; 0 when no epoch qualifies).
 The same configuration run in several folders counts once, with its best score. Per method, the
-`ceil(top x trials)` best by that score (and any tied with the last of them) are the good ones, and each searched setting's
-range is the `--band` quantiles (10th-90th by default) of the good trials' values, rounded outward
-to 2 significant figures (whole epochs for `unlearn.epochs`). A setting counts as searched when its
-value differs between the method's trials.
+`ceil(top x trials)` best by that score (and any tied with the last of them) are the good ones, and
+each searched setting's range is the `--band` quantiles (10th-90th by default) of the good trials'
+values, rounded outward to 2 significant figures (whole epochs for `unlearn.epochs`). A setting
+counts as searched when its value differs between the method's trials.
 
 Prints, per method and setting, the range over all trials, the good trials' band, and the same as
 YAML for a sweep file's `search.space` (the scale, `log` or `integer`, stays the file's);
@@ -37,6 +37,7 @@ import polars as pl  # noqa: E402
 
 from raysimnpo.analysis.load import completed_trials, config_key, load_runs, retrain_utility  # noqa: E402
 from raysimnpo.analysis.tables import MU_TOLERANCE  # noqa: E402
+from raysimnpo.errors import UserInputError  # noqa: E402
 
 FQ, MU = "forget_quality", "model_utility"
 EPOCH_CANDIDATE = re.compile(r"\.epoch-\d+$")
@@ -57,7 +58,7 @@ def trial_scores(run_dir: str) -> tuple[pl.DataFrame, float]:
     res = load_runs([run_dir])
     retrain = retrain_utility(res)
     if not retrain:
-        raise SystemExit(f"{run_dir}: no Retrain row, so no MU threshold for the selection rule")
+        raise UserInputError(f"{run_dir}: no Retrain row, so no MU threshold for the selection rule")
     mu_retrain = next(iter(retrain.values()))
     threshold = mu_retrain - MU_TOLERANCE
     points = completed_trials(res)
@@ -135,11 +136,14 @@ def main() -> None:
 
     frames, utilities = [], {}
     for run_dir in args.run_dirs:
-        frame, utilities[run_dir] = trial_scores(run_dir)
+        try:
+            frame, utilities[run_dir] = trial_scores(run_dir)
+        except UserInputError as error:  # a folder without results or without a Retrain row
+            parser.error(str(error))
         frames.append(frame)
     spread = max(utilities.values()) - min(utilities.values())
     if spread > 1e-6:
-        raise SystemExit(
+        parser.error(
             f"the folders' Retrain MUs differ by {spread:.3g}: not the same data and models ({utilities})"
         )
     trials = (

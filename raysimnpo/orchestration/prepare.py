@@ -86,10 +86,13 @@ def _share_with_cache(run: Any, root: Path, *, into_storage: bool) -> None:
     """A local storage's prepared models and `<cache_dir>/prepared` (where `python -m raysimnpo.run`
     and remote storages keep theirs) share what they have, by content hash: before preparing, the
     storage takes what the cache has (so a sweep with a new `--storage` reuses the models made for
-    another one); after, the cache takes what the storage made. Hard links: no second copy on disk."""
+    another one, the noise ceiling's second Retrain included); after, the cache takes what the
+    storage made. Hard links: no second copy on disk."""
     cache_root = Path(run.cache_dir).expanduser() / "prepared"
     for here, cached in zip(
-        prepared_models.prepared_dirs(run, root), prepared_models.prepared_dirs(run, cache_root), strict=True
+        prepared_models.prepared_folders(run, root),
+        prepared_models.prepared_folders(run, cache_root),
+        strict=True,
     ):
         source, target = (cached, here) if into_storage else (here, cached)
         for part in mirror_prepared(source, target):

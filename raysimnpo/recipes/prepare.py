@@ -271,6 +271,15 @@ def prepared_dirs(config: RunSettings, root: Path | None = None) -> tuple[Path, 
     return root / f"original-{original_key(config)}", root / f"retrain-{retrain_key(config)}"
 
 
+def prepared_folders(config: RunSettings, root: Path | None = None) -> list[Path]:
+    """Every folder `prepare` reads or writes under `root`: the Original's, Retrain's and, with
+    `evaluation.noise_ceiling`, the second Retrain's (`noise_ceiling`)."""
+    folders = list(prepared_dirs(config, root))
+    if config.evaluation.noise_ceiling and benchmark(config.benchmark).has_retrain(config):
+        folders.append(prepared_dirs(second_retrain_config(config), root)[1])
+    return folders
+
+
 def prepare(ws: Workspace, log: Log = quiet, root: Path | None = None) -> Prepared:
     """Fine-tune Retrain (on retainXX, or the retain texts) first, so the Original can be measured
     against it (TOFU's forget quality, MUSE's PrivLeak); both are cached by content hash. A benchmark

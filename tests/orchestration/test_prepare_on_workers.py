@@ -152,3 +152,29 @@ def test_weights_made_on_workers_reach_a_remote_storage_and_come_back_whole(
     elsewhere = tmp_path / "node-b" / "original-abc"
     prepare._sync_prepared(storage, (elsewhere,), "eval-key", upload=False)
     assert sorted(p.name for p in (elsewhere / "model").iterdir()) == sorted(uploaded)
+
+
+def test_a_new_storage_takes_every_prepared_model_from_the_cache_the_second_retrain_too(
+    tmp_path: Path,
+) -> None:
+    """The noise ceiling's second Retrain is shared with the cache like the Original and Retrain: a
+    sweep on a new `--storage` links it in instead of fine-tuning it again."""
+    run = sweep_config(tmp_path).run.model_copy(
+        update={
+            "evaluation": sweep_config(tmp_path).run.evaluation.model_copy(update={"noise_ceiling": True})
+        }
+    )
+    cache_root = Path(run.cache_dir) / "prepared"
+    cached = prepared_models.prepared_folders(run, cache_root)
+    assert (
+        len(cached) == 3 and len({folder.name for folder in cached}) == 3
+    )  # Original, Retrain, second Retrain
+    for folder in cached:
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "config.json").write_text(folder.name)
+    root = tmp_path / "new-storage" / "prepared"
+    prepare._share_with_cache(run, root, into_storage=True)
+    for folder in cached:
+        linked = root / folder.name / "model" / "config.json"
+        assert linked.read_text() == folder.name
+        assert linked.stat().st_ino == (folder / "model" / "config.json").stat().st_ino  # a hard link

@@ -53,3 +53,15 @@ def test_the_good_trials_are_the_top_fraction_and_only_searched_settings_get_a_r
     assert beta["all_trials"] == [0.0, 9.0] and beta["good_trials"] == [8.0, 9.0]
     assert beta["band"] == pytest.approx([8.1, 8.9])  # 10th and 90th percentiles of (8, 9)
     assert found["ranges"]["unlearn.epochs"]["band"] == [10.0, 11.0]  # 10.1 down, 10.9 up
+
+
+def test_a_folder_without_results_is_one_message_and_exit_2(tmp_path: Path) -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "perf" / "space_from_points.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path}/results: no results found" in done.stderr
+    assert "Traceback" not in done.stderr
