@@ -100,8 +100,7 @@ class Progress(tune.Callback):
         short = {"forget_quality": "FQ", "model_utility": "MU"}
         # nothing told to the study yet (the deterministic search tells a trial later): "-", not "nan"
         shown = " ".join(
-            f"best {short.get(k, k)} {v:.3g}" if v == v else f"best {short.get(k, k)} -"
-            for k, v in best.items()
+            f"best {short.get(k, k)} {'-' if v != v else format(v, '.3g')}" for k, v in best.items()
         )
         self.log(
             f"[sweep] {done}/{self.total} done, {running} running, {failed} failed | {shown} | "
