@@ -44,7 +44,7 @@ class EpochEvaluation:
     seconds; None: no budget)."""
 
     retrain_reference: Any
-    objectives: list[tuple[str, str]]
+    objectives: Sequence[tuple[str, str]]
     front: str | None
     trial_id: str
     deadline: float | None = None

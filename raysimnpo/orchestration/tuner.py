@@ -54,7 +54,7 @@ class Progress(tune.Callback):
         self,
         total: int,
         log: Log,
-        objectives: list[tuple[str, str]],
+        objectives: Sequence[tuple[str, str]],
         study_path: Path,
         study_name: str,
         after_trial: Callable[[], None] | None = None,
@@ -210,9 +210,9 @@ def run_sweep(
     shared = SharedWorkspace(ray.put(ws))
     prepared = prepare_stage(sweep, storage, log, ws, shared)
     headline = ws.benchmark.headline_metrics
-    for kind, metrics in (("original", prepared.original_metrics), ("retrain", prepared.retrain_metrics)):
-        if metrics is not None:
-            log(f"[prepare] {kind.capitalize()} {' '.join(f'{k} {metrics[k]:.3g}' for k in headline)}")
+    for kind, values in (("original", prepared.original_metrics), ("retrain", prepared.retrain_metrics)):
+        if values is not None:
+            log(f"[prepare] {kind.capitalize()} {' '.join(f'{k} {values[k]:.3g}' for k in headline)}")
     # The workspace and the handoff go through the object store once (`with_parameters`); every
     # trial gets them from there instead of loading, tokenizing and encoding the data again.
     budget = sweep.search.time_budget_minutes

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class EpochEvaluator:
 
     ws: Workspace
     retrain_reference: Any
-    objectives: list[tuple[str, str]]
+    objectives: Sequence[tuple[str, str]]
     keep: Path | None = None
     last: Evaluation | None = None
     points: dict[int, list[float]] = field(default_factory=dict)

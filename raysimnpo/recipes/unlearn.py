@@ -139,8 +139,7 @@ def unlearn_model(
     config = ws.config
     params = config.method if method is None else method
     rank, world_size = sharding.rank_and_world_size()
-    loaded = isinstance(original, PreTrainedModel)
-    model = original if loaded else load_prepared_model(Path(original), config)  # type: ignore[arg-type]
+    model = original if isinstance(original, PreTrainedModel) else load_prepared_model(Path(original), config)
     inputs = unlearn_inputs(ws, params, model, reference_nll)
     check_batches(inputs, params, config.unlearn.batch_size, world_size)
     frozen = frozen_copy(model, params)
