@@ -92,15 +92,11 @@ def space_settings(space: dict[str, list[tuple[str, float, float]]]) -> list[str
 
 
 WIDE = space_settings(WIDE_SPACE)
-# The design before issue 15: the wide space with epochs 3-8, the method sampled.
+# The design before issue 15: the wide space with epochs 3-8 (a later `--set` wins), the method sampled.
 BEFORE = [
     "search.method_choice=sampled",
-    *space_settings(
-        {
-            m: [(k, 3, 8) if k == "unlearn.epochs" else (k, lo, hi) for k, lo, hi in r]
-            for m, r in WIDE_SPACE.items()
-        }
-    ),
+    *WIDE,
+    *space_settings({method: [("unlearn.epochs", 3, 8)] for method in WIDE_SPACE}),
 ]
 DESIGNS: dict[str, list[str]] = {
     "last-epoch": [

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,9 @@ import polars as pl  # noqa: E402
 from raysimnpo.analysis.load import completed_trials, config_key, load_runs, retrain_utility  # noqa: E402
 from raysimnpo.analysis.tables import MU_TOLERANCE  # noqa: E402
 from raysimnpo.errors import UserInputError  # noqa: E402
+from raysimnpo.results import EPOCH_MARK  # noqa: E402
 
 FQ, MU = "forget_quality", "model_utility"
-EPOCH_CANDIDATE = re.compile(r"\.epoch-\d+$")
 
 
 def flat_settings(params: dict[str, Any]) -> dict[str, float]:
@@ -63,7 +62,7 @@ def trial_scores(run_dir: str) -> tuple[pl.DataFrame, float]:
     threshold = mu_retrain - MU_TOLERANCE
     points = completed_trials(res)
     # an epoch candidate belongs to its trial, whose params hold the schedule it was read off
-    points = points.with_columns(pl.col("trial_id").str.replace(EPOCH_CANDIDATE.pattern, "").alias("parent"))
+    points = points.with_columns(pl.col("trial_id").str.split(EPOCH_MARK).list.first().alias("parent"))
     params = dict(zip(res.trials["trial_id"].to_list(), res.trials["params_json"].to_list(), strict=True))
     rows = []
     for (parent,), group in points.group_by(["parent"], maintain_order=True):

@@ -52,11 +52,14 @@ class _MethodTrials:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
+    def _mine(self, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in trials if t.params.get("method") == self._method]
+
     def _get_trials(self, *args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
-        return [t for t in self._study._get_trials(*args, **kwargs) if t.params.get("method") == self._method]
+        return self._mine(self._study._get_trials(*args, **kwargs))
 
     def get_trials(self, *args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
-        return [t for t in self._study.get_trials(*args, **kwargs) if t.params.get("method") == self._method]
+        return self._mine(self._study.get_trials(*args, **kwargs))
 
 
 class RoundRobinSampler(optuna.samplers.BaseSampler):

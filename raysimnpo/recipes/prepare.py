@@ -241,8 +241,8 @@ def fine_tunes(config: RunSettings, root: Path | None = None) -> list[FineTune]:
     if as_is_model(config, "Original") is None:
         jobs.append(FineTune("Original", original_dir, "original", config.seed))
     if retrain and config.evaluation.noise_ceiling:
-        second = second_retrain_config(config)
-        jobs.append(FineTune(SECOND_RETRAIN, prepared_dirs(second, root)[1], "retrain", second.seed))
+        second_seed = second_retrain_config(config).seed
+        jobs.append(FineTune(SECOND_RETRAIN, second_retrain_dir(config, root), "retrain", second_seed))
     return jobs
 
 
@@ -276,7 +276,7 @@ def prepared_folders(config: RunSettings, root: Path | None = None) -> list[Path
     `evaluation.noise_ceiling`, the second Retrain's (`noise_ceiling`)."""
     folders = list(prepared_dirs(config, root))
     if config.evaluation.noise_ceiling and benchmark(config.benchmark).has_retrain(config):
-        folders.append(prepared_dirs(second_retrain_config(config), root)[1])
+        folders.append(second_retrain_dir(config, root))
     return folders
 
 
@@ -304,13 +304,18 @@ def second_retrain_config(config: RunSettings) -> RunSettings:
     return config.model_copy(update={"seed": config.seed + 1})
 
 
+def second_retrain_dir(config: RunSettings, root: Path | None = None) -> Path:
+    """Where the noise ceiling's second Retrain lives: Retrain's folder of `second_retrain_config`."""
+    return prepared_dirs(second_retrain_config(config), root)[1]
+
+
 def noise_ceiling(ws: Workspace, retrain: PreparedModel, root: Path | None, log: Log) -> float:
     """Forget quality of a second Retrain, fine-tuned like the first from seed + 1 (its initial
     weights and batch order; the same data and tokenizer), measured against the first: the FQ a
     perfect unlearner would get, so a gap to it can be told from the KS test's noise. Cached like
     every prepared model."""
     other = second_retrain_config(ws.config)
-    _, second_dir = prepared_dirs(other, root)
+    second_dir = second_retrain_dir(ws.config, root)
     second = _finetune_and_store(
         ws.for_run(other), SECOND_RETRAIN, second_dir, "retrain", retrain_reference(ws, retrain), log
     )
