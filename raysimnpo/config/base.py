@@ -302,25 +302,38 @@ def validate(
 
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    msg = first["msg"].removeprefix("Value error, ")
+    loc, msg = _located(first)
     if first["type"] == "extra_forbidden":
         msg = "unknown setting"
     given = first.get("input")
     shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{loc}: {msg}{shown}{more}" if loc else f"{msg}{more}"
+    return f"{'.'.join(loc)}: {msg}{shown}{more}" if loc else f"{msg}{more}"
 
 
 def _error_path(exc: ValidationError) -> list[str]:
-    """The setting the first error is about: its location, else the dotted path its message starts
-    with (the sweep's own checks name the setting in the message)."""
-    first = exc.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
-    if not loc:
-        named = re.match(r"(?:Value error, )?([A-Za-z_][\w-]*(?:\.[\w-]+)*):", first["msg"])
-        loc = [named.group(1)] if named else []
-    return ".".join(loc).split(".") if loc else []
+    """The setting the first error is about (the sweep's own checks name the setting in the message)."""
+    return _located(exc.errors()[0])[0]
+
+
+# A section's own check names the setting first, as a dotted path from that section or its parent:
+# "evaluation.noise_ceiling: ..." (RunSettings), "data.retrain_model: ..." (DataSettings).
+_NAMED_SETTING = re.compile(r"([A-Za-z_][\w-]*(?:\.[\w-]+)*): ")
+
+
+def _located(error: Any) -> tuple[list[str], str]:
+    """An error's setting as path parts and its message: the location pydantic gives, joined with
+    the dotted path the message starts with, where their ends overlap counted once (run.data +
+    data.retrain_model: run.data.retrain_model)."""
+    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    parts = loc.split(".") if loc else []
+    msg = error["msg"].removeprefix("Value error, ")
+    named = _NAMED_SETTING.match(msg)
+    if named is None or (parts and "." not in named.group(1)):  # "relearn: ..." only at the top
+        return parts, msg
+    path = named.group(1).split(".")
+    overlap = max((k for k in range(1, min(len(parts), len(path)) + 1) if parts[-k:] == path[:k]), default=0)
+    return parts + path[overlap:], msg[named.end() :]
 
 
 def _overlaps(path: list[str], at: list[str]) -> bool:

@@ -72,6 +72,25 @@ class RunSettings(Frozen):
     muse: MuseSettings = Field(MuseSettings(), description="data and metrics of benchmark: muse")
     wmdp: WmdpSettings = Field(WmdpSettings(), description="data and metrics of benchmark: wmdp")
 
+    @model_validator(mode="after")
+    def _noise_ceiling_possible(self) -> RunSettings:
+        """The noise ceiling is the forget quality of a second Retrain, fine-tuned from seed + 1: the
+        benchmark needs forget quality and a Retrain this run fine-tunes (a released one has one seed)."""
+        if not self.evaluation.noise_ceiling:
+            return self
+        from ..benchmarks.registry import BENCHMARKS
+
+        bench = BENCHMARKS[self.benchmark]
+        if "forget_quality" not in bench.metrics:
+            raise ValueError(f"evaluation.noise_ceiling: benchmark {bench.name} has no forget_quality; allowed: false")
+        released = bench.released_model(self, "retrain")
+        if released is not None:
+            raise ValueError(
+                f"evaluation.noise_ceiling: needs a Retrain fine-tuned here, to fine-tune again from seed + 1; "
+                f"the Retrain is the released {released!r}; allowed: false"
+            )
+        return self
+
 
 RunConfig = RunSettings
 """The former name, kept so that existing imports work; Ray Train and Tune have a `RunConfig` of their own."""

@@ -341,10 +341,6 @@ class SweepConfig(Frozen):
                 "run.device: cuda needs resources.gpus_per_worker > 0 (a trial sees a GPU only when it "
                 "asks Ray for one); or use auto or cpu"
             )
-        if self.run.evaluation.noise_ceiling and "forget_quality" not in bench.metrics:
-            raise ValueError(
-                f"run.evaluation.noise_ceiling: benchmark {bench.name} has no forget_quality; allowed: false"
-            )
         if self.search.early_stop is not None and not self.run.evaluation.every_epoch:
             raise ValueError(
                 "search.early_stop: needs per-epoch points; set run.evaluation.every_epoch: true"

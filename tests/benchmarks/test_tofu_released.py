@@ -60,7 +60,7 @@ def test_released_sweep_validates_offline_and_fits_an_8_gpu_node(name: str) -> N
         ),
         (
             ["run.data.original_model=org/model_full", "run.data.retrain_model=org/model_retain95"],
-            "run.data: data.retrain_model: org/model_retain95 was fine-tuned on retain95, but forget_split "
+            "run.data.retrain_model: org/model_retain95 was fine-tuned on retain95, but forget_split "
             "forget10 pairs with retain90; allowed: the ..._retain90 model",
         ),
     ],

@@ -151,6 +151,42 @@ CASES = [
         "--set method.gamma=-.inf: method.simnpo.gamma: Input should be a finite number (got -inf)",
         entry="run",
     ),
+    # ---- the noise ceiling needs forget quality and a Retrain that can be fine-tuned again from seed + 1
+    Case(
+        "noise-ceiling-no-forget-quality",
+        DEFAULT,
+        ("--set", "run.benchmark=muse", "--set", "run.evaluation.noise_ceiling=true"),
+        "--set run.evaluation.noise_ceiling=true: run.evaluation.noise_ceiling: benchmark muse has no "
+        "forget_quality; allowed: false",
+    ),
+    Case(
+        "noise-ceiling-released-retrain",
+        yaml_file(run={"evaluation": {"noise_ceiling": True}}),
+        (
+            "--set",
+            "run.data.original_model=open-unlearning/tofu_Llama-2-7b-chat-hf_full",
+            "--set",
+            "run.data.retrain_model=open-unlearning/tofu_Llama-2-7b-chat-hf_retain90",
+        ),
+        "{file}: run.evaluation.noise_ceiling: needs a Retrain fine-tuned here, to fine-tune again from seed + 1; the "
+        "Retrain is the released 'open-unlearning/tofu_Llama-2-7b-chat-hf_retain90'; allowed: false",
+    ),
+    Case(
+        "noise-ceiling-released-retrain-run-cli",
+        DEFAULT,
+        (
+            "--set",
+            "evaluation.noise_ceiling=true",
+            "--set",
+            "data.original_model=open-unlearning/tofu_Llama-2-7b-chat-hf_full",
+            "--set",
+            "data.retrain_model=open-unlearning/tofu_Llama-2-7b-chat-hf_retain90",
+        ),
+        "--set evaluation.noise_ceiling=true: evaluation.noise_ceiling: needs a Retrain fine-tuned here, to "
+        "fine-tune again from seed + 1; the Retrain is the released "
+        "'open-unlearning/tofu_Llama-2-7b-chat-hf_retain90'; allowed: false",
+        entry="run",
+    ),
     # ---- 4. Ray arguments and whether the cluster can ever hold one trial
     Case(
         "ray-negative-cpus",
