@@ -11,8 +11,9 @@ values, rounded outward to 2 significant figures (whole epochs for `unlearn.epoc
 counts as searched when its value differs between the method's trials.
 
 Prints, per method and setting, the range over all trials, the good trials' band, and the same as
-YAML for a sweep file's `search.space` (the scale, `log` or `integer`, stays the file's);
-writes perf/results/space_from_points.json.
+YAML for a sweep file's `search.space` (the scale, `log` or `integer`, stays the file's); and the
+front of all the folders' (trial, epoch) points pooled, with its hypervolume: what all these searches
+reached together. Writes perf/results/space_from_points.json.
 
     .venv/bin/python perf/space_from_points.py RUN_DIR [RUN_DIR ...] [--top 0.1] [--band 0.1 0.9]
 
@@ -27,7 +28,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
@@ -37,6 +38,7 @@ import polars as pl  # noqa: E402
 from raysimnpo.analysis.load import completed_trials, config_key, load_runs, retrain_utility  # noqa: E402
 from raysimnpo.analysis.tables import MU_TOLERANCE  # noqa: E402
 from raysimnpo.errors import UserInputError  # noqa: E402
+from raysimnpo.maths.pareto import hypervolume_2d, non_dominated_mask  # noqa: E402
 from raysimnpo.results import EPOCH_MARK  # noqa: E402
 
 FQ, MU = "forget_quality", "model_utility"
@@ -52,8 +54,15 @@ def flat_settings(params: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def trial_scores(run_dir: str) -> tuple[pl.DataFrame, float]:
-    """One row per whole trial of a sweep folder: method, its schedule's settings, its best qualifying FQ."""
+class Folder(NamedTuple):
+    trials: pl.DataFrame  # one row per whole trial: method, its schedule's settings, its best qualifying FQ
+    retrain_model_utility: float
+    points: pl.DataFrame  # every (trial, epoch) point's FQ and MU
+    trial_minutes: float  # the trials' timed phases summed (one CPU each on the default sweep)
+
+
+def trial_scores(run_dir: str) -> Folder:
+    """What one sweep folder adds: its trials scored, its points, the minutes its trials ran."""
     res = load_runs([run_dir])
     retrain = retrain_utility(res)
     if not retrain:
@@ -77,7 +86,21 @@ def trial_scores(run_dir: str) -> tuple[pl.DataFrame, float]:
                 "settings": json.dumps(flat_settings(json.loads(params[parent]))),
             }
         )
-    return pl.DataFrame(rows), mu_retrain
+    minutes = res.metrics.filter(pl.col("stage") == "timing")["value"].sum() / 60
+    return Folder(pl.DataFrame(rows), mu_retrain, points.select(FQ, MU), float(minutes))
+
+
+def pooled_front(points: pl.DataFrame) -> dict[str, Any]:
+    """The front of every (trial, epoch) point of all the folders together, and its hypervolume
+    (reference FQ 0, MU 0, as `perf/search_efficiency.py` measures a sweep's): what all these searches
+    reached between them, an upper reference for any one search of this data."""
+    values = points.select(FQ, MU).to_numpy()
+    front = np.unique(values[non_dominated_mask(values, ["max", "max"])], axis=0)[::-1]  # FQ falling
+    return {
+        "points": len(values),
+        "hypervolume": hypervolume_2d(values, ["max", "max"], [0.0, 0.0]),
+        "front": [[float(fq), float(mu)] for fq, mu in front],
+    }
 
 
 def round_out(value: float, up: bool, integer: bool) -> float:
@@ -133,20 +156,20 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    frames, utilities = [], {}
+    folders = {}
     for run_dir in args.run_dirs:
         try:
-            frame, utilities[run_dir] = trial_scores(run_dir)
+            folders[run_dir] = trial_scores(run_dir)
         except UserInputError as error:  # a folder without results or without a Retrain row
             parser.error(str(error))
-        frames.append(frame)
+    utilities = {run_dir: folder.retrain_model_utility for run_dir, folder in folders.items()}
     spread = max(utilities.values()) - min(utilities.values())
     if spread > 1e-6:
         parser.error(
             f"the folders' Retrain MUs differ by {spread:.3g}: not the same data and models ({utilities})"
         )
     trials = (
-        pl.concat(frames)
+        pl.concat([folder.trials for folder in folders.values()])
         .group_by("config", "method", "settings")
         .agg(pl.col("best_forget_quality").max())
         .sort("config")  # a fixed order whatever the folders' order
@@ -161,6 +184,10 @@ def main() -> None:
             method: method_ranges(trials.filter(pl.col("method") == method), args.top, tuple(args.band))
             for method in sorted(trials["method"].unique().to_list())
         },
+        "pooled_front": {
+            **pooled_front(pl.concat([folder.points for folder in folders.values()])),
+            "trial_minutes": sum(folder.trial_minutes for folder in folders.values()),
+        },
     }
     for method, found in report["methods"].items():
         print(
@@ -172,6 +199,12 @@ def main() -> None:
                 f"  {key:24s} all {r['all_trials'][0]:.3g}-{r['all_trials'][1]:.3g}   good "
                 f"{r['good_trials'][0]:.3g}-{r['good_trials'][1]:.3g}   band {r['band'][0]:.3g}-{r['band'][1]:.3g}"
             )
+    pooled = report["pooled_front"]
+    shown = ", ".join(f"{fq:.3g}/{mu:.3f}" for fq, mu in pooled["front"])
+    print(
+        f"pooled front of all {pooled['points']} (trial, epoch) points, {pooled['trial_minutes']:.0f} trial-minutes: "
+        f"hypervolume {pooled['hypervolume']:.3f} (FQ/MU: {shown})"
+    )
     print("\nsearch.space (YAML):")
     for method, found in report["methods"].items():
         print(f"  {method}:")

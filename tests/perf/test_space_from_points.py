@@ -55,6 +55,22 @@ def test_the_good_trials_are_the_top_fraction_and_only_searched_settings_get_a_r
     assert found["ranges"]["unlearn.epochs"]["band"] == [10.0, 11.0]  # 10.1 down, 10.9 up
 
 
+def test_the_pooled_front_is_every_folders_points_together_with_its_hypervolume() -> None:
+    # two folders' points: (0.5, 0.6) and (0.2, 0.8) are the front, the second one twice (one setting
+    # run in both folders); (0.1, 0.5) is dominated by both
+    points = pl.concat(
+        [
+            pl.DataFrame({"forget_quality": [0.5, 0.1, 0.2], "model_utility": [0.6, 0.5, 0.8]}),
+            pl.DataFrame({"forget_quality": [0.2], "model_utility": [0.8]}),
+        ]
+    )
+    pooled = space.pooled_front(points)
+    assert pooled["points"] == 4
+    assert pooled["front"] == [[0.5, 0.6], [0.2, 0.8]]
+    # reference (0, 0): 0.5 x 0.6 plus the strip 0.2 x (0.8 - 0.6)
+    assert pooled["hypervolume"] == pytest.approx(0.5 * 0.6 + 0.2 * 0.2)
+
+
 def test_a_folder_without_results_is_one_message_and_exit_2(tmp_path: Path) -> None:
     import subprocess
 
