@@ -54,6 +54,7 @@ from transformers.utils import logging as hf_logging
 
 from ..config.base import (
     Frozen,
+    Seed,
     TrainSettings,
     apply_overrides,
     content_hash,
@@ -201,7 +202,7 @@ def _paper_experiments() -> dict[str, MarkovExperiment]:
 class MarkovConfig(Frozen):
     """Everything that determines the Markov study's numbers; defaults are the paper's (appendix B)."""
 
-    seed: int = 0
+    seed: Seed = 0
     data: MarkovDataSettings = MarkovDataSettings()
     model: MarkovModelSettings = MarkovModelSettings()
     pretrain: MarkovPretrainSettings = MarkovPretrainSettings()

@@ -33,6 +33,19 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+MAX_SEED = 2**32 - 1
+Seed = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_SEED,
+        description="a whole number 0 to 2**32 - 1 (what numpy's and Optuna's generators take)",
+    ),
+]
+"""Every seed of a config: outside this range numpy's and Optuna's generators refuse it in the middle of
+a run (tests/config/test_validation.py checks every seed setting)."""
+
+
 class TrainSettings(Frozen):
     """Optimisation of one training run (fine-tuning or unlearning): AdamW, one warm-up epoch then
     linear decay (the paper's schedule, appendix C.1), gradient clipping."""

@@ -18,7 +18,7 @@ from ..data.sources import TofuSource
 from ..errors import UserInputError
 from ..methods import AnyMethodParams, SimNPOParams
 from ..models import TinyModelConfig
-from .base import EvalSettings, Frozen, TrainSettings, load_yaml, sweep_file, validate
+from .base import EvalSettings, Frozen, Seed, TrainSettings, load_yaml, sweep_file, validate
 
 
 class ModelSettings(Frozen):
@@ -60,7 +60,7 @@ class RunSettings(Frozen):
     """One unlearning run: what to prepare, which method, how to evaluate."""
 
     benchmark: Literal["tofu", "muse", "wmdp"] = "tofu"
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: str = Field(default_factory=lambda: str(default_cache_dir()))
     data: DataSettings = DataSettings()
@@ -82,7 +82,9 @@ class RunSettings(Frozen):
 
         bench = BENCHMARKS[self.benchmark]
         if "forget_quality" not in bench.metrics:
-            raise ValueError(f"evaluation.noise_ceiling: benchmark {bench.name} has no forget_quality; allowed: false")
+            raise ValueError(
+                f"evaluation.noise_ceiling: benchmark {bench.name} has no forget_quality; allowed: false"
+            )
         released = bench.released_model(self, "retrain")
         if released is not None:
             raise ValueError(

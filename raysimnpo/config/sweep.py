@@ -12,7 +12,16 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserInputError
 from ..methods import METHODS
-from .base import Frozen, apply_overrides, describe_validation_error, load_yaml, sweep_file, validate
+from .base import (
+    MAX_SEED,
+    Frozen,
+    Seed,
+    apply_overrides,
+    describe_validation_error,
+    load_yaml,
+    sweep_file,
+    validate,
+)
 from .run import RunSettings
 
 SAMPLERS_MULTI_OBJECTIVE = ("tpe", "nsga2", "gp", "random")
@@ -135,7 +144,7 @@ class SearchSettings(Frozen):
         "current epoch with `evaluation.every_epoch` (their evaluated epochs kept), else at once; "
         "None: run num_trials",
     )
-    seed: int = 0
+    seed: Seed = 0
     deterministic: bool = Field(
         True,
         description="same trials and numbers from the same file and seed, whatever the trials' timing: with "
@@ -143,6 +152,17 @@ class SearchSettings(Frozen):
         "waits while trial i-(2k-1) runs), and early stopping judges trial i against those trials; "
         "false: a trial is suggested as soon as a slot frees, from every trial ended by then",
     )
+
+    @model_validator(mode="after")
+    def _round_robin_seeds(self) -> SearchSettings:
+        # round_robin seeds method i's sampler with seed + i: every one must be a seed too
+        last = self.seed + len(self.methods) - 1
+        if self.method_choice == "round_robin" and last > MAX_SEED:
+            raise ValueError(
+                f"search.seed: round_robin seeds method i's sampler with seed + i, up to {last}; "
+                f"allowed: 0 to {MAX_SEED - len(self.methods) + 1} with {len(self.methods)} methods"
+            )
+        return self
 
     def resolved_sampler(self) -> str:
         if self.sampler != "auto":
@@ -186,7 +206,7 @@ class RelearnSettings(Frozen):
         default_factory=lambda: ["shortest", "random"], min_length=1
     )
     fraction: float = Field(0.2, gt=0, le=1, description="share of the forget set relearned (paper: 20%)")
-    seeds: list[int] = Field(
+    seeds: list[Seed] = Field(
         default_factory=lambda: [0, 1, 2, 3, 4],
         min_length=1,
         description="random-relearn draws (paper: 5); shortest-relearn trains with the first",

@@ -425,9 +425,12 @@ def test_mistake_is_one_line_exit_2_before_ray(
 # ------------------------------------------------------------------- 2. every float, as a class
 
 
-def float_settings(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, type[BaseModel], str]]:
-    """Every float setting reachable from `model` (through sections, mappings and lists): its dotted
-    path, the model that declares it, and how the float sits in the field (`x`, `[x]`, `{k: x}`)."""
+def float_settings(
+    model: type[BaseModel], prefix: str = "", picks: Callable[[Any, str], bool] = lambda t, _: t is float
+) -> Iterator[tuple[str, type[BaseModel], str]]:
+    """Every float setting (or every one `picks(type, name)` takes) reachable from `model` (through
+    sections, mappings and lists): its dotted path, the model that declares it, and how the value sits
+    in the field (`x`, `[x]`, `{k: x}`)."""
     for name, info in model.model_fields.items():
         shapes = [(m, "x") for m in _members(info.annotation)]
         while any(typing.get_origin(m) in (dict, list) for m, _ in shapes):
@@ -441,23 +444,28 @@ def float_settings(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[s
                 )
             ]
         for member, shape in shapes:
-            if member is float:
+            if picks(member, name):
                 yield f"{prefix}{name}", model, shape
             elif isinstance(member, type) and issubclass(member, BaseModel) and shape == "x":
-                yield from float_settings(member, f"{prefix}{name}.")
+                yield from float_settings(member, f"{prefix}{name}.", picks)
 
 
-def every_float_setting() -> list[tuple[str, type[BaseModel], str]]:
+def every_float_setting(
+    picks: Callable[[Any, str], bool] = lambda t, _: t is float,
+) -> list[tuple[str, type[BaseModel], str]]:
     from raysimnpo.benchmarks.markov import MarkovSweep
+    from raysimnpo.data.generators.muse import MuseGeneratorConfig
+    from raysimnpo.data.generators.wmdp import WmdpGeneratorConfig
 
     seen: dict[tuple[type[BaseModel], str], tuple[str, str]] = {}
-    for root in (SweepConfig, MarkovSweep, ParamRange):
-        for path, owner, shape in float_settings(root):
+    for root in (SweepConfig, MarkovSweep, ParamRange, MuseGeneratorConfig, WmdpGeneratorConfig):
+        for path, owner, shape in float_settings(root, picks=picks):
             seen.setdefault((owner, path.rsplit(".", 1)[-1]), (path, shape))
     return sorted(((path, owner, shape) for (owner, _), (path, shape) in seen.items()), key=lambda i: i[0])
 
 
 FLOATS = every_float_setting()
+SEEDS = every_float_setting(lambda t, name: t is int and "seed" in name)
 
 
 def test_the_float_table_reaches_every_section() -> None:
@@ -482,6 +490,44 @@ def test_every_float_setting_refuses_non_finite(
         fields["name"] = typing.get_args(owner.model_fields["name"].annotation)[0]
     with pytest.raises(ValueError, match="finite number"):
         owner.model_validate(fields)
+
+
+def test_the_seed_table_reaches_every_seed() -> None:
+    paths = {path for path, _, _ in SEEDS}
+    assert {
+        "run.seed",
+        "search.seed",
+        "relearn.seeds",
+        "run.data.source.generator.seed",
+        "markov.seed",
+    } <= paths
+    assert {owner.__name__ for _, owner, _ in SEEDS} >= {"MuseGeneratorConfig", "WmdpGeneratorConfig"}
+
+
+@pytest.mark.parametrize("value", [-1, 2**32], ids=["negative", "2**32"])
+@pytest.mark.parametrize(("path", "owner", "shape"), SEEDS, ids=[p for p, _, _ in SEEDS])
+def test_every_seed_setting_is_one_numpy_and_optuna_take(
+    path: str, owner: type[BaseModel], shape: str, value: int
+) -> None:
+    """numpy's and Optuna's generators refuse a seed outside 0..2**32 - 1 in the middle of a run: each
+    seed setting refuses it when the file is read, and takes both ends of the range."""
+    name = path.rsplit(".", 1)[-1]
+
+    def fields(seed: int) -> dict[str, Any]:
+        return {name: [seed] if shape == "[x]" else seed}
+
+    with pytest.raises(ValueError, match="greater than or equal to 0|less than or equal to 4294967295"):
+        owner.model_validate(fields(value))
+    for good in (0, 2**32 - 1):
+        assert owner.model_validate(fields(good)) is not None
+
+
+def test_round_robin_seeds_every_methods_sampler_in_range() -> None:
+    with pytest.raises(
+        UserInputError, match=r"search.seed: round_robin seeds method i's sampler with seed \+ i"
+    ):
+        load_sweep_config("tofu", ["search.method_choice=round_robin", f"search.seed={2**32 - 1}"])
+    assert load_sweep_config("tofu", ["search.method_choice=round_robin", f"search.seed={2**32 - 2}"])
 
 
 # ------------------------------------------------------------------------------- 7. --set parsing

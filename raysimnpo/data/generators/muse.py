@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ...config.base import Frozen
+from ...config.base import Frozen, Seed
 
 GENERATOR_VERSION = 1
 
@@ -176,7 +176,7 @@ _VENUES = ("town hall", "old chapel", "harbour office", "community centre", "pub
 class MuseGeneratorConfig(Frozen):
     """Sizes of the generated MUSE-style corpus (articles per raw split) and its QA sets."""
 
-    seed: int = 0
+    seed: Seed = 0
     forget_articles: int = Field(32, ge=4)
     retain_articles: int = Field(32, ge=4, description="articles in each of retain1 and retain2")
     holdout_articles: int = Field(32, ge=4)

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ...config.base import Frozen
+from ...config.base import Frozen, Seed
 
 GENERATOR_VERSION = 1
 """Bumped whenever the same config would produce different files (it is part of the cache key)."""
@@ -522,7 +522,7 @@ class TofuGeneratorConfig(Frozen):
     `retain_perturbed`; 50 real_authors and 50 world_facts questions. `preset("small")` is a
     quick one for tests (10 authors x 6 QA)."""
 
-    seed: int = 0
+    seed: Seed = 0
     n_authors: int = Field(default=50, ge=2, le=MAX_AUTHORS, description="fictitious authors in `full`")
     questions_per_author: int = Field(default=20, ge=1, le=len(QUESTION_KINDS))
     n_holdout_authors: int = Field(

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ...config.base import Frozen
+from ...config.base import Frozen, Seed
 from .muse import write_config_splits
 
 GENERATOR_VERSION = 1
@@ -138,7 +138,7 @@ _KIND_WORDS = {"bio": ("fever", "virus", "pox"), "cyber": ("Loader", "Kit", "Dro
 class WmdpGeneratorConfig(Frozen):
     """Sizes of the generated WMDP analog: entities per domain (each gives 4 questions)."""
 
-    seed: int = 0
+    seed: Seed = 0
     bio_entities: int = Field(16, ge=2)
     cyber_entities: int = Field(16, ge=2)
     retain_entities: int = Field(24, ge=2)
