@@ -56,7 +56,6 @@ from ..config.base import (
     Frozen,
     Seed,
     TrainSettings,
-    apply_overrides,
     content_hash,
     load_yaml,
     sweep_file,
@@ -277,7 +276,7 @@ def is_markov_sweep(name_or_path: str) -> bool:
 
 def load_markov_sweep(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> MarkovSweep:
     path = sweep_file(name_or_path)
-    return validate(MarkovSweep, apply_overrides(load_yaml(path), overrides), str(path))
+    return validate(MarkovSweep, load_yaml(path), str(path), overrides)
 
 
 # --------------------------------------------------------------------------------------------

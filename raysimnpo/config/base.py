@@ -182,7 +182,12 @@ def _setting_path(annotation: Any, parts: list[str], data: Any) -> list[Step] | 
                 continue
             child = here.get(parts[0]) if isinstance(here, dict) else None
             rest = _setting_path(field.annotation, parts[1:], child)
-            default = field.get_default(call_default_factory=True) if len(parts) > 1 else None
+            # a required section has no default to start from (the Markov study's experiments)
+            default = (
+                field.get_default(call_default_factory=True)
+                if len(parts) > 1 and not field.is_required()
+                else None
+            )
             step = (parts[0], None if default is None else to_jsonable_python(default))
             if rest is not None:
                 return [step, *rest]

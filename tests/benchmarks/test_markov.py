@@ -80,11 +80,22 @@ def test_defaults_are_the_papers() -> None:
         ("markov.nonesuch=1", "markov.nonesuch: unknown setting"),
     ],
 )
-def test_bad_values_name_the_file_and_field(override: str, expected: str) -> None:
+def test_bad_values_name_the_override_and_field(override: str, expected: str) -> None:
     with pytest.raises(UserInputError) as info:
         mk.load_markov_sweep("markov", [override])
     message = str(info.value)
-    assert "\n" not in message and message.startswith(str(SWEEPS_DIR / "markov.yaml")) and expected in message
+    assert "\n" not in message and message.startswith(f"--set {override}: ") and expected in message
+
+
+def test_a_bad_value_in_the_file_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "markov.yaml"
+    bad.write_text(
+        (SWEEPS_DIR / "markov.yaml").read_text().replace("markov:\n  seed: 0", "markov:\n  seed: -1", 1)
+    )
+    with pytest.raises(
+        UserInputError, match=rf"^{bad}: markov.seed: Input should be greater than or equal to 0"
+    ):
+        mk.load_markov_sweep(str(bad))
 
 
 def test_sampling_is_seeded_per_chain() -> None:
