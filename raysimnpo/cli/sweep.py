@@ -168,6 +168,11 @@ def launch(
             f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
             "--set name=... for a new one"
         )
+    if resume and not location.exists(settings.name, "tune"):  # a mistyped --storage would start afresh
+        raise UserInputError(
+            f"--resume: {run_dir} holds no sweep to continue; run without --resume to start it, or give "
+            "the --storage and name it ran with"
+        )
     from ..orchestration.cluster import check_local_capacity, trial_demand, trials_use_torch_trainer
     from ..orchestration.prepare import finetunes_on_workers
 

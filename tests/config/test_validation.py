@@ -356,6 +356,13 @@ CASES = [
         env={"RAYSIMNPO_STORAGE": "s3://AKIAEXAMPLE:secret@bucket/runs"},
     ),
     Case(
+        "resume-nothing",
+        DEFAULT,
+        ("--resume",),
+        "--resume: {tmp}/runs/citest holds no sweep to continue; run without --resume to start it, or give "
+        "the --storage and name it ran with",
+    ),
+    Case(
         "source-storage-flag",
         DEFAULT,
         ("--storage", "/proc/raysimnpo-runs"),
