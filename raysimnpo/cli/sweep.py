@@ -203,7 +203,10 @@ def launch(
         except UserInputError:  # a joined cluster that can never hold one trial
             raise
         except KeyboardInterrupt:
-            console.error("[sweep] interrupted; run the same command with --resume to continue")
+            if location.exists(settings.name, "tune"):
+                console.error("[sweep] interrupted; run the same command with --resume to continue")
+            else:  # before the first trial: nothing to resume, the prepared models are cached
+                console.error("[sweep] interrupted before the trials; run the same command to start again")
             raise
         except Exception as exc:
             traceback.print_exc()  # the whole traceback, into the log (on the console with --verbose)
