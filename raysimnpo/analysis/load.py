@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from .. import results
+from ..errors import UserInputError
 
 # The per-trial FQ / MU objectives (DESIGN §6), both "higher is better".
 FORGET_QUALITY = "forget_quality"
@@ -74,6 +75,21 @@ def run_labels(run_dirs: Sequence[str]) -> list[str]:
     return [os.fspath(d).rstrip("/") for d in run_dirs]
 
 
+def _refuse_repeats(run_dirs: Sequence[str]) -> None:
+    """One run folder given twice (the same path, spelt alike or not) would count its trials twice."""
+    seen: dict[str, str] = {}
+    for given in map(os.fspath, run_dirs):
+        local = not ("://" in given and not given.startswith("file://"))
+        key = (
+            os.path.realpath(os.path.expanduser(given.removeprefix("file://")))
+            if local
+            else given.rstrip("/")
+        )
+        if key in seen:
+            raise UserInputError(f"RUN_DIR: {given} is {seen[key]} again; give each run folder once")
+        seen[key] = given
+
+
 def _without_seed(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_seed(v) for k, v in value.items() if k != "seed"}
@@ -98,6 +114,7 @@ def load_runs(run_dirs: Sequence[str]) -> Results:
     written, so that a bad folder stops the report with its UserInputError from `read_table`). Each
     evaluated epoch before a trial's last is added as a trial `<trial id>.epoch-<epoch>` of its own
     (`raysimnpo.results.epoch_candidates`), so fronts, the selection and the export see every epoch."""
+    _refuse_repeats(run_dirs)
     labels = run_labels(run_dirs)
     runs = tuple(
         Run(label, os.fspath(d), results_root_of(os.fspath(d)))

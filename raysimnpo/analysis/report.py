@@ -38,6 +38,7 @@ import polars as pl
 from ..errors import UserInputError
 from ..maths.metrics import NOISE_CEILING
 from ..results import write_parquet
+from ..results.storage import check_writable, open_storage
 from . import length, relearn, search, tables
 from .fronts import HV_REFERENCE, front_table, hypervolumes
 from .load import (
@@ -129,6 +130,9 @@ def report_folder(run_dirs: Sequence[str], out: str | os.PathLike[str] | None) -
     target = Path(out).expanduser() if out is not None else default_out(run_dirs)
     if target.exists() and not target.is_dir():
         raise UserInputError(f"--out: {target} is a file; give a folder (it is created if missing)")
+    check_writable(
+        open_storage(str(target)), "--out" if out is not None else "--out (default RUN_DIR/report)"
+    )
     return target
 
 
@@ -419,6 +423,7 @@ def check_export_target(to: str | os.PathLike[str]) -> Path:
     target = Path(to).expanduser()
     if target.exists():
         raise UserInputError(f"--to: {target} already exists; give a folder that does not exist yet")
+    check_writable(open_storage(str(target)), "--to")  # made and removed again: the copy makes it
     return target
 
 

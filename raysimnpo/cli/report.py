@@ -15,6 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..config.base import MAX_SEED
 from ..errors import UserInputError
 from .parser import ArgumentParser
 
@@ -43,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserInputError(f"--export-best: needs exactly one RUN_DIR; {len(args.run_dirs)} given")
         if args.examples < 0:
             raise UserInputError(f"--examples: {args.examples}; give 0 or more")
+        if not 0 <= args.seed <= MAX_SEED:
+            raise UserInputError(f"--seed: {args.seed}; give a whole number 0 to {MAX_SEED}")
         from ..analysis.load import load_runs
         from ..analysis.report import (
             best_checkpoint,
@@ -51,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_report,
         )
 
+        res = load_runs(args.run_dirs)  # every table of every run is read and checked before writing
         out = report_folder(args.run_dirs, args.out)
         target = check_export_target(args.to) if args.to is not None else None
-        res = load_runs(args.run_dirs)  # every table of every run is read and checked before writing
         export = best_checkpoint(res, args.export_best) if args.export_best is not None else None
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

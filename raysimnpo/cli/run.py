@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config.run import RunSettings, load_run_config
 from ..errors import UserInputError
+from ..results.storage import check_writable, open_storage
 from .parser import ArgumentParser
 
 TABLE_METRICS = (
@@ -105,11 +106,7 @@ def default_out(config: RunSettings) -> Path:
 def check_out(out: Path) -> None:
     if out.exists():
         raise UserInputError(f"--out: {out} already exists; give a new folder (nothing is overwritten)")
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise UserInputError(f"--out: {parent} is not writable")
+    check_writable(open_storage(str(out)), "--out")  # made and removed again: the run renames into it
 
 
 def launch(

@@ -159,11 +159,11 @@ def open_storage(location: str) -> Storage:
     return Storage(f"{scheme}://{base}", fs, base)
 
 
-def check_writable(storage: Storage) -> None:
+def check_writable(storage: Storage, setting: str = "storage") -> None:
     """Create the root and write, then delete, a small file in it: a missing bucket, a read-only
     folder or refused credentials surface before any work starts. A local root this check had to
     create is removed again, so that a later validation error leaves nothing behind (the sweep
-    creates its folder when it starts)."""
+    creates its folder when it starts). `setting`: what the error names (`storage`, `--out`)."""
     probe = storage.fs_path(f".write-check-{os.getpid()}")
     created: list[Path] = []
     if not storage.remote:
@@ -180,7 +180,7 @@ def check_writable(storage: Storage) -> None:
         shown = storage.uri if storage.remote else storage.base
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         reason = reason.replace(storage.base, "").strip(" :'\"") or type(exc).__name__
-        raise UserInputError(f"storage: {shown} is not writable ({reason})") from None
+        raise UserInputError(f"{setting}: {shown} is not writable ({reason})") from None
     finally:
         for folder in created:  # deepest first; only folders this check made, and only if still empty
             try:

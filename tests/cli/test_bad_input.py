@@ -45,6 +45,11 @@ def tofu_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ------------------------------------------------------------------------------------ builders
 
 
+def _file(tmp: Path) -> Path:
+    (tmp / "a-file").write_text("")
+    return tmp / "a-file"
+
+
 def local(folder: Path) -> list[str]:
     return [
         "tofu",
@@ -460,6 +465,11 @@ CASES = [
         ),
         ("model.name: 'gpt5' is not a preset, an existing model folder or a hub id",),
         "sweep",
+    ),
+    Case(
+        "out-cannot-be-made",  # under a file: refused before anything is trained, even for root
+        lambda t, tofu: [*local(tofu), "--out", str(_file(t) / "run")],
+        ("--out: ", "/a-file/run is not writable (", "Not a directory"),
     ),
     Case(
         "model-name-not-a-preset",

@@ -125,6 +125,40 @@ def test_cli_unknown_method_lists_methods_present(
     assert not (tmp_path / "r").exists() and not (tmp_path / "x").exists()
 
 
-def test_cli_several_runs_need_out(demo_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(demo_run), str(demo_run)]) == 2
+def test_cli_several_runs_need_out(
+    demo_run: Path, make_run: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(demo_run), str(make_run("other"))]) == 2
     assert "--out" in _single_error_line(capsys)
+
+
+def test_cli_a_run_given_twice_is_refused(
+    demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # its trials would count twice (the same folder, spelt with a trailing slash the second time)
+    assert main([str(demo_run), f"{demo_run}/", "--out", str(tmp_path / "r")]) == 2
+    assert _single_error_line(capsys) == (
+        f"error: RUN_DIR: {demo_run}/ is {demo_run} again; give each run folder once\n"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_cli_a_seed_numpy_refuses_is_refused(
+    demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], seed: int
+) -> None:
+    assert main([str(demo_run), "--out", str(tmp_path / "r"), "--seed", str(seed)]) == 2
+    assert _single_error_line(capsys) == f"error: --seed: {seed}; give a whole number 0 to 4294967295\n"
+
+
+@pytest.mark.parametrize("flag", ["--out", "--to"])
+def test_cli_a_folder_that_cannot_be_made_is_refused_before_writing(
+    demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad, good = str(blocker / "report"), str(tmp_path / "ok")
+    out, to = (bad, good) if flag == "--out" else (good, bad)
+    assert main([str(demo_run), "--out", out, "--export-best", "simnpo", "--to", to]) == 2
+    assert _single_error_line(capsys).startswith(f"error: {flag}: {bad} is not writable (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing made
