@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
 from ..errors import UserInputError
@@ -31,6 +31,18 @@ class Frozen(BaseModel):
     data sources and generators) subclass it too; tests/config/test_validation.py checks every float."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _each_once(values: list[Any]) -> list[Any]:
+    repeated = list(dict.fromkeys(v for v in values if values.count(v) > 1))
+    if repeated:
+        raise ValueError(f"{', '.join(map(str, repeated))} given more than once; give each once")
+    return values
+
+
+Distinct = AfterValidator(_each_once)
+"""A list setting whose items are things to run or count once (methods, relearning seeds): a repeat
+would run twice and weigh twice in a mean. `Annotated[list[str], Distinct]`."""
 
 
 MAX_SEED = 2**32 - 1

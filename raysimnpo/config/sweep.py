@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -14,6 +14,7 @@ from ..errors import UserInputError
 from ..methods import METHODS
 from .base import (
     MAX_SEED,
+    Distinct,
     Frozen,
     Seed,
     apply_overrides,
@@ -103,7 +104,7 @@ class EarlyStopSettings(Frozen):
 
 
 class SearchSettings(Frozen):
-    methods: list[str] = Field(default_factory=lambda: ["simnpo"], min_length=1)
+    methods: Annotated[list[str], Distinct] = Field(default_factory=lambda: ["simnpo"], min_length=1)
     space: dict[str, dict[str, ParamRange]] = Field(
         default_factory=dict, description="per method: dotted run setting -> range, e.g. method.beta"
     )
@@ -202,11 +203,11 @@ class RelearnSettings(Frozen):
     """Relearning attacks on the best trial of each method after the sweep (paper appendix C.3):
     fine-tune on `fraction` of the forget set, the shortest answers and/or random draws."""
 
-    attacks: list[Literal["shortest", "random"]] = Field(
+    attacks: Annotated[list[Literal["shortest", "random"]], Distinct] = Field(
         default_factory=lambda: ["shortest", "random"], min_length=1
     )
     fraction: float = Field(0.2, gt=0, le=1, description="share of the forget set relearned (paper: 20%)")
-    seeds: list[Seed] = Field(
+    seeds: Annotated[list[Seed], Distinct] = Field(
         default_factory=lambda: [0, 1, 2, 3, 4],
         min_length=1,
         description="random-relearn draws (paper: 5); shortest-relearn trains with the first",
@@ -214,7 +215,7 @@ class RelearnSettings(Frozen):
     epochs: int = Field(3, gt=0, description="relearning epochs; forget quality after each (paper: 3)")
     learning_rate: float = Field(1e-5, gt=0)
     batch_size: int = Field(4, gt=0)
-    methods: list[str] | None = Field(
+    methods: Annotated[list[str], Distinct] | None = Field(
         None, description="methods whose selected trial is attacked (None: all)"
     )
 
@@ -236,28 +237,33 @@ class FaultTolerance(Frozen):
 def check_objectives(objectives: list[Objective], benchmark_name: str) -> None:
     """Each objective names a metric the benchmark reports (`Benchmark.metrics`, all in
     `metrics.METRICS`) with the mode of that metric's direction; else one ValueError naming
-    `search.objectives[i].metric` or `.mode` and what is allowed."""
+    `search.objectives.<i>.metric` or `.mode` and what is allowed."""
     from ..benchmarks.registry import BENCHMARKS
     from ..maths.metrics import METRICS
 
     bench = BENCHMARKS[benchmark_name]
     for i, objective in enumerate(objectives):
         metric = objective.metric
+        first = next(j for j, o in enumerate(objectives) if o.metric == metric)
+        if first < i:
+            raise ValueError(
+                f"search.objectives.{i}.metric: {metric} is objective {first} already; give each metric once"
+            )
         if metric not in bench.metrics or metric not in METRICS:
             raise ValueError(
-                f"search.objectives[{i}].metric: {metric!r} is not a metric of benchmark {bench.name}; "
+                f"search.objectives.{i}.metric: {metric!r} is not a metric of benchmark {bench.name}; "
                 f"allowed: {', '.join(bench.metrics)}"
             )
         direction = METRICS[metric].direction
         if direction == "zero":
             usable = [m for m in bench.metrics if METRICS[m].direction != "zero"]
             raise ValueError(
-                f"search.objectives[{i}].mode: {metric} is best closest to 0, which neither max nor min "
+                f"search.objectives.{i}.mode: {metric} is best closest to 0, which neither max nor min "
                 f"expresses; allowed metrics of benchmark {bench.name}: {', '.join(usable)}"
             )
         if objective.mode != direction:
             raise ValueError(
-                f"search.objectives[{i}].mode: {objective.mode!r} contradicts {metric}, where "
+                f"search.objectives.{i}.mode: {objective.mode!r} contradicts {metric}, where "
                 f"{'higher' if direction == 'max' else 'lower'} is better; allowed: {direction}"
             )
 

@@ -1,6 +1,6 @@
 """Sweep objectives are checked against the benchmark at load, before Ray starts: a metric the
 benchmark does not report, or a mode against the metric's direction in `metrics.METRICS`, is one
-`error:` line naming `search.objectives[i].metric` / `.mode`, the sweep file and what is allowed;
+`error:` line naming `search.objectives.<i>.metric` / `.mode`, the sweep file and what is allowed;
 exit code 2, no traceback, nothing written."""
 
 from __future__ import annotations
@@ -41,32 +41,32 @@ CASES = [
         "typo-in-metric",
         "tofu",
         [{"metric": "forget_qualty", "mode": "max"}],
-        "search.objectives[0].metric: 'forget_qualty' is not a metric of benchmark tofu; "
+        "search.objectives.0.metric: 'forget_qualty' is not a metric of benchmark tofu; "
         f"allowed: {TOFU_ALLOWED}",
     ),
     (
         "metric-of-another-benchmark",
         "tofu",
         [{"metric": "forget_quality", "mode": "max"}, {"metric": "mmlu", "mode": "max"}],
-        f"search.objectives[1].metric: 'mmlu' is not a metric of benchmark tofu; allowed: {TOFU_ALLOWED}",
+        f"search.objectives.1.metric: 'mmlu' is not a metric of benchmark tofu; allowed: {TOFU_ALLOWED}",
     ),
     (
         "mode-against-direction",
         "tofu",
         [{"metric": "forget_quality", "mode": "max"}, {"metric": "model_utility", "mode": "min"}],
-        "search.objectives[1].mode: 'min' contradicts model_utility, where higher is better; allowed: max",
+        "search.objectives.1.mode: 'min' contradicts model_utility, where higher is better; allowed: max",
     ),
     (
         "lower-is-better-maximised",
         "wmdp",
         [{"metric": "wmdp_bio", "mode": "max"}],
-        "search.objectives[0].mode: 'max' contradicts wmdp_bio, where lower is better; allowed: min",
+        "search.objectives.0.mode: 'max' contradicts wmdp_bio, where lower is better; allowed: min",
     ),
     (
         "closest-to-zero-metric",
         "muse",
         [{"metric": "privleak", "mode": "min"}],
-        "search.objectives[0].mode: privleak is best closest to 0, which neither max nor min expresses; "
+        "search.objectives.0.mode: privleak is best closest to 0, which neither max nor min expresses; "
         "allowed metrics of benchmark muse: verbmem_forget, knowmem_forget, knowmem_retain, privleak_abs",
     ),
 ]

@@ -529,6 +529,27 @@ def test_every_seed_setting_is_one_numpy_and_optuna_take(
         assert owner.model_validate(fields(good)) is not None
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("search.methods=[simnpo, npo, simnpo]", "search.methods: simnpo given more than once; give each once"),
+        ("relearn.seeds=[0, 1, 1, 0]", "relearn.seeds: 0, 1 given more than once; give each once"),
+        ("relearn.attacks=[random, random]", "relearn.attacks: random given more than once; give each once"),
+        ("relearn.methods=[npo, npo]", "relearn.methods: npo given more than once; give each once"),
+        (
+            "search.objectives=[{metric: model_utility, mode: max}, {metric: model_utility, mode: max}]",
+            "search.objectives.1.metric: model_utility is objective 0 already; give each metric once",
+        ),
+    ],
+)
+def test_a_repeat_in_a_list_of_things_to_run_once_is_refused(override: str, message: str) -> None:
+    """A repeated method or relearning seed would run twice and weigh twice in a mean; a repeated
+    objective makes a study of one objective counted twice."""
+    with pytest.raises(UserInputError) as caught:
+        load_sweep_config("tofu", [override])
+    assert str(caught.value) == f"--set {override}: {message}"
+
+
 def test_round_robin_seeds_every_methods_sampler_in_range() -> None:
     with pytest.raises(
         UserInputError, match=r"search.seed: round_robin seeds method i's sampler with seed \+ i"
