@@ -532,7 +532,10 @@ def test_every_seed_setting_is_one_numpy_and_optuna_take(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("search.methods=[simnpo, npo, simnpo]", "search.methods: simnpo given more than once; give each once"),
+        (
+            "search.methods=[simnpo, npo, simnpo]",
+            "search.methods: simnpo given more than once; give each once",
+        ),
         ("relearn.seeds=[0, 1, 1, 0]", "relearn.seeds: 0, 1 given more than once; give each once"),
         ("relearn.attacks=[random, random]", "relearn.attacks: random given more than once; give each once"),
         ("relearn.methods=[npo, npo]", "relearn.methods: npo given more than once; give each once"),
