@@ -243,13 +243,22 @@ def _rmu(t: StepTerms, p: MethodParams) -> tuple[Tensor, Tensor | None]:
     return forget, objectives.token_mean(t.retain_hidden_se, t.retain_hidden_positions)
 
 
+def layer_mistake(layer: int, n_layers: int) -> str | None:
+    """Why RMU's `method.layer` cannot be `layer` on a model of `n_layers` decoder layers, or None.
+    The commands check it against the model's config before any work (`cli.run`, `cli.sweep`)."""
+    if layer < n_layers:
+        return None
+    return f"{layer} but the model has {n_layers} decoder layers; allowed: 0 to {n_layers - 1} (or null: the middle one)"
+
+
 def rmu_layer(model: nn.Module, params: MethodParams) -> int:
     """RMU's layer k: `params.layer`, or the middle decoder layer."""
     assert isinstance(params, RMUParams)
     n_layers = int(model.config.num_hidden_layers)  # type: ignore[union-attr, arg-type]
     layer = params.layer if params.layer is not None else n_layers // 2
-    if layer >= n_layers:
-        raise ValueError(f"method.layer: {layer} but the model has {n_layers} decoder layers")
+    mistake = layer_mistake(layer, n_layers)
+    if mistake is not None:
+        raise ValueError(f"method.layer: {mistake}")
     return layer
 
 

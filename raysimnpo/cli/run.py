@@ -123,6 +123,9 @@ def launch(
     config = load_run_config(benchmark, overrides, method=method)
     folder = Path(out) if out is not None else default_out(config)
     check_out(folder)
+    from ..training.resource_plan import check_layers
+
+    check_layers(config, prefix="")
     from ..recipes import unlearn
     from ..recipes.evaluate import write_examples
     from ..recipes.workspace import save_model

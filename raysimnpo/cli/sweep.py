@@ -178,6 +178,9 @@ def launch(
 
     if resume:
         check_extension(settings, location)
+    from ..training.resource_plan import check_layers
+
+    check_layers(settings.run, settings.search.space)
     demand = trial_demand(settings)
     from .console import log_file_name, quiet_libraries, routed_output
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -405,6 +405,32 @@ def _method_needs(sweep: Any) -> set[str]:
     for method in sweep.search.methods:
         needs |= set(needs_of(sweep.trial_run_config({"method": method}).method))
     return needs
+
+
+def check_layers(run: Any, searched: Mapping[str, Any] | None = None, prefix: str = "run.") -> None:
+    """RMU's layer against the decoder layers of the model the trials unlearn, read offline
+    (`model_config`; not checked when the config is not at hand): `run.method`'s (named `prefix` +
+    method.layer), and with `searched` (the sweep's `search.space`) every value a search range of
+    `method.layer` can give."""
+    from ..methods import layer_mistake
+
+    candidates: list[tuple[str, int]] = []
+    if run.method.name == "rmu" and run.method.layer is not None:
+        candidates.append((f"{prefix}method.layer", run.method.layer))
+    rmu_range = (searched or {}).get("rmu", {}).get("method.layer")
+    if rmu_range is not None:
+        values = rmu_range.choices if rmu_range.choices is not None else [rmu_range.high]
+        candidates += [("search.space.rmu.method.layer", int(v)) for v in values if v is not None]
+    if not candidates:
+        return
+    found = model_config(planned_model(run), run.model.tiny, run.model.trust_remote_code)
+    if found is None:
+        return
+    n_layers = int(found[0].num_hidden_layers)
+    for setting, layer in candidates:
+        mistake = layer_mistake(layer, n_layers)
+        if mistake is not None:
+            raise UserInputError(f"{setting}: {mistake}")
 
 
 def planned_model(run: Any) -> str:

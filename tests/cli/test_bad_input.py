@@ -467,6 +467,19 @@ CASES = [
         "sweep",
     ),
     Case(
+        "rmu-layer-beyond-the-model",  # checked against the model's config before anything is trained
+        lambda t, tofu: [*local(tofu), "--method", "rmu", "--set", "method.layer=64"],
+        ("error: method.layer: 64 but the model has ", " decoder layers; allowed: 0 to "),
+    ),
+    Case(
+        "sweep-rmu-layer-range-beyond-the-model",
+        lambda t, _: sweep_yaml(
+            t, search=search(methods=["rmu"], space={"rmu": {"method.layer": {"choices": [0, 64]}}})
+        ),
+        ("error: search.space.rmu.method.layer: 64 but the model has ", " decoder layers; allowed: 0 to "),
+        "sweep",
+    ),
+    Case(
         "out-cannot-be-made",  # under a file: refused before anything is trained, even for root
         lambda t, tofu: [*local(tofu), "--out", str(_file(t) / "run")],
         ("--out: ", "/a-file/run is not writable (", "Not a directory"),
