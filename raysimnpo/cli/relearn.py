@@ -51,9 +51,17 @@ def attack_targets(
     if trial_ids:
         missing = sorted(set(trial_ids) - set(done["trial_id"].to_list()))
         if missing:
+            from ..results import EPOCH_MARK
+
+            whole = sorted(t for t in done["trial_id"].to_list() if EPOCH_MARK not in t)
             raise UserInputError(
                 f"--trials: {missing} are not completed trials of {run_dir}; completed: "
-                f"{', '.join(sorted(done['trial_id'].to_list())) or 'none'}"
+                f"{', '.join(whole) or 'none'}"
+                + (
+                    f" (and their evaluated epochs, <trial>{EPOCH_MARK}<epoch>)"
+                    if len(whole) < done.height
+                    else ""
+                )
             )
         chosen = done.filter(pl.col("trial_id").is_in(list(trial_ids)))
     else:

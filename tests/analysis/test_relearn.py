@@ -92,3 +92,29 @@ def test_relearn_cli_refuses_unknown_trials_and_missing_runs(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no results found" in err[0]
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_relearn_cli_lists_whole_trials_and_names_their_epochs_by_pattern(
+    make_run: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep evaluated every epoch has ~10 candidates per trial: the refusal lists the trials, not
+    every epoch of them, and says how an epoch is named (`<trial>.epoch-<e>`, which --trials takes)."""
+    from raysimnpo.cli.relearn import main
+
+    run_dir = make_run("demo")
+    root = results.results_root(str(run_dir.parent), "demo")
+    trial = "simnpo-s1"  # evaluated after epochs 1 and 2 too
+    tables = {name: results.read_table(root, name).to_pylist() for name in ("trials", "metrics", "examples")}
+    mine = {name: [r for r in rows if r["trial_id"] == trial] for name, rows in tables.items()}
+    epochs = [
+        {**mine["metrics"][0], "stage": "epoch", "epoch": e, "metric": m, "value": v}
+        for e in (1, 2)
+        for m, v in (("forget_quality", 0.1 * e), ("model_utility", 0.5))
+    ]
+    results.write_trial_results(
+        root, trial, trials=mine["trials"], metrics=mine["metrics"] + epochs, examples=mine["examples"]
+    )
+    assert main(["tofu", "--storage", str(run_dir.parent), "--set", "name=demo", "--trials", "nonesuch"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(", simnpo-s0, simnpo-s1 (and their evaluated epochs, <trial>.epoch-<epoch>)")
+    assert f"{trial}.epoch-1" not in line
