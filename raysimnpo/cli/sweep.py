@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
@@ -130,6 +131,36 @@ def check_extension(sweep: SweepConfig, storage: Storage) -> None:
         )
 
 
+SWEEP_FILE = "sweep.json"
+"""`<run>/sweep.json`: the sweep's validated settings, written when it starts (and when it is resumed)."""
+
+
+def check_unchanged(sweep: SweepConfig, storage: Storage) -> None:
+    """`--resume` keeps the settings the sweep's trials ran with (`config.sweep.resume_changes`,
+    against the `sweep.json` its start wrote; a sweep without one is not checked)."""
+    from ..config.sweep import RESUME_MAY_CHANGE, resume_changes
+
+    if not storage.is_file(sweep.name, SWEEP_FILE):
+        return
+    with storage.fs.open_input_stream(storage.fs_path(sweep.name, SWEEP_FILE)) as stream:
+        started = json.loads(stream.read())
+    changed = resume_changes(started, sweep)
+    if changed:
+        key, before, after = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise UserInputError(
+            f"--resume: {key} is {json.dumps(after)}, but the sweep started with {json.dumps(before)} "
+            f"({storage.join(sweep.name, SWEEP_FILE)}){more}; a resumed sweep keeps the settings its "
+            f"trials ran with, except {', '.join(RESUME_MAY_CHANGE)}; for new settings start a new sweep "
+            "(--set name=...)"
+        )
+
+
+def write_sweep_file(sweep: SweepConfig, storage: Storage) -> None:
+    with storage.fs.open_output_stream(storage.fs_path(sweep.name, SWEEP_FILE)) as stream:
+        stream.write(json.dumps(sweep.model_dump(mode="json"), indent=1).encode())
+
+
 class SweepFailed(RuntimeError):
     """A sweep that started and then failed; its one-line reason is already on the console."""
 
@@ -177,6 +208,7 @@ def launch(
     from ..orchestration.prepare import finetunes_on_workers
 
     if resume:
+        check_unchanged(settings, location)
         check_extension(settings, location)
     from ..training.resource_plan import check_layers
 
@@ -240,6 +272,7 @@ def run_validated(
     run_dir = storage.join(sweep.name)
     ours = start_ray(target.address, target.num_cpus, demand)
     storage.fs.create_dir(storage.fs_path(sweep.name), recursive=True)
+    write_sweep_file(sweep, storage)
     log(
         f"[sweep] {sweep.name}: {sweep.search.num_trials} trials of {', '.join(sweep.search.methods)} -> {run_dir}"
     )

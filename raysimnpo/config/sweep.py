@@ -419,3 +419,38 @@ def load_sweep_config(
     or an environment variable (e.g. `storage=...` from RAYSIMNPO_STORAGE) in error messages."""
     path = sweep_file(name_or_path)
     return validate(SweepConfig, load_yaml(path), str(path), overrides, labels)
+
+
+RESUME_MAY_CHANGE = (
+    "storage",
+    "run.cache_dir",
+    "search.num_trials",
+    "search.time_budget_minutes",
+    "search.max_concurrent_trials",
+    "resources",
+    "fault_tolerance",
+    "relearn",
+    "tracking",
+)
+"""What a resumed sweep may set anew: how many trials and how long, where and on what it runs, and
+what happens after the trials. Everything else (the run, the space, the objectives, the sampler)
+decides the numbers its trials already have, so a change would mix two sweeps in one study."""
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def resume_changes(started: Mapping[str, Any], now: SweepConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted setting, value when started, value now) for each setting that differs between the
+    sweep as it was started (`started`: its `sweep.json`, a JSON dump of the SweepConfig) and as it
+    is resumed, except `RESUME_MAY_CHANGE`."""
+    before, after = _flat(dict(started)), _flat(now.model_dump(mode="json"))
+    return [
+        (key, before.get(key), after.get(key))
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+        and not any(key == allowed or key.startswith(f"{allowed}.") for allowed in RESUME_MAY_CHANGE)
+    ]

@@ -284,6 +284,12 @@ def test_killed_sweep_resumes_with_every_trial_once(
         ]
     assert states.count("COMPLETE") == TRIALS + 2 and studies == 1
     assert (tmp_path / "runs" / "citest" / "tune-2").is_dir()
+    # sweep.json holds the settings the extension ran with; a setting that decides the numbers may
+    # not change on a resume (tests/cli/test_sweep.py has the refusal's message)
+    started = json.loads((tmp_path / "runs" / "citest" / "sweep.json").read_text())
+    assert (
+        started["search"]["num_trials"] == TRIALS + 2 and started["search"]["method_choice"] == "round_robin"
+    )
     # round_robin: trial i unlearns with methods[i mod 2] (Optuna stores the choice's index: 0 simnpo,
     # 1 npo), through the kill and on into the extension
     assert methods == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
