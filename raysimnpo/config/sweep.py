@@ -3,6 +3,7 @@ fault tolerance and tracking, around a `run:` section (`config.run`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -446,7 +447,11 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 def resume_changes(started: Mapping[str, Any], now: SweepConfig) -> list[tuple[str, Any, Any]]:
     """(dotted setting, value when started, value now) for each setting that differs between the
     sweep as it was started (`started`: its `sweep.json`, a JSON dump of the SweepConfig) and as it
-    is resumed, except `RESUME_MAY_CHANGE`."""
+    is resumed, except `RESUME_MAY_CHANGE`. The started settings are validated again first, so a
+    setting added to raysimnpo since then counts with its default, not as a change."""
+    # one written by a version whose settings this one no longer reads is compared as it is
+    with contextlib.suppress(ValidationError):
+        started = SweepConfig.model_validate(started).model_dump(mode="json")
     before, after = _flat(dict(started)), _flat(now.model_dump(mode="json"))
     return [
         (key, before.get(key), after.get(key))

@@ -743,3 +743,27 @@ def test_flag_mistakes_are_one_line_too(
         mains[entry](argv)
     assert stopped.value.code == 2
     assert capfd.readouterr().err.strip().splitlines() == [message]
+
+
+def test_resume_changes_name_what_decides_the_numbers_and_let_the_rest_change() -> None:
+    from raysimnpo.config.sweep import resume_changes
+
+    started = load_sweep_config("tofu").model_dump(mode="json")
+    moved = [
+        "search.num_trials=40",
+        "search.time_budget_minutes=5",
+        "resources.workers=2",
+        "storage=/elsewhere",
+    ]
+    assert resume_changes(started, load_sweep_config("tofu", moved)) == []
+    changed = load_sweep_config("tofu", ["run.unlearn.learning_rate=0.5"])
+    assert resume_changes(started, changed) == [("run.unlearn.learning_rate", 1e-3, 0.5)]
+    widened = load_sweep_config("tofu", ["search.space.npo.method.beta.high=0.5"])
+    assert resume_changes(started, widened) == [("search.space.npo.method.beta.high", 0.23, 0.5)]
+    searched = load_sweep_config("tofu", ["search.space.npo.unlearn.batch_size={choices: [8, 16]}"])
+    found = resume_changes(started, searched)  # a newly searched setting: each part of its range
+    assert found[0] == ("search.space.npo.unlearn.batch_size.choices", None, [8, 16])
+    assert {key.rsplit(".", 1)[0] for key, _, _ in found} == {"search.space.npo.unlearn.batch_size"}
+    # a sweep.json written before a setting existed: the setting counts with its default
+    del started["search"]["deterministic"]
+    assert resume_changes(started, load_sweep_config("tofu")) == []
