@@ -108,7 +108,10 @@ def dominated_by_margin(
         return False
     gains = _to_maximisation(np.vstack([rows, np.asarray(point, dtype=np.float64)[None, :]]), directions)
     n = gains.shape[0]
-    # percentile of each value within its column: share of rows it is at least as good as
-    percentile = (gains[:, None, :] >= gains[None, :, :]).sum(axis=1) / n
-    lead = percentile[:-1] - percentile[-1]
-    return bool(np.any(np.all(lead >= max(margin, 1.0 / n), axis=1)))
+    # rank of each value within its column: how many rows it is at least as good as (its
+    # percentile times n); leads are compared in whole ranks, since percentiles as floats put a lead
+    # of exactly one rank below 1/n (1.0 - 0.8 < 0.2) and missed it
+    ranks = (gains[:, None, :] >= gains[None, :, :]).sum(axis=1)
+    lead = ranks[:-1] - ranks[-1]
+    needed = max(margin * n, 1.0) - 1e-9  # margin * n is a whole number of ranks up to rounding
+    return bool(np.any(np.all(lead >= needed, axis=1)))

@@ -89,5 +89,16 @@ def test_dominated_by_margin_compares_rank_percentiles() -> None:
     # Directions: a lower loss is better.
     assert dominated_by_margin([1.0, 0.5], [[0.5, 0.9]], ["min", "max"], 0.0)
     assert not dominated_by_margin([1.0, 0.5], [], ["max", "max"], 0.1)
+    # A lead of exactly the margin counts, whatever the float rounding of its percentiles: over 5
+    # rows (1e-2, 0.5) is at percentile 0.8 in both columns and (0.9, 0.9) at 1.0, a lead of one rank
+    # (0.2; as floats 1.0 - 0.8 = 0.19999999999999996).
+    others = [[0.001, 0.3], [0.002, 0.3], [0.003, 0.3], [0.9, 0.9]]
+    assert dominated_by_margin([1e-2, 0.5], others, ["max", "max"], 0.0)
+    assert dominated_by_margin([1e-2, 0.5], others, ["max", "max"], 0.2)
+    assert not dominated_by_margin([1e-2, 0.5], others, ["max", "max"], 0.21)
+    # 15 rows, margin 0.2 = 3 ranks (0.2 x 15 is 3.0000000000000004 as a float): a 3-rank lead counts
+    fifteen = [[float(i), float(i)] for i in range(14)]
+    assert dominated_by_margin([10.5, 10.5], fifteen, ["max", "max"], 0.2)  # 13 leads by 3 ranks
+    assert not dominated_by_margin([11.5, 11.5], fifteen, ["max", "max"], 0.2)  # 13 leads by 2
     with pytest.raises(ValueError, match=r"margin: 1.0; allowed: 0 <= margin < 1"):
         dominated_by_margin([1.0, 0.5], [[0.5, 0.9]], ["max", "max"], 1.0)
