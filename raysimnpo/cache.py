@@ -3,11 +3,24 @@
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 def default_cache_dir() -> Path:
     """`$RAYSIMNPO_CACHE`, else ~/.cache/raysimnpo."""
     return Path(os.environ.get("RAYSIMNPO_CACHE", str(Path.home() / ".cache" / "raysimnpo")))
+
+
+def check_cache_dir(run: Any, prefix: str = "run.") -> None:
+    """The run's `cache_dir` can be made and written: a read-only home or a mistyped
+    $RAYSIMNPO_CACHE is one error line before any work (named `prefix` + cache_dir), not a traceback
+    in the middle of it. A folder this check had to make is removed again."""
+    from .results.storage import check_writable, open_storage
+
+    setting = f"{prefix}cache_dir"
+    if "cache_dir" not in run.model_fields_set:
+        setting += " (default: $RAYSIMNPO_CACHE, else ~/.cache/raysimnpo)"
+    check_writable(open_storage(str(Path(run.cache_dir).expanduser())), setting)
 
 
 def _link_or_copy(source: str, target: str) -> None:

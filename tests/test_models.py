@@ -264,6 +264,18 @@ def test_cli_import_rejects_unknown_preset() -> None:
     assert exc.value.code == 2
 
 
+def test_cli_import_refuses_a_cache_dir_it_cannot_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raysimnpo.cli.import_model import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["smollm2-135m", "--cache-dir", str(blocker / "cache")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: --cache-dir: {blocker / 'cache'} is not writable (")
+
+
 def test_import_reports_pip_failure_and_leaves_no_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..cache import check_cache_dir
 from ..config.sweep import RelearnSettings, SweepConfig, load_sweep_config
 from ..errors import UserInputError
 from .parser import ArgumentParser
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides.append(f"storage={args.storage}")
         sweep = load_sweep_config(args.sweep, overrides, labels)
         storage = open_checked_storage(sweep, labels)
+        check_cache_dir(sweep.run)
         attack_targets(storage.join(sweep.name), sweep.relearn or RelearnSettings(), args.trials)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cache import check_cache_dir
 from ..config.run import RunSettings, load_run_config
 from ..errors import UserInputError
 from ..results.storage import check_writable, open_storage
@@ -123,6 +124,7 @@ def launch(
     config = load_run_config(benchmark, overrides, method=method)
     folder = Path(out) if out is not None else default_out(config)
     check_out(folder)
+    check_cache_dir(config, prefix="")
     from ..training.resource_plan import check_layers
 
     check_layers(config, prefix="")

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cache import check_cache_dir
 from ..config.base import load_yaml, sweep_file
 from ..config.sweep import SweepConfig, load_sweep_config
 from ..errors import UserInputError, first_line
@@ -194,6 +195,7 @@ def launch(
     settings = load_sweep_config(config or sweep, found, labels)
     location = open_checked_storage(settings, labels)
     run_dir = location.join(settings.name)
+    check_cache_dir(settings.run)
     if location.exists(settings.name, "tune") and not resume:
         raise UserInputError(
             f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"

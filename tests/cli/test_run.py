@@ -128,3 +128,23 @@ def test_real_tofu_folder_is_accepted_as_a_source(tmp_path: Path) -> None:
     shutil.copytree(TOFU, copy)
     data = load_tofu_run_data(TofuSource(kind="local", path=str(copy)), "forget05")
     assert (len(data.forget), len(data.retain), len(data.full)) == (200, 3800, 4000)
+
+
+@pytest.mark.parametrize("given", ["flag", "environment"])
+def test_a_cache_dir_that_cannot_be_made_is_one_line_before_any_work(
+    given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cache = blocker / "cache"
+    argv = ["tofu", "--out", str(tmp_path / "out")]
+    if given == "flag":
+        argv += ["--set", f"cache_dir={cache}"]
+        setting = "cache_dir"
+    else:  # the default, from the environment
+        monkeypatch.setenv("RAYSIMNPO_CACHE", str(cache))
+        setting = "cache_dir (default: $RAYSIMNPO_CACHE, else ~/.cache/raysimnpo)"
+    assert run.main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {setting}: {cache} is not writable (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

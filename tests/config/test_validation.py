@@ -363,6 +363,13 @@ CASES = [
         "the --storage and name it ran with",
     ),
     Case(
+        "cache-dir-cannot-be-made",
+        text_file(HEADER.replace("TMP/cache", "/proc/raysimnpo-cache")),
+        (),
+        "run.cache_dir: /proc/raysimnpo-cache is not writable (Cannot create directory ''. Detail: "
+        "[errno 2] No such file or directory)",
+    ),
+    Case(
         "source-storage-flag",
         DEFAULT,
         ("--storage", "/proc/raysimnpo-runs"),
