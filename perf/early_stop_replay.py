@@ -36,14 +36,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-import polars as pl  # noqa: E402
+from space_from_points import trial_points  # noqa: E402
 
-from raysimnpo.analysis.load import completed_trials, config_key, load_runs, retrain_utility  # noqa: E402
+from raysimnpo.analysis.load import config_key  # noqa: E402
 from raysimnpo.analysis.tables import MU_TOLERANCE  # noqa: E402
 from raysimnpo.errors import UserInputError  # noqa: E402
 from raysimnpo.maths.pareto import hypervolume_2d  # noqa: E402
 from raysimnpo.orchestration.epochs import FrontRule  # noqa: E402
-from raysimnpo.results import EPOCH_MARK  # noqa: E402
 
 FQ, MU = "forget_quality", "model_utility"
 DIRECTIONS = ["max", "max"]
@@ -74,16 +73,8 @@ class RungRule(FrontRule):
 
 def trajectories(run_dir: str) -> dict[str, Trajectory]:
     """The whole trajectories of a sweep folder's trials, keyed by configuration."""
-    res = load_runs([run_dir])
-    retrain = retrain_utility(res)
-    if not retrain:
-        raise UserInputError(f"{run_dir}: no Retrain row, so no MU threshold for the selection rule")
-    threshold = next(iter(retrain.values())) - MU_TOLERANCE
-    points = completed_trials(res).with_columns(
-        pl.col("trial_id").str.split(EPOCH_MARK).list.first().alias("parent"),
-        pl.col("trial_id").str.split(EPOCH_MARK).list.get(1, null_on_oob=True).cast(pl.Int64).alias("epoch"),
-    )
-    params = dict(zip(res.trials["trial_id"].to_list(), res.trials["params_json"].to_list(), strict=True))
+    _, mu_retrain, points, params = trial_points(run_dir)
+    threshold = mu_retrain - MU_TOLERANCE
     found = {}
     for (parent,), group in points.group_by(["parent"], maintain_order=True):
         if parent not in params:

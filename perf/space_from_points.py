@@ -35,7 +35,13 @@ import harness  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from raysimnpo.analysis.load import completed_trials, config_key, load_runs, retrain_utility  # noqa: E402
+from raysimnpo.analysis.load import (  # noqa: E402
+    Results,
+    completed_trials,
+    config_key,
+    load_runs,
+    retrain_utility,
+)
 from raysimnpo.analysis.tables import MU_TOLERANCE  # noqa: E402
 from raysimnpo.errors import UserInputError  # noqa: E402
 from raysimnpo.maths.pareto import hypervolume_2d, non_dominated_mask  # noqa: E402
@@ -54,6 +60,31 @@ def flat_settings(params: dict[str, Any]) -> dict[str, float]:
     }
 
 
+class TrialPoints(NamedTuple):
+    """A sweep folder's (trial, epoch) points, as the scripts that read finished sweeps use them."""
+
+    res: Results
+    retrain_model_utility: float
+    # completed candidates with `parent` (the whole trial's id) and `epoch` (None: the trial's last)
+    points: pl.DataFrame
+    params: dict[str, str]  # whole trial id -> params_json
+
+
+def trial_points(run_dir: str) -> TrialPoints:
+    res = load_runs([run_dir])
+    retrain = retrain_utility(res)
+    if not retrain:
+        raise UserInputError(f"{run_dir}: no Retrain row, so no MU threshold for the selection rule")
+    # an epoch candidate belongs to its trial, whose params hold the schedule it was read off
+    parts = pl.col("trial_id").str.split(EPOCH_MARK)
+    points = completed_trials(res).with_columns(
+        parts.list.first().alias("parent"),
+        parts.list.get(1, null_on_oob=True).cast(pl.Int64).alias("epoch"),
+    )
+    params = dict(zip(res.trials["trial_id"].to_list(), res.trials["params_json"].to_list(), strict=True))
+    return TrialPoints(res, next(iter(retrain.values())), points, params)
+
+
 class Folder(NamedTuple):
     trials: pl.DataFrame  # one row per whole trial: method, its schedule's settings, its best qualifying FQ
     retrain_model_utility: float
@@ -63,16 +94,8 @@ class Folder(NamedTuple):
 
 def trial_scores(run_dir: str) -> Folder:
     """What one sweep folder adds: its trials scored, its points, the minutes its trials ran."""
-    res = load_runs([run_dir])
-    retrain = retrain_utility(res)
-    if not retrain:
-        raise UserInputError(f"{run_dir}: no Retrain row, so no MU threshold for the selection rule")
-    mu_retrain = next(iter(retrain.values()))
+    res, mu_retrain, points, params = trial_points(run_dir)
     threshold = mu_retrain - MU_TOLERANCE
-    points = completed_trials(res)
-    # an epoch candidate belongs to its trial, whose params hold the schedule it was read off
-    points = points.with_columns(pl.col("trial_id").str.split(EPOCH_MARK).list.first().alias("parent"))
-    params = dict(zip(res.trials["trial_id"].to_list(), res.trials["params_json"].to_list(), strict=True))
     rows = []
     for (parent,), group in points.group_by(["parent"], maintain_order=True):
         if parent not in params:  # a candidate whose trial is not a finished one: nothing to attribute
