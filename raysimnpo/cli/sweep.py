@@ -143,8 +143,7 @@ def check_unchanged(sweep: SweepConfig, storage: Storage) -> None:
 
     if not storage.is_file(sweep.name, SWEEP_FILE):
         return
-    with storage.fs.open_input_stream(storage.fs_path(sweep.name, SWEEP_FILE)) as stream:
-        started = json.loads(stream.read())
+    started = json.loads(storage.read_bytes(sweep.name, SWEEP_FILE))
     changed = resume_changes(started, sweep)
     if changed:
         key, before, after = changed[0]
@@ -158,8 +157,8 @@ def check_unchanged(sweep: SweepConfig, storage: Storage) -> None:
 
 
 def write_sweep_file(sweep: SweepConfig, storage: Storage) -> None:
-    with storage.fs.open_output_stream(storage.fs_path(sweep.name, SWEEP_FILE)) as stream:
-        stream.write(json.dumps(sweep.model_dump(mode="json"), indent=1).encode())
+    # whole or not at all: a driver killed mid-write must not leave a file --resume cannot read
+    storage.write_bytes(json.dumps(sweep.model_dump(mode="json"), indent=1).encode(), sweep.name, SWEEP_FILE)
 
 
 class SweepFailed(RuntimeError):

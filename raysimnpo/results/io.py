@@ -44,10 +44,8 @@ This module is layer L1: pyarrow (and numpy for array inputs) only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -71,10 +69,8 @@ from .schema import (
     _schema_of_version,
     _upgrade,
 )
-from .storage import open_storage
+from .storage import open_storage, write_atomically
 
-# Filesystems (pyarrow `type_name`) whose `move` is an atomic rename that replaces the target.
-_ATOMIC_RENAME = frozenset({"local", "hdfs"})
 _NO_RESULTS = "no results found (expected trials/, metrics/, examples/ written by python -m raysimnpo.sweep)"
 _PARTITIONING = ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive")
 # --------------------------------------------------------------------------------------------------
@@ -138,23 +134,7 @@ def _write_file(fs: pafs.FileSystem, path: str, table: pa.Table, compression: st
     """Write `table` to `path` so that readers see either the previous file or the whole new one."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression=compression)
-    data = sink.getvalue()
-    folder = path.rsplit("/", 1)[0]
-    fs.create_dir(folder, recursive=True)
-    if fs.type_name not in _ATOMIC_RENAME:
-        # Object stores: the object appears only when its single upload completes.
-        with fs.open_output_stream(path) as out:
-            out.write(data)
-        return
-    temporary = f"{folder}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex}"
-    try:
-        with fs.open_output_stream(temporary) as out:
-            out.write(data)
-        fs.move(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fs.delete_file(temporary)
-        raise
+    write_atomically(fs, path, sink.getvalue())
 
 
 def write_parquet(table: pa.Table, location: str | os.PathLike[str], compression: str = "snappy") -> None:

@@ -12,11 +12,13 @@ or a secret in it is refused, so that no credential reaches a result row, a log 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,30 @@ COMPLETE = ".complete"  # written last into a local copy of a folder: the copy i
 
 def is_uri(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+# Filesystems (pyarrow `type_name`) whose `move` is an atomic rename that replaces the target.
+_ATOMIC_RENAME = frozenset({"local", "hdfs"})
+
+
+def write_atomically(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
+    """Write `data` to `path` so that readers see either the previous file or the whole new one."""
+    folder = path.rsplit("/", 1)[0]
+    fs.create_dir(folder, recursive=True)
+    if fs.type_name not in _ATOMIC_RENAME:
+        # Object stores: the object appears only when its single upload completes.
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    temporary = f"{folder}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(temporary) as out:
+            out.write(data)
+        fs.move(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(temporary)
+        raise
 
 
 @dataclass(frozen=True)
@@ -57,6 +83,14 @@ class Storage:
 
     def is_file(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.fs_path(*parts)).type == pafs.FileType.File
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """One small file at `parts`, whole or not at all (`write_atomically`)."""
+        write_atomically(self.fs, self.fs_path(*parts), data)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.fs_path(*parts)) as stream:
+            return bytes(stream.read())
 
     def upload_file(self, local: Path, *parts: str) -> None:
         """Copy one local file to `parts` (an object store's put replaces it whole)."""

@@ -95,3 +95,11 @@ def test_folders_and_files_round_trip_through_s3(tmp_path: Path, s3_bucket: str)
     back = tmp_path / "back" / "optuna.sqlite"
     storage.download_file(back, "tofu", "optuna.sqlite")
     assert back.read_bytes() == single.read_bytes()
+
+
+def test_a_small_file_is_written_whole_and_replaced_whole(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "runs"))
+    storage.write_bytes(b'{"a": 1}', "sweep", "sweep.json")
+    storage.write_bytes(b'{"a": 2}', "sweep", "sweep.json")  # renamed over the first: no staging file left
+    assert [p.name for p in (tmp_path / "runs" / "sweep").iterdir()] == ["sweep.json"]
+    assert storage.read_bytes("sweep", "sweep.json") == b'{"a": 2}'
