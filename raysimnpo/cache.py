@@ -11,16 +11,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RAYSIMNPO_CACHE", str(Path.home() / ".cache" / "raysimnpo")))
 
 
-def check_cache_dir(run: Any, prefix: str = "run.") -> None:
-    """The run's `cache_dir` can be made and written: a read-only home or a mistyped
-    $RAYSIMNPO_CACHE is one error line before any work (named `prefix` + cache_dir), not a traceback
-    in the middle of it. A folder this check had to make is removed again."""
+def check_cache_folder(folder: str | Path, setting: str, given: bool) -> None:
+    """`folder` can be made and written: a read-only home or a mistyped $RAYSIMNPO_CACHE is one
+    error line before any work (naming `setting`, and the default when it was not `given`), not a
+    traceback in the middle of it. A folder this check had to make is removed again."""
     from .results.storage import check_writable, open_storage
 
-    setting = f"{prefix}cache_dir"
-    if "cache_dir" not in run.model_fields_set:
-        setting += " (default: $RAYSIMNPO_CACHE, else ~/.cache/raysimnpo)"
-    check_writable(open_storage(str(Path(run.cache_dir).expanduser())), setting)
+    shown = setting if given else f"{setting} (default: $RAYSIMNPO_CACHE, else ~/.cache/raysimnpo)"
+    check_writable(open_storage(str(Path(folder).expanduser())), shown)
+
+
+def check_cache_dir(run: Any, prefix: str = "run.") -> None:
+    """`check_cache_folder` for a run's `cache_dir` (named `prefix` + cache_dir)."""
+    check_cache_folder(run.cache_dir, f"{prefix}cache_dir", "cache_dir" in run.model_fields_set)
 
 
 def _link_or_copy(source: str, target: str) -> None:

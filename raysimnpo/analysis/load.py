@@ -19,6 +19,7 @@ import polars as pl
 
 from .. import results
 from ..errors import UserInputError
+from ..results.storage import is_uri
 
 # The per-trial FQ / MU objectives (DESIGN §6), both "higher is better".
 FORGET_QUALITY = "forget_quality"
@@ -79,11 +80,10 @@ def _refuse_repeats(run_dirs: Sequence[str]) -> None:
     """One run folder given twice (the same path, spelt alike or not) would count its trials twice."""
     seen: dict[str, str] = {}
     for given in map(os.fspath, run_dirs):
-        local = not ("://" in given and not given.startswith("file://"))
         key = (
-            os.path.realpath(os.path.expanduser(given.removeprefix("file://")))
-            if local
-            else given.rstrip("/")
+            given.rstrip("/")
+            if is_uri(given)
+            else os.path.realpath(os.path.expanduser(given.removeprefix("file://")))
         )
         if key in seen:
             raise UserInputError(f"RUN_DIR: {given} is {seen[key]} again; give each run folder once")

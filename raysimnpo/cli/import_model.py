@@ -7,10 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cache import default_cache_dir
+from ..cache import check_cache_folder, default_cache_dir
 from ..errors import UserInputError
 from ..models import PRESETS, SMOLLM2_FOLDER, _allowed
-from ..results.storage import check_writable, open_storage
 from .parser import ArgumentParser
 
 
@@ -33,13 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..gguf import ImportFailed, import_smollm2
 
     cache_dir = args.cache_dir if args.cache_dir is not None else default_cache_dir()
-    try:  # made and removed again when missing: the import writes the model folder under it
-        check_writable(
-            open_storage(str(cache_dir)),
-            "--cache-dir"
-            if args.cache_dir
-            else "--cache-dir (default: $RAYSIMNPO_CACHE, else ~/.cache/raysimnpo)",
-        )
+    try:
+        check_cache_folder(cache_dir, "--cache-dir", given=args.cache_dir is not None)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -195,12 +195,13 @@ def launch(
     location = open_checked_storage(settings, labels)
     run_dir = location.join(settings.name)
     check_cache_dir(settings.run)
-    if location.exists(settings.name, "tune") and not resume:
+    started = location.exists(settings.name, "tune")
+    if started and not resume:
         raise UserInputError(
             f"{run_dir} already holds this sweep; pass --resume to continue it, or --storage/"
             "--set name=... for a new one"
         )
-    if resume and not location.exists(settings.name, "tune"):  # a mistyped --storage would start afresh
+    if resume and not started:  # a mistyped --storage would start afresh
         raise UserInputError(
             f"--resume: {run_dir} holds no sweep to continue; run without --resume to start it, or give "
             "the --storage and name it ran with"
