@@ -159,16 +159,12 @@ def test_a_new_storage_takes_every_prepared_model_from_the_cache_the_second_retr
 ) -> None:
     """The noise ceiling's second Retrain is shared with the cache like the Original and Retrain: a
     sweep on a new `--storage` links it in instead of fine-tuning it again."""
-    run = sweep_config(tmp_path).run.model_copy(
-        update={
-            "evaluation": sweep_config(tmp_path).run.evaluation.model_copy(update={"noise_ceiling": True})
-        }
-    )
+    base = sweep_config(tmp_path).run
+    run = base.model_copy(update={"evaluation": base.evaluation.model_copy(update={"noise_ceiling": True})})
     cache_root = Path(run.cache_dir) / "prepared"
     cached = prepared_models.prepared_folders(run, cache_root)
-    assert (
-        len(cached) == 3 and len({folder.name for folder in cached}) == 3
-    )  # Original, Retrain, second Retrain
+    # Original, Retrain, second Retrain
+    assert len(cached) == 3 and len({folder.name for folder in cached}) == 3
     for folder in cached:
         (folder / "model").mkdir(parents=True)
         (folder / "model" / "config.json").write_text(folder.name)
