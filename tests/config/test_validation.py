@@ -439,12 +439,12 @@ def test_mistake_is_one_line_exit_2_before_ray(
 # ------------------------------------------------------------------- 2. every float, as a class
 
 
-def float_settings(
-    model: type[BaseModel], prefix: str = "", picks: Callable[[Any, str], bool] = lambda t, _: t is float
+def settings_where(
+    model: type[BaseModel], picks: Callable[[Any, str], bool], prefix: str = ""
 ) -> Iterator[tuple[str, type[BaseModel], str]]:
-    """Every float setting (or every one `picks(type, name)` takes) reachable from `model` (through
-    sections, mappings and lists): its dotted path, the model that declares it, and how the value sits
-    in the field (`x`, `[x]`, `{k: x}`)."""
+    """Every setting `picks(type, name)` takes that is reachable from `model` (through sections,
+    mappings and lists): its dotted path, the model that declares it, and how the value sits in the
+    field (`x`, `[x]`, `{k: x}`)."""
     for name, info in model.model_fields.items():
         shapes = [(m, "x") for m in _members(info.annotation)]
         while any(typing.get_origin(m) in (dict, list) for m, _ in shapes):
@@ -461,25 +461,23 @@ def float_settings(
             if picks(member, name):
                 yield f"{prefix}{name}", model, shape
             elif isinstance(member, type) and issubclass(member, BaseModel) and shape == "x":
-                yield from float_settings(member, f"{prefix}{name}.", picks)
+                yield from settings_where(member, picks, f"{prefix}{name}.")
 
 
-def every_float_setting(
-    picks: Callable[[Any, str], bool] = lambda t, _: t is float,
-) -> list[tuple[str, type[BaseModel], str]]:
+def every_setting_where(picks: Callable[[Any, str], bool]) -> list[tuple[str, type[BaseModel], str]]:
     from raysimnpo.benchmarks.markov import MarkovSweep
     from raysimnpo.data.generators.muse import MuseGeneratorConfig
     from raysimnpo.data.generators.wmdp import WmdpGeneratorConfig
 
     seen: dict[tuple[type[BaseModel], str], tuple[str, str]] = {}
     for root in (SweepConfig, MarkovSweep, ParamRange, MuseGeneratorConfig, WmdpGeneratorConfig):
-        for path, owner, shape in float_settings(root, picks=picks):
+        for path, owner, shape in settings_where(root, picks):
             seen.setdefault((owner, path.rsplit(".", 1)[-1]), (path, shape))
     return sorted(((path, owner, shape) for (owner, _), (path, shape) in seen.items()), key=lambda i: i[0])
 
 
-FLOATS = every_float_setting()
-SEEDS = every_float_setting(lambda t, name: t is int and "seed" in name)
+FLOATS = every_setting_where(lambda t, _: t is float)
+SEEDS = every_setting_where(lambda t, name: t is int and "seed" in name)
 
 
 def test_the_float_table_reaches_every_section() -> None:
