@@ -59,16 +59,8 @@ class Trajectory:
 class RungRule(FrontRule):
     """`FrontRule` judging a trial at epoch e against other trials' points of epochs <= e only."""
 
-    def judge(self, trial_id: str, epoch: int, point: Sequence[float]) -> bool:
-        from raysimnpo.maths.pareto import dominated_by_margin
-
-        own = self.points.setdefault(trial_id, [])
-        del own[epoch - 1 :]
-        own.append([float(v) for v in point])
-        if epoch < self.min_epochs:
-            return False
-        others = [p for t, ps in self.points.items() if t != trial_id for p in ps[:epoch]]
-        return bool(others) and all(dominated_by_margin(p, others, self.directions, self.margin) for p in own)
+    def opponents(self, trial_id: str, epoch: int) -> list[list[float]]:
+        return [p for t, ps in self.points.items() if t != trial_id for p in ps[:epoch]]
 
 
 def trajectories(run_dir: str) -> dict[str, Trajectory]:

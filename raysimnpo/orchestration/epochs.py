@@ -90,11 +90,16 @@ class FrontRule:
         own.append([float(v) for v in point])
         if epoch < self.min_epochs:
             return False
+        others = self.opponents(trial_id, epoch)
+        return bool(others) and all(dominated_by_margin(p, others, self.directions, self.margin) for p in own)
+
+    def opponents(self, trial_id: str, epoch: int) -> list[list[float]]:
+        """The points `trial_id` is judged against at `epoch`: every epoch of the other trials (with
+        `deterministic`, of those its snapshot names)."""
         seen = self.visible.get(trial_id, set()) if self.deterministic else None
-        others = [
+        return [
             p for t, ps in self.points.items() if t != trial_id and (seen is None or t in seen) for p in ps
         ]
-        return bool(others) and all(dominated_by_margin(p, others, self.directions, self.margin) for p in own)
 
 
 EpochFront = ray.remote(num_cpus=0)(FrontRule)
