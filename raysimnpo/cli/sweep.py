@@ -114,7 +114,18 @@ def validate_inputs(sweep: SweepConfig) -> Any:
     workspace built here is the sweep's: the prepare stage and every trial get it."""
     from ..recipes.workspace import workspace
 
-    return workspace(sweep.run)
+    ws = workspace(sweep.run)
+    for method in sweep.search.methods:  # the shortest unlearn.max_length a trial can get must fit
+        searched = sweep.search.space.get(method, {}).get("unlearn.max_length")
+        if searched is None:
+            continue
+        shortest = int(min(float(value) for _, value in searched.searched_values()))
+        try:
+            ws.for_run(sweep.trial_run_config({"method": method, method: {"unlearn.max_length": shortest}}))
+        except UserInputError as exc:
+            reason = str(exc).removeprefix("max_length: ")
+            raise UserInputError(f"search.space.{method}.unlearn.max_length: {shortest}: {reason}") from None
+    return ws
 
 
 def check_extension(sweep: SweepConfig, storage: Storage) -> None:
@@ -207,7 +218,7 @@ def launch(
             "the --storage and name it ran with"
         )
     from ..orchestration.cluster import check_local_capacity, trial_demand, trials_use_torch_trainer
-    from ..orchestration.prepare import finetunes_on_workers
+    from ..orchestration.prepare import check_unlearn_batches, finetunes_on_workers
 
     if resume:
         check_unchanged(settings, location)
@@ -229,6 +240,7 @@ def launch(
         built.append(validate_inputs(checked))
         if trials_use_torch_trainer(checked):  # batches the workers cannot split: refused now, not on them
             finetunes_on_workers(checked, location, built[-1])
+            check_unlearn_batches(checked, built[-1])
 
     # The plan is printed first (when the model's config is at hand), then the inputs are validated.
     check_sweep(settings, validate, target.num_cpus, print)

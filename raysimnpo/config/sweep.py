@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -69,6 +70,23 @@ class ParamRange(Frozen):
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0 (got {self.low})")
         return self
+
+    def largest(self) -> float:
+        """The largest value the sampler can propose (a numeric setting's range or choices)."""
+        if self.choices is not None:
+            return max(float(choice) for choice in self.choices)
+        assert self.high is not None
+        return float(self.high)
+
+    def mean(self) -> float:
+        """The mean of what a sampler draws before it learns anything: the choices' mean, a range's
+        uniform or log-uniform mean (a numeric setting's)."""
+        if self.choices is not None:
+            return statistics.fmean(float(choice) for choice in self.choices)
+        assert self.low is not None and self.high is not None
+        if self.log and self.high > self.low:
+            return (self.high - self.low) / math.log(self.high / self.low)
+        return (self.low + self.high) / 2
 
     def searched_values(self) -> list[tuple[str, Any]]:
         """Values the sampler can propose, for validation: every choice; a range's two ends, and for

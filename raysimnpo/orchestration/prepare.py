@@ -16,6 +16,7 @@ from .. import results
 from ..benchmarks.registry import benchmark
 from ..cache import mirror_prepared
 from ..config.sweep import SweepConfig
+from ..errors import UserInputError
 from ..methods import needs_of
 from ..orchestration.cluster import trials_use_torch_trainer
 from ..orchestration.trial import PreparedModels, SharedWorkspace
@@ -179,6 +180,47 @@ def finetunes_on_workers(
     return wanted
 
 
+def check_unlearn_batches(sweep: SweepConfig, ws: Workspace) -> None:
+    """Every `unlearn.batch_size` a trial can get (the run's, or each value of its method's search
+    range) must split over the trial's workers (`recipes.unlearn.batch_mistake`): refused before
+    Ray starts, not in a trial hours into the sweep. The retain set counts where a method's retain
+    weight is, or can be searched to be, above 0."""
+    from ..methods import METHODS
+    from ..recipes.unlearn import batch_mistake
+    from ..recipes.workspace import training_examples
+
+    world = sweep.resources.workers
+    if world <= 1:
+        return
+    sizes = {
+        "forget": len(reference_examples(ws)[0]),
+        "retain": len(training_examples(ws, "retain", ws.config.unlearn.max_length)),
+    }
+    for method in sweep.search.methods:
+        space = sweep.search.space.get(method, {})
+        run = sweep.trial_run_config({"method": method})
+        weight = space.get("method.retain_weight")
+        uses_retain = METHODS[method].retain_weight(run.method) > 0 or (
+            weight is not None and weight.largest() > 0
+        )
+        sets = sizes if uses_retain else {"forget": sizes["forget"]}
+        searched = space.get("unlearn.batch_size")
+        if searched is None:
+            candidates = [("run.unlearn.batch_size", run.unlearn.batch_size)]
+        elif searched.choices is not None:
+            candidates = [(f"search.space.{method}.unlearn.batch_size", int(c)) for c in searched.choices]
+        else:
+            assert searched.low is not None and searched.high is not None
+            ends = range(int(searched.low), int(searched.high) + 1)
+            candidates = [(f"search.space.{method}.unlearn.batch_size", b) for b in ends]
+        failing = [(setting, b, m) for setting, b in candidates if (m := batch_mistake(sets, b, world))]
+        if failing:
+            setting, batch, mistake = failing[0]
+            others = [str(b) for _, b, _ in failing[1:]]
+            also = f" (so do {', '.join(others[:10])}{', ...' if len(others) > 10 else ''})" if others else ""
+            raise UserInputError(f"{setting}: {batch}{also}: {mistake}")
+
+
 def prepare_on_workers(
     sweep: SweepConfig, storage: Storage, ws: Workspace, shared: SharedWorkspace, log: Log
 ) -> None:
@@ -270,7 +312,9 @@ def prepare_stage(
     else:
         prepare_concurrently(sweep, storage, cpus, gpus, log, shared)
     prepared = ray.get(_prepare_remote.options(num_cpus=cpus, num_gpus=gpus).remote(shared.ref, storage.uri))
-    reference = f"{prepared['original'].rsplit('/', 1)[0]}/reference-nll-seed{sweep.run.seed}.parquet"
+    # ℓ_ref depends on how the forget answers are encoded (data, tokenizer, seed, unlearn.max_length):
+    # the workspace's key names the file, so a sweep with another encoding never reads this one's
+    reference = f"{prepared['original'].rsplit('/', 1)[0]}/reference-nll-{ws.key}.parquet"
     needs_reference = any(
         "reference_nll" in needs_of(sweep.trial_run_config({"method": m}).method)
         for m in sweep.search.methods
@@ -285,6 +329,7 @@ def prepare_stage(
         original=prepared["original"],
         retrain=prepared["retrain"],
         reference_nll=reference,
+        reference_nll_key=ws.key,
         retrain_reference=prepared["retrain_reference"],
         original_metrics=prepared["original_metrics"],
         retrain_metrics=prepared["retrain_metrics"],

@@ -65,6 +65,9 @@ class PreparedModels(BaseModel):
     original: str
     retrain: str | None
     reference_nll: str
+    # the workspace key of the encoding the reference NLLs were scored on: a trial whose searched
+    # settings change it (e.g. unlearn.max_length) scores its own from the Original
+    reference_nll_key: str
     retrain_reference: list[float] | float | None
     original_metrics: dict[str, float]
     retrain_metrics: dict[str, float] | None
@@ -179,9 +182,12 @@ def metric_rows(
     return rows
 
 
-def load_reference_nll(location: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The sweep's reference NLLs (a local path or a filesystem URI), None when not computed."""
-    if not exists(location):
+def load_reference_nll(prepared: PreparedModels, ws: Workspace) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sweep's reference NLLs (a local path or a filesystem URI) for a trial whose workspace is
+    `ws`. None when they were not computed, or were scored on another encoding of the forget answers
+    (a searched `unlearn.max_length`, say): the recipe then scores ℓ_ref with the Original itself."""
+    location = prepared.reference_nll
+    if ws.key != prepared.reference_nll_key or not exists(location):
         return None
     table = pq.read_table(location)
     return table["forget_nll"].to_numpy(), table["refusal_nll"].to_numpy()
@@ -372,7 +378,7 @@ def unlearning_trial(
     try:
         t0 = time.perf_counter()
         with clock.phase("load_original"):
-            reference = load_reference_nll(prepared.reference_nll)
+            reference = load_reference_nll(prepared, ws)
             original = local_copy(prepared.original, sweep.run.cache_dir)
         unlearned = unlearn(
             sweep,

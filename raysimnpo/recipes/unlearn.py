@@ -18,7 +18,7 @@ released models and cache-key parts. The loop, the caching and the unlearning ar
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,13 +101,21 @@ def check_batches(inputs: UnlearnInputs, params: MethodParams, batch_size: int, 
     sets = {"forget": len(inputs.forget)}
     if METHODS[params.name].retain_weight(params) > 0:
         sets["retain"] = len(inputs.retain)
+    mistake = batch_mistake(sets, batch_size, world_size)
+    if mistake is not None:
+        raise UserInputError(f"unlearn.batch_size: {mistake}")
+
+
+def batch_mistake(sets: Mapping[str, int], batch_size: int, world_size: int) -> str | None:
+    """Why `batch_size` cannot be split over `world_size` ranks for sets of these sizes, or None."""
     for which, n in sets.items():
         rest = n % batch_size
         if world_size > 1 and 0 < rest < world_size:
-            raise UserInputError(
-                f"unlearn.batch_size: the {which} set's {n} examples leave a last batch of {rest} for "
-                f"{world_size} workers; allowed: a batch size that leaves 0 or at least {world_size} examples"
+            return (
+                f"the {which} set's {n} examples leave a last batch of {rest} for {world_size} workers; "
+                f"allowed: a batch size that leaves 0 or at least {world_size} examples"
             )
+    return None
 
 
 def unlearn_model(

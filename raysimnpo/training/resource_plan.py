@@ -31,11 +31,14 @@ of one generation batch.
 
 A phase fits when its total is at most USABLE_FRACTION of a device's memory (GPU memory from
 `resources.gpu_memory_gb`, else the visible GPUs, else 80 GB; a CPU process: this machine's RAM).
-`check` refuses a sweep with a phase that does not fit, naming the numbers.
+`check` refuses a sweep with a phase that does not fit, naming the numbers. A searched setting the
+trial's or the evaluation's memory grows with (`PEAK_SETTINGS`) is planned at the largest value its
+range can give, per method.
 
 Trials per hour come from stated throughput assumptions (`THROUGHPUT`): training at 6 FLOPs per
 parameter and token (forward and backward), scoring at 2, generation at GENERATION_EFFICIENCY of
-that rate (decoding is memory-bound), plus a fixed per-trial start-up.
+that rate, plus a fixed per-trial start-up; a searched `unlearn.epochs` counts as its range's mean,
+and with `evaluation.every_epoch` every epoch is evaluated.
 """
 
 from __future__ import annotations
@@ -87,9 +90,12 @@ LOGIT_BYTES = 12
 USABLE_FRACTION = 0.9
 """Of a device's memory: the rest is the CUDA context, NCCL buffers and allocator fragmentation."""
 DEFAULT_GPU_MEMORY_GB = 80.0
-THROUGHPUT = {"gpu": 100e12, "cpu": 10e9}
-"""Assumed sustained FLOP/s per GPU (bf16: a third of an A100's dense peak) and per CPU core (fp32)."""
-GENERATION_EFFICIENCY = 0.1
+THROUGHPUT = {"gpu": 100e12, "cpu": 50e9}
+"""Assumed sustained FLOP/s per GPU (bf16: a third of an A100's dense peak) and per CPU core (fp32:
+perf/train_throughput.py measures 53 GFLOP/s training the tiny model on 2 cores, 116 for SmolLM2-135M)."""
+GENERATION_EFFICIENCY = {"gpu": 0.1, "cpu": 0.4}
+"""Greedy decoding's share of that rate: memory-bound on GPUs; on CPU perf/epoch_evaluation.py measures
+the tiny model generating at 0.43 of its unlearning epoch's FLOP/s."""
 TRIAL_STARTUP_SECONDS = {"gpu": 60.0, "cpu": 15.0}
 """Per trial: TorchTrainer workers, evaluation actors, imports (DESIGN §7's measured start-up)."""
 TOFU_MEAN_TOKENS = 80
@@ -356,6 +362,7 @@ class ResourcePlan:
     concurrent_trials: int
     trial_seconds: float | None
     assumptions: str
+    searched_peak: str = ""  # the searched settings the trial and evaluation phases are planned at
 
     @property
     def trials_per_hour(self) -> float | None:
@@ -405,6 +412,46 @@ def _method_needs(sweep: Any) -> set[str]:
     for method in sweep.search.methods:
         needs |= set(needs_of(sweep.trial_run_config({"method": method}).method))
     return needs
+
+
+# Run settings a trial's peak memory grows with: where one is searched, the plan takes the largest
+# value its range can give, so a batch the search reaches late is not a surprise on the GPU.
+PEAK_SETTINGS = (
+    "unlearn.batch_size",
+    "unlearn.max_length",
+    "evaluation.batch_size",
+    "evaluation.max_new_tokens",
+)
+
+
+@dataclass(frozen=True)
+class PeakRun:
+    """A searched method's trial at its peak: its run with every searched PEAK_SETTINGS at the
+    largest value of its range, what it needs (`methods.needs_of`) and which settings were raised."""
+
+    method: str
+    run: Any
+    needs: frozenset[str]
+    raised: tuple[str, ...]
+
+
+def peak_runs(sweep: Any) -> list[PeakRun]:
+    from ..methods import needs_of
+
+    out = []
+    for method in sweep.search.methods:
+        space = sweep.search.space.get(method, {})
+        largest = {key: int(space[key].largest()) for key in PEAK_SETTINGS if key in space}
+        run = sweep.trial_run_config({"method": method, method: largest})
+        out.append(PeakRun(method, run, frozenset(needs_of(run.method)), tuple(largest)))
+    return out
+
+
+def expected_epochs(sweep: Any, method: str) -> float:
+    """A `method` trial's planned unlearning epochs: the mean of a searched `unlearn.epochs` range
+    (what the sampler draws before it learns), else the run's."""
+    searched = sweep.search.space.get(method, {}).get("unlearn.epochs")
+    return searched.mean() if searched is not None else float(sweep.run.unlearn.epochs)
 
 
 def check_layers(run: Any, searched: Mapping[str, Any] | None = None, prefix: str = "run.") -> None:
@@ -480,17 +527,37 @@ def phases(sweep: Any, shape: ModelShape, compute_bytes: int) -> tuple[PhaseMemo
         if "reference_nll" in needs
         else not_run("reference log-probs", "no searched method needs them")
     )
-    trial = training_memory(
-        "unlearning trial",
-        shape,
-        devices=world,
-        batch_size=run.unlearn.batch_size,
-        max_length=run.unlearn.max_length,
-        passes=3 if "idk" in needs else 2,
-        compute_bytes=compute_bytes,
-        frozen_copy="frozen_model" in needs and world == 1,
+    peaks = peak_runs(sweep)
+    trial = max(
+        (
+            training_memory(
+                "unlearning trial",
+                shape,
+                devices=world,
+                batch_size=peak.run.unlearn.batch_size,
+                max_length=peak.run.unlearn.max_length,
+                passes=3 if "idk" in peak.needs else 2,
+                compute_bytes=compute_bytes,
+                frozen_copy="frozen_model" in peak.needs and world == 1,
+            )
+            for peak in peaks
+        ),
+        key=lambda p: p.total,
     )
-    evaluation = inference_memory("evaluation actor", shape, max_length=run.prepare.max_length, **evaluate)
+    evaluation = max(
+        (
+            inference_memory(
+                "evaluation actor",
+                shape,
+                max_length=run.prepare.max_length,
+                batch_size=peak.run.evaluation.batch_size,
+                max_new_tokens=peak.run.evaluation.max_new_tokens,
+                weight_bytes=compute_bytes,
+            )
+            for peak in peaks
+        ),
+        key=lambda p: p.total,
+    )
     relearning = (
         training_memory(
             "relearning actor",
@@ -507,22 +574,33 @@ def phases(sweep: Any, shape: ModelShape, compute_bytes: int) -> tuple[PhaseMemo
 
 
 def trial_seconds(
-    sweep: Any, shape: ModelShape, workload: Workload, flops_per_second: float, startup: float
+    sweep: Any,
+    shape: ModelShape,
+    workload: Workload,
+    flops_per_second: float,
+    startup: float,
+    generation: float,
 ) -> float:
-    """Start-up + unlearning (6 FLOPs per parameter and token, forget and retain passes) + scoring
-    the evaluation answers (2 FLOPs) + generating (2 FLOPs, at GENERATION_EFFICIENCY)."""
-    run = sweep.run
-    passes = 3 if "idk" in _method_needs(sweep) else 2
-    steps = math.ceil(workload.forget_examples / run.unlearn.batch_size)
-    trained = run.unlearn.epochs * steps * run.unlearn.batch_size * passes * workload.mean_tokens
-    scored = workload.eval_questions * SCORED_ANSWERS_PER_QUESTION * workload.mean_tokens
-    generated = workload.eval_questions * run.evaluation.max_new_tokens
+    """Start-up + unlearning (6 FLOPs per parameter and token, forget and retain passes) + each
+    evaluation: scoring the answers (2 FLOPs) and generating (2 FLOPs, at the `generation` share),
+    once per trial or, with `evaluation.every_epoch`, after every epoch. Epochs are each method's
+    `expected_epochs`; the searched methods count alike (the sampler picks each about as often)."""
+    from ..methods import needs_of
+
     p = shape.parameters
-    return (
-        startup
-        + (6 * p * trained + 2 * p * scored) / flops_per_second
-        + 2 * p * generated / (flops_per_second * GENERATION_EFFICIENCY)
-    )
+    seconds = []
+    for method in sweep.search.methods:
+        run = sweep.trial_run_config({"method": method})
+        passes = 3 if "idk" in needs_of(run.method) else 2
+        epochs = expected_epochs(sweep, method)
+        steps = math.ceil(workload.forget_examples / run.unlearn.batch_size)
+        trained = epochs * steps * run.unlearn.batch_size * passes * workload.mean_tokens
+        scored = workload.eval_questions * SCORED_ANSWERS_PER_QUESTION * workload.mean_tokens
+        generated = workload.eval_questions * run.evaluation.max_new_tokens
+        evaluations = epochs if run.evaluation.every_epoch else 1.0
+        evaluate = 2 * p * scored / flops_per_second + 2 * p * generated / (flops_per_second * generation)
+        seconds.append(startup + 6 * p * trained / flops_per_second + evaluations * evaluate)
+    return sum(seconds) / len(seconds)
 
 
 def plan_sweep(
@@ -543,11 +621,24 @@ def plan_sweep(
         unit = f"{THROUGHPUT['cpu'] / 1e9:g} GFLOP/s per CPU core"
     if sweep.search.max_concurrent_trials is not None:
         concurrent = min(concurrent, sweep.search.max_concurrent_trials)
-    startup = TRIAL_STARTUP_SECONDS["gpu" if hardware.gpu else "cpu"]
+    device = "gpu" if hardware.gpu else "cpu"
+    startup, generation = TRIAL_STARTUP_SECONDS[device], GENERATION_EFFICIENCY[device]
+    methods = sweep.search.methods
+    epochs = ", ".join(
+        f"{m} {expected_epochs(sweep, m):.3g}" if len(methods) > 1 else f"{expected_epochs(sweep, m):.3g}"
+        for m in methods
+    )
+    if any("unlearn.epochs" in sweep.search.space.get(m, {}) for m in methods):
+        epochs += " (a searched range's mean)"
+    per_epoch = ", each evaluated" if run.evaluation.every_epoch else ""
+    searched_peak = ", ".join(
+        f"{peak.method}'s {key} {_setting(peak.run, key)}" for peak in peak_runs(sweep) for key in peak.raised
+    )
     assumptions = (
-        f"{unit}, generation at {GENERATION_EFFICIENCY:.0%} of it, {startup:g} s start-up per trial, "
-        f"{run.unlearn.epochs} unlearning epochs; activations at max_length "
-        f"(prepare {run.prepare.max_length}, unlearn {run.unlearn.max_length} tokens)"
+        f"{unit}, generation at {generation:.0%} of it, {startup:g} s start-up per trial, "
+        f"unlearning epochs per trial {epochs}{per_epoch}; activations at "
+        f"max_length (prepare {run.prepare.max_length}, unlearn {run.unlearn.max_length} tokens)"
+        + (f"; memory at the largest searched {searched_peak}" if searched_peak else "")
     )
     return ResourcePlan(
         model=shape,
@@ -555,8 +646,11 @@ def plan_sweep(
         phases=phases(sweep, shape, 2 if loaded_bf16 else 4),
         gpus_per_trial=per_trial,
         concurrent_trials=concurrent,
-        trial_seconds=None if workload is None else trial_seconds(sweep, shape, workload, rate, startup),
+        trial_seconds=None
+        if workload is None
+        else trial_seconds(sweep, shape, workload, rate, startup, generation),
         assumptions=assumptions,
+        searched_peak=searched_peak,
     )
 
 
@@ -565,13 +659,18 @@ ADVICE = {
     "prepare.batch_size or prepare.max_length, or released models used as they are (TOFU: "
     "data.original_model / data.retrain_model; MUSE: muse.target_model / muse.retrain_model)",
     "unlearning trial": "more workers (FSDP2 shards weights, gradients and AdamW state over them), a "
-    "smaller unlearn.batch_size or unlearn.max_length",
+    "smaller unlearn.batch_size or unlearn.max_length (or a search range of them that stops lower)",
     "reference log-probs": "a smaller evaluation.batch_size or unlearn.max_length, or GPUs with more memory",
-    "evaluation actor": "a smaller evaluation.batch_size, max_new_tokens or prepare.max_length, or GPUs "
-    "with more memory",
+    "evaluation actor": "a smaller evaluation.batch_size, max_new_tokens or prepare.max_length (or a "
+    "search range of them that stops lower), or GPUs with more memory",
     "relearning actor": "a smaller relearn.batch_size or prepare.max_length, or GPUs with more memory "
     "(a relearning actor trains on one GPU)",
 }
+
+
+def _setting(run: Any, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(run, section), key)
 
 
 def check(plan: ResourcePlan) -> None:
@@ -579,8 +678,13 @@ def check(plan: ResourcePlan) -> None:
     hw = plan.hardware
     kind = "GPU" if hw.gpu else "CPU process"
     for p in plan.refused():
+        searched = (
+            f" at the largest searched {plan.searched_peak}"
+            if plan.searched_peak and p.phase in ("unlearning trial", "evaluation actor")
+            else ""
+        )
         raise UserInputError(
-            f"resources: {p.phase} needs {p.total / GB:.1f} GB per {kind} ({p.devices} per model; weights "
+            f"resources: {p.phase}{searched} needs {p.total / GB:.1f} GB per {kind} ({p.devices} per model; weights "
             f"{p.weights / GB:.1f} + gradients {p.gradients / GB:.1f} + optimizer {p.optimizer / GB:.1f} + "
             f"activations {p.activations / GB:.1f}) but one holds {hw.usable / GB:.1f} GB usable of "
             f"{hw.memory_per_device / GB:.1f} GB ({hw.memory_source}); allowed: {ADVICE[p.phase]}"

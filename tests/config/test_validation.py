@@ -10,6 +10,7 @@ value came from (8). `--set` parsing (7) and the resumed progress line (9) are t
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import typing
@@ -772,3 +773,19 @@ def test_resume_changes_name_what_decides_the_numbers_and_let_the_rest_change() 
     # a sweep.json written before a setting existed: the setting counts with its default
     del started["search"]["deterministic"]
     assert resume_changes(started, load_sweep_config("tofu")) == []
+
+
+@pytest.mark.parametrize(
+    ("searched", "largest", "mean"),
+    [
+        (ParamRange(choices=[4, 8, 16, 32]), 32.0, 15.0),  # (4 + 8 + 16 + 32) / 4
+        (ParamRange(low=7, high=12, integer=True), 12.0, 9.5),  # 7..12, each alike
+        (ParamRange(low=1.0, high=math.e, log=True), math.e, math.e - 1.0),  # (e - 1) / ln(e / 1)
+        (ParamRange(low=3.0, high=3.0, log=True), 3.0, 3.0),  # one value
+    ],
+)
+def test_a_range_knows_its_largest_value_and_the_mean_an_unguided_sampler_draws(
+    searched: ParamRange, largest: float, mean: float
+) -> None:
+    assert searched.largest() == largest
+    assert searched.mean() == pytest.approx(mean, rel=1e-12)

@@ -100,6 +100,23 @@ def write_sweep(tmp_path: Path, **changes: object) -> Path:
             ],
             "prepare.batch_size: 1 cannot be split over 2 workers; allowed: >= 2",
         ),
+        # forget10 of SMALL_RUN's data: 6 forget and 54 retain QA, unlearned by 2 or 4 workers
+        (
+            ["FILE", "--set", "resources.workers=2", "--set", "resources.cpus_per_worker=0.5"]
+            + ["--set", "run.unlearn.batch_size=5"],
+            "run.unlearn.batch_size: 5: the forget set's 6 examples leave a last batch of 1 for 2 workers; "
+            "allowed: a batch size that leaves 0 or at least 2 examples",
+        ),
+        (
+            ["FILE", "--set", "resources.workers=4", "--set", "resources.cpus_per_worker=0.25"]
+            + ["--set", "search.space.simnpo.unlearn.batch_size={low: 4, high: 12, integer: true}"],
+            "search.space.simnpo.unlearn.batch_size: 4 (so do 5): the forget set's 6 examples leave a last "
+            "batch of 2 for 4 workers",
+        ),
+        (
+            ["FILE", "--set", "search.space.npo.unlearn.max_length={low: 24, high: 160, integer: true}"],
+            "search.space.npo.unlearn.max_length: 24: the prompt of question",
+        ),
     ],
 )
 def test_bad_input_exits_2_before_ray(

@@ -1,13 +1,24 @@
-"""Trial telemetry: `PhaseClock`'s stage "timing" rows, and which engine `auto` evaluates with."""
+"""Trial telemetry: `PhaseClock`'s stage "timing" rows, which engine `auto` evaluates with, and which
+reference NLLs a trial unlearns with."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from raysimnpo import results
+from raysimnpo.config.run import RunSettings
 from raysimnpo.config.sweep import load_sweep_config
 from raysimnpo.orchestration import trial
-from raysimnpo.orchestration.trial import PhaseClock, evaluation_engine
+from raysimnpo.orchestration.trial import PhaseClock, PreparedModels, evaluation_engine, load_reference_nll
+from raysimnpo.recipes.unlearn import unlearn_inputs
+from raysimnpo.recipes.workspace import initial_model, reference_examples, workspace
+from raysimnpo.training.scoring import score_sequences
+
+from ..recipes.small_run import run_settings
 
 
 def test_phase_clock_sums_phases_and_subtracts_inner_parts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,3 +66,44 @@ def test_auto_engine_evaluates_in_memory_only_after_in_trial_cpu_unlearning(
 ) -> None:
     sweep = load_sweep_config("tofu", overrides)
     assert evaluation_engine(sweep, sweep.run) == expected
+
+
+def test_a_trial_with_another_encoding_scores_its_own_reference_nll(tmp_path: Path) -> None:
+    """NPO's ℓ_ref (eq. 2) is the Original's NLL of each forget answer as the trial encodes it. The
+    sweep scores it once on its own encoding; a trial whose searched `unlearn.max_length` cuts the
+    answers elsewhere must not read those values, and scores its own from the Original instead."""
+    config = RunSettings.model_validate(
+        dict(run_settings(), cache_dir=str(tmp_path / "cache"), method={"name": "npo"})
+    )
+    ws = workspace(config)
+    original = initial_model(config, ws.benchmark.corpus(ws.data)).model  # untrained: ℓ_ref is any model's
+    forget, refusals = reference_examples(ws)
+    stored = score_sequences(original, forget, 64, ws.pad_id)[0]
+    location = tmp_path / "reference-nll.parquet"
+    results.write_parquet(
+        pa.table({"forget_nll": stored, "refusal_nll": np.zeros(len(refusals))}), str(location)
+    )
+    prepared = PreparedModels(
+        storage=str(tmp_path),
+        run_dir=str(tmp_path / "sweep"),
+        original=str(tmp_path / "original"),
+        retrain=None,
+        reference_nll=str(location),
+        reference_nll_key=ws.key,
+        retrain_reference=None,
+        original_metrics={},
+        retrain_metrics=None,
+    )
+
+    beta = config.model_copy(update={"method": config.method.model_copy(update={"beta": 0.5})})
+    same = load_reference_nll(prepared, ws.for_run(beta))  # another β: the same encoding
+    assert same is not None and np.array_equal(same[0], stored)
+
+    short = config.model_copy(update={"unlearn": config.unlearn.model_copy(update={"max_length": 80})})
+    trial_ws = ws.for_run(short)
+    assert load_reference_nll(prepared, trial_ws) is None
+    inputs = unlearn_inputs(trial_ws, short.method, original, None)
+    own = score_sequences(original, reference_examples(trial_ws)[0], 64, ws.pad_id)[0]
+    np.testing.assert_allclose(inputs.forget_ref_nll.numpy(), own, rtol=1e-6)
+    # the sweep's values are for whole answers: reading them would have been wrong here
+    assert (own < stored - 1.0).sum() >= len(stored) // 2

@@ -100,3 +100,52 @@ def test_sweep_refuses_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureF
     assert "[plan] prepare             fine-tune          1" in out and "DOES NOT FIT" in out
     assert err.startswith("error: resources: prepare needs 214.5 GB per GPU")
     assert not (tmp_path / "runs" / "tofu-llama2-7b").exists()
+
+
+def test_a_searched_batch_size_is_planned_at_the_largest_value_its_range_gives() -> None:
+    """A trial sampled late with the range's largest batch must fit too: the plan takes it, per method."""
+    base = plan_for(load_sweep_config("tofu-llama2-7b", ["resources.gpu_memory_gb=80"]))
+    searched = "search.space.simnpo.unlearn.batch_size={choices: [32, 64]}"
+    wider = plan_for(load_sweep_config("tofu-llama2-7b", ["resources.gpu_memory_gb=80", searched]))
+    before, after = base.phases[2], wider.phases[2]
+    # activations: passes · ceil(batch / 8 workers) · 500 tokens, so twice the batch is twice them
+    assert after.activations == pytest.approx(2 * before.activations, rel=1e-12)
+    assert (after.weights, after.optimizer) == (before.weights, before.optimizer)
+    assert "memory at the largest searched simnpo's unlearn.batch_size 64" in wider.lines()[-1]
+
+    huge = "search.space.simnpo.unlearn.batch_size={low: 32, high: 1024, integer: true}"
+    with pytest.raises(
+        UserInputError,
+        match=r"^resources: unlearning trial at the largest searched simnpo's unlearn\.batch_size 1024 needs "
+        r"760\.2 GB per GPU .*or a search range of them that stops lower\)$",
+    ):
+        check(plan_for(load_sweep_config("tofu-llama2-7b", ["resources.gpu_memory_gb=80", huge])))
+
+
+def test_trial_time_counts_the_searched_epochs_and_an_evaluation_after_each() -> None:
+    """Unlearning time grows with the mean of a searched `unlearn.epochs` range; with
+    `evaluation.every_epoch` each of those epochs is evaluated, not only the last."""
+    workload = resource_plan.Workload(
+        forget_examples=100, retain_examples=900, mean_tokens=80, eval_questions=300
+    )
+    roomy = Hardware(False, 24 * GB, "test", 2, "test")
+    last_only = ["run.evaluation.every_epoch=false", "search.early_stop=null"]
+
+    def seconds(epochs: str | None = None, overrides: tuple[str, ...] = tuple(last_only)) -> float:
+        ranges = [f"search.space.{m}.unlearn.epochs={epochs}" for m in ("simnpo", "npo")] if epochs else []
+        plan = plan_sweep(load_sweep_config("tofu", [*overrides, *ranges]), roomy, workload)
+        assert plan.trial_seconds is not None
+        return plan.trial_seconds
+
+    p = model_shape("tiny", load_sweep_config("tofu").run.model.tiny).parameters
+    rate = resource_plan.THROUGHPUT["cpu"]  # one CPU per trial
+    # one epoch: 7 batches of 16 (100 forget examples), forget and retain passes, 80 tokens, 6 FLOPs
+    epoch = 6 * p * 7 * 16 * 2 * 80 / rate
+    one, two = "{low: 1, high: 1, integer: true}", "{low: 2, high: 2, integer: true}"
+    assert seconds(two) - seconds(one) == pytest.approx(epoch, rel=1e-9)
+    # the default ranges, 7-12, count as their mean: 9.5 epochs
+    assert seconds() - seconds("{choices: [9]}") == pytest.approx(0.5 * epoch, rel=1e-9)
+    # one evaluation: 300 questions x 6 answers x 80 tokens scored, 300 x 64 tokens generated
+    generation = resource_plan.GENERATION_EFFICIENCY["cpu"]
+    evaluation = 2 * p * 300 * 6 * 80 / rate + 2 * p * 300 * 64 / (rate * generation)
+    assert seconds(overrides=()) - seconds() == pytest.approx((9.5 - 1) * evaluation, rel=1e-9)
