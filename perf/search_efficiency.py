@@ -1,7 +1,7 @@
 """Search efficiency: the default TOFU sweep at equal wall-clock budgets, before and after
 per-epoch search (issue 15).
 
-Four designs of the same sweep (`sweeps/tofu.yaml`: generated TOFU data, the tiny model, SimNPO and
+Five designs of the same sweep (`sweeps/tofu.yaml`: generated TOFU data, the tiny model, SimNPO and
 NPO, 2 trials at a time on 2 cores):
 
 - `last-epoch`: the design before per-epoch search: only each trial's last epoch is evaluated and
@@ -14,8 +14,11 @@ NPO, 2 trials at a time on 2 cores):
 - `per-epoch-wide-round-robin`: `per-epoch-wide` with `search.method_choice=round_robin` (trial i
   unlearns with methods[i mod 2], each method's ranges sampled from its own trials:
   `orchestration.search.RoundRobinSampler`);
-- `per-epoch`: the file as it is: `per-epoch-wide` in the space narrowed to where the good trials of
-  earlier searches lie (perf/space_from_points.py).
+- `per-epoch-batch16`: `per-epoch-wide` in the space narrowed to where the good trials of earlier
+  searches lie (perf/space_from_points.py), at the unlearning batch of 16 the file had then;
+- `per-epoch`: the file as it is: `per-epoch-batch16` at the file's batch of 8.
+
+The first four set `run.unlearn.batch_size=16`, the batch they were first measured at.
 
 Each (design, sampler seed) runs once with `search.time_budget_minutes` = the largest budget; the
 front "at budget b" is what that run had finished within its first b minutes of trials (a trial's
@@ -98,18 +101,22 @@ BEFORE = [
     *WIDE,
     *space_settings({method: [("unlearn.epochs", 3, 8)] for method in WIDE_SPACE}),
 ]
+BATCH_16 = ["run.unlearn.batch_size=16"]  # the file's unlearning batch before it was halved
 DESIGNS: dict[str, list[str]] = {
     "last-epoch": [
+        *BATCH_16,
         *BEFORE,
         "run.evaluation.every_epoch=false",
         "search.early_stop=null",
         "search.deterministic=false",
     ],
     # every epoch a point, the method a categorical of the joint search, in the wide space
-    "per-epoch-wide": WIDE,
+    "per-epoch-wide": [*BATCH_16, *WIDE],
     # methods taking turns, each with a sampler of its own, in the wide space
-    "per-epoch-wide-round-robin": [*WIDE, "search.method_choice=round_robin"],
-    # the file as shipped: per-epoch search in the narrowed space
+    "per-epoch-wide-round-robin": [*BATCH_16, *WIDE, "search.method_choice=round_robin"],
+    # per-epoch search in the narrowed space, at the earlier batch
+    "per-epoch-batch16": BATCH_16,
+    # the file as shipped
     "per-epoch": [],
 }
 BASELINE = "last-epoch"
@@ -233,9 +240,11 @@ def run_overrides(chosen: dict[str, Any], seed: int) -> list[str]:
     the trial's whole schedule (an epoch candidate is read off that run's per-epoch evaluation, as
     the sweep made it: the learning rate decays over the trial's epochs, not the candidate's)."""
     params = chosen["params"]
-    out = [f"seed={seed}", "evaluation.every_epoch=true", f"unlearn.epochs={params['unlearn']['epochs']}"]
+    unlearn = params["unlearn"]
+    out = [f"seed={seed}", "evaluation.every_epoch=true", f"unlearn.epochs={unlearn['epochs']}"]
+    out.append(f"unlearn.batch_size={unlearn['batch_size']}")
     out += [f"method.{k}={v}" for k, v in params["method"].items() if k != "name"]
-    out.append(f"unlearn.learning_rate={params['unlearn']['learning_rate']}")
+    out.append(f"unlearn.learning_rate={unlearn['learning_rate']}")
     return out
 
 

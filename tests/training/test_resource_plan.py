@@ -139,8 +139,8 @@ def test_trial_time_counts_the_searched_epochs_and_an_evaluation_after_each() ->
 
     p = model_shape("tiny", load_sweep_config("tofu").run.model.tiny).parameters
     rate = resource_plan.THROUGHPUT["cpu"]  # one CPU per trial
-    # one epoch: 7 batches of 16 (100 forget examples), forget and retain passes, 80 tokens, 6 FLOPs
-    epoch = 6 * p * 7 * 16 * 2 * 80 / rate
+    # one epoch: 13 batches of 8 (100 forget examples), forget and retain passes, 80 tokens, 6 FLOPs
+    epoch = 6 * p * 13 * 8 * 2 * 80 / rate
     one, two = "{low: 1, high: 1, integer: true}", "{low: 2, high: 2, integer: true}"
     assert seconds(two) - seconds(one) == pytest.approx(epoch, rel=1e-9)
     # the default ranges, 7-12, count as their mean: 9.5 epochs
