@@ -173,6 +173,19 @@ class SearchSettings(Frozen):
         "false: a trial is suggested as soon as a slot frees, from every trial ended by then",
     )
 
+    @field_validator("space", mode="before")
+    @classmethod
+    def _drop_nulls(cls, space: Any) -> Any:
+        # `--set search.space.simnpo=null` removes a method's space (to search fewer methods of a
+        # file), `--set search.space.simnpo.method.gamma=null` one range (the run's value stays)
+        if not isinstance(space, dict):
+            return space
+        return {
+            method: {k: r for k, r in ranges.items() if r is not None} if isinstance(ranges, dict) else ranges
+            for method, ranges in space.items()
+            if ranges is not None
+        }
+
     @model_validator(mode="after")
     def _round_robin_seeds(self) -> SearchSettings:
         # round_robin seeds method i's sampler with seed + i: every one must be a seed too
@@ -392,7 +405,10 @@ class SweepConfig(Frozen):
             )
         extra = [m for m in self.search.space if m not in self.search.methods]
         if extra:
-            raise ValueError(f"search.space: {extra} not in search.methods {self.search.methods}")
+            raise ValueError(
+                f"search.space: {extra} not in search.methods {self.search.methods}; allowed: a space per "
+                f"searched method (remove the others, e.g. --set search.space.{extra[0]}=null)"
+            )
         sampler = self.search.resolved_sampler()
         if len(self.search.objectives) > 1 and sampler not in SAMPLERS_MULTI_OBJECTIVE:
             raise ValueError(

@@ -789,3 +789,21 @@ def test_a_range_knows_its_largest_value_and_the_mean_an_unguided_sampler_draws(
 ) -> None:
     assert searched.largest() == largest
     assert searched.mean() == pytest.approx(mean, rel=1e-12)
+
+
+def test_null_removes_a_methods_space_or_one_range_so_a_file_can_search_fewer_methods() -> None:
+    with pytest.raises(
+        UserInputError, match=r"allowed: a space per searched method .*search\.space\.simnpo=null"
+    ):
+        load_sweep_config("tofu", ["search.methods=[npo]"])
+    sweep = load_sweep_config(
+        "tofu", ["search.methods=[npo]", "search.space.simnpo=null", "search.space.npo.method.beta=null"]
+    )
+    assert list(sweep.search.space) == ["npo"]
+    assert sorted(sweep.search.space["npo"]) == [
+        "method.retain_weight",
+        "unlearn.epochs",
+        "unlearn.learning_rate",
+    ]
+    # β no longer searched: every NPO trial keeps NPO's own default, 0.1
+    assert sweep.trial_run_config({"method": "npo", "npo": {"method.retain_weight": 1.0}}).method.beta == 0.1
