@@ -405,15 +405,6 @@ class ResourcePlan:
         return out
 
 
-def _method_needs(sweep: Any) -> set[str]:
-    from ..methods import needs_of
-
-    needs: set[str] = set()
-    for method in sweep.search.methods:
-        needs |= set(needs_of(sweep.trial_run_config({"method": method}).method))
-    return needs
-
-
 # Run settings a trial's peak memory grows with: where one is searched, the plan takes the largest
 # value its range can give, so a batch the search reaches late is not a surprise on the GPU.
 PEAK_SETTINGS = (
@@ -487,13 +478,16 @@ def planned_model(run: Any) -> str:
     return benchmark(run.benchmark).released_model(run, "original") or run.model.name
 
 
-def phases(sweep: Any, shape: ModelShape, compute_bytes: int) -> tuple[PhaseMemory, ...]:
+def phases(
+    sweep: Any, shape: ModelShape, compute_bytes: int, peaks: list[PeakRun]
+) -> tuple[PhaseMemory, ...]:
     """Prepare, reference log-probs, unlearning trial, evaluation actor and relearning actor, each
-    with the batches and devices the sweep gives it (`compute_bytes`: 2 for bf16, 4 for float32)."""
+    with the batches and devices the sweep gives it (`compute_bytes`: 2 for bf16, 4 for float32;
+    `peaks`: the searched methods' `peak_runs`)."""
     from ..benchmarks.registry import benchmark
 
     run, ev, world = sweep.run, sweep.run.evaluation, sweep.resources.workers
-    needs = _method_needs(sweep)
+    needs = set().union(*(peak.needs for peak in peaks))
     evaluate = {
         "batch_size": ev.batch_size,
         "max_new_tokens": ev.max_new_tokens,
@@ -527,7 +521,6 @@ def phases(sweep: Any, shape: ModelShape, compute_bytes: int) -> tuple[PhaseMemo
         if "reference_nll" in needs
         else not_run("reference log-probs", "no searched method needs them")
     )
-    peaks = peak_runs(sweep)
     trial = max(
         (
             training_memory(
@@ -631,8 +624,9 @@ def plan_sweep(
     if any("unlearn.epochs" in sweep.search.space.get(m, {}) for m in methods):
         epochs += " (a searched range's mean)"
     per_epoch = ", each evaluated" if run.evaluation.every_epoch else ""
+    peaks = peak_runs(sweep)
     searched_peak = ", ".join(
-        f"{peak.method}'s {key} {_setting(peak.run, key)}" for peak in peak_runs(sweep) for key in peak.raised
+        f"{peak.method}'s {key} {_setting(peak.run, key)}" for peak in peaks for key in peak.raised
     )
     assumptions = (
         f"{unit}, generation at {generation:.0%} of it, {startup:g} s start-up per trial, "
@@ -643,7 +637,7 @@ def plan_sweep(
     return ResourcePlan(
         model=shape,
         hardware=hardware,
-        phases=phases(sweep, shape, 2 if loaded_bf16 else 4),
+        phases=phases(sweep, shape, 2 if loaded_bf16 else 4, peaks),
         gpus_per_trial=per_trial,
         concurrent_trials=concurrent,
         trial_seconds=None
